@@ -1,0 +1,3 @@
+from oned_images.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""Command line: ``oned-images serve`` and ``oned-images db status|upgrade``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from oned_images import ONE_VERSION, __version__
+from oned_images.config import DEFAULT_CONFIG_FILE, ConfigError, load
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oned-images",
+        description=(
+            "An OpenNebula 7.0-compatible image service. It answers OpenNebula's XML-RPC API "
+            "(one.image.*, one.imagepool.info, users, groups, datastores, system) on "
+            "http://LISTEN_ADDRESS:PORT/RPC2, so pyone and the oneimage/onedatastore CLI can "
+            "use it (ONE_XMLRPC=http://127.0.0.1:2633/RPC2, ONE_AUTH=~/.one/one_auth)."),
+    )
+    parser.add_argument("--version", action="version",
+                        version=f"oned-images {__version__} (OpenNebula {ONE_VERSION} API)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon in the foreground",
+                           description="Run the daemon in the foreground until SIGTERM/SIGINT. "
+                           "On first start it creates the database and the default users, "
+                           "groups and datastores; the oneadmin password comes from $ONE_AUTH "
+                           "or ~/.one/one_auth (oneadmin:password), or is generated there.")
+    serve.add_argument("--config", default=None,
+                       help=f"configuration file (default: {DEFAULT_CONFIG_FILE})")
+    serve.add_argument("--port-file", default=None,
+                       help="write the bound TCP port to this file once listening "
+                            "(useful with PORT = 0)")
+    db = sub.add_parser("db", help="database schema: status or upgrade")
+    db.add_argument("action", choices=("status", "upgrade"))
+    db.add_argument("--config", default=None, help="configuration file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"oned-images: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.command == "db":
+        raise SystemExit(_db(args.action, config))
+    _serve(config, args.port_file)
+
+
+def _db(action: str, config) -> int:
+    from twisted.internet import reactor
+
+    from oned_images.service import Daemon
+    from oned_images.store import schema
+
+    database = Daemon(reactor, config).open_database()
+    try:
+        if action == "status":
+            current = database.run_sync(schema.version, database.db)
+            print(f"schema version: {current if current is not None else 'empty'}; "
+                  f"this release: {schema.CURRENT}")
+            return 0
+        applied = database.run_sync(schema.upgrade, database.db)
+        print(f"applied migrations: {applied or 'none'}")
+        return 0
+    except schema.SchemaError as exc:
+        print(f"oned-images: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(config, port_file: str | None) -> None:
+    from pathlib import Path
+
+    from twisted.internet import reactor
+
+    from oned_images.logs import start_logging
+    from oned_images.service import Daemon
+    from oned_images.store.schema import SchemaError
+
+    Path(config.var_location).mkdir(parents=True, exist_ok=True)
+    observer = start_logging(config.log_system, config.log_file, config.log_debug_level)
+    daemon = Daemon(reactor, config, port_file=port_file)
+    daemon.observer = observer
+    try:
+        daemon.prepare()
+    except SchemaError as exc:
+        print(f"oned-images: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    where = config.log_file if config.log_system == "file" else "standard error"
+    print(f"oned-images: database {config.db.backend} "
+          f"({daemon.app.db.settings.path or config.db.server}), datastores in "
+          f"{config.datastore_location}, log in {where}", file=sys.stderr)
+
+    from twisted.internet import defer
+
+    def started(port: int) -> None:
+        print(f"oned-images: listening on http://{config.listen_address}:{port}/RPC2",
+              file=sys.stderr, flush=True)
+
+    def failed(failure) -> None:
+        print(f"oned-images: cannot start: {failure.getErrorMessage()}", file=sys.stderr)
+        observer.flush()
+        reactor.stop()
+        global _exit_code
+        _exit_code = 1
+
+    daemon.ready.addCallback(started)
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(daemon.start()).addErrback(failed))
+    reactor.addSystemEventTrigger("before", "shutdown",
+                                  lambda: defer.ensureDeferred(daemon.stop()))
+    reactor.run()
+    raise SystemExit(_exit_code)
+
+
+_exit_code = 0

@@ -1,0 +1,363 @@
+"""The daemon configuration: ``etc/oned-images.conf`` in oned.conf's grammar.
+
+The file is read with the same template parser as image templates (multi mode,
+so repeated vectors such as DS_MAD_CONF are kept).  Every key is declared in
+:data:`KEYS`; an unknown key or a bad value stops start-up with the file, line
+and key, because a silently ignored typo in a daemon config costs hours.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oned_images.store.database import DbSettings
+from oned_images.template import Attribute, Template, TemplateError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PACKAGE_ROOT / "etc" / "oned-images.conf"
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _yes_no(value: str) -> bool:
+    v = value.strip().upper()
+    if v in ("YES", "TRUE", "1", "ON"):
+        return True
+    if v in ("NO", "FALSE", "0", "OFF"):
+        return False
+    raise ValueError("expected YES or NO")
+
+
+def _int(value: str) -> int:
+    return int(value.strip())
+
+
+def _port(value: str) -> int:
+    port = int(value.strip())
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a port number 0-65535")
+    return port
+
+
+def _positive(value: str) -> int:
+    n = int(value.strip())
+    if n <= 0:
+        raise ValueError("expected a positive integer")
+    return n
+
+
+def _octal(value: str) -> int:
+    n = int(value.strip(), 8)
+    if not 0 <= n <= 0o777:
+        raise ValueError("expected an octal umask 000-777")
+    return n
+
+
+def _image_type(value: str) -> str:
+    v = value.strip().upper()
+    # oned only accepts these three as a default and falls back to OS otherwise.
+    return v if v in ("OS", "CDROM", "DATABLOCK") else "OS"
+
+
+def _order(value: str) -> str:
+    v = value.strip().upper()
+    if v not in ("ASC", "DESC"):
+        raise ValueError("expected ASC or DESC")
+    return v
+
+
+def _text(value: str) -> str:
+    return value
+
+
+@dataclass(frozen=True)
+class DsMadConf:
+    name: str
+    required_attrs: tuple[str, ...] = ()
+    persistent_only: bool = False
+    marketplace_actions: str = ""
+    #: how scripts are called: "stdin" (OpenNebula >= 6.8) or "argv" (<= 6.6).
+    mode: str = "stdin"
+
+
+@dataclass(frozen=True)
+class TmMadConf:
+    name: str
+    attrs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    """DATASTORE_MAD: what oned passes to one_datastore as -t / -d / -w."""
+
+    concurrency: int = 15
+    allowed: tuple[str, ...] = ("dummy", "fs")
+    timeouts: dict[str, int] = field(default_factory=lambda: {"stat": 90, "monitor": 120})
+    remotes: str = str(PACKAGE_ROOT / "drivers")
+    kill_grace: int = 5
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    port: int = 2633
+    listen_address: str = "0.0.0.0"
+    var_location: str = ""
+    datastore_location: str = ""
+    db: DbSettings = field(default_factory=DbSettings)
+    message_size: int = 1073741824
+    session_expiration_time: int = 900
+    default_umask: int = 0o177
+    enable_other_permissions: bool = True
+    default_image_type: str = "OS"
+    default_device_prefix: str = "sd"
+    default_cdrom_device_prefix: str = "hd"
+    image_restricted_attr: tuple[str, ...] = ("SOURCE",)
+    datastore_capacity_check: bool = True
+    monitoring_interval_datastore: int = 300
+    api_list_order: str = "DESC"
+    default_image_persistent: str = ""
+    default_image_persistent_new: str = ""
+    driver: DriverSettings = field(default_factory=DriverSettings)
+    ds_mad_conf: tuple[DsMadConf, ...] = ()
+    tm_mad_conf: tuple[TmMadConf, ...] = ()
+    log_system: str = "file"
+    log_debug_level: int = 3
+    source_file: str = ""
+    #: the parsed template, for one.system.config.
+    raw: Template = field(default_factory=Template)
+
+    def ds_mad(self, name: str) -> DsMadConf:
+        for conf in self.ds_mad_conf:
+            if conf.name == name:
+                return conf
+        return DsMadConf(name)
+
+    def tm_mad(self, name: str) -> dict[str, str]:
+        for conf in self.tm_mad_conf:
+            if conf.name == name:
+                return conf.attrs
+        return {}
+
+    @property
+    def db_path(self) -> str:
+        return self.db.path or os.path.join(self.var_location, "one.db")
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.var_location, "oned.log")
+
+
+SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "PORT": ("port", _port),
+    "LISTEN_ADDRESS": ("listen_address", _text),
+    "VAR_LOCATION": ("var_location", _text),
+    "DATASTORE_LOCATION": ("datastore_location", _text),
+    "MESSAGE_SIZE": ("message_size", _positive),
+    "SESSION_EXPIRATION_TIME": ("session_expiration_time", _int),
+    "DEFAULT_UMASK": ("default_umask", _octal),
+    "ENABLE_OTHER_PERMISSIONS": ("enable_other_permissions", _yes_no),
+    "DEFAULT_IMAGE_TYPE": ("default_image_type", _image_type),
+    "DEFAULT_DEVICE_PREFIX": ("default_device_prefix", _text),
+    "DEFAULT_CDROM_DEVICE_PREFIX": ("default_cdrom_device_prefix", _text),
+    "DATASTORE_CAPACITY_CHECK": ("datastore_capacity_check", _yes_no),
+    "MONITORING_INTERVAL_DATASTORE": ("monitoring_interval_datastore", _positive),
+    "API_LIST_ORDER": ("api_list_order", _order),
+    "DEFAULT_IMAGE_PERSISTENT": ("default_image_persistent", _text),
+    "DEFAULT_IMAGE_PERSISTENT_NEW": ("default_image_persistent_new", _text),
+}
+VECTORS = ("DB", "LOG", "DATASTORE_MAD", "DS_MAD_CONF", "TM_MAD_CONF", "DRIVER_TIMEOUT")
+MULTI = ("IMAGE_RESTRICTED_ATTR",)
+
+DB_KEYS = {"BACKEND", "SERVER", "PORT", "USER", "PASSWD", "DB_NAME", "CONNECTIONS", "TIMEOUT", "PATH"}
+LOG_KEYS = {"SYSTEM", "DEBUG_LEVEL"}
+DRIVER_KEYS = {"EXECUTABLE", "ARGUMENTS", "REMOTES", "KILL_GRACE"}
+DS_MAD_KEYS = {"NAME", "REQUIRED_ATTRS", "PERSISTENT_ONLY", "MARKETPLACE_ACTIONS", "MODE"}
+ACTIONS = ("cp", "mkfs", "clone", "rm", "stat", "monitor", "snap_delete", "snap_revert",
+           "snap_flatten")
+
+
+def _fail(src: str, attr: Attribute, what: str) -> ConfigError:
+    return ConfigError(f"{src}:{attr.line}: {attr.name}: {what}")
+
+
+def _vector(src: str, attr: Attribute, allowed: set[str]) -> dict[str, str]:
+    if not isinstance(attr.value, dict):
+        raise _fail(src, attr, "expected a vector attribute [ KEY = value, ... ]")
+    unknown = sorted(set(attr.value) - allowed)
+    if unknown:
+        raise _fail(src, attr, f"unknown key {unknown[0]} (known: {', '.join(sorted(allowed))})")
+    return attr.value
+
+
+def _driver_settings(src: str, attr: Attribute, vec: dict[str, str],
+                     base: DriverSettings) -> DriverSettings:
+    concurrency, allowed, timeouts = base.concurrency, base.allowed, dict(base.timeouts)
+    try:
+        words = shlex.split(vec.get("ARGUMENTS", ""))
+    except ValueError as exc:
+        raise _fail(src, attr, f"ARGUMENTS: {exc}") from None
+    it = iter(words)
+    for word in it:
+        value = next(it, None)
+        if value is None:
+            raise _fail(src, attr, f"ARGUMENTS: {word} needs a value")
+        if word == "-t":
+            try:
+                concurrency = _positive(value)
+            except ValueError:
+                raise _fail(src, attr, "ARGUMENTS: -t expects a positive integer") from None
+        elif word == "-d":
+            allowed = tuple(x.strip() for x in value.split(",") if x.strip())
+        elif word == "-w":
+            try:
+                wait = _positive(value)
+            except ValueError:
+                raise _fail(src, attr, "ARGUMENTS: -w expects a positive integer") from None
+            timeouts = {a: wait for a in ACTIONS} | {"stat": min(wait, 90)}
+        elif word == "-s":
+            pass  # system-datastore TM drivers: no system datastore monitoring here
+        else:
+            raise _fail(src, attr, f"ARGUMENTS: unknown option {word}")
+    remotes = vec.get("REMOTES", base.remotes) or base.remotes
+    try:
+        grace = _positive(vec.get("KILL_GRACE", str(base.kill_grace)))
+    except ValueError:
+        raise _fail(src, attr, "KILL_GRACE expects a positive integer") from None
+    return DriverSettings(concurrency, allowed, timeouts, remotes, grace)
+
+
+def load(path: str | os.PathLike | None = None) -> DaemonConfig:
+    """Read the configuration file (the packaged default when none is given)."""
+    src = str(path or DEFAULT_CONFIG_FILE)
+    try:
+        text = Path(src).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{src}: cannot read: {exc.strerror}") from None
+    return parse(text, src)
+
+
+def parse(text: str, src: str = "<config>") -> DaemonConfig:
+    try:
+        tmpl = Template.parse(text, replace_mode=False)
+    except TemplateError as exc:
+        raise ConfigError(f"{src}:{exc.line or 0}: {exc.message}") from None
+    values: dict[str, object] = {}
+    db = DbSettings()
+    driver = DriverSettings()
+    ds_confs: list[DsMadConf] = []
+    tm_confs: list[TmMadConf] = []
+    restricted: list[str] = []
+    log_system, log_level = "file", 3
+    for attr in tmpl:
+        name = attr.name
+        if name in SCALARS:
+            if isinstance(attr.value, dict):
+                raise _fail(src, attr, "expected a single value, not a vector")
+            field_name, conv = SCALARS[name]
+            try:
+                values[field_name] = conv(attr.value)
+            except ValueError as exc:
+                raise _fail(src, attr, f"bad value {attr.value!r}: {exc}") from None
+        elif name in MULTI:
+            if isinstance(attr.value, dict):
+                raise _fail(src, attr, "expected a single value, not a vector")
+            restricted.append(attr.value.upper())
+        elif name == "DB":
+            vec = _vector(src, attr, DB_KEYS)
+            backend = vec.get("BACKEND", "sqlite").lower()
+            if backend not in ("sqlite", "postgresql"):
+                raise _fail(src, attr, f"BACKEND must be sqlite or postgresql, not {backend!r}")
+            try:
+                db = DbSettings(
+                    backend=backend,
+                    path=vec.get("PATH", ""),
+                    server=vec.get("SERVER", "localhost"),
+                    port=_port(vec.get("PORT", "5432") or "5432"),
+                    user=vec.get("USER", "oneadmin"),
+                    passwd=vec.get("PASSWD", ""),
+                    db_name=vec.get("DB_NAME", "opennebula"),
+                    connections=_positive(vec.get("CONNECTIONS", "4")),
+                    timeout_ms=_positive(vec.get("TIMEOUT", "2500")),
+                )
+            except ValueError as exc:
+                raise _fail(src, attr, f"bad value: {exc}") from None
+        elif name == "LOG":
+            vec = _vector(src, attr, LOG_KEYS)
+            log_system = vec.get("SYSTEM", "file").lower()
+            if log_system not in ("file", "std"):
+                raise _fail(src, attr, "SYSTEM must be file or std")
+            try:
+                log_level = int(vec.get("DEBUG_LEVEL", "3"))
+            except ValueError:
+                raise _fail(src, attr, "DEBUG_LEVEL must be 0-5") from None
+            if not 0 <= log_level <= 5:
+                raise _fail(src, attr, "DEBUG_LEVEL must be 0-5")
+        elif name == "DATASTORE_MAD":
+            driver = _driver_settings(src, attr, _vector(src, attr, DRIVER_KEYS), driver)
+        elif name == "DRIVER_TIMEOUT":
+            vec = _vector(src, attr, {a.upper() for a in ACTIONS})
+            timeouts = dict(driver.timeouts)
+            for key, val in vec.items():
+                try:
+                    secs = int(val)
+                except ValueError:
+                    raise _fail(src, attr, f"{key} must be seconds (0 = none)") from None
+                if secs <= 0:
+                    timeouts.pop(key.lower(), None)
+                else:
+                    timeouts[key.lower()] = secs
+            driver = DriverSettings(driver.concurrency, driver.allowed, timeouts,
+                                    driver.remotes, driver.kill_grace)
+        elif name == "DS_MAD_CONF":
+            vec = _vector(src, attr, DS_MAD_KEYS)
+            if not vec.get("NAME"):
+                raise _fail(src, attr, "NAME is required")
+            mode = vec.get("MODE", "stdin").lower()
+            if mode not in ("stdin", "argv"):
+                raise _fail(src, attr, "MODE must be stdin or argv")
+            try:
+                persistent_only = _yes_no(vec.get("PERSISTENT_ONLY", "NO") or "NO")
+            except ValueError:
+                raise _fail(src, attr, "PERSISTENT_ONLY must be YES or NO") from None
+            ds_confs.append(DsMadConf(
+                name=vec["NAME"],
+                required_attrs=tuple(
+                    a.strip() for a in vec.get("REQUIRED_ATTRS", "").split(",") if a.strip()
+                ),
+                persistent_only=persistent_only,
+                marketplace_actions=vec.get("MARKETPLACE_ACTIONS", ""),
+                mode=mode,
+            ))
+        elif name == "TM_MAD_CONF":
+            if not isinstance(attr.value, dict) or not attr.value.get("NAME"):
+                raise _fail(src, attr, "expected a vector with NAME")
+            tm_confs.append(TmMadConf(attr.value["NAME"], dict(attr.value)))
+        else:
+            raise _fail(src, attr, "unknown configuration key")
+    var = str(values.get("var_location") or default_var_location())
+    values["var_location"] = var
+    if not values.get("datastore_location"):
+        # oned builds BASE_PATH as var + "/datastores": keep its double-slash habit out.
+        values["datastore_location"] = os.path.join(var, "datastores")
+    return DaemonConfig(
+        db=db, driver=driver, ds_mad_conf=tuple(ds_confs), tm_mad_conf=tuple(tm_confs),
+        image_restricted_attr=tuple(restricted) if restricted else ("SOURCE",),
+        log_system=log_system, log_debug_level=log_level, source_file=src, raw=tmpl,
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def default_var_location() -> str:
+    """$ONE_LOCATION/var as oned, else a per-user data directory."""
+    one_location = os.environ.get("ONE_LOCATION")
+    if one_location:
+        return os.path.join(one_location, "var")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "share")
+    return os.path.join(base, "oned-images")

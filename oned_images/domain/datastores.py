@@ -1,0 +1,369 @@
+"""Datastore verbs: allocate, delete, update, chmod, chown, rename, enable, info.
+
+Datastores are few, so visibility filtering happens in Python over all rows;
+images keep a copy of their datastore's NAME, so rename rewrites them in the
+same transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from oned_images import errors
+from oned_images.config import DaemonConfig
+from oned_images.domain.identity import Identity
+from oned_images.domain.names import name_error
+from oned_images.domain.objects import Datastore, Permissions
+from oned_images.domain.ownership import chmod_plan
+from oned_images.domain.permissions import (
+    AuthRequest,
+    Caller,
+    ObjectAuth,
+    Op,
+    new_object_perms,
+)
+from oned_images.store import pools
+from oned_images.store.database import Database
+from oned_images.store.models import DatastoreRow, ImageRow
+from oned_images.template import Template, TemplateError
+from oned_images.xmldoc import image as imagedoc
+from oned_images.xmldoc.datastore import datastore_from, datastore_xml
+
+DS_TYPES = {"IMAGE_DS": 0, "SYSTEM_DS": 1, "FILE_DS": 2, "BACKUP_DS": 3}
+DISK_TYPES = {"FILE": 0, "CDROM": 1, "BLOCK": 2, "RBD": 3, "GLUSTER": 5, "SHEEPDOG": 7,
+              "ISCSI": 9}
+FIRST_DS_ID = 100
+TM_COPIED = ("LN_TARGET", "CLONE_TARGET", "DISK_TYPE", "DRIVER", "ALLOW_ORPHANS",
+             "PERSISTENT_SNAPSHOTS")
+
+
+def ds_auth(ds: Datastore) -> ObjectAuth:
+    return ObjectAuth("DATASTORE", ds.id, ds.uid, ds.gid, ds.perms, 0, tuple(ds.clusters))
+
+
+def ds_meta(ds: Datastore) -> pools.RowMeta:
+    return pools.RowMeta(ds.name, ds.uid, ds.gid, ds.perms)
+
+
+def read_ds(oid: int, lock: bool = False) -> Datastore:
+    body = pools.body(DatastoreRow, oid, lock=lock)
+    if body is None:
+        raise errors.no_exists("datastore", oid)
+    return datastore_from(body)
+
+
+def write_ds(ds: Datastore) -> None:
+    pools.update(DatastoreRow, ds.id, ds_meta(ds), datastore_xml(ds))
+
+
+def image_ids(ds_id: int) -> list[int]:
+    """A datastore's IMAGES, from the image rows (the stored body keeps it empty)."""
+    return [r[0] for r in ImageRow.select(ImageRow.oid).where(ImageRow.datastore_id == ds_id)
+            .order_by(ImageRow.oid).tuples()]
+
+
+def served_xml(ds: Datastore) -> str:
+    ds.images = image_ids(ds.id)
+    return datastore_xml(ds)
+
+
+def _served_pool() -> list[str]:
+    by_ds: dict[int, list[int]] = {}
+    for oid, ds_id in ImageRow.select(ImageRow.oid, ImageRow.datastore_id).tuples():
+        by_ds.setdefault(ds_id, []).append(oid)
+    out = []
+    for body in pools.bodies(DatastoreRow, None, True):
+        ds = datastore_from(body)
+        ds.images = by_ds.get(ds.id, [])
+        out.append(datastore_xml(ds))
+    return out
+
+
+def base_path(config: DaemonConfig, oid: int) -> str:
+    return f"{config.datastore_location.rstrip('/')}/{oid}"
+
+
+def build_datastore(config: DaemonConfig, oid: int, tmpl: Template, owner: Caller,
+                    perms: Permissions) -> Datastore:
+    """Turn an allocate template into a Datastore (Datastore::insert's rules)."""
+    name = tmpl.get("NAME") or ""
+    err = name_error(name)
+    if err:
+        raise errors.allocate(err, "datastore")
+    ds_type_name = (tmpl.get("TYPE") or "IMAGE_DS").upper()
+    if ds_type_name not in DS_TYPES:
+        raise errors.allocate(f"Invalid DS TYPE: {ds_type_name}.", "datastore")
+    ds_type = DS_TYPES[ds_type_name]
+    ds_mad = tmpl.get("DS_MAD") or ""
+    tm_mad = tmpl.get("TM_MAD") or ""
+    if ds_type == 1:
+        if ds_mad:
+            raise errors.allocate("SYSTEM datastores cannot have DS_MAD defined.", "datastore")
+        ds_mad = "-"
+    elif not ds_mad:
+        raise errors.allocate("No DS_MAD in template.", "datastore")
+    if not tm_mad:
+        if ds_type == 3:
+            tm_mad = "-"
+        else:
+            raise errors.allocate("No TM_MAD in template.", "datastore")
+    tmpl = tmpl.copy()
+    tmpl.remove("NAME")
+    tmpl.remove("BASE_PATH")
+    tmpl.set("TYPE", ds_type_name)
+    if ds_type != 1:
+        tmpl.set("DS_MAD", ds_mad)
+    tmpl.set("TM_MAD", tm_mad)
+    tm_conf = config.tm_mad(tm_mad)
+    for key in TM_COPIED:
+        if ds_type == 1 and key in ("LN_TARGET", "CLONE_TARGET"):
+            continue
+        if not tmpl.has(key) and tm_conf.get(key) and not (key == "DISK_TYPE" and ds_type == 2):
+            tmpl.set(key, tm_conf[key])
+    disk_type_name = (tmpl.get("DISK_TYPE") or "FILE").upper()
+    if disk_type_name not in DISK_TYPES:
+        raise errors.allocate("Unknown DISK_TYPE in template.", "datastore")
+    if not tmpl.get("SAFE_DIRS") and not tmpl.get("RESTRICTED_DIRS"):
+        tmpl.set("SAFE_DIRS", "/var/tmp")
+        tmpl.set("RESTRICTED_DIRS", "/")
+    return Datastore(
+        id=oid, uid=owner.uid, gid=owner.gid, uname=owner.uname, gname=owner.gname,
+        name=name, perms=perms, ds_mad=ds_mad, tm_mad=tm_mad,
+        base_path=base_path(config, oid), type=ds_type, disk_type=DISK_TYPES[disk_type_name],
+        template=tmpl,
+    )
+
+
+@dataclass
+class Datastores:
+    db: Database
+    config: DaemonConfig
+    identity: Identity
+    #: called with a datastore id after allocate, to monitor it at once.
+    on_created: Callable[[int], None] | None = None
+
+    async def get(self, oid: int) -> Datastore:
+        return await self.db.run(read_ds, oid)
+
+    async def allocate(self, caller: Caller, text: str, cluster_id: int) -> int:
+        try:
+            tmpl = Template.parse(text)
+        except TemplateError as exc:
+            raise errors.internal(exc.message) from None
+        if cluster_id not in (-1, 0):
+            raise errors.no_exists("cluster", cluster_id)
+        req = AuthRequest(caller, self.identity.acl)
+        req.add(Op.CREATE, ObjectAuth("DATASTORE", -1))
+        req.check()
+        perms = new_object_perms(caller.uid, caller.gid, self.identity.umask_for(caller),
+                                 self.config.enable_other_permissions)
+        # Validate before consuming an id, as oned does for insert-time rules.
+        build_datastore(self.config, FIRST_DS_ID, tmpl, caller, perms)
+        oid = await self.db.run(self._insert, tmpl, caller, perms)
+        if self.on_created:
+            self.on_created(oid)
+        return oid
+
+    def _insert(self, tmpl: Template, caller: Caller, perms: Permissions) -> int:
+        name = tmpl.get("NAME") or ""
+        existing = pools.oid_by_name(DatastoreRow, name)
+        if existing is not None:
+            raise errors.allocate(f"NAME is already taken by DATASTORE {existing}.", "datastore")
+        oid = pools.next_oid("datastore_pool", FIRST_DS_ID)
+        ds = build_datastore(self.config, oid, tmpl, caller, perms)
+        pools.insert(DatastoreRow, oid, ds_meta(ds), datastore_xml(ds))
+        return oid
+
+    async def delete(self, caller: Caller, oid: int) -> int:
+        ds = await self.get(oid)
+        req = AuthRequest(caller, self.identity.acl)
+        req.add(Op.ADMIN, ds_auth(ds))
+        req.check()
+
+        def txn() -> None:
+            read_ds(oid, lock=True)
+            if image_ids(oid):
+                raise errors.action(f"Datastore {oid} is not empty.")
+            pools.delete(DatastoreRow, oid)
+
+        await self.db.run(txn)
+        return oid
+
+    async def info(self, caller: Caller, oid: int) -> str:
+        ds = await self.get(oid)
+        req = AuthRequest(caller, self.identity.acl)
+        req.add(Op.USE, ds_auth(ds), check_lock=False)
+        req.check()
+        return await self.db.run(served_xml, ds)
+
+    async def pool_info(self, caller: Caller) -> str:
+        bodies = await self.db.run(_served_pool)
+        if not caller.is_admin:
+            visible = []
+            for body in bodies:
+                req = AuthRequest(caller, self.identity.acl)
+                req.add(Op.USE, ds_auth(datastore_from(body)), check_lock=False)
+                if not req.failures:
+                    visible.append(body)
+            bodies = visible
+        return imagedoc.pool_xml("DATASTORE_POOL", bodies)
+
+    async def update(self, caller: Caller, oid: int, text: str, append: int) -> int:
+        ds = await self.get(oid)
+        req = AuthRequest(caller, self.identity.acl)
+        req.add(Op.MANAGE, ds_auth(ds))
+        req.check()
+        if append not in (0, 1):
+            raise errors.api("Wrong update type")
+        try:
+            tmpl = Template.parse(text)
+        except TemplateError as exc:
+            raise errors.internal(f"Cannot update template. {exc.message}") from None
+
+        def txn() -> None:
+            current = read_ds(oid, lock=True)
+            if append:
+                current.template.merge(tmpl)
+            else:
+                current.template = tmpl.copy()
+            t = current.template
+            # Datastore::post_update_template: drivers and type follow the template.
+            if t.get("DS_MAD") and current.type != 1:
+                current.ds_mad = t.get("DS_MAD") or current.ds_mad
+            if t.get("TM_MAD"):
+                current.tm_mad = t.get("TM_MAD") or current.tm_mad
+            ds_type = (t.get("TYPE") or "").upper()
+            if ds_type in DS_TYPES:
+                current.type = DS_TYPES[ds_type]
+            disk = (t.get("DISK_TYPE") or "").upper()
+            if disk in DISK_TYPES:
+                current.disk_type = DISK_TYPES[disk]
+            write_ds(current)
+
+        await self.db.run(txn)
+        return oid
+
+    async def chmod(self, caller: Caller, oid: int, values: list[int]) -> int:
+        ds = await self.get(oid)
+        req = AuthRequest(caller, self.identity.acl)
+        perms = chmod_plan(caller, req, ds_auth(ds), ds.perms, values,
+                           self.config.enable_other_permissions)
+
+        def txn() -> None:
+            current = read_ds(oid, lock=True)
+            current.perms = perms
+            write_ds(current)
+
+        await self.db.run(txn)
+        return oid
+
+    async def chown(self, caller: Caller, oid: int, uid: int, gid: int) -> int:
+        user = self.identity.user(uid) if uid > -1 else None
+        group = self.identity.group(gid) if gid > -1 else None
+        ds = await self.get(oid)
+        if user is not None and user.id == ds.uid:
+            user = None
+        if group is not None and group.id == ds.gid:
+            group = None
+        from oned_images.domain.identity import group_auth, user_auth
+
+        req = AuthRequest(caller, self.identity.acl)
+        req.add(Op.MANAGE, ds_auth(ds))
+        if user is not None:
+            req.add(Op.MANAGE, user_auth(user))
+        if group is not None:
+            req.add(Op.USE, group_auth(group))
+        req.check()
+
+        def txn() -> None:
+            current = read_ds(oid, lock=True)
+            if user is not None:
+                current.uid, current.uname = user.id, user.name
+            if group is not None:
+                current.gid, current.gname = group.id, group.name
+            write_ds(current)
+
+        await self.db.run(txn)
+        return oid
+
+    async def rename(self, caller: Caller, oid: int, name: str) -> int:
+        ds = await self.get(oid)
+        if name == ds.name:
+            return oid
+        req = AuthRequest(caller, self.identity.acl)
+        req.add(Op.MANAGE, ds_auth(ds))
+        req.check()
+        err = name_error(name)
+        if err:
+            raise errors.action(err)
+
+        def txn() -> None:
+            other = pools.oid_by_name(DatastoreRow, name)
+            if other is not None and other != oid:
+                raise errors.action(
+                    f"datastore cannot be renamed to {name} because it collides with "
+                    f"datastore {other}")
+            current = read_ds(oid, lock=True)
+            current.name = name
+            write_ds(current)
+            for image_id in image_ids(oid):
+                body = pools.body(ImageRow, image_id, lock=True)
+                if body is None:
+                    continue
+                img = imagedoc.image_from(body)
+                img.datastore = name
+                pools.update(ImageRow, img.id, pools.RowMeta(img.name, img.uid, img.gid,
+                                                               img.perms),
+                             imagedoc.image_xml(img))
+
+        await self.db.run(txn)
+        return oid
+
+    async def enable(self, caller: Caller, oid: int, enable: bool) -> int:
+        ds = await self.get(oid)
+        req = AuthRequest(caller, self.identity.acl)
+        req.add(Op.MANAGE, ds_auth(ds))
+        req.check()
+        if ds.type != 1:
+            raise errors.internal("Only SYSTEM_DS can be disabled or enabled")
+
+        def txn() -> None:
+            current = read_ds(oid, lock=True)
+            current.state = 0 if enable else 1
+            write_ds(current)
+
+        await self.db.run(txn)
+        return oid
+
+    async def record_monitor(self, oid: int, total: int, free: int, used: int) -> None:
+        def txn() -> None:
+            body = pools.body(DatastoreRow, oid, lock=True)
+            if body is None:
+                return
+            current = datastore_from(body)
+            current.total_mb, current.free_mb, current.used_mb = total, free, used
+            write_ds(current)
+
+        await self.db.run(txn)
+
+
+def bootstrap_datastores(config: DaemonConfig) -> None:
+    """Datastores 0 (system), 1 (default) and 2 (files) of a fresh install."""
+    owner = Caller(0, 0, frozenset({0}), "oneadmin", "oneadmin")
+    perms = Permissions([1, 1, 0, 1, 0, 0, 0, 0, 0])
+    specs = [
+        (0, 'NAME="system"\nTYPE="SYSTEM_DS"\nTM_MAD="local"\nDISK_TYPE="FILE"\n'
+            'DS_MIGRATE="YES"\nSHARED="NO"'),
+        (1, 'NAME="default"\nTYPE="IMAGE_DS"\nDS_MAD="fs"\nTM_MAD="local"\nDISK_TYPE="FILE"'),
+        (2, 'NAME="files"\nTYPE="FILE_DS"\nDS_MAD="fs"\nTM_MAD="local"'),
+    ]
+    for oid, text in specs:
+        ds = build_datastore(config, oid, Template.parse(text), owner, perms)
+        pools.insert(DatastoreRow, oid, ds_meta(ds), datastore_xml(ds))
+    pools.next_oid("datastore_pool", FIRST_DS_ID - 1)
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,657 @@
+"""Users, groups, ACL rules and sessions: who may call, and as whom.
+
+Users and groups are few and read on every call, so the daemon keeps them in
+memory (loaded at start, refreshed after each of its own writes) and
+authenticates without touching the database.  Writes still go through one DB
+transaction each, with the row locked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from twisted.logger import Logger
+
+from oned_images import errors
+from oned_images.config import DaemonConfig
+from oned_images.domain.names import USER_FORBIDDEN
+from oned_images.domain.objects import Group, LoginToken, User
+from oned_images.domain.permissions import (
+    AclRule,
+    AuthRequest,
+    Caller,
+    ObjectAuth,
+    Op,
+    default_acl_rules,
+)
+from oned_images.store import pools
+from oned_images.store.database import Database
+from oned_images.store.models import AclRow, GroupRow, UserRow
+from oned_images.template import Template, TemplateError
+from oned_images.xmldoc import user as userdoc
+
+log = Logger(namespace="AuM")
+
+ONEADMIN_GROUP = 0
+USERS_GROUP = 1
+FIRST_USER_ID = 2
+FIRST_GROUP_ID = 100
+MAX_TOKENS = 10
+CORE = "core"
+SERVER_CIPHER = "server_cipher"
+HASHED_DRIVERS = {CORE, SERVER_CIPHER, "server_x509", "public"}
+PASS_FORBIDDEN = set(" \t\n\v\f\r")
+
+
+def sha256_hex(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def sha1_hex(secret: str) -> str:
+    return hashlib.sha1(secret.encode("utf-8")).hexdigest()
+
+
+def user_name_error(name: str) -> str | None:
+    if not name:
+        return "Invalid NAME, it cannot be empty"
+    for ch in name:
+        if ch in USER_FORBIDDEN or ord(ch) < 0x20:
+            return f"Invalid NAME, character '{ch}' is not allowed"
+    if len(name.encode("utf-8")) > 128:
+        return "Invalid NAME, max length is 128 chars"
+    return None
+
+
+def password_error(password: str) -> str | None:
+    if not password:
+        return "Invalid password, it cannot be empty"
+    for ch in password:
+        if ch in PASS_FORBIDDEN:
+            return f"Invalid password, character '{ch}' is not allowed"
+    return None
+
+
+def stored_password(driver: str, password: str) -> str:
+    return sha256_hex(password) if driver in HASHED_DRIVERS else password
+
+
+def server_cipher_token(server_user: str, server_password_hash: str, target: str,
+                        expire: int) -> str:
+    """What Sunstone builds: AES-256-CBC of ``server:target:expire`` (for tests and tools)."""
+    key = server_password_hash[:32].encode()
+    iv = server_password_hash[:16].encode()
+    padder = padding.PKCS7(128).padder()
+    data = padder.update(f"{server_user}:{target}:{expire}".encode()) + padder.finalize()
+    enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return base64.b64encode(enc.update(data) + enc.finalize()).decode()
+
+
+def _decrypt_server_token(password_hash: str, token64: str) -> str | None:
+    try:
+        raw = base64.b64decode(token64, validate=True)
+        key = password_hash[:32].encode()
+        iv = password_hash[:16].encode()
+        if len(key) != 32 or len(raw) == 0 or len(raw) % 16:
+            return None
+        dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+        data = dec.update(raw) + dec.finalize()
+        unpadder = padding.PKCS7(128).unpadder()
+        return (unpadder.update(data) + unpadder.finalize()).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def user_auth(user: User) -> ObjectAuth:
+    """Users own themselves (uid = oid) with USE and MANAGE on their own object."""
+    from oned_images.domain.objects import Permissions
+
+    return ObjectAuth("USER", user.id, user.id, user.gid, Permissions([1, 1, 0, 0, 0, 0, 0, 0, 0]))
+
+
+def group_auth(group: Group) -> ObjectAuth:
+    from oned_images.domain.objects import Permissions
+
+    return ObjectAuth("GROUP", group.id, 0, group.id, Permissions([1, 1, 0, 1, 0, 0, 0, 0, 0]))
+
+
+@dataclass
+class Identity:
+    """The in-memory view of users, groups and ACLs, plus the session cache."""
+
+    db: Database
+    config: DaemonConfig
+    clock: Callable[[], float] = time.time
+    users: dict[int, User] = field(default_factory=dict)
+    by_name: dict[str, int] = field(default_factory=dict)
+    groups: dict[int, Group] = field(default_factory=dict)
+    acl: list[AclRule] = field(default_factory=list)
+    _sessions: dict[str, tuple[int, float, int]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ loading
+    def load_sync(self) -> None:
+        """Fill the caches (start-up, before the port listens)."""
+        users, groups, acl = self.db.run_sync(_load_all)
+        self.users = {u.id: u for u in users}
+        self.by_name = {u.name: u.id for u in users}
+        self.groups = {g.id: g for g in groups}
+        self.acl = acl
+
+    def _store_user(self, user: User | None, old_name: str | None = None) -> None:
+        if old_name is not None:
+            self.by_name.pop(old_name, None)
+        if user is not None:
+            self.users[user.id] = user
+            self.by_name[user.name] = user.id
+        self._sessions.clear()
+
+    # ------------------------------------------------------------ authentication
+    def authenticate(self, session: str) -> Caller:
+        username, sep, secret = session.partition(":")
+        if not sep or user_name_error(username):
+            raise errors.authentication()
+        uid = self.by_name.get(username)
+        user = self.users.get(uid) if uid is not None else None
+        if user is None or not user.enabled:
+            raise errors.authentication()
+        if user.auth_driver.startswith("server"):
+            return self._server_session(user, secret)
+        now = self.clock()
+        for token in user.login_tokens:
+            if token.token == secret and (token.expiration_time == -1
+                                          or token.expiration_time > now):
+                if token.egid != -1:
+                    if token.egid not in user.groups:
+                        raise errors.authentication()
+                    return self._caller(user, egid=token.egid)
+                return self._caller(user)
+        cached = self._sessions.get(session)
+        if cached is not None and cached[1] > now and cached[0] == user.id:
+            return self._caller(user, egid=cached[2])
+        if user.auth_driver != CORE:
+            raise errors.authentication()
+        if sha256_hex(secret) == user.password:
+            pass
+        elif sha1_hex(secret) == user.password:
+            self.db.run(_upgrade_password, user.id, sha256_hex(secret)).addCallback(
+                self._store_user)
+        else:
+            raise errors.authentication()
+        if self.config.session_expiration_time > 0:
+            self._sessions[session] = (user.id, now + self.config.session_expiration_time, -1)
+        return self._caller(user)
+
+    def _server_session(self, server: User, secret: str) -> Caller:
+        parts = secret.split(":")
+        if len(parts) == 2:
+            target_name, egid, token64 = parts[0], -1, parts[1]
+        elif len(parts) == 3:
+            target_name, token64 = parts[0], parts[2]
+            try:
+                egid = int(parts[1])
+            except ValueError:
+                raise errors.authentication() from None
+        else:
+            raise errors.authentication()
+        tid = self.by_name.get(target_name)
+        target = self.users.get(tid) if tid is not None else None
+        if target is None or not target.enabled:
+            raise errors.authentication()
+        now = self.clock()
+        key = f"{server.name}:{secret}"
+        cached = self._sessions.get(key)
+        if not (cached and cached[1] > now and cached[0] == target.id):
+            plain = _decrypt_server_token(server.password, token64)
+            if plain is None:
+                raise errors.authentication()
+            fields = plain.split(":")
+            try:
+                ok = len(fields) >= 3 and fields[0] == server.name and int(fields[-1]) > now
+            except ValueError:
+                ok = False
+            if not ok:
+                raise errors.authentication()
+            if self.config.session_expiration_time > 0:
+                self._sessions[key] = (target.id, now + self.config.session_expiration_time,
+                                       egid)
+        if egid != -1 and egid not in target.groups:
+            raise errors.authentication()
+        return self._caller(target, egid=egid)
+
+    def _caller(self, user: User, egid: int = -1) -> Caller:
+        umask = None
+        raw = user.template.get("UMASK")
+        if raw:
+            try:
+                umask = int(raw, 8)
+            except ValueError:
+                umask = None
+        if egid != -1:
+            group = self.groups.get(egid)
+            return Caller(user.id, egid, frozenset({egid}), user.name,
+                          group.name if group else "", umask, scoped=True)
+        return Caller(user.id, user.gid, frozenset(user.groups), user.name, user.gname, umask)
+
+    # ----------------------------------------------------------------- lookups
+    def user(self, uid: int) -> User:
+        user = self.users.get(uid)
+        if user is None:
+            raise errors.no_exists("user", uid)
+        return user
+
+    def group(self, gid: int) -> Group:
+        group = self.groups.get(gid)
+        if group is None:
+            raise errors.no_exists("group", gid)
+        return group
+
+    def umask_for(self, caller: Caller) -> int:
+        return caller.umask if caller.umask is not None else self.config.default_umask
+
+    def user_option(self, caller: Caller, name: str, default: str) -> str:
+        """OPENNEBULA=[name=…] from the user template, then the group's, then oned.conf."""
+        for tmpl in (self.users[caller.uid].template if caller.uid in self.users else None,
+                     self.groups[caller.gid].template if caller.gid in self.groups else None):
+            if tmpl is None:
+                continue
+            vec = tmpl.get_vector("OPENNEBULA")
+            if vec and vec.get(name):
+                return vec[name]
+        return default
+
+    # ------------------------------------------------------------------- users
+    async def user_allocate(self, caller: Caller, name: str, password: str, driver: str,
+                            gids: list[int]) -> int:
+        driver = driver or CORE
+        req = AuthRequest(caller, self.acl)
+        req.add(Op.CREATE, ObjectAuth("USER", -1))
+        for gid in gids:
+            req.add(Op.MANAGE, group_auth(self.group(gid)))
+        req.check()
+        if not gids:
+            gids = [USERS_GROUP if caller.gid == ONEADMIN_GROUP else caller.gid]
+        for gid in gids:
+            self.group(gid)
+        err = user_name_error(name)
+        if err is None and driver == CORE:
+            err = password_error(password)
+        if err:
+            raise errors.allocate(err, "user")
+        if name in self.by_name:
+            raise errors.allocate(f"NAME is already taken by USER {self.by_name[name]}.", "user")
+        primary = self.groups[gids[0]]
+        user = User(id=-1, gid=primary.id, groups=sorted(set(gids)), gname=primary.name,
+                    name=name, password=stored_password(driver, password), auth_driver=driver,
+                    enabled=1)
+        user.template.set("TOKEN_PASSWORD", sha256_hex(secrets.token_hex(32)))
+        user, groups = await self.db.run(_insert_user, user)
+        self._store_user(user)
+        for g in groups:
+            self.groups[g.id] = g
+        return user.id
+
+    async def user_delete(self, caller: Caller, uid: int) -> int:
+        user = self.user(uid)
+        if uid in (0, 1):
+            raise errors.action("oneadmin cannot be deleted." if uid == 0
+                                else "serveradmin cannot be deleted.")
+        req = AuthRequest(caller, self.acl)
+        req.add(Op.ADMIN, user_auth(user))
+        req.check()
+        groups = await self.db.run(_delete_user, uid)
+        self.users.pop(uid, None)
+        self._store_user(None, old_name=user.name)
+        for g in groups:
+            self.groups[g.id] = g
+        return uid
+
+    async def passwd(self, caller: Caller, uid: int, password: str) -> int:
+        user = self.user(uid)
+        authorize_one(caller, self.acl, Op.MANAGE, user_auth(user))
+        if user.auth_driver == CORE:
+            err = password_error(password)
+            if err:
+                raise errors.action(err)
+        new = await self.db.run(_set_password, uid, stored_password(user.auth_driver, password))
+        self._store_user(new)
+        return uid
+
+    def user_info(self, caller: Caller, uid: int) -> str:
+        if uid == -1:
+            uid = caller.uid
+        user = self.user(uid)
+        authorize_one(caller, self.acl, Op.USE, user_auth(user), check_lock=False)
+        return userdoc.user_extended(userdoc.user_xml(user))
+
+    def userpool_info(self, caller: Caller) -> str:
+        if caller.is_admin:
+            visible = sorted(self.users)
+        else:
+            visible = [caller.uid]
+        return userdoc.user_pool([userdoc.user_xml(self.users[i]) for i in visible])
+
+    async def user_update(self, caller: Caller, uid: int, text: str, append: int) -> int:
+        user = self.user(uid)
+        authorize_one(caller, self.acl, Op.MANAGE, user_auth(user))
+        if append not in (0, 1):
+            raise errors.api("Wrong update type")
+        try:
+            tmpl = Template.parse(text)
+        except TemplateError as exc:
+            raise errors.internal(f"Cannot update template. {exc.message}") from None
+        new = await self.db.run(_update_user_template, uid, tmpl, append == 1)
+        self._store_user(new)
+        return uid
+
+    async def chgrp(self, caller: Caller, uid: int, gid: int) -> int:
+        user = self.user(uid)
+        group = self.group(gid)
+        req = AuthRequest(caller, self.acl)
+        req.add(Op.MANAGE, user_auth(user))
+        req.add(Op.MANAGE, group_auth(group))
+        req.check()
+        if uid in (0, 1) and gid != ONEADMIN_GROUP:
+            raise errors.action("Cannot change primary group of user " + user.name)
+        new, groups = await self.db.run(_change_group, uid, gid, "chgrp")
+        self._store_user(new)
+        for g in groups:
+            self.groups[g.id] = g
+        return uid
+
+    async def addgroup(self, caller: Caller, uid: int, gid: int) -> int:
+        user = self.user(uid)
+        group = self.group(gid)
+        req = AuthRequest(caller, self.acl)
+        req.add(Op.MANAGE, user_auth(user))
+        req.add(Op.MANAGE, group_auth(group))
+        req.check()
+        if gid in user.groups:
+            raise errors.action("User is already in this group")
+        new, groups = await self.db.run(_change_group, uid, gid, "add")
+        self._store_user(new)
+        for g in groups:
+            self.groups[g.id] = g
+        return uid
+
+    async def delgroup(self, caller: Caller, uid: int, gid: int) -> int:
+        user = self.user(uid)
+        group = self.group(gid)
+        req = AuthRequest(caller, self.acl)
+        req.add(Op.MANAGE, user_auth(user))
+        req.add(Op.MANAGE, group_auth(group))
+        req.check()
+        if gid == user.gid:
+            raise errors.action("Cannot remove user from the primary group")
+        if gid not in user.groups:
+            raise errors.action("User is not part of this group")
+        new, groups = await self.db.run(_change_group, uid, gid, "del")
+        self._store_user(new)
+        for g in groups:
+            self.groups[g.id] = g
+        return uid
+
+    async def login(self, caller: Caller, username: str, token: str, valid: int,
+                    egid: int) -> str:
+        uid = self.by_name.get(username)
+        if uid is None:
+            raise errors.no_exists("user", -1)
+        user = self.users[uid]
+        authorize_one(caller, self.acl, Op.MANAGE, user_auth(user))
+        if valid == 0:
+            if not token:
+                new = await self.db.run(_set_tokens, uid, [])
+                self._store_user(new)
+                return token
+            if not any(t.token == token for t in user.login_tokens):
+                raise errors.api(f"Could not find token: {token}")
+            new = await self.db.run(
+                _set_tokens, uid, [t for t in user.login_tokens if t.token != token])
+            self._store_user(new)
+            return token
+        if valid < -1:
+            raise errors.api("Wrong valid period for token")
+        if egid != -1:
+            if not caller.is_admin and (egid not in user.groups or egid not in caller.groups):
+                raise errors.api("EGID is not in user group list")
+        elif caller.scoped:
+            raise errors.api("Cannot create a full token with a specific group token")
+        now = int(self.clock())
+        tokens = [t for t in user.login_tokens
+                  if t.expiration_time == -1 or t.expiration_time > now]
+        if len(tokens) >= MAX_TOKENS:
+            raise errors.api("Max number of tokens limit reached.")
+        token = token or sha256_hex(str(secrets.randbits(64)))
+        expire = -1 if valid == -1 else now + valid
+        tokens = [t for t in tokens if t.token != token]
+        tokens.append(LoginToken(token, expire, egid))
+        new = await self.db.run(_set_tokens, uid, tokens)
+        self._store_user(new)
+        return token
+
+    # ------------------------------------------------------------------ groups
+    async def group_allocate(self, caller: Caller, name: str) -> int:
+        authorize_one(caller, self.acl, Op.CREATE, ObjectAuth("GROUP", -1))
+        from oned_images.domain.names import name_error
+
+        err = name_error(name)
+        if err:
+            raise errors.allocate(err, "group")
+        for g in self.groups.values():
+            if g.name == name:
+                raise errors.allocate(f"NAME is already taken by GROUP {g.id}.", "group")
+        group = await self.db.run(_insert_group, Group(id=-1, name=name))
+        self.groups[group.id] = group
+        return group.id
+
+    async def group_delete(self, caller: Caller, gid: int) -> int:
+        group = self.group(gid)
+        authorize_one(caller, self.acl, Op.ADMIN, group_auth(group))
+        if gid in (ONEADMIN_GROUP, USERS_GROUP):
+            raise errors.action("System groups cannot be deleted.")
+        if group.users:
+            raise errors.action("Group " + str(gid) + " is not empty.")
+        await self.db.run(_delete_group, gid)
+        self.groups.pop(gid, None)
+        return gid
+
+    def group_info(self, caller: Caller, gid: int) -> str:
+        if gid == -1:
+            gid = caller.gid
+        group = self.group(gid)
+        authorize_one(caller, self.acl, Op.USE, group_auth(group), check_lock=False)
+        return userdoc.group_extended(userdoc.group_xml(group))
+
+    def grouppool_info(self, caller: Caller) -> str:
+        ids = sorted(self.groups) if caller.is_admin else sorted(
+            g for g in self.groups if g in caller.groups)
+        return userdoc.group_pool([userdoc.group_xml(self.groups[g]) for g in ids])
+
+    def acl_info(self, caller: Caller) -> str:
+        rules = "".join(
+            f"<ACL><ID>{r.oid}</ID><USER>{r.user:x}</USER><RESOURCE>{r.resource:x}</RESOURCE>"
+            f"<RIGHTS>{r.rights:x}</RIGHTS><ZONE>{r.zone:x}</ZONE>"
+            f"<STRING>{r.to_string()}</STRING></ACL>"
+            for r in self.acl
+        )
+        return f"<ACL_POOL>{rules}</ACL_POOL>"
+
+
+def authorize_one(caller: Caller, acl: list[AclRule], op: Op, obj: ObjectAuth,
+                  check_lock: bool = True) -> None:
+    req = AuthRequest(caller, acl)
+    req.add(op, obj, check_lock=check_lock)
+    req.check()
+
+
+# ---------------------------------------------------------------- transactions
+def _meta(user: User) -> pools.RowMeta:
+    from oned_images.domain.objects import Permissions
+
+    return pools.RowMeta(user.name, user.id, user.gid, Permissions([1, 1, 0, 0, 0, 0, 0, 0, 0]))
+
+
+def _group_meta(group: Group) -> pools.RowMeta:
+    from oned_images.domain.objects import Permissions
+
+    return pools.RowMeta(group.name, 0, group.id, Permissions([1, 1, 0, 1, 0, 0, 0, 0, 0]))
+
+
+def _load_all() -> tuple[list[User], list[Group], list[AclRule]]:
+    users = [userdoc.user_from(b) for b in pools.bodies(UserRow)]
+    groups = [userdoc.group_from(b) for b in pools.bodies(GroupRow)]
+    acl = [AclRule(r.oid, r.userset, r.resource, r.rights, r.zone)
+           for r in AclRow.select().order_by(AclRow.oid)]
+    return users, groups, acl
+
+
+def _read_user(uid: int) -> User:
+    body = pools.body(UserRow, uid, lock=True)
+    if body is None:
+        raise errors.no_exists("user", uid)
+    return userdoc.user_from(body)
+
+
+def _write_user(user: User) -> None:
+    pools.update(UserRow, user.id, _meta(user), userdoc.user_xml(user))
+
+
+def _read_group(gid: int) -> Group:
+    body = pools.body(GroupRow, gid, lock=True)
+    if body is None:
+        raise errors.no_exists("group", gid)
+    return userdoc.group_from(body)
+
+
+def _write_group(group: Group) -> None:
+    pools.update(GroupRow, group.id, _group_meta(group), userdoc.group_xml(group))
+
+
+def _insert_user(user: User, oid: int | None = None) -> tuple[User, list[Group]]:
+    if pools.oid_by_name(UserRow, user.name) is not None:
+        raise errors.allocate(
+            f"NAME is already taken by USER {pools.oid_by_name(UserRow, user.name)}.", "user")
+    user.id = oid if oid is not None else pools.next_oid("user_pool", FIRST_USER_ID)
+    pools.insert(UserRow, user.id, _meta(user), userdoc.user_xml(user))
+    changed = []
+    for gid in user.groups:
+        group = _read_group(gid)
+        group.users = sorted(set(group.users) | {user.id})
+        _write_group(group)
+        changed.append(group)
+    return user, changed
+
+
+def _delete_user(uid: int) -> list[Group]:
+    user = _read_user(uid)
+    changed = []
+    for gid in user.groups:
+        group = _read_group(gid)
+        group.users = [u for u in group.users if u != uid]
+        group.admins = [u for u in group.admins if u != uid]
+        _write_group(group)
+        changed.append(group)
+    pools.delete(UserRow, uid)
+    return changed
+
+
+def _set_password(uid: int, password: str) -> User:
+    user = _read_user(uid)
+    user.password = password
+    _write_user(user)
+    return user
+
+
+_upgrade_password = _set_password
+
+
+def _set_tokens(uid: int, tokens: list[LoginToken]) -> User:
+    user = _read_user(uid)
+    user.login_tokens = tokens
+    _write_user(user)
+    return user
+
+
+def _update_user_template(uid: int, tmpl: Template, append: bool) -> User:
+    user = _read_user(uid)
+    if append:
+        user.template.merge(tmpl)
+    else:
+        user.template = tmpl
+    _write_user(user)
+    return user
+
+
+def _change_group(uid: int, gid: int, how: str) -> tuple[User, list[Group]]:
+    user = _read_user(uid)
+    changed: dict[int, Group] = {}
+
+    def touch(g: int) -> Group:
+        if g not in changed:
+            changed[g] = _read_group(g)
+        return changed[g]
+
+    if how == "chgrp":
+        old = user.gid
+        if old != gid:
+            user.groups = [g for g in user.groups if g != old]
+            grp = touch(old)
+            grp.users = [u for u in grp.users if u != uid]
+        user.gid = gid
+        user.groups = sorted(set(user.groups) | {gid})
+        new = touch(gid)
+        new.users = sorted(set(new.users) | {uid})
+        user.gname = new.name
+    elif how == "add":
+        user.groups = sorted(set(user.groups) | {gid})
+        grp = touch(gid)
+        grp.users = sorted(set(grp.users) | {uid})
+    else:
+        user.groups = [g for g in user.groups if g != gid]
+        grp = touch(gid)
+        grp.users = [u for u in grp.users if u != uid]
+    _write_user(user)
+    for grp in changed.values():
+        _write_group(grp)
+    return user, list(changed.values())
+
+
+def _insert_group(group: Group, oid: int | None = None) -> Group:
+    existing = pools.oid_by_name(GroupRow, group.name)
+    if existing is not None:
+        raise errors.allocate(f"NAME is already taken by GROUP {existing}.", "group")
+    group.id = oid if oid is not None else pools.next_oid("group_pool", FIRST_GROUP_ID)
+    pools.insert(GroupRow, group.id, _group_meta(group), userdoc.group_xml(group))
+    return group
+
+
+def _delete_group(gid: int) -> None:
+    group = _read_group(gid)
+    if group.users:
+        raise errors.action(f"Group {gid} is not empty.")
+    pools.delete(GroupRow, gid)
+
+
+def bootstrap_identity(oneadmin_name: str, oneadmin_password: str,
+                       serveradmin_secret: str) -> None:
+    """Create groups 0/1, users 0/1 and the default ACLs on an empty database."""
+    for oid, name in ((ONEADMIN_GROUP, "oneadmin"), (USERS_GROUP, "users")):
+        _insert_group(Group(id=oid, name=name), oid=oid)
+    pools.next_oid("group_pool", FIRST_GROUP_ID - 1)
+    for oid, name, driver, secret in (
+        (0, oneadmin_name, CORE, oneadmin_password),
+        (1, "serveradmin", SERVER_CIPHER, serveradmin_secret),
+    ):
+        user = User(id=oid, gid=ONEADMIN_GROUP, groups=[ONEADMIN_GROUP], gname="oneadmin",
+                    name=name, password=sha256_hex(secret), auth_driver=driver, enabled=1)
+        user.template.set("TOKEN_PASSWORD", sha256_hex(secrets.token_hex(32)))
+        _insert_user(user, oid=oid)
+    pools.next_oid("user_pool", FIRST_USER_ID - 1)
+    for rule in default_acl_rules():
+        AclRow.insert(oid=rule.oid, userset=rule.user, resource=rule.resource,
+                      rights=int(rule.rights), zone=rule.zone).execute()

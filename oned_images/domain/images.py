@@ -1,0 +1,959 @@
+"""The image verbs (oned's ImageAPI + ImageManager actions), api.md §2-§7.
+
+Each verb is one database transaction that re-reads the image with a row
+lock, checks in oned's order, writes, and reports which driver action (if
+any) to start; the action then runs outside the transaction and its reply is
+applied in another one (``driver_replies``).  Checks therefore never race
+with a concurrent call on the same image, on SQLite or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from oned_images import errors
+from oned_images.config import DaemonConfig
+from oned_images.domain import driver_replies as replies
+from oned_images.domain import snapshots as snap
+from oned_images.domain.datastores import Datastores, read_ds
+from oned_images.domain.identity import Identity, group_auth, user_auth
+from oned_images.domain.names import name_error
+from oned_images.domain.objects import Datastore, Image, Lock, Permissions
+from oned_images.domain.ownership import chmod_plan
+from oned_images.domain.permissions import (
+    AuthRequest,
+    Caller,
+    ObjectAuth,
+    Op,
+    acl_grants_all,
+    acl_visible_terms,
+    new_object_perms,
+)
+from oned_images.domain.restricted import path_allowed
+from oned_images.domain.states import (
+    DISK_TYPES,
+    FILE_TYPES,
+    DsType,
+    ImageState,
+    ImageType,
+    InvalidTransition,
+    next_state,
+    state_to_str,
+)
+from oned_images.driver.parse import DriverResult, parse_monitor
+from oned_images.store import pools
+from oned_images.store.models import DatastoreRow, ImageRow
+from oned_images.template import Template, TemplateError
+from oned_images.xmldoc import drv_action
+from oned_images.xmldoc.image import image_from, image_xml, pool_xml
+
+log = Logger(namespace="ImM")
+
+S = ImageState
+REMOVED_ON_ALLOCATE = ("NAME", "TYPE", "PERSISTENT", "SIZE", "FS", "DRIVER", "PATH", "SOURCE",
+                       "FORMAT", "TM_MAD")
+LOCKED_STATES = (S.LOCKED, S.LOCKED_USED, S.LOCKED_USED_PERS)
+SIZE_RE = re.compile(r"^\s*\d+\s*$")
+
+
+# ------------------------------------------------------------------ row access
+def image_auth(img: Image) -> ObjectAuth:
+    return ObjectAuth("IMAGE", img.id, img.uid, img.gid, img.perms,
+                      img.lock.locked if img.lock else 0)
+
+
+def _meta(img: Image) -> pools.RowMeta:
+    return pools.RowMeta(img.name, img.uid, img.gid, img.perms)
+
+
+def read_image(oid: int, lock: bool = True) -> Image:
+    body = pools.body(ImageRow, oid, lock=lock)
+    if body is None:
+        raise errors.no_exists("image", oid)
+    return image_from(body)
+
+
+def write_image(img: Image) -> None:
+    """Every write copies STATE into PREV_STATE first, as oned's update does."""
+    img.prev_state = img.state
+    ImageRow.update(
+        name=img.name, body=image_xml(img), uid=img.uid, gid=img.gid,
+        owner_u=img.perms.owner_u, group_u=img.perms.group_u, other_u=img.perms.other_u,
+        datastore_id=img.datastore_id,
+    ).where(ImageRow.oid == img.id).execute()
+
+
+def insert_image(img: Image) -> None:
+    img.prev_state = 0 if img.state == S.LOCKED else img.state
+    try:
+        pools.insert(ImageRow, img.id, _meta(img), image_xml(img), datastore_id=img.datastore_id)
+    except peewee.IntegrityError:
+        other = pools.oid_by_name(ImageRow, img.name, img.uid)
+        raise errors.allocate(f"NAME is already taken by IMAGE {other}.") from None
+
+
+def delete_row(img: Image) -> None:
+    pools.delete(ImageRow, img.id)
+
+
+def _type_of(text: str) -> ImageType | None:
+    try:
+        return ImageType[text.upper()]
+    except KeyError:
+        return None
+
+
+def _yes(value: str | None) -> bool:
+    return (value or "").strip().upper() == "YES"
+
+
+def _capacity_error(config: DaemonConfig, ds: Datastore, size: int) -> bool:
+    check = ds.template.get("DATASTORE_CAPACITY_CHECK")
+    enabled = _yes(check) if check else config.datastore_capacity_check
+    if not enabled:
+        return False
+    limit = ds.template.get("LIMIT_MB")
+    try:
+        avail = int(float(limit)) - ds.used_mb if limit else ds.free_mb
+    except ValueError:
+        avail = ds.free_mb
+    return size > max(avail, 0)
+
+
+@dataclass
+class Followup:
+    """A driver action to start once the transaction has committed."""
+
+    action: str
+    image_id: int
+    ds_mad: str
+    b64: str
+    mode: str = "stdin"
+
+
+@dataclass
+class ImageManager:
+    db: Any
+    config: DaemonConfig
+    identity: Identity
+    datastores: Datastores
+    drivers: Any
+    reactor: Any
+    pending: set[defer.Deferred] = field(default_factory=set)
+    _monitoring: set[int] = field(default_factory=set)
+
+    # -------------------------------------------------------------- helpers
+    @property
+    def acl(self):
+        return self.identity.acl
+
+    def _auth(self, caller: Caller) -> AuthRequest:
+        return AuthRequest(caller, self.acl)
+
+    def _mode(self, ds_mad: str) -> str:
+        return self.config.ds_mad(ds_mad).mode
+
+    def _start(self, follow: Followup | None) -> None:
+        if follow is None:
+            return
+        d = defer.ensureDeferred(self._run_action(follow))
+        self.pending.add(d)
+        d.addErrback(lambda f: log.failure("driver action {a} for image {i} crashed", f,
+                                           a=follow.action, i=follow.image_id))
+        d.addBoth(lambda _: self.pending.discard(d))
+
+    def _drv_data(self, img: Image, ds: Datastore) -> str:
+        return drv_action.action_data(img, ds)
+
+    async def _run_action(self, follow: Followup) -> None:
+        result = await self.drivers.run(follow.action, follow.ds_mad, follow.image_id,
+                                        follow.b64, key=("image", follow.image_id),
+                                        mode=follow.mode)
+        ds_id = await self.db.run(self._apply_reply, follow.action, follow.image_id, result)
+        if ds_id is not None and follow.action in ("cp", "mkfs", "clone", "rm"):
+            self.monitor_soon(ds_id)
+
+    def _apply_reply(self, action: str, oid: int, result: DriverResult) -> int | None:
+        body = pools.body(ImageRow, oid, lock=True)
+        if body is None:
+            return None
+        img = image_from(body)
+        if action in ("cp", "mkfs"):
+            replies.copy_done(img, result, action)
+        elif action == "clone":
+            source_id = img.cloning_id
+            replies.clone_done(img, result)
+            src_body = pools.body(ImageRow, source_id, lock=True) if source_id >= 0 else None
+            if src_body is not None:
+                source = image_from(src_body)
+                replies.clone_release(source, img.id)
+                write_image(source)
+        elif action == "rm":
+            if replies.rm_done(img, result):
+                delete_row(img)
+                return img.datastore_id
+        elif action.startswith("snap_"):
+            replies.snapshot_done(img, result, action)
+        write_image(img)
+        return img.datastore_id
+
+    # ------------------------------------------------------------- monitor
+    def monitor_soon(self, ds_id: int) -> None:
+        d = defer.ensureDeferred(self.monitor(ds_id))
+        d.addErrback(lambda f: log.failure("monitor of datastore {ds} failed", f, ds=ds_id))
+
+    async def monitor_all(self) -> None:
+        ids = await self.db.run(lambda: [r[0] for r in DatastoreRow.select(DatastoreRow.oid)
+                                         .tuples()])
+        await defer.DeferredList([defer.ensureDeferred(self.monitor(i)) for i in ids],
+                                 consumeErrors=True)
+
+    async def monitor(self, ds_id: int) -> None:
+        """One MONITOR per datastore at a time; a request during one is dropped."""
+        if ds_id in self._monitoring:
+            return
+        self._monitoring.add(ds_id)
+        try:
+            try:
+                ds = await self.db.run(read_ds, ds_id)
+            except errors.OneError:
+                return
+            if ds.type == DsType.SYSTEM_DS:
+                return  # oned monitors system datastores only through shared TM drivers
+            b64 = drv_action.action_data(None, ds)
+            result = await self.drivers.run("monitor", ds.ds_mad, ds_id, b64,
+                                            key=("datastore", ds_id), mode=self._mode(ds.ds_mad))
+            if not result.ok:
+                return
+            values = parse_monitor(result.stdout)
+            if {"TOTAL_MB", "FREE_MB", "USED_MB"} <= set(values):
+                await self.datastores.record_monitor(ds_id, values["TOTAL_MB"],
+                                                     values["FREE_MB"], values["USED_MB"])
+        finally:
+            self._monitoring.discard(ds_id)
+
+    # ------------------------------------------------------------------ info
+    async def info(self, caller: Caller, oid: int) -> str:
+        if oid < 0 and not caller.is_admin:
+            raise errors.authorization("Not authorized to perform USE IMAGE")
+        row = await self.db.run(_info_row, oid)
+        if row is None:
+            raise errors.no_exists("image", oid)
+        body, uid, gid, owner_u, group_u, other_u = row
+        if not caller.is_admin:
+            obj = ObjectAuth("IMAGE", oid, uid, gid,
+                             Permissions([owner_u, 0, 0, group_u, 0, 0, other_u, 0, 0]))
+            req = self._auth(caller)
+            req.add(Op.USE, obj, check_lock=False)
+            req.check()
+        return body
+
+    async def pool_info(self, caller: Caller, flag: int, start: int, end: int) -> str:
+        if flag < -4:
+            raise errors.api("Incorrect filter_flag")
+        where = self._pool_filter(caller, flag)
+        order = self.identity.user_option(caller, "API_LIST_ORDER",
+                                          self.config.api_list_order).upper()
+        bodies = await self.db.run(_pool_bodies, where, order != "ASC", start, end)
+        return pool_xml("IMAGE_POOL", bodies)
+
+    def _pool_filter(self, caller: Caller, flag: int) -> peewee.Expression | None:
+        T = ImageRow
+        groups = sorted(caller.groups)
+        unrestricted = caller.is_admin or acl_grants_all(caller, self.acl, "IMAGE", Op.USE)
+
+        def visible(*extra: peewee.Expression) -> peewee.Expression:
+            oids, gids = acl_visible_terms(caller, self.acl, "IMAGE", Op.USE)
+            cond = (T.other_u == 1) | ((T.gid.in_(groups)) & (T.group_u == 1))
+            for e in extra:
+                cond = cond | e
+            if oids:
+                cond = cond | T.oid.in_(sorted(oids))
+            if gids:
+                cond = cond | T.gid.in_(sorted(gids))
+            return cond
+
+        if flag == -3:
+            return T.uid == caller.uid
+        if flag == -4:
+            base = T.gid == caller.gid
+            return base if unrestricted else base & visible(T.uid == caller.uid)
+        if flag == -2:
+            return None if unrestricted else (T.uid == caller.uid) | visible()
+        if flag == -1:
+            grp = T.gid.in_(groups)
+            return (T.uid == caller.uid) | (grp if unrestricted else grp & visible())
+        base = T.uid == flag
+        if unrestricted or flag == caller.uid:
+            return base
+        return base & visible()
+
+    # ------------------------------------------------------------- allocate
+    async def allocate(self, caller: Caller, text: str, ds_id: int,
+                       no_check_capacity: bool) -> int:
+        try:
+            tmpl = Template.parse(text)
+        except TemplateError as exc:
+            raise errors.internal(exc.message) from None
+        ds = await self.db.run(read_ds, ds_id)
+        if ds.type not in (DsType.IMAGE_DS, DsType.FILE_DS):
+            raise errors.allocate(
+                "New images can only be allocated in a files or image datastore.")
+        size = await self._probe_size(tmpl, ds)
+        if _capacity_error(self.config, ds, size) and not (caller.is_admin and no_check_capacity):
+            raise errors.action("Not enough space in datastore")
+        tmpl.set("SIZE", str(size))
+        if not caller.is_admin:
+            for attr in self.config.image_restricted_attr:
+                if tmpl.has(attr):
+                    raise errors.authorization(f"Template includes a restricted attribute {attr}")
+        req = self._auth(caller)
+        req.add(Op.CREATE, ObjectAuth("IMAGE", -1))
+        req.add(Op.USE, ObjectAuth("DATASTORE", ds.id, ds.uid, ds.gid, ds.perms, 0,
+                                   tuple(ds.clusters)))
+        req.check()
+        raw_persistent = tmpl.get("PERSISTENT")
+        if raw_persistent is None:
+            raw_persistent = self.identity.user_option(
+                caller, "DEFAULT_IMAGE_PERSISTENT_NEW", self.config.default_image_persistent_new)
+        persistent = _yes(raw_persistent)
+        type_text = (tmpl.get("TYPE") or "").upper() or self.config.default_image_type
+        itype = _type_of(type_text)
+        if itype in FILE_TYPES:
+            persistent = False
+        elif itype == ImageType.BACKUP:
+            persistent = True
+        if self.config.ds_mad(ds.ds_mad).persistent_only and not persistent:
+            raise errors.allocate("This Datastore only accepts persistent images.")
+        perms = new_object_perms(caller.uid, caller.gid, self.identity.umask_for(caller),
+                                 self.config.enable_other_permissions)
+        image_id, follow = await self.db.run(
+            self._insert_allocate, caller, tmpl, ds_id, size, persistent, type_text, perms)
+        self._start(follow)
+        return image_id
+
+    async def _probe_size(self, tmpl: Template, ds: Datastore) -> int:
+        """oned's ImageAllocate size probe (api.md §6.4), STAT through the driver."""
+        type_text = (tmpl.get("TYPE") or "").upper() or self.config.default_image_type
+        itype = _type_of(type_text) or ImageType.OS
+        source = tmpl.get("SOURCE") or ""
+        path = tmpl.get("PATH") or ""
+
+        def template_size() -> int:
+            raw = tmpl.get("SIZE")
+            if raw is None or not SIZE_RE.match(raw):
+                raise errors.internal(
+                    "Cannot parse image SIZE: Wrong number or missing SIZE attribute.")
+            return int(raw)
+
+        if itype == ImageType.BACKUP or source:
+            return template_size()
+        if path:
+            self._check_path(path, ds)
+            request_id = _next_stat_id()
+            result = await self.drivers.run(
+                "stat", ds.ds_mad, request_id, drv_action.stat_data(path, ds),
+                key=("stat", request_id), mode=self._mode(ds.ds_mad))
+            if result.timed_out:
+                raise errors.internal("Cannot parse image SIZE: Request timeout")
+            if not result.ok:
+                raise errors.internal(f"Cannot parse image SIZE: {result.error}")
+            match = re.match(r"\s*(\d+)", result.first_line)
+            if not match:
+                raise errors.internal(
+                    f"Cannot parse image SIZE: {result.first_line or 'empty STAT reply'}")
+            return int(match.group(1))
+        if itype in (ImageType.OS, ImageType.DATABLOCK):
+            return template_size()
+        raise errors.internal(
+            f"Cannot parse image SIZE: Either PATH or SOURCE are required for {itype.name}")
+
+    def _check_path(self, path: str, ds: Datastore) -> None:
+        always = (self.config.var_location, os.path.dirname(self.config.source_file or "/x"))
+        if not path_allowed(path, ds.template.get("SAFE_DIRS") or "",
+                            ds.template.get("RESTRICTED_DIRS") or "", always):
+            raise errors.internal(
+                f"Cannot parse image SIZE: Not allowed to copy image file {path}: it is not "
+                "under the datastore SAFE_DIRS and is under its RESTRICTED_DIRS")
+
+    def _insert_allocate(self, caller: Caller, tmpl: Template, ds_id: int, size: int,
+                         persistent: bool, type_text: str,
+                         perms: Permissions) -> tuple[int, Followup | None]:
+        ds = read_ds(ds_id)
+        name = tmpl.get("NAME") or ""
+        name = name.rstrip()
+        err = name_error(name)
+        if err:
+            raise errors.allocate(err)
+        itype = _type_of(type_text)
+        check_type = itype if itype is not None else ImageType.OS
+        if ds.type == DsType.FILE_DS and check_type not in FILE_TYPES:
+            raise errors.allocate("Only IMAGES of type KERNEL, RAMDISK and CONTEXT can be "
+                                  "registered in a FILE_DS datastore")
+        if ds.type == DsType.IMAGE_DS and check_type in FILE_TYPES:
+            raise errors.allocate("IMAGES of type KERNEL, RAMDISK and CONTEXT cannot be "
+                                  "registered in an IMAGE_DS datastore")
+        if check_type == ImageType.BACKUP and ds.type != DsType.BACKUP_DS:
+            raise errors.allocate("IMAGES of type BACKUP can only be registered in an "
+                                  "BACKUP_DS datastore")
+        other = pools.oid_by_name(ImageRow, name, caller.uid)
+        if other is not None:
+            raise errors.allocate(f"NAME is already taken by IMAGE {other}.")
+        if itype is None:
+            raise errors.allocate("Unknown type ")
+        source = tmpl.get("SOURCE") or ""
+        path = tmpl.get("PATH") or ""
+        fmt = tmpl.get("FORMAT") or ""
+        if source:
+            if path:
+                raise errors.allocate("PATH and SOURCE cannot be both set.")
+            if not fmt:
+                raise errors.allocate("SOURCE needs FORMAT to be set.")
+        elif itype == ImageType.BACKUP:
+            raise errors.allocate("SOURCE cannot be empty for BACKUP images")
+        template = tmpl.copy()
+        ds_driver = self.config.tm_mad(ds.tm_mad).get("DRIVER") or ds.template.get("DRIVER")
+        action = None
+        if source:
+            state = S.READY
+        elif path:
+            fmt = ""
+            state, action = S.LOCKED, "cp"
+        elif itype in (ImageType.OS, ImageType.DATABLOCK):
+            fmt = ds_driver or fmt or "raw"
+            state, action = S.LOCKED, "mkfs"
+        else:
+            raise errors.allocate("No PATH nor SOURCE in template.")
+        fs = template.get("FS") or ""
+        for attr in REMOVED_ON_ALLOCATE:
+            template.remove(attr)
+        if action == "mkfs" and ds_driver:
+            template.set("DRIVER", ds_driver)
+        if not persistent and (template.get("PERSISTENT_TYPE") or "").upper() == "SHAREABLE":
+            template.remove("PERSISTENT_TYPE")
+        if itype in DISK_TYPES:
+            if not template.has("DEV_PREFIX"):
+                prefix = (self.config.default_cdrom_device_prefix if itype == ImageType.CDROM
+                          else self.config.default_device_prefix)
+                template.set("DEV_PREFIX", prefix)
+        else:
+            template.remove("DEV_PREFIX")
+        now = int(time.time())
+        img = Image(
+            id=pools.next_oid("image_pool", 0), uid=caller.uid, gid=caller.gid,
+            uname=caller.uname, gname=caller.gname, name=name, perms=perms, type=int(itype),
+            disk_type=ds.disk_type, persistent=int(persistent), regtime=now, modtime=now,
+            source=source, path=path, format=fmt, fs=fs, size=size, state=int(state),
+            datastore_id=ds.id, datastore=ds.name, template=template,
+            snapshots=snap.new_list(),
+        )
+        insert_image(img)
+        follow = None
+        if action:
+            follow = Followup(action, img.id, ds.ds_mad, self._drv_data(img, ds),
+                              self._mode(ds.ds_mad))
+        return img.id, follow
+
+    # ---------------------------------------------------------------- clone
+    async def clone(self, caller: Caller, oid: int, name: str, ds_id: int) -> int:
+        perms = new_object_perms(caller.uid, caller.gid, self.identity.umask_for(caller),
+                                 self.config.enable_other_permissions)
+        default_persistent = self.identity.user_option(
+            caller, "DEFAULT_IMAGE_PERSISTENT", self.config.default_image_persistent)
+        new_id, follow = await self.db.run(self._clone_txn, caller, oid, name, ds_id, perms,
+                                           default_persistent)
+        self._start(follow)
+        return new_id
+
+    def _clone_txn(self, caller: Caller, oid: int, name: str, ds_id: int, perms: Permissions,
+                   default_persistent: str) -> tuple[int, Followup]:
+        src = read_image(oid)
+        if src.type not in DISK_TYPES:
+            raise errors.action("KERNEL, RAMDISK, BACKUP and CONTEXT cannot be cloned.")
+        if snap.count(src.snapshots):
+            raise errors.action("Cannot clone images with snapshots")
+        target_id = src.datastore_id if ds_id == -1 else ds_id
+        target = read_ds(target_id)
+        if target.type != DsType.IMAGE_DS:
+            raise errors.action("Clone only supported for IMAGE_DS Datastores")
+        src_ds = target
+        if target_id != src.datastore_id:
+            src_ds = read_ds(src.datastore_id)
+            if src_ds.type != DsType.IMAGE_DS:
+                raise errors.action("Clone only supported for IMAGE_DS Datastores")
+            if src_ds.ds_mad != target.ds_mad:
+                raise errors.action("Clone only supported to same DS_MAD Datastores")
+        if _capacity_error(self.config, target, src.size):
+            raise errors.action("Not enough space in datastore")
+        req = self._auth(caller)
+        req.add(Op.CREATE, ObjectAuth("IMAGE", -1))
+        req.add(Op.USE, image_auth(src))
+        req.add(Op.USE, ObjectAuth("DATASTORE", target.id, target.uid, target.gid,
+                                   target.perms, 0, tuple(target.clusters)))
+        if src_ds is not target:
+            req.add(Op.USE, ObjectAuth("DATASTORE", src_ds.id, src_ds.uid, src_ds.gid,
+                                       src_ds.perms, 0, tuple(src_ds.clusters)))
+        req.check()
+        err = name_error(name)
+        if err:
+            raise errors.allocate(err)
+        other = pools.oid_by_name(ImageRow, name, caller.uid)
+        if other is not None:
+            raise errors.allocate(f"NAME is already taken by IMAGE {other}.")
+        if src.state not in (S.READY, S.USED, S.CLONE):
+            raise errors.allocate(f"Cannot clone image in state: {state_to_str(src.state)}")
+        persistent = _yes(default_persistent) if default_persistent else bool(src.persistent)
+        template = src.template.copy()
+        if not persistent and (template.get("PERSISTENT_TYPE") or "").upper() == "SHAREABLE":
+            template.remove("PERSISTENT_TYPE")
+        now = int(time.time())
+        img = Image(
+            id=pools.next_oid("image_pool", 0), uid=caller.uid, gid=caller.gid,
+            uname=caller.uname, gname=caller.gname, name=name, perms=perms, type=src.type,
+            disk_type=target.disk_type, persistent=int(persistent), regtime=now, modtime=now,
+            path=src.source, format=src.format, fs=src.fs, size=src.size,
+            state=int(S.LOCKED), cloning_id=src.id, datastore_id=target.id,
+            datastore=target.name, template=template, snapshots=snap.new_list(),
+        )
+        insert_image(img)
+        src.cloning_ops += 1
+        src.clones = sorted(set(src.clones) | {img.id})
+        new_state = next_state("clone_source", src.state, persistent=src.persistent)
+        if new_state != src.state:
+            replies.set_state(src, new_state)
+        write_image(src)
+        return img.id, Followup("clone", img.id, target.ds_mad, self._drv_data(img, target),
+                                self._mode(target.ds_mad))
+
+    # --------------------------------------------------------------- delete
+    async def delete(self, caller: Caller, oid: int, force: bool) -> int:
+        kind, follow, cancel = await self.db.run(self._delete_txn, caller, oid, force)
+        if kind == "denied":
+            raise follow
+        if cancel:
+            # A forced delete of a LOCKED image: stop its running action first.
+            waiting = self.drivers.cancel(("image", oid))
+            if waiting is not None:
+                await waiting
+        self._start(follow)
+        return oid
+
+    def _delete_txn(self, caller: Caller, oid: int, force: bool):
+        img = read_image(oid)
+        op = Op.MANAGE
+        locked = img.state in LOCKED_STATES
+        if locked:
+            op = Op.ADMIN
+            if not force:
+                raise errors.internal("Image locked, use --force flag to remove the image. "
+                                      "Force delete may leave some files on Datastore",
+                                      resp_id=oid)
+        if force:
+            img.template.set("FORCE_DELETE", "YES")
+            write_image(img)
+        req = self._auth(caller)
+        req.add(op, image_auth(img))
+        error = req.error()
+        if error is not None:
+            # oned persists FORCE_DELETE before authorising (QUIRK): commit, then fail.
+            return ("denied", error, False)
+        try:
+            ds = read_ds(img.datastore_id)
+        except errors.OneError:
+            raise errors.action(
+                "Cannot delete image. Datastore no longer exists cannot remove image") from None
+        state = S(img.state)
+        if state == S.READY and img.running_vms > 0:
+            raise errors.action(f"Cannot delete image. There are {img.running_vms} VMs using it.")
+        if state == S.CLONE:
+            raise errors.action(
+                f"Cannot delete image. There are {img.cloning_ops} active clone operations.")
+        if state in (S.USED, S.USED_PERS, S.LOCKED_USED, S.LOCKED_USED_PERS):
+            raise errors.action(f"Cannot delete image. There are {img.running_vms} VMs using it.")
+        if img.cloning_id >= 0 and state == S.LOCKED:
+            src_body = pools.body(ImageRow, img.cloning_id, lock=True)
+            if src_body is not None:
+                source = image_from(src_body)
+                replies.clone_release(source, img.id)
+                write_image(source)
+        if not img.source:
+            delete_row(img)
+            return ("gone", None, locked)
+        replies.set_state(img, next_state("delete", img.state))
+        img.cloning_id = -1
+        write_image(img)
+        return ("rm", Followup("rm", img.id, ds.ds_mad, self._drv_data(img, ds),
+                               self._mode(ds.ds_mad)), locked)
+
+    # ---------------------------------------------------- simple mutations
+    async def _mutate(self, fn, caller: Caller, oid: int, *args) -> int:
+        def txn() -> Followup | None:
+            img = read_image(oid)
+            follow = fn(caller, img, *args)
+            write_image(img)
+            return follow
+
+        self._start(await self.db.run(txn))
+        return oid
+
+    def _manage(self, caller: Caller, img: Image) -> None:
+        req = self._auth(caller)
+        req.add(Op.MANAGE, image_auth(img))
+        req.check()
+
+    async def enable(self, caller: Caller, oid: int, enable: bool) -> int:
+        def apply(caller: Caller, img: Image) -> None:
+            self._manage(caller, img)
+            verb = "enable" if enable else "disable"
+            if img.type == ImageType.BACKUP:
+                raise errors.internal(
+                    f"Could not {verb} image: Backup images cannot be enabled or disabled.")
+            try:
+                new = next_state(verb, img.state, running_vms=img.running_vms,
+                                 persistent=img.persistent)
+            except InvalidTransition:
+                raise errors.internal(f"Could not {verb} image: Image cannot be in state "
+                                      f"{state_to_str(img.state)}.") from None
+            if new != img.state:
+                replies.set_state(img, new)
+
+        return await self._mutate(apply, caller, oid)
+
+    async def persistent(self, caller: Caller, oid: int, flag: bool) -> int:
+        def apply(caller: Caller, img: Image) -> None:
+            self._manage(caller, img)
+            if bool(img.persistent) == flag:
+                return
+            try:
+                ds = read_ds(img.datastore_id)
+            except errors.OneError:
+                raise errors.internal("Datastore no longer exists.") from None
+            if ds.ds_mad.lower() == "lvm":
+                raise errors.internal(
+                    "lvm datastores doesn't support change of image persistency.")
+            if img.type in FILE_TYPES:
+                raise errors.action("KERNEL, RAMDISK and CONTEXT must be non-persistent")
+            if img.type == ImageType.BACKUP:
+                raise errors.action("BACKUP images must be persistent")
+            if self.config.ds_mad(ds.ds_mad).persistent_only and not flag:
+                raise errors.internal("This Datastore only accepts persistent images.")
+            what = "persistent" if flag else "non-persistent"
+            if not flag and snap.count(img.snapshots):
+                raise errors.internal(f"Could not make image {what}: Image has snapshots.")
+            if img.state in (S.USED, S.CLONE, S.USED_PERS, S.LOCKED_USED, S.LOCKED_USED_PERS):
+                raise errors.internal(f"Could not make image {what}: Image cannot be in state "
+                                      f"{state_to_str(img.state)}.")
+            img.persistent = int(flag)
+
+        return await self._mutate(apply, caller, oid)
+
+    async def chtype(self, caller: Caller, oid: int, type_text: str) -> int:
+        def apply(caller: Caller, img: Image) -> None:
+            self._manage(caller, img)
+            wanted = type_text.upper() or self.config.default_image_type
+            new = _type_of(wanted)
+            effective = new if new is not None else ImageType.OS
+            current = ImageType(img.type)
+            if current == ImageType.BACKUP:
+                raise errors.action("Cannot change type for BACKUP images.")
+            compatible = DISK_TYPES if current in DISK_TYPES else FILE_TYPES
+            if effective not in compatible:
+                raise errors.action("Cannot change image type to an incompatible type for the "
+                                    "current datastore.")
+            if snap.count(img.snapshots) and effective not in (ImageType.OS,
+                                                               ImageType.DATABLOCK):
+                raise errors.internal("Image with snapshots can be only of type OS or DATABLOCK")
+            if new is None:
+                # oned builds this text with pointer arithmetic on the current type (QUIRK)
+                raise errors.internal("Unknown type "[int(current):])
+            img.type = int(new)
+
+        return await self._mutate(apply, caller, oid)
+
+    async def update(self, caller: Caller, oid: int, text: str, append: int) -> int:
+        def apply(caller: Caller, img: Image) -> None:
+            self._manage(caller, img)
+            if append not in (0, 1):
+                raise errors.api("Wrong update type")
+            try:
+                new = Template.parse(text)
+            except TemplateError as exc:
+                raise errors.internal(f"Cannot update template. {exc.message}") from None
+            restricted = self.config.image_restricted_attr
+            if append:
+                if not caller.is_admin:
+                    for attr in restricted:
+                        if new.has(attr):
+                            raise errors.internal("Cannot update template. User Template "
+                                                  f"includes a restricted attribute {attr}")
+                img.template.merge(new)
+                return
+            if not caller.is_admin:
+                for attr in restricted:
+                    if new.has(attr) and new.get_all(attr) != img.template.get_all(attr):
+                        raise errors.internal("Cannot update template. Tried to change "
+                                              f"restricted attribute: {attr}")
+                    if not new.has(attr) and img.template.has(attr):
+                        for value in img.template.get_all(attr):
+                            new.add(attr, value)
+            img.template = new
+
+        return await self._mutate(apply, caller, oid)
+
+    async def chmod(self, caller: Caller, oid: int, values: list[int]) -> int:
+        def apply(caller: Caller, img: Image) -> None:
+            img.perms = chmod_plan(caller, self._auth(caller), image_auth(img), img.perms,
+                                   values, self.config.enable_other_permissions)
+
+        return await self._mutate(apply, caller, oid)
+
+    async def chown(self, caller: Caller, oid: int, uid: int, gid: int) -> int:
+        user = self.identity.user(uid) if uid > -1 else None
+        group = self.identity.group(gid) if gid > -1 else None
+
+        def apply(caller: Caller, img: Image) -> None:
+            new_user = user if user is not None and user.id != img.uid else None
+            new_group = group if group is not None and group.id != img.gid else None
+            req = self._auth(caller)
+            req.add(Op.MANAGE, image_auth(img))
+            if new_user is not None:
+                req.add(Op.MANAGE, user_auth(new_user))
+            if new_group is not None:
+                req.add(Op.USE, group_auth(new_group))
+            req.check()
+            if new_user is not None:
+                other = pools.oid_by_name(ImageRow, img.name, new_user.id)
+                if other is not None:
+                    raise errors.internal(f"user [{new_user.id}] already owns image [{other}] "
+                                          f"with NAME {img.name}")
+                img.uid, img.uname = new_user.id, new_user.name
+            if new_group is not None:
+                img.gid, img.gname = new_group.id, new_group.name
+
+        return await self._mutate(apply, caller, oid)
+
+    async def rename(self, caller: Caller, oid: int, name: str) -> int:
+        def apply(caller: Caller, img: Image) -> None:
+            if name == img.name:
+                return
+            self._manage(caller, img)
+            other = pools.oid_by_name(ImageRow, name, img.uid)
+            if other is not None and other != img.id:
+                raise errors.action(f"image cannot be renamed to {name} because it collides "
+                                    f"with image {other}")
+            err = name_error(name)
+            if err:
+                raise errors.action(err)
+            img.name = name
+
+        return await self._mutate(apply, caller, oid)
+
+    # ------------------------------------------------------------ snapshots
+    async def snapshot(self, caller: Caller, oid: int, sid: int, action: str) -> int:
+        verbs = {"snap_delete": "delete snapshot", "snap_revert": "revert to snapshot",
+                 "snap_flatten": "flatten snapshot"}
+
+        def apply(caller: Caller, img: Image) -> Followup:
+            self._manage(caller, img)
+            try:
+                ds = read_ds(img.datastore_id)
+            except errors.OneError:
+                raise errors.action("Datastore no longer exists") from None
+            if img.type not in (ImageType.OS, ImageType.DATABLOCK):
+                raise errors.action("IMAGES of type KERNEL, RAMDISK, BACKUP and CONTEXT does "
+                                    "not have snapshots.")
+            if img.state != S.READY:
+                raise errors.action(f"Cannot {verbs[action]} in state "
+                                    f"{state_to_str(img.state)}")
+            if snap.find(img.snapshots, sid) is None:
+                raise errors.action("Snapshot does not exist")
+            if action == "snap_delete":
+                problem = snap.delete_error(img.snapshots, sid)
+                if problem:
+                    raise errors.action(problem)
+            img.target_snapshot = sid
+            data = self._drv_data(img, ds)  # serialised before the state is LOCKED
+            replies.set_state(img, next_state("snapshot_start", img.state))
+            return Followup(action, img.id, ds.ds_mad, data, self._mode(ds.ds_mad))
+
+        await self._mutate(apply, caller, oid)
+        return sid
+
+    async def restore(self, caller: Caller, oid: int, dst_ds: int, options: str) -> str:
+        img = await self.db.run(read_image, oid, False)
+        req = self._auth(caller)
+        req.add(Op.USE, image_auth(img))
+        req.check()
+        try:
+            ds = await self.db.run(read_ds, dst_ds)
+        except errors.OneError:
+            raise errors.no_exists("image", dst_ds) from None
+        req = self._auth(caller)
+        req.add(Op.USE, ObjectAuth("DATASTORE", ds.id, ds.uid, ds.gid, ds.perms, 0,
+                                   tuple(ds.clusters)))
+        req.check()
+        try:
+            Template.parse(options)
+        except TemplateError as exc:
+            raise errors.internal(exc.message) from None
+        if img.type != ImageType.BACKUP:
+            raise errors.action("Can only restore images of type BACKUP")
+        raise errors.action("Could not get datastore driver")
+
+    # ---------------------------------------------------------------- locks
+    async def lock(self, caller: Caller, oid: int, level: int, test: bool) -> int:
+        def apply(caller: Caller, img: Image) -> None:
+            req = self._auth(caller)
+            req.add(Op.MANAGE, image_auth(img), check_lock=False)
+            req.check()
+            stored = {1: 1, 2: 2, 3: 3, 4: 1}.get(level)
+            if stored is None:
+                raise errors.action("Wrong lock level specified")
+            if img.lock is not None:
+                if test:
+                    raise errors.action(str(img.lock.time))
+                if img.lock.owner != caller.uid and not caller.is_admin:
+                    raise errors.action("Error trying to lock the resource.")
+            img.lock = Lock(stored, caller.uid, int(time.time()), secrets.randbelow(10000))
+
+        return await self._mutate(apply, caller, oid)
+
+    async def unlock(self, caller: Caller, oid: int) -> int:
+        def apply(caller: Caller, img: Image) -> None:
+            req = self._auth(caller)
+            req.add(Op.MANAGE, image_auth(img), check_lock=False)
+            req.check()
+            owner = img.lock.owner if img.lock else -1
+            if not caller.is_admin and owner != caller.uid:
+                raise errors.action("Cannot unlock: Lock is owned by another user")
+            img.lock = None
+
+        return await self._mutate(apply, caller, oid)
+
+    # ------------------------------------------------------- restart safety
+    async def reconcile(self) -> list[tuple[int, str]]:
+        """Images a previous run left LOCKED, CLONE or DELETE are finished or failed.
+
+        Copies (CP, MKFS, CLONE) and removals (RM) are re-run: the previous
+        attempt's process group was killed and our drivers clean up after
+        themselves, and RM is idempotent.  An interrupted snapshot operation
+        cannot be re-run safely (the file layout is half changed), so the image
+        returns to READY with an ERROR text saying so, as a failed one would.
+        """
+        actions, report = await self.db.run(self._reconcile_txn)
+        for follow in actions:
+            log.info("Reconciling image {i}: running {a} again", i=follow.image_id,
+                     a=follow.action)
+            self._start(follow)
+        return report
+
+    def _reconcile_txn(self) -> tuple[list[Followup], list[tuple[int, str]]]:
+        states = [int(S.LOCKED), int(S.LOCKED_USED), int(S.LOCKED_USED_PERS), int(S.CLONE),
+                  int(S.DELETE), int(S.USED)]
+        stuck: list[Image] = []
+        for (body,) in ImageRow.select(ImageRow.body).tuples().iterator():
+            img = image_from(body)
+            if img.state in states:
+                stuck.append(img)
+        actions: list[Followup] = []
+        report: list[tuple[int, str]] = []
+        by_id = {img.id: img for img in stuck}
+        for img in stuck:
+            try:
+                ds = read_ds(img.datastore_id)
+            except errors.OneError:
+                ds = None
+            state = S(img.state)
+            if state in LOCKED_STATES:
+                if img.target_snapshot >= 0:
+                    sid = img.target_snapshot
+                    img.target_snapshot = -1
+                    replies.set_state(img, S.READY)
+                    replies.set_error(img, f"Snapshot operation on snapshot {sid} was "
+                                      "interrupted by a restart of oned-images; check the "
+                                      "image files before using it")
+                    report.append((img.id, "snapshot-interrupted"))
+                elif ds is None:
+                    replies.set_state(img, S.ERROR)
+                    replies.set_error(img, "Datastore no longer exists")
+                    report.append((img.id, "error"))
+                else:
+                    action = "clone" if img.cloning_id >= 0 else ("cp" if img.path else "mkfs")
+                    if action == "clone" and img.cloning_id not in by_id and \
+                            pools.body(ImageRow, img.cloning_id) is None:
+                        replies.set_state(img, S.ERROR)
+                        replies.set_error(img, f"Error cloning from Image {img.cloning_id}: "
+                                          "source image no longer exists")
+                        report.append((img.id, "error"))
+                    else:
+                        actions.append(Followup(action, img.id, ds.ds_mad,
+                                                self._drv_data(img, ds), self._mode(ds.ds_mad)))
+                        report.append((img.id, action))
+            elif state == S.DELETE:
+                if ds is None:
+                    delete_row(img)
+                    report.append((img.id, "removed"))
+                    continue
+                actions.append(Followup("rm", img.id, ds.ds_mad, self._drv_data(img, ds),
+                                        self._mode(ds.ds_mad)))
+                report.append((img.id, "rm"))
+                continue
+            elif state in (S.CLONE, S.USED) and img.running_vms == 0:
+                live = [c for c in img.clones
+                        if c in by_id and by_id[c].state in LOCKED_STATES
+                        and by_id[c].cloning_id == img.id]
+                img.clones = live
+                img.cloning_ops = len(live)
+                if not live:
+                    replies.set_state(img, S.READY)
+                    report.append((img.id, "released"))
+                else:
+                    continue
+            else:
+                continue
+            write_image(img)
+        return actions, report
+
+
+_stat_counter = iter(range(1, 2**31))
+
+
+def _next_stat_id() -> int:
+    return next(_stat_counter)
+
+
+def _info_row(oid: int):
+    return (ImageRow.select(ImageRow.body, ImageRow.uid, ImageRow.gid, ImageRow.owner_u,
+                            ImageRow.group_u, ImageRow.other_u)
+            .where(ImageRow.oid == oid).tuples().first())
+
+
+def _pool_bodies(where, desc: bool, start: int, end: int) -> list[str]:
+    T = ImageRow
+    conds = []
+    if where is not None:
+        conds.append(where)
+    offset, limit = 0, None
+    if end < -1:
+        offset, limit = max(start, 0), -end
+    elif start != -1:
+        conds.append(T.oid >= start)
+        if end != -1:
+            conds.append(T.oid <= end)
+    query = T.select(T.body)
+    for cond in conds:
+        query = query.where(cond)
+    query = query.order_by(T.oid.desc() if desc else T.oid.asc())
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
+    return [r[0] for r in query.tuples()]
+

@@ -1,0 +1,39 @@
+"""Which local paths an image may be copied from (SAFE_DIRS / RESTRICTED_DIRS).
+
+The fs driver checks this too; doing it in one.image.allocate as well turns a
+late ERROR state into an immediate refusal.  Unlike OpenNebula's ``grep -E
+"^dir"`` the match is by whole path components, so ``/var/tmp`` does not
+admit ``/var/tmpfoo``, and the path is resolved (symlinks, ``..``) first.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _under(path: str, directory: str) -> bool:
+    directory = os.path.normpath(directory)
+    if directory == "/":
+        return True
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def path_allowed(path: str, safe_dirs: str, restricted_dirs: str,
+                 always_restricted: tuple[str, ...] = ()) -> bool:
+    """True if ``path`` may be read: under a SAFE dir, or under no RESTRICTED dir."""
+    if is_remote(path):
+        return True
+    resolved = os.path.realpath(local_path(path))
+    if any(_under(resolved, d) for d in always_restricted if d):
+        return False
+    if any(_under(resolved, d) for d in safe_dirs.split() if d):
+        return True
+    return not any(_under(resolved, d) for d in restricted_dirs.split() if d)

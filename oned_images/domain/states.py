@@ -1,0 +1,120 @@
+"""Image states, types and the one transition table (api.md §5).
+
+Both sides consult :func:`next_state`: the API verbs (enable, clone, delete,
+snapshots) and the driver replies (CP/MKFS/CLONE/RM/SNAP_* results), so a
+state change that the table does not list cannot happen anywhere.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ImageState(IntEnum):
+    INIT = 0
+    READY = 1
+    USED = 2
+    DISABLED = 3
+    LOCKED = 4
+    ERROR = 5
+    CLONE = 6
+    DELETE = 7
+    USED_PERS = 8
+    LOCKED_USED = 9
+    LOCKED_USED_PERS = 10
+
+
+class ImageType(IntEnum):
+    OS = 0
+    CDROM = 1
+    DATABLOCK = 2
+    KERNEL = 3
+    RAMDISK = 4
+    CONTEXT = 5
+    BACKUP = 6
+
+
+class DsType(IntEnum):
+    IMAGE_DS = 0
+    SYSTEM_DS = 1
+    FILE_DS = 2
+    BACKUP_DS = 3
+
+
+S = ImageState
+FILE_TYPES = (ImageType.KERNEL, ImageType.RAMDISK, ImageType.CONTEXT)
+DISK_TYPES = (ImageType.OS, ImageType.CDROM, ImageType.DATABLOCK)
+
+
+def state_to_str(state: int) -> str:
+    """oned's Image::state_to_str: USED_PERS prints USED, LOCKED_USED_PERS LOCKED_USED."""
+    s = ImageState(state)
+    if s == S.USED_PERS:
+        return "USED"
+    if s == S.LOCKED_USED_PERS:
+        return "LOCKED_USED"
+    return s.name
+
+
+class InvalidTransition(Exception):
+    def __init__(self, event: str, state: int) -> None:
+        super().__init__(f"{event} not allowed in state {state_to_str(state)}")
+        self.event = event
+        self.state = state
+
+
+def _in_use(running_vms: int, persistent: int) -> ImageState:
+    if running_vms > 0:
+        return S.USED_PERS if persistent else S.USED
+    return S.READY
+
+
+# event -> {from state -> to state | "same" | callable(ctx) -> state}
+TRANSITIONS: dict[str, dict[ImageState, object]] = {
+    "register_source": {S.INIT: S.READY},
+    "register_copy": {S.INIT: S.LOCKED},
+    "copy_success": {S.LOCKED: S.READY, S.LOCKED_USED: S.USED, S.LOCKED_USED_PERS: S.USED_PERS},
+    "copy_failure": {S.LOCKED: S.ERROR, S.LOCKED_USED: S.ERROR, S.LOCKED_USED_PERS: S.ERROR},
+    "clone_source": {
+        S.READY: lambda ctx: S.CLONE if ctx["persistent"] else S.USED,
+        S.USED: "same",
+        S.CLONE: "same",
+    },
+    "clone_release": {
+        S.CLONE: lambda ctx: S.READY if ctx["cloning_ops"] == 0 and ctx["running_vms"] == 0
+        else S.CLONE,
+        S.USED: lambda ctx: S.READY if ctx["cloning_ops"] == 0 and ctx["running_vms"] == 0
+        else S.USED,
+    },
+    "enable": {
+        S.DISABLED: S.READY,
+        S.ERROR: lambda ctx: _in_use(ctx["running_vms"], ctx["persistent"]),
+        S.READY: "same",
+    },
+    "disable": {S.READY: S.DISABLED, S.ERROR: S.DISABLED, S.DISABLED: "same"},
+    "snapshot_start": {S.READY: S.LOCKED},
+    "snapshot_done": {S.LOCKED: S.READY},
+    "delete": {
+        S.INIT: S.DELETE, S.READY: S.DELETE, S.DISABLED: S.DELETE, S.ERROR: S.DELETE,
+        S.DELETE: S.DELETE, S.LOCKED: S.DELETE,
+    },
+    "rm_failure": {S.DELETE: S.ERROR},
+}
+
+
+def next_state(event: str, state: int, **ctx: int) -> ImageState:
+    """The state ``event`` leads to from ``state``; InvalidTransition if none."""
+    table = TRANSITIONS[event]
+    try:
+        target = table[ImageState(state)]
+    except (KeyError, ValueError):
+        raise InvalidTransition(event, state) from None
+    if target == "same":
+        return ImageState(state)
+    if callable(target):
+        return target(ctx)
+    return target  # type: ignore[return-value]
+
+
+def allowed_from(event: str) -> set[ImageState]:
+    return set(TRANSITIONS[event])

@@ -1,0 +1,245 @@
+"""Runs datastore driver scripts without blocking the reactor.
+
+The contract is OpenNebula 7.0's (drivers.md §3, §6.2): argv
+``[script, oid]``, the base64 DRV_ACTION on stdin then EOF, the result on
+stdout, failure by exit code and stderr.  Each action runs in its own process
+group (``setsid``) so a timeout or a cancel kills the script *and* its
+children (TERM, then KILL after a grace period).  A global semaphore caps
+concurrent actions (oned's ``-t``), queueing the rest, and a per-key lock keeps
+one action per image (and one monitor per datastore) at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+
+from oned_images.driver.parse import DriverResult, failure_text, split_stderr
+
+log = Logger(namespace="ImM")
+
+MAX_STDOUT = 1 << 20
+MAX_STDERR = 1 << 16
+ENV_PASSTHROUGH = ("ONE_LOCATION", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY",
+                   "HTTPS_PROXY", "NO_PROXY", "SSH_AUTH_SOCK", "TMPDIR")
+
+
+class _Collector(protocol.ProcessProtocol):
+    """Buffers output; fires ``done`` with the exit code once every pipe closed."""
+
+    def __init__(self, stdin: bytes | None) -> None:
+        self.stdin = stdin
+        self.out = bytearray()
+        self.err = bytearray()
+        self.done: defer.Deferred[int] = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        if self.stdin is not None:
+            self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802
+        if len(self.out) < MAX_STDOUT:
+            self.out += data[: MAX_STDOUT - len(self.out)]
+
+    def errReceived(self, data: bytes) -> None:  # noqa: N802
+        self.err += data
+        if len(self.err) > MAX_STDERR:
+            del self.err[: len(self.err) - MAX_STDERR]
+
+    def processEnded(self, reason) -> None:  # noqa: N802
+        value = reason.value
+        if isinstance(value, error.ProcessDone):
+            code = 0
+        elif isinstance(value, error.ProcessTerminated):
+            code = value.exitCode if value.exitCode is not None else 128 + (value.signal or 0)
+        else:
+            code = 255
+        self.done.callback(code)
+
+
+@dataclass
+class _Running:
+    pid: int
+    collector: _Collector
+    cancelled: bool = False
+    timed_out: bool = False
+
+
+class DriverRunner:
+    def __init__(self, reactor: Any, settings: Any, config: Any) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.config = config
+        self.semaphore = defer.DeferredSemaphore(settings.concurrency)
+        self._locks: dict[tuple[str, int], defer.DeferredLock] = {}
+        self._running: dict[tuple[str, int], _Running] = {}
+        self._stopping = False
+        #: actions started in total, for tests and the log
+        self.started = 0
+
+    # -------------------------------------------------------------- plumbing
+    def script(self, ds_mad: str, action: str) -> str | None:
+        if ds_mad not in self.settings.allowed or "/" in ds_mad or ds_mad in (".", ".."):
+            return None
+        path = os.path.join(self.settings.remotes, "datastore", ds_mad, action)
+        return path if os.access(path, os.X_OK) and os.path.isfile(path) else None
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": os.environ.get("HOME") or self.config.var_location,
+            "LANG": "C",
+            "LC_ALL": "C",
+        }
+        for key in ENV_PASSTHROUGH:
+            if key in os.environ:
+                env[key] = os.environ[key]
+        return env
+
+    def _lock(self, key: tuple[str, int]) -> defer.DeferredLock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = defer.DeferredLock()
+        return lock
+
+    def busy(self, key: tuple[str, int]) -> bool:
+        lock = self._locks.get(key)
+        return bool(lock and lock.locked)
+
+    # ----------------------------------------------------------------- run
+    async def run(self, action: str, ds_mad: str, oid: int, drv_action_b64: str,
+                  key: tuple[str, int] | None = None, mode: str = "stdin") -> DriverResult:
+        """Run one action; always returns a DriverResult (never raises for script trouble)."""
+        key = key or ("image", oid)
+        lock = self._lock(key)
+        await lock.acquire()
+        try:
+            await self.semaphore.acquire()
+            try:
+                return await self._spawn(action, ds_mad, oid, drv_action_b64, key, mode)
+            finally:
+                self.semaphore.release()
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(key, None)
+
+    async def _spawn(self, action: str, ds_mad: str, oid: int, b64: str,
+                     key: tuple[str, int], mode: str) -> DriverResult:
+        script = self.script(ds_mad, action)
+        if script is None:
+            return DriverResult(action, oid, 255, "", "",
+                                error=f"Datastore driver '{ds_mad}' not available")
+        if self._stopping:
+            return DriverResult(action, oid, 255, "", "", cancelled=True,
+                                error="oned-images is stopping")
+        if mode == "argv":
+            argv = ["setsid", script, b64, str(oid)]
+            stdin = None
+        else:
+            argv = ["setsid", script, str(oid)]
+            stdin = b64.encode("ascii")
+        collector = _Collector(stdin)
+        started = time.monotonic()
+        transport = self.reactor.spawnProcess(
+            collector, "/usr/bin/setsid", argv, env=self.environment(),
+            path=self.config.var_location)
+        self.started += 1
+        running = _Running(transport.pid, collector)
+        self._running[key] = running
+        timeout = self.settings.timeouts.get(action)
+        timer = None
+        if timeout:
+            timer = self.reactor.callLater(timeout, self._expire, running)
+        log.debug("Running {action} for {kind} {oid} with {script} (pid {pid})", action=action,
+                  kind=key[0], oid=oid, script=script, pid=transport.pid)
+        try:
+            code = await collector.done
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._running.pop(key, None)
+        stdout = collector.out.decode("utf-8", "replace")
+        stderr = collector.err.decode("utf-8", "replace")
+        logs, _ = split_stderr(stderr)
+        for level, msg in logs:
+            emit = log.error if level == "ERROR" else log.info if level == "INFO" else \
+                log.warn if level == "WARN" else log.debug
+            emit("{kind} {oid} {action}: {msg}", kind=key[0], oid=oid, action=action, msg=msg)
+        result = DriverResult(action, oid, code, stdout, stderr, running.timed_out,
+                              running.cancelled, logs)
+        elapsed = time.monotonic() - started
+        if running.timed_out:
+            result.error = f"Timeout executing {script} {oid}"
+            result.exit_code = 255
+        elif running.cancelled:
+            result.error = "Action cancelled"
+        elif code != 0:
+            result.error = failure_text(stderr, code)
+        if result.ok:
+            log.info("{action} for {kind} {oid} succeeded in {secs:.2f}s", action=action,
+                     kind=key[0], oid=oid, secs=elapsed)
+        else:
+            log.error("{action} for {kind} {oid} failed (exit {code}): {text}", action=action,
+                      kind=key[0], oid=oid, code=result.exit_code, text=result.error)
+        return result
+
+    # ----------------------------------------------------- timeouts, cancel
+    def _kill_group(self, running: _Running, sig: int) -> None:
+        try:
+            os.killpg(running.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _terminate(self, running: _Running) -> None:
+        self._kill_group(running, signal.SIGTERM)
+
+        def kill() -> None:
+            if not running.collector.done.called:
+                self._kill_group(running, signal.SIGKILL)
+        self.reactor.callLater(self.settings.kill_grace, kill)
+
+        # A script can exit on TERM while a child it left keeps the group alive.
+        def sweep() -> None:
+            self._kill_group(running, signal.SIGKILL)
+        running.collector.done.addBoth(lambda r: (sweep(), r)[1])
+
+    def _expire(self, running: _Running) -> None:
+        running.timed_out = True
+        self._terminate(running)
+
+    def cancel(self, key: tuple[str, int]) -> defer.Deferred | None:
+        """Kill the action running for ``key``; the Deferred fires once it has ended."""
+        running = self._running.get(key)
+        if running is None:
+            return None
+        running.cancelled = True
+        self._terminate(running)
+        d: defer.Deferred = defer.Deferred()
+        running.collector.done.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    async def stop(self) -> None:
+        """Kill what still runs: reconciliation at the next start takes over."""
+        self._stopping = True
+        waits = []
+        for running in list(self._running.values()):
+            running.cancelled = True
+            self._terminate(running)
+            waits.append(running.collector.done)
+        if waits:
+            await defer.DeferredList(waits, consumeErrors=True)
+
+    def running_keys(self) -> list[tuple[str, int]]:
+        return list(self._running)
+
+
+Clock = Callable[[], float]

@@ -1,0 +1,108 @@
+"""Every XML-RPC method, declared once: name, signature, help, error object, handler.
+
+Dispatch, introspection and the call log all read this table.  Handlers are
+the thin adapters of the rpc modules: they unpack parameters and call one
+domain verb.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from oned_images.rpc import datastores, images, stubs, system, users
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    signature: str
+    help: str
+    obj: str
+    handler: Callable[..., Awaitable[object] | object]
+    #: parameter positions never written to the log (passwords).
+    hidden: tuple[int, ...] = ()
+
+
+M = Method
+METHODS: tuple[Method, ...] = (
+    # system
+    M("one.system.version", "A:s", "Returns the OpenNebula core version", "system",
+      system.version),
+    M("one.system.config", "A:s", "Returns the OpenNebula configuration", "system",
+      system.config),
+    # users
+    M("one.user.allocate", "A:ssssA", "Creates a new user", "user", users.allocate,
+      hidden=(2,)),
+    M("one.user.delete", "A:si", "Deletes a user account", "user", users.delete),
+    M("one.user.passwd", "A:sis", "Changes the password for the given user", "user",
+      users.passwd, hidden=(2,)),
+    M("one.user.info", "A:si", "Returns user information", "user", users.info),
+    M("one.user.update", "A:sisi", "Updates a user template", "user", users.update),
+    M("one.user.chgrp", "A:sii", "Changes the group of the given user", "user", users.chgrp),
+    M("one.user.addgroup", "A:sii", "Adds the user to a secondary group", "user",
+      users.addgroup),
+    M("one.user.delgroup", "A:sii", "Deletes the user from a secondary group", "user",
+      users.delgroup),
+    M("one.user.login", "A:sssii", "Generates or sets a login token", "user", users.login,
+      hidden=(2,)),
+    M("one.userpool.info", "A:s", "Returns the user pool", "user", users.pool_info),
+    # groups
+    M("one.group.allocate", "A:ss", "Allocates a new group", "group", users.group_allocate),
+    M("one.group.delete", "A:si", "Deletes a group", "group", users.group_delete),
+    M("one.group.info", "A:si", "Returns group information", "group", users.group_info),
+    M("one.grouppool.info", "A:s", "Returns the group pool", "group", users.group_pool_info),
+    M("one.acl.info", "A:s", "Returns the ACL rule set", "acl", users.acl_info),
+    # datastores
+    M("one.datastore.allocate", "A:ssi", "Allocates a new datastore", "datastore",
+      datastores.allocate),
+    M("one.datastore.delete", "A:si", "Deletes a datastore", "datastore", datastores.delete),
+    M("one.datastore.info", "A:si", "Returns datastore information", "datastore",
+      datastores.info),
+    M("one.datastore.update", "A:sisi", "Updates a datastore template", "datastore",
+      datastores.update),
+    M("one.datastore.chmod", "A:siiiiiiiiii", "Changes permission bits of a datastore",
+      "datastore", datastores.chmod),
+    M("one.datastore.chown", "A:siii", "Changes ownership of a datastore", "datastore",
+      datastores.chown),
+    M("one.datastore.rename", "A:sis", "Renames a datastore", "datastore", datastores.rename),
+    M("one.datastore.enable", "A:sib", "Enables or disables a datastore", "datastore",
+      datastores.enable),
+    M("one.datastorepool.info", "A:s", "Returns the datastore pool", "datastore",
+      datastores.pool_info),
+    # images
+    M("one.image.allocate", "A:ssib", "Allocates a new image", "image", images.allocate),
+    M("one.image.clone", "A:sis", "Clones an existing image", "image", images.clone),
+    M("one.image.delete", "A:sib", "Deletes an image", "image", images.delete),
+    M("one.image.enable", "A:sib", "Enables or disables an image", "image", images.enable),
+    M("one.image.persistent", "A:sib", "Makes an image persistent or non-persistent",
+      "image", images.persistent),
+    M("one.image.chtype", "A:sis", "Changes the type of an image", "image", images.chtype),
+    M("one.image.update", "A:sis", "Updates an image template", "image", images.update),
+    M("one.image.chmod", "A:siiiiiiiiii", "Changes permission bits of an image", "image",
+      images.chmod),
+    M("one.image.chown", "A:siii", "Changes ownership of an image", "image", images.chown),
+    M("one.image.rename", "A:sis", "Renames an image", "image", images.rename),
+    M("one.image.snapshotdelete", "A:sii", "Deletes a snapshot from an image", "image",
+      images.snapshot_delete),
+    M("one.image.snapshotrevert", "A:sii", "Reverts image state to a previous snapshot",
+      "image", images.snapshot_revert),
+    M("one.image.snapshotflatten", "A:sii", "Flattens an image snapshot", "image",
+      images.snapshot_flatten),
+    M("one.image.restore", "A:siis", "Restores a VM backup", "image", images.restore),
+    M("one.image.lock", "A:sis", "Locks an image", "image", images.lock),
+    M("one.image.unlock", "A:sii", "Unlocks an image", "image", images.unlock),
+    M("one.image.info", "A:si", "Returns image information", "image", images.info),
+    M("one.imagepool.info", "A:siii", "Returns the image pool", "image", images.pool_info),
+    # what clients call around images
+    M("one.vmpool.info", "A:siiii", "Returns the virtual machine pool", "virtual machine",
+      stubs.vmpool_info),
+    M("one.templatepool.info", "A:siii", "Returns the template pool",
+      "virtual machine template", stubs.templatepool_info),
+    M("one.zonepool.info", "A:s", "Returns the zone pool", "zone", stubs.zonepool_info),
+    M("one.clusterpool.info", "A:s", "Returns the cluster pool", "cluster",
+      stubs.clusterpool_info),
+)
+
+TABLE: dict[str, Method] = {m.name: m for m in METHODS}
+assert len(TABLE) == len(METHODS), "a method is declared twice"

@@ -1,0 +1,201 @@
+"""The /RPC2 HTTP endpoint: oned's HTTP rules, dispatch through the method table.
+
+Request order follows oned (api.md §1.6): parse, find the method, read the
+session, authenticate, then let the handler read its parameters.  Domain
+errors become oned's failure array here and nowhere else; only what xmlrpc-c
+itself rejects becomes a Fault.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.web import http, resource, server
+
+from oned_images import errors
+from oned_images.rpc import wire
+from oned_images.rpc.registry import TABLE, Method
+
+log = Logger(namespace="ReM")
+
+RPC_PATH = b"/RPC2"
+#: bodies above this size are parsed on a thread, not on the reactor.
+PARSE_IN_THREAD = 256 * 1024
+_request_ids = itertools.count(1)
+
+
+class _Discard:
+    """A sink for the body of a request we already refused."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *args: Any) -> int:
+        return 0
+
+    def read(self, *args: Any) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class RpcRequest(server.Request):
+    """Caps the body at MESSAGE_SIZE before it is buffered (the site sets max_body)."""
+
+    max_body = 1073741824
+    too_large: int | None = None
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802 (Twisted API)
+        if length is not None and length > self.max_body:
+            self.too_large = length
+            self.content = _Discard()  # type: ignore[assignment]
+            return
+        super().gotLength(length)
+
+
+def _format_params(method: Method, values: list) -> str:
+    shown = []
+    for i, value in enumerate(values[1:], start=1):
+        if i in method.hidden:
+            shown.append("****")
+        elif isinstance(value, str):
+            shown.append(value if len(value) <= 60 else value[:57] + "...")
+        else:
+            shown.append(repr(value).lower() if isinstance(value, bool) else str(value))
+    return ", ".join(shown)
+
+
+class RpcResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+
+    def render(self, request: server.Request) -> bytes | int:
+        method = request.method
+        if method == b"OPTIONS":
+            request.setHeader(b"Allow", b"POST")
+            return b""
+        if method != b"POST":
+            request.setResponseCode(http.NOT_ALLOWED)
+            request.setHeader(b"Allow", b"POST")
+            request.setHeader(b"Content-Type", b"text/plain")
+            return b"POST is the only HTTP method this server understands"
+        if request.path != RPC_PATH:
+            request.setResponseCode(http.NOT_FOUND)
+            request.setHeader(b"Content-Type", b"text/plain")
+            return b"No such resource"
+        too_large = getattr(request, "too_large", None)
+        if too_large is not None:
+            request.setResponseCode(http.INTERNAL_SERVER_ERROR)
+            request.setHeader(b"Content-Type", b"text/plain")
+            return f"XML-RPC request too large ({too_large} bytes)".encode()
+        length = request.getHeader(b"content-length")
+        if length is None:
+            request.setResponseCode(http.LENGTH_REQUIRED)
+            request.setHeader(b"Content-Type", b"text/plain")
+            return b"Content-length header required"
+        if not length.isdigit() or int(length) == 0:
+            request.setResponseCode(http.BAD_REQUEST)
+            request.setHeader(b"Content-Type", b"text/plain")
+            return b"Invalid content-length header"
+        body = request.content.read()
+        peer = getattr(request.getClientAddress(), "host", "-")
+        d = defer.ensureDeferred(self.dispatch(body, peer))
+        d.addCallback(self._write, request)
+        request.notifyFinish().addErrback(lambda _: None)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _write(payload: bytes, request: server.Request) -> None:
+        if request.finished or request._disconnected:
+            return
+        request.setHeader(b"Content-Type", b"text/xml; charset=utf-8")
+        request.setHeader(b"Content-Length", str(len(payload)).encode())
+        request.write(payload)
+        request.finish()
+
+    async def dispatch(self, body: bytes, peer: str) -> bytes:
+        try:
+            if len(body) > PARSE_IN_THREAD:
+                name, values = await deferToThread(wire.parse_call, body)
+            else:
+                name, values = wire.parse_call(body)
+        except errors.Fault as fault:
+            return wire.fault(fault.code, fault.text)
+        if name.startswith("system."):
+            return self._introspect(name, values)
+        method = TABLE.get(name)
+        if method is None:
+            return wire.fault(-506, f"Method '{name}' not defined")
+        params = wire.Params(values)
+        try:
+            session = params.str(0)
+        except errors.Fault as fault:
+            return wire.fault(fault.code, fault.text)
+        req_id = next(_request_ids) % 10000
+        uid = -1
+        try:
+            caller = self.app.identity.authenticate(session)
+            uid = caller.uid
+            log.debug("Req:{req} UID:{uid} IP:{ip} {method} invoked , {params}",
+                      req=req_id, uid=uid, ip=peer, method=name,
+                      params=_format_params(method, values))
+            value = await method.handler(self.app, caller, params)
+        except errors.OneError as exc:
+            message = exc.message(name, uid, method.obj)
+            log.debug("Req:{req} UID:{uid} {method} result FAILURE {msg}", req=req_id,
+                      uid=uid, method=name, msg=message)
+            return wire.failure(message, int(exc.code), exc.resp_id)
+        except errors.Fault as fault:
+            log.debug("Req:{req} UID:{uid} {method} result FAULT {text}", req=req_id, uid=uid,
+                      method=name, text=fault.text)
+            return wire.fault(fault.code, fault.text)
+        except Exception:
+            log.failure("Req:{req} UID:{uid} {method} failed unexpectedly", req=req_id,
+                        uid=uid, method=name)
+            return wire.failure(f"[{name}] Internal error", int(errors.ErrorCode.INTERNAL), -1)
+        shown = value if not isinstance(value, str) else (
+            value if len(value) <= 40 else value[:37] + "...")
+        log.debug("Req:{req} UID:{uid} {method} result SUCCESS, {value}", req=req_id, uid=uid,
+                  method=name, value=shown)
+        return wire.success(value)
+
+    @staticmethod
+    def _introspect(name: str, values: list) -> bytes:
+        """xmlrpc-c's built-in introspection; no OpenNebula client uses it."""
+        if name == "system.listMethods":
+            return wire.response_any(sorted(TABLE))
+        if name in ("system.methodSignature", "system.methodHelp"):
+            target = values[0] if values and isinstance(values[0], str) else None
+            method = TABLE.get(target or "")
+            if method is None:
+                return wire.fault(-508, f"Method '{target}' does not exist")
+            if name == "system.methodHelp":
+                return wire.response_any(method.help)
+            sig = method.signature.split(":")
+            types = {"A": "array", "s": "string", "i": "int", "b": "boolean"}
+            return wire.response_any([[types[sig[0]]] + [types[c] for c in sig[1]]])
+        return wire.fault(-506, f"Method '{name}' not defined")
+
+
+class RpcSite(server.Site):
+    """A Site whose requests are capped at ``max_body`` bytes."""
+
+    def __init__(self, app: Any, max_body: int, timeout: float = 15) -> None:
+        super().__init__(RpcResource(app), timeout=timeout)
+        cls = type("CappedRpcRequest", (RpcRequest,), {"max_body": max_body})
+        self.requestFactory = cls
+        self.noisy = False
+
+    def getResourceFor(self, request: server.Request) -> resource.IResource:  # noqa: N802
+        return self.resource
+
+    def log(self, request: server.Request) -> None:
+        """No access log: the call log (ReM lines) already records every request."""

@@ -1,0 +1,48 @@
+"""Pools the image clients read but this daemon has nothing in (api.md §8.2).
+
+The CLI's ``oneimage show`` lists VMs, ``oneimage orphans`` lists templates and
+FireEdge reads the zone endpoint; empty but well-formed answers keep them working.
+"""
+
+from __future__ import annotations
+
+from oned_images.domain.permissions import Caller
+from oned_images.errors import api
+from oned_images.rpc.wire import Params
+
+
+def _filter(p: Params) -> None:
+    flag = p.int(1)
+    p.int(2)
+    p.int(3)
+    if flag < -4:
+        raise api("Incorrect filter_flag")
+
+
+async def vmpool_info(app, caller: Caller, p: Params) -> str:
+    _filter(p)
+    return "<VM_POOL></VM_POOL>"
+
+
+async def templatepool_info(app, caller: Caller, p: Params) -> str:
+    _filter(p)
+    return "<VMTEMPLATE_POOL></VMTEMPLATE_POOL>"
+
+
+async def zonepool_info(app, caller: Caller, p: Params) -> str:
+    port = app.config.port
+    return (
+        "<ZONE_POOL><ZONE><ID>0</ID><NAME>OpenNebula</NAME><STATE>0</STATE><TEMPLATE>"
+        f"<ENDPOINT><![CDATA[http://localhost:{port}/RPC2]]></ENDPOINT></TEMPLATE>"
+        "<SERVER_POOL></SERVER_POOL></ZONE></ZONE_POOL>"
+    )
+
+
+async def clusterpool_info(app, caller: Caller, p: Params) -> str:
+    ds_ids = "".join(f"<ID>{i}</ID>" for i in await app.datastores_ids())
+    return (
+        "<CLUSTER_POOL><CLUSTER><ID>0</ID><NAME>default</NAME><HOSTS></HOSTS>"
+        f"<DATASTORES>{ds_ids}</DATASTORES><VNETS></VNETS><TEMPLATE>"
+        "<RESERVED_CPU><![CDATA[]]></RESERVED_CPU><RESERVED_MEM><![CDATA[]]></RESERVED_MEM>"
+        "</TEMPLATE></CLUSTER></CLUSTER_POOL>"
+    )

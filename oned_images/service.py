@@ -1,0 +1,171 @@
+"""The daemon: builds every part from the configuration and starts them in order.
+
+Start: database open and migrated → caches loaded → driver runner → restart
+reconciliation → port listening (only then is the daemon "ready") → datastore
+monitor timer.  Stop runs in reverse: stop listening, stop timers, stop the
+driver runner (running actions are left to reconciliation), close the database.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.logger import Logger
+
+from oned_images.config import DaemonConfig
+from oned_images.domain.datastores import Datastores, bootstrap_datastores
+from oned_images.domain.identity import Identity, bootstrap_identity
+from oned_images.domain.images import ImageManager
+from oned_images.driver.runner import DriverRunner
+from oned_images.rpc.resource import RpcSite
+from oned_images.store import pools, schema
+from oned_images.store.database import Database, DbSettings
+from oned_images.store.models import DatastoreRow
+
+log = Logger(namespace="OnM")
+
+
+def one_auth_path() -> Path:
+    env = os.environ.get("ONE_AUTH")
+    if env:
+        return Path(env)
+    return Path.home() / ".one" / "one_auth"
+
+
+def oneadmin_credentials() -> tuple[str, str, Path, bool]:
+    """(name, password, file, generated): oned's bootstrap reads ~/.one/one_auth."""
+    path = one_auth_path()
+    try:
+        line = path.read_text(encoding="utf-8").strip().splitlines()[0]
+        name, sep, password = line.partition(":")
+        if sep and name and password:
+            return name, password, path, False
+    except (OSError, IndexError):
+        pass
+    password = secrets.token_hex(16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(f"oneadmin:{password}\n")
+    return "oneadmin", password, path, True
+
+
+@dataclass
+class App:
+    """What the XML-RPC adapters reach: configuration and the domain services."""
+
+    config: DaemonConfig
+    db: Database
+    identity: Identity
+    datastores: Datastores
+    images: ImageManager
+    drivers: DriverRunner
+
+    async def datastores_ids(self) -> list[int]:
+        return await self.db.run(
+            lambda: [r[0] for r in DatastoreRow.select(DatastoreRow.oid)
+                     .order_by(DatastoreRow.oid).tuples()])
+
+
+@dataclass
+class Daemon:
+    reactor: Any
+    config: DaemonConfig
+    port_file: str | None = None
+    app: App | None = None
+    _listening: Any = None
+    _monitor: task.LoopingCall | None = None
+    _flush: task.LoopingCall | None = None
+    observer: Any = None
+    ready: defer.Deferred = field(default_factory=defer.Deferred)
+
+    def open_database(self) -> Database:
+        cfg = self.config
+        settings = cfg.db
+        if settings.backend == "sqlite" and not settings.path:
+            settings = DbSettings(**{**settings.__dict__, "path": cfg.db_path})
+        return Database(self.reactor, settings)
+
+    def prepare(self) -> App:
+        """Everything before the reactor serves: DB, bootstrap, caches."""
+        cfg = self.config
+        Path(cfg.var_location).mkdir(parents=True, exist_ok=True)
+        Path(cfg.datastore_location).mkdir(parents=True, exist_ok=True)
+        db = self.open_database()
+        fresh = db.run_sync(schema.check, db.db)
+        if fresh:
+            name, password, path, generated = oneadmin_credentials()
+            server_secret = secrets.token_hex(16)
+            db.run_sync(bootstrap_identity, name, password, server_secret)
+            db.run_sync(bootstrap_datastores, cfg)
+            auth_dir = Path(cfg.var_location) / ".one"
+            auth_dir.mkdir(parents=True, exist_ok=True)
+            for fname in ("sunstone_auth", "onegate_auth", "oneflow_auth"):
+                target = auth_dir / fname
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(f"serveradmin:{server_secret}\n")
+            log.info("Bootstrapped a new database: oneadmin credentials {how} {path}",
+                     how="generated into" if generated else "taken from", path=str(path))
+        identity = Identity(db, cfg)
+        identity.load_sync()
+        datastores = Datastores(db, cfg, identity)
+        drivers = DriverRunner(self.reactor, cfg.driver, cfg)
+        images = ImageManager(db, cfg, identity, datastores, drivers, self.reactor)
+        datastores.on_created = images.monitor_soon
+        self.app = App(cfg, db, identity, datastores, images, drivers)
+        return self.app
+
+    async def start(self) -> None:
+        cfg = self.config
+        app = self.app or self.prepare()
+        app.db.start()
+        log.info("oned-images starting: config {conf}, database {db}, datastores {ds}, "
+                 "drivers {drv}", conf=cfg.source_file,
+                 db=(app.db.settings.path if cfg.db.backend == "sqlite"
+                     else f"postgresql://{cfg.db.user}@{cfg.db.server}:{cfg.db.port}/"
+                          f"{cfg.db.db_name}"),
+                 ds=cfg.datastore_location, drv=cfg.driver.remotes)
+        await app.images.reconcile()
+        # Capacity checks read FREE_MB: know it before the first allocate arrives.
+        await app.images.monitor_all()
+        site = RpcSite(app, cfg.message_size)
+        endpoint = TCP4ServerEndpoint(self.reactor, cfg.port, interface=cfg.listen_address)
+        self._listening = await endpoint.listen(site)
+        port = self._listening.getHost().port
+        if self.port_file:
+            tmp = self.port_file + ".tmp"
+            Path(tmp).write_text(str(port))
+            os.replace(tmp, self.port_file)
+        log.info("Listening on http://{addr}:{port}/RPC2", addr=cfg.listen_address, port=port)
+        self._monitor = task.LoopingCall(app.images.monitor_all)
+        self._monitor.clock = self.reactor
+        self._monitor.start(cfg.monitoring_interval_datastore, now=False).addErrback(
+            lambda f: log.failure("datastore monitor stopped", f))
+        if self.observer is not None:
+            self._flush = task.LoopingCall(self.observer.flush)
+            self._flush.clock = self.reactor
+            self._flush.start(1.0, now=False)
+        self.ready.callback(port)
+
+    async def stop(self) -> None:
+        if self._listening is not None:
+            await self._listening.stopListening()
+        for loop in (self._monitor, self._flush):
+            if loop is not None and loop.running:
+                loop.stop()
+        if self.app is not None:
+            await self.app.drivers.stop()
+            self.app.db.stop()
+        if self.observer is not None:
+            self.observer.flush()
+
+
+def pool_size(model) -> int:  # pragma: no cover - helper for tools
+    return len(pools.bodies(model))

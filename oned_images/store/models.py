@@ -1,0 +1,99 @@
+"""peewee models: oned's table layout (OneDB.cc), and nothing else.
+
+Each pool table keeps the object's complete XML document in ``body`` (served as
+is by info calls) plus the denormalised columns that filters and the per-owner
+name uniqueness need.
+"""
+
+from __future__ import annotations
+
+import peewee
+
+database_proxy = peewee.DatabaseProxy()
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class PoolControl(BaseModel):
+    """Last id handed out per pool; ids are never reused."""
+
+    tablename = peewee.CharField(max_length=32, primary_key=True)
+    last_oid = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "pool_control"
+
+
+class PoolObject(BaseModel):
+    oid = peewee.IntegerField(primary_key=True)
+    name = peewee.CharField(max_length=128)
+    body = peewee.TextField()
+    uid = peewee.IntegerField()
+    gid = peewee.IntegerField()
+    owner_u = peewee.IntegerField()
+    group_u = peewee.IntegerField()
+    other_u = peewee.IntegerField()
+
+
+class ImageRow(PoolObject):
+    #: not in oned's table: lets a datastore list its IMAGES without a body rewrite
+    #: per allocate (which would make allocate cost grow with the pool).
+    datastore_id = peewee.IntegerField(default=-1)
+
+    class Meta:
+        table_name = "image_pool"
+        indexes = ((("name", "uid"), True), (("uid",), False), (("gid",), False),
+                   (("datastore_id",), False))
+
+
+class DatastoreRow(PoolObject):
+    cid = peewee.IntegerField(default=0)
+
+    class Meta:
+        table_name = "datastore_pool"
+
+
+class UserRow(PoolObject):
+    class Meta:
+        table_name = "user_pool"
+        indexes = ((("name",), True),)
+
+
+class GroupRow(PoolObject):
+    class Meta:
+        table_name = "group_pool"
+        indexes = ((("name",), True),)
+
+
+class AclRow(BaseModel):
+    oid = peewee.IntegerField(primary_key=True)
+    userset = peewee.BigIntegerField()
+    resource = peewee.BigIntegerField()
+    rights = peewee.BigIntegerField()
+    zone = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "acl"
+
+
+class SchemaVersion(BaseModel):
+    version = peewee.IntegerField(primary_key=True)
+    applied = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    PoolControl,
+    ImageRow,
+    DatastoreRow,
+    UserRow,
+    GroupRow,
+    AclRow,
+    SchemaVersion,
+]

@@ -1,0 +1,88 @@
+"""Row-level work on the pool tables; called inside Database.run transactions.
+
+Ids come from ``pool_control`` and are never reused (oned's PoolSQL).  Every
+write stores the whole document plus its filter columns, like oned's
+``UPDATE … SET name, body, uid, gid, owner_u, group_u, other_u``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import peewee
+
+from oned_images.domain.objects import Permissions
+from oned_images.store.models import PoolControl, PoolObject, database_proxy
+
+
+@dataclass(frozen=True)
+class RowMeta:
+    name: str
+    uid: int
+    gid: int
+    perms: Permissions
+
+
+def for_update(query: peewee.Query) -> peewee.Query:
+    """Row locks where the backend has them (PostgreSQL); SQLite has one writer anyway."""
+    return query.for_update() if database_proxy.obj.for_update else query
+
+
+def next_oid(table: str, floor: int = 0) -> int:
+    """Reserve the next id of ``table`` (at least ``floor``), wrapping at INT_MAX as oned."""
+    row = for_update(PoolControl.select().where(PoolControl.tablename == table)).first()
+    if row is None:
+        oid = floor
+        PoolControl.create(tablename=table, last_oid=oid)
+        return oid
+    oid = max(int(row.last_oid) + 1, floor)
+    if oid > 2**31 - 1:
+        oid = floor
+    PoolControl.update(last_oid=oid).where(PoolControl.tablename == table).execute()
+    return oid
+
+
+def insert(model: type[PoolObject], oid: int, meta: RowMeta, body: str, **extra) -> None:
+    model.insert(
+        oid=oid, name=meta.name, body=body, uid=meta.uid, gid=meta.gid,
+        owner_u=meta.perms.owner_u, group_u=meta.perms.group_u, other_u=meta.perms.other_u,
+        **extra,
+    ).execute()
+
+
+def update(model: type[PoolObject], oid: int, meta: RowMeta, body: str) -> None:
+    model.update(
+        name=meta.name, body=body, uid=meta.uid, gid=meta.gid,
+        owner_u=meta.perms.owner_u, group_u=meta.perms.group_u, other_u=meta.perms.other_u,
+    ).where(model.oid == oid).execute()
+
+
+def body(model: type[PoolObject], oid: int, *, lock: bool = False) -> str | None:
+    query = model.select(model.body).where(model.oid == oid)
+    if lock:
+        query = for_update(query)
+    row = query.tuples().first()
+    return row[0] if row else None
+
+
+def delete(model: type[PoolObject], oid: int) -> None:
+    model.delete().where(model.oid == oid).execute()
+
+
+def oid_by_name(model: type[PoolObject], name: str, uid: int | None = None) -> int | None:
+    query = model.select(model.oid).where(model.name == name)
+    if uid is not None:
+        query = query.where(model.uid == uid)
+    row = query.tuples().first()
+    return row[0] if row else None
+
+
+def bodies(model: type[PoolObject], where: peewee.Expression | None = None,
+           order_desc: bool = False, offset: int = 0, limit: int | None = None) -> list[str]:
+    query = model.select(model.body)
+    if where is not None:
+        query = query.where(where)
+    query = query.order_by(model.oid.desc() if order_desc else model.oid.asc())
+    if limit is not None:
+        query = query.limit(limit).offset(max(offset, 0))
+    return [r[0] for r in query.tuples()]

@@ -1,0 +1,80 @@
+"""Schema versions and numbered migrations.
+
+An empty database is created at the current version (so the README's first
+command just works).  A database at another version stops start-up: an older
+one names ``oned-images db upgrade``, a newer one names the release it needs,
+the same contract as oned's "Database version mismatch" and ``onedb upgrade``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import peewee
+
+from oned_images.store.models import ALL_MODELS, SchemaVersion
+
+
+def _v1_initial(db: peewee.Database) -> None:
+    db.create_tables(ALL_MODELS)
+
+
+#: version -> migration taking the schema from version-1 to version.
+MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
+    1: _v1_initial,
+}
+CURRENT = max(MIGRATIONS)
+
+
+class SchemaError(Exception):
+    pass
+
+
+def version(db: peewee.Database) -> int | None:
+    """The stored schema version; None for an empty database."""
+    if not db.table_exists(SchemaVersion._meta.table_name):
+        if db.get_tables():
+            return 0
+        return None
+    row = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()
+    return int(row) if row is not None else 0
+
+
+def create(db: peewee.Database) -> None:
+    """A fresh database at the current version."""
+    for v in sorted(MIGRATIONS):
+        MIGRATIONS[v](db)
+        SchemaVersion.create(version=v, applied=int(time.time()))
+
+
+def check(db: peewee.Database) -> bool:
+    """True when the database was empty and has just been created."""
+    current = version(db)
+    if current is None:
+        create(db)
+        return True
+    if current < CURRENT:
+        raise SchemaError(
+            f"Database schema version {current} is older than this oned-images needs "
+            f"({CURRENT}). Back up the database, then run: oned-images db upgrade")
+    if current > CURRENT:
+        raise SchemaError(
+            f"Database schema version {current} is newer than this oned-images knows "
+            f"({CURRENT}). Run a newer oned-images release.")
+    return False
+
+
+def upgrade(db: peewee.Database) -> list[int]:
+    current = version(db)
+    if current is None:
+        create(db)
+        return sorted(MIGRATIONS)
+    if current > CURRENT:
+        raise SchemaError(f"Database schema version {current} is newer than {CURRENT}")
+    applied = []
+    for v in range(current + 1, CURRENT + 1):
+        MIGRATIONS[v](db)
+        SchemaVersion.create(version=v, applied=int(time.time()))
+        applied.append(v)
+    return applied

@@ -1,0 +1,83 @@
+"""The IMAGE document (api.md §4) and the IMAGE_POOL wrapper."""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from oned_images.domain.objects import Image, Lock
+from oned_images.xmldoc.common import (
+    c,
+    ids_from,
+    ids_xml,
+    num,
+    parse,
+    perms_from,
+    perms_xml,
+    template_from,
+    text,
+)
+
+
+def lock_xml(lock: Lock | None) -> str:
+    if lock is None:
+        return ""
+    return (
+        f"<LOCK><LOCKED>{lock.locked}</LOCKED><OWNER>{lock.owner}</OWNER>"
+        f"<TIME>{lock.time}</TIME><REQ_ID>{lock.req_id}</REQ_ID></LOCK>"
+    )
+
+
+def lock_from(el: etree._Element) -> Lock | None:
+    node = el.find("LOCK")
+    if node is None:
+        return None
+    return Lock(num(node, "LOCKED"), num(node, "OWNER"), num(node, "TIME"), num(node, "REQ_ID"))
+
+
+def image_xml(img: Image) -> str:
+    return "".join((
+        f"<IMAGE><ID>{img.id}</ID><UID>{img.uid}</UID><GID>{img.gid}</GID>",
+        f"<UNAME>{img.uname}</UNAME><GNAME>{img.gname}</GNAME><NAME>{img.name}</NAME>",
+        lock_xml(img.lock),
+        perms_xml(img.perms),
+        f"<TYPE>{img.type}</TYPE><DISK_TYPE>{img.disk_type}</DISK_TYPE>",
+        f"<PERSISTENT>{img.persistent}</PERSISTENT><REGTIME>{img.regtime}</REGTIME>",
+        f"<MODTIME>{img.modtime}</MODTIME>",
+        c("SOURCE", img.source), c("PATH", img.path), c("FORMAT", img.format), c("FS", img.fs),
+        f"<SIZE>{img.size}</SIZE><STATE>{img.state}</STATE><PREV_STATE>{img.prev_state}</PREV_STATE>",
+        f"<RUNNING_VMS>{img.running_vms}</RUNNING_VMS><CLONING_OPS>{img.cloning_ops}</CLONING_OPS>",
+        f"<CLONING_ID>{img.cloning_id}</CLONING_ID>",
+        f"<TARGET_SNAPSHOT>{img.target_snapshot}</TARGET_SNAPSHOT>",
+        f"<DATASTORE_ID>{img.datastore_id}</DATASTORE_ID><DATASTORE>{img.datastore}</DATASTORE>",
+        ids_xml("VMS", img.vms), ids_xml("CLONES", img.clones), ids_xml("APP_CLONES", img.app_clones),
+        img.template.to_xml("TEMPLATE"),
+        img.snapshots.to_xml("SNAPSHOTS"),
+        img.backup_increments.to_xml("BACKUP_INCREMENTS"),
+        ids_xml("BACKUP_DISK_IDS", img.backup_disk_ids),
+        "</IMAGE>",
+    ))
+
+
+def image_from(body: str) -> Image:
+    el = parse(body)
+    return Image(
+        id=num(el, "ID"), uid=num(el, "UID"), gid=num(el, "GID"),
+        uname=text(el, "UNAME"), gname=text(el, "GNAME"), name=text(el, "NAME"),
+        lock=lock_from(el), perms=perms_from(el),
+        type=num(el, "TYPE"), disk_type=num(el, "DISK_TYPE"), persistent=num(el, "PERSISTENT"),
+        regtime=num(el, "REGTIME"), modtime=num(el, "MODTIME"),
+        source=text(el, "SOURCE"), path=text(el, "PATH"), format=text(el, "FORMAT"),
+        fs=text(el, "FS"), size=num(el, "SIZE"), state=num(el, "STATE"),
+        prev_state=num(el, "PREV_STATE"), running_vms=num(el, "RUNNING_VMS"),
+        cloning_ops=num(el, "CLONING_OPS"), cloning_id=num(el, "CLONING_ID", -1),
+        target_snapshot=num(el, "TARGET_SNAPSHOT", -1), datastore_id=num(el, "DATASTORE_ID"),
+        datastore=text(el, "DATASTORE"), vms=ids_from(el, "VMS"), clones=ids_from(el, "CLONES"),
+        app_clones=ids_from(el, "APP_CLONES"), template=template_from(el, "TEMPLATE"),
+        snapshots=template_from(el, "SNAPSHOTS"),
+        backup_increments=template_from(el, "BACKUP_INCREMENTS"),
+        backup_disk_ids=ids_from(el, "BACKUP_DISK_IDS"),
+    )
+
+
+def pool_xml(root: str, bodies: list[str]) -> str:
+    return f"<{root}>" + "".join(bodies) + f"</{root}>"

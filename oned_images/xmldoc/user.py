@@ -1,0 +1,99 @@
+"""USER / GROUP documents and their pools (user.xsd, group.xsd, api.md §8.3).
+
+Quotas cannot be set through this daemon, so every quota section is the empty
+one a fresh oned shows.
+"""
+
+from __future__ import annotations
+
+from oned_images.domain.objects import Group, LoginToken, User
+from oned_images.xmldoc.common import c, ids_from, ids_xml, num, parse, template_from, text
+
+EMPTY_QUOTAS = (
+    "<DATASTORE_QUOTA></DATASTORE_QUOTA><NETWORK_QUOTA></NETWORK_QUOTA>"
+    "<VM_QUOTA></VM_QUOTA><IMAGE_QUOTA></IMAGE_QUOTA>"
+)
+
+
+def user_xml(user: User) -> str:
+    """The stored (non-extended) USER document: what USER_POOL lists."""
+    tokens = "".join(
+        f"<LOGIN_TOKEN><TOKEN>{t.token}</TOKEN><EXPIRATION_TIME>{t.expiration_time}"
+        f"</EXPIRATION_TIME><EGID>{t.egid}</EGID></LOGIN_TOKEN>"
+        for t in user.login_tokens
+    )
+    return "".join((
+        f"<USER><ID>{user.id}</ID><GID>{user.gid}</GID>",
+        ids_xml("GROUPS", user.groups),
+        f"<GNAME>{user.gname}</GNAME><NAME>{user.name}</NAME>",
+        c("PASSWORD", user.password), c("AUTH_DRIVER", user.auth_driver),
+        f"<ENABLED>{user.enabled}</ENABLED>",
+        tokens,
+        user.template.to_xml("TEMPLATE"),
+        "</USER>",
+    ))
+
+
+def user_extended(body: str) -> str:
+    """one.user.info's form: the body plus quotas and the default quotas."""
+    return (
+        body[: -len("</USER>")]
+        + EMPTY_QUOTAS
+        + f"<DEFAULT_USER_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_USER_QUOTAS></USER>"
+    )
+
+
+def user_pool(bodies: list[str]) -> str:
+    return (
+        "<USER_POOL>"
+        + "".join(bodies)
+        + f"<DEFAULT_USER_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_USER_QUOTAS></USER_POOL>"
+    )
+
+
+def user_from(body: str) -> User:
+    el = parse(body)
+    tokens = [
+        LoginToken(text(t, "TOKEN"), num(t, "EXPIRATION_TIME"), num(t, "EGID", -1))
+        for t in el.findall("LOGIN_TOKEN")
+    ]
+    return User(
+        id=num(el, "ID"), gid=num(el, "GID"), groups=ids_from(el, "GROUPS"),
+        gname=text(el, "GNAME"), name=text(el, "NAME"), password=text(el, "PASSWORD"),
+        auth_driver=text(el, "AUTH_DRIVER"), enabled=num(el, "ENABLED"),
+        login_tokens=tokens, template=template_from(el, "TEMPLATE"),
+    )
+
+
+def group_xml(group: Group) -> str:
+    return "".join((
+        f"<GROUP><ID>{group.id}</ID><NAME>{group.name}</NAME>",
+        group.template.to_xml("TEMPLATE"),
+        ids_xml("USERS", group.users),
+        ids_xml("ADMINS", group.admins),
+        "</GROUP>",
+    ))
+
+
+def group_extended(body: str) -> str:
+    return (
+        body[: -len("</GROUP>")]
+        + EMPTY_QUOTAS
+        + f"<DEFAULT_GROUP_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_GROUP_QUOTAS></GROUP>"
+    )
+
+
+def group_pool(bodies: list[str]) -> str:
+    return (
+        "<GROUP_POOL>"
+        + "".join(bodies)
+        + f"<DEFAULT_GROUP_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_GROUP_QUOTAS></GROUP_POOL>"
+    )
+
+
+def group_from(body: str) -> Group:
+    el = parse(body)
+    return Group(
+        id=num(el, "ID"), name=text(el, "NAME"), template=template_from(el, "TEMPLATE"),
+        users=ids_from(el, "USERS"), admins=ids_from(el, "ADMINS"),
+    )
