@@ -1,0 +1,179 @@
+"""The HTTP and XML-RPC envelope, byte for byte against oned 7.0.2's samples."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import ADMIN_PASSWORD
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
+
+
+def post(daemon, body: bytes, path: str = "/RPC2", method: str = "POST",
+         headers: dict | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    hdrs = {"Content-Type": "text/xml"}
+    if headers is not None:
+        hdrs = headers
+    conn.request(method, path, body=body, headers=hdrs)
+    resp = conn.getresponse()
+    data = resp.read()
+    result = resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    conn.close()
+    return result
+
+
+def call(method: str, *params) -> bytes:
+    return xmlrpc.client.dumps(params, method).encode()
+
+
+def test_version_reply_is_byte_identical_to_oned(daemon):
+    status, headers, body = post(daemon, call("one.system.version",
+                                              f"oneadmin:{ADMIN_PASSWORD}"))
+    assert status == 200
+    assert headers["content-type"] == "text/xml; charset=utf-8"
+    assert int(headers["content-length"]) == len(body)
+    assert body == (SAMPLES / "one.system.version.response.xml").read_bytes()
+
+
+def test_bad_auth_reply_is_byte_identical_to_oned(daemon):
+    _, _, body = post(daemon, call("one.image.info", "oneadmin:wrong", 0))
+    assert body == (SAMPLES / "one.image.info.badauth.response.xml").read_bytes()
+
+
+def test_not_found_reply_is_byte_identical_to_oned(daemon):
+    _, _, body = post(daemon, call("one.image.info", f"oneadmin:{ADMIN_PASSWORD}", 999999))
+    assert body == (SAMPLES / "one.image.info.notfound.response.xml").read_bytes()
+
+
+def test_allocate_in_missing_datastore_is_byte_identical(daemon):
+    _, _, body = post(daemon, call("one.image.allocate", f"oneadmin:{ADMIN_PASSWORD}",
+                                   'NAME="x"\nPATH="/var/tmp/x"', 999))
+    assert body == (SAMPLES / "one.image.allocate.nods.response.xml").read_bytes()
+
+
+def test_allocate_without_size_is_byte_identical(daemon):
+    _, _, body = post(daemon, call("one.image.allocate", f"oneadmin:{ADMIN_PASSWORD}",
+                                   'NAME="nosize"\nSOURCE="/var/tmp/x"\nFORMAT="raw"', 1))
+    assert body == (SAMPLES / "one.image.allocate.nosize.response.xml").read_bytes()
+
+
+def test_options_get_and_other_paths(daemon):
+    status, headers, body = post(daemon, b"", method="OPTIONS")
+    assert (status, headers.get("allow"), body) == (200, "POST", b"")
+    status, _, body = post(daemon, b"", method="GET")
+    assert status == 405
+    assert body == b"POST is the only HTTP method this server understands"
+    status, _, _ = post(daemon, b"", path="/other", method="GET")
+    assert status == 405
+    status, _, _ = post(daemon, call("one.system.version", "a:b"), path="/other")
+    assert status == 404
+
+
+def test_content_length_rules(daemon):
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    conn.putrequest("POST", "/RPC2")
+    conn.putheader("Content-Type", "text/xml")
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 411
+    conn.close()
+    status, _, _ = post(daemon, b"", headers={"Content-Type": "text/xml",
+                                             "Content-Length": "0"})
+    assert status == 400
+
+
+def test_body_over_message_size_is_refused_and_daemon_serves_on(fresh_daemon):
+    d = fresh_daemon("MESSAGE_SIZE = 1000\n")
+    status, _, body = post(d, b"<" * 5000)
+    assert status == 500
+    assert body == b"XML-RPC request too large (5000 bytes)"
+    assert d.client().system.version() == "7.0.2"
+
+
+def test_faults(daemon):
+    session = f"oneadmin:{ADMIN_PASSWORD}"
+    proxy = daemon.raw()
+    cases = [
+        (lambda: proxy.one.image.nosuchcall(session), -506,
+         "Method 'one.image.nosuchcall' not defined"),
+        (lambda: proxy.one.image.info(session), -501, "Not enough parameters"),
+        (lambda: proxy.one.image.info(session, "zero"), -501,
+         "Parameter that is supposed to be integer is not"),
+        (lambda: proxy.one.image.info(7, 0), -501,
+         "Parameter that is supposed to be a string is not"),
+        (lambda: proxy.one.image.enable(session, 0, "yes"), -501,
+         "Parameter that is supposed to be boolean is not"),
+        (lambda: proxy.one.image.info(), -501, "Not enough parameters"),
+    ]
+    for fn, code, text in cases:
+        with pytest.raises(xmlrpc.client.Fault) as exc:
+            fn()
+        assert (exc.value.faultCode, exc.value.faultString) == (code, text)
+
+
+def test_i8_is_not_an_int(daemon):
+    body = (b'<?xml version="1.0"?><methodCall><methodName>one.image.info</methodName><params>'
+            b"<param><value><string>oneadmin:" + ADMIN_PASSWORD.encode()
+            + b"</string></value></param><param><value><i8>1</i8></value></param>"
+            b"</params></methodCall>")
+    _, _, reply = post(daemon, body)
+    assert b"Parameter that is supposed to be integer is not" in reply
+    assert b"<fault>" in reply
+
+
+def test_not_a_call(daemon):
+    _, _, reply = post(daemon, b"<junk/>")
+    fault = xmlrpc.client.loads(reply) if False else None
+    assert fault is None
+    assert b"<i4>-503</i4>" in reply
+    assert (b"Call XML not a proper XML-RPC call.  XML-RPC call should be a &lt;methodCall&gt; "
+            b"element.  Instead, we have a &lt;junk&gt; element.") in reply
+    _, _, reply = post(daemon, b"<methodCall><params>")
+    assert b"<i4>-503</i4>" in reply
+
+
+def test_auth_comes_before_parameter_checks(daemon):
+    proxy = daemon.raw()
+    reply = proxy.one.imagepool.info("oneadmin:bad", -2, -1)
+    assert reply == [False, "[one.imagepool.info] User couldn't be authenticated, aborting "
+                     "call.", 256, -1, -1]
+    with pytest.raises(xmlrpc.client.Fault):
+        proxy.one.imagepool.info(f"oneadmin:{ADMIN_PASSWORD}", -2, -1)
+
+
+def test_extra_parameters_are_ignored(daemon):
+    proxy = daemon.raw()
+    reply = proxy.one.imagepool.info(f"oneadmin:{ADMIN_PASSWORD}", -2, 0, -3, -1, "extra")
+    assert reply[0] is True and reply[2] == 0
+    assert reply[1].startswith("<IMAGE_POOL>")
+
+
+def test_session_without_colon_and_unknown_user(daemon):
+    proxy = daemon.raw()
+    text = "[one.system.version] User couldn't be authenticated, aborting call."
+    for session in ("oneadmin", "nobody:x", "bad name:x", ":x", ""):
+        assert proxy.one.system.version(session) == [False, text, 256, -1, -1]
+
+
+def test_cr_is_escaped_in_strings(daemon, one):
+    # A literal CR would be normalised to LF by any XML parser: send it as &#13;.
+    body = call("one.image.allocate", f"oneadmin:{ADMIN_PASSWORD}",
+                'NAME="cr"\nSOURCE="/var/tmp/cr"\nFORMAT="raw"\nSIZE="1"\nDESCRIPTION="a@b"', 1)
+    _, _, reply = post(daemon, body.replace(b"a@b", b"a&#13;b"))
+    iid = xmlrpc.client.loads(reply)[0][0][1]
+    _, _, reply = post(daemon, call("one.image.info", f"oneadmin:{ADMIN_PASSWORD}", iid))
+    assert b"a&#x0d;b" in reply
+    assert re.search(rb"<value><i4>0</i4></value>\r\n</data>", reply)
+
+
+def test_daemon_keeps_serving_after_garbage(daemon):
+    for body in (b"\x00\xff" * 100, b"<methodCall>" * 1000, b"<?xml version='1.0'?><a>"):
+        status, _, _ = post(daemon, body)
+        assert status == 200
+    assert daemon.client().system.version() == "7.0.2"

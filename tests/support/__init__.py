@@ -1,0 +1,1 @@
+"""Shared test helpers: a real daemon process, clients, XSD validation."""
