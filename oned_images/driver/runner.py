@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
+from oned_images.driver import reaper
 from oned_images.driver.parse import DriverResult, failure_text, split_stderr
 
 log = Logger(namespace="ImM")
@@ -153,6 +154,7 @@ class DriverRunner:
             collector, "/usr/bin/setsid", argv, env=self.environment(),
             path=self.config.var_location)
         self.started += 1
+        reaper.record(self.config.var_location, transport.pid, script)
         running = _Running(transport.pid, collector)
         self._running[key] = running
         timeout = self.settings.timeouts.get(action)
@@ -167,6 +169,7 @@ class DriverRunner:
             if timer is not None and timer.active():
                 timer.cancel()
             self._running.pop(key, None)
+            reaper.forget(self.config.var_location, transport.pid)
         stdout = collector.out.decode("utf-8", "replace")
         stderr = collector.err.decode("utf-8", "replace")
         logs, _ = split_stderr(stderr)

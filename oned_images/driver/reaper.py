@@ -1,0 +1,125 @@
+"""Clean up after a daemon that died without stopping its drivers (kill -9, crash).
+
+Driver scripts run in their own sessions, so they outlive a killed daemon.
+The runner records each running process group in ``<VAR>/run/drivers/<pid>``;
+at the next start the groups still alive are terminated (TERM lets our
+scripts delete their partial files, KILL follows), and files in local
+datastores that no image references any more are removed, so an interrupted
+copy leaves nothing behind before reconciliation runs it again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from twisted.logger import Logger
+
+log = Logger(namespace="ImM")
+
+#: what our fs driver creates in BASE_PATH: <32 hex>[.tmp|.download|.tmp.conv|.snap|.md5sum]
+DRIVER_FILE = re.compile(r"^([0-9a-f]{32})(\.tmp|\.download|\.tmp\.conv|\.snap|\.md5sum)?$")
+
+
+def run_dir(var_location: str) -> Path:
+    return Path(var_location) / "run" / "drivers"
+
+
+def record(var_location: str, pid: int, script: str) -> None:
+    d = run_dir(var_location)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / str(pid)).write_text(script)
+
+
+def forget(var_location: str, pid: int) -> None:
+    try:
+        (run_dir(var_location) / str(pid)).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _alive_with(pid: int, script: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return script.encode() in cmdline
+
+
+def kill_leftover_groups(var_location: str, grace: float = 5.0) -> list[int]:
+    """Terminate the process groups a previous daemon left running; returns their pids."""
+    d = run_dir(var_location)
+    if not d.is_dir():
+        return []
+    victims = []
+    for entry in d.iterdir():
+        try:
+            pid = int(entry.name)
+            script = entry.read_text()
+        except (ValueError, OSError):
+            entry.unlink(missing_ok=True)
+            continue
+        if _alive_with(pid, script):
+            victims.append(pid)
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        entry.unlink(missing_ok=True)
+    deadline = time.monotonic() + grace
+    while victims and time.monotonic() < deadline:
+        if not any(_group_alive(p) for p in victims):
+            break
+        time.sleep(0.05)
+    for pid in victims:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        log.warn("Killed driver process group {pid} left by a previous run", pid=pid)
+    return victims
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def sweep_orphans(base_path: str, referenced: set[str]) -> list[str]:
+    """Remove driver files in ``base_path`` that belong to no image SOURCE."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(base_path)
+    except OSError:
+        return removed
+    keep = {os.path.basename(s) for s in referenced if s}
+    for name in names:
+        m = DRIVER_FILE.match(name)
+        if not m or m.group(1) in keep:
+            continue
+        path = os.path.join(base_path, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                for root, dirs, files in os.walk(path, topdown=False):
+                    for f in files:
+                        os.unlink(os.path.join(root, f))
+                    for sub in dirs:
+                        os.rmdir(os.path.join(root, sub))
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            continue
+        removed.append(path)
+        log.warn("Removed {path}: no image references it (left by an interrupted action)",
+                 path=path)
+    return removed

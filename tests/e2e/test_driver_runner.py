@@ -1,0 +1,266 @@
+"""The driver runner under stress: timeouts, the concurrency limit, cancellation,
+restart reconciliation, other people's drivers (issue: production drivers)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import wait_for
+from tests.support.remotes import driver_config, make_remotes, processes_with
+
+pytestmark = pytest.mark.timeout(180)
+
+MONITOR = "#!/bin/sh\ncat >/dev/null\nprintf 'USED_MB=10\\nFREE_MB=100000\\nTOTAL_MB=100010\\n'\n"
+STAT = "#!/bin/sh\ncat >/dev/null\necho 1\n"
+
+# A cp that records how many copies run at once, then succeeds after a pause.
+COUNTING_CP = """#!/usr/bin/env bash
+cat >/dev/null
+dir={state}
+exec 9>"$dir/lock"
+flock 9; n=$(( $(cat "$dir/now" 2>/dev/null || echo 0) + 1 )); echo $n > "$dir/now"
+max=$(cat "$dir/max" 2>/dev/null || echo 0); [ $n -gt $max ] && echo $n > "$dir/max"
+flock -u 9
+sleep {pause}
+flock 9; echo $(( $(cat "$dir/now") - 1 )) > "$dir/now"; flock -u 9
+echo "/srv/counted/$1 raw"
+"""
+
+# A cp that hangs with a child process, ignoring nothing: must die with its group.
+HANGING_CP = """#!/usr/bin/env bash
+cat >/dev/null
+sleep 1000 &  # oned-images-hang-marker
+wait
+"""
+
+# A driver written to the pre-6.8 argv contract: [script, base64, id], nothing on stdin.
+ARGV_CP = """#!/usr/bin/env python3
+import base64, sys, xml.etree.ElementTree as ET
+doc = ET.fromstring(base64.b64decode(sys.argv[1]))
+image_id = sys.argv[2]
+path = doc.findtext("IMAGE/PATH")
+print(f"/legacy/{image_id}{path.replace('/', '_')} qcow2")
+"""
+
+# A driver in someone else's style for the 7.0 contract: reads stdin to EOF, logs on stderr.
+FOREIGN_CP = """#!/usr/bin/env python3
+import base64, sys, xml.etree.ElementTree as ET
+raw = sys.stdin.read()
+doc = ET.fromstring(base64.b64decode(raw))
+assert doc.tag == "DS_DRIVER_ACTION_DATA"
+ds = doc.find("DATASTORE")
+print("INFO: foreign cp for image " + sys.argv[1], file=sys.stderr)
+if doc.findtext("IMAGE/TEMPLATE/FAIL") == "yes":
+    print("ERROR: about to fail", file=sys.stderr)
+    print("disk exploded", file=sys.stderr)
+    print("please call support", file=sys.stderr)
+    sys.exit(3)
+print(ds.findtext("BASE_PATH") + "/foreign-" + sys.argv[1] + " raw")
+"""
+
+
+def ds_allocate(one, name, mad):
+    dsid = one.datastore.allocate(f'NAME="{name}"\nDS_MAD="{mad}"\nTM_MAD="dummy"', -1)
+    wait_for(lambda: one.datastore.info(dsid).FREE_MB > 0)
+    return dsid
+
+
+def wait_states(one, ids, states=(1, 5), timeout=60):
+    return wait_for(lambda: all(one.image.info(i).STATE in states for i in ids), timeout)
+
+
+def test_timeout_kills_the_whole_group(tmp_path, fresh_daemon):
+    remotes = make_remotes(tmp_path / "remotes", {
+        "hang": {"cp": HANGING_CP, "monitor": MONITOR, "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,hang",
+                                   "DRIVER_TIMEOUT = [ CP = 2 ]\n"))
+    one = d.client()
+    dsid = ds_allocate(one, "hang", "hang")
+    iid = one.image.allocate('NAME="h"\nPATH="/var/tmp/whatever"', dsid)
+    wait_for(lambda: processes_with("oned-images-hang-marker") or processes_with("sleep 1000"))
+    img = wait_for(lambda: (i := one.image.info(iid)).STATE == 5 and i, timeout=30)
+    assert img.TEMPLATE["ERROR"].endswith(
+        f"Error copying image in the datastore: Timeout executing "
+        f"{remotes}/datastore/hang/cp {iid}")
+    wait_for(lambda: not processes_with("sleep 1000"), timeout=10)
+    assert one.system.version() == "7.0.2"
+
+
+def test_fifty_copies_with_limit_fifteen(tmp_path, fresh_daemon):
+    state = tmp_path / "state"
+    state.mkdir()
+    remotes = make_remotes(tmp_path / "remotes", {"count": {
+        "cp": COUNTING_CP.format(state=state, pause=1.0), "monitor": MONITOR, "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,count"))
+    one = d.client()
+    dsid = ds_allocate(one, "count", "count")
+    ids = [one.image.allocate(f'NAME="c{i}"\nPATH="/var/tmp/c{i}"', dsid) for i in range(50)]
+    latencies = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        client = d.client()
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            client.image.info(ids[0])
+            latencies.append(time.perf_counter() - t0)
+            time.sleep(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        wait_states(one, ids, timeout=90)
+    finally:
+        stop.set()
+        prober.join()
+    imgs = [one.image.info(i) for i in ids]
+    assert [i.STATE for i in imgs] == [1] * 50
+    assert sorted(i.SOURCE for i in imgs) == sorted(f"/srv/counted/{i} raw".split()[0]
+                                                    for i in ids)
+    assert int((state / "max").read_text()) == 15
+    assert statistics.median(latencies) < 0.1, latencies
+    assert max(latencies) < 1.0, max(latencies)
+
+
+def test_force_delete_of_locked_image_cancels_its_action(tmp_path, fresh_daemon):
+    remotes = make_remotes(tmp_path / "remotes", {
+        "hang": {"cp": HANGING_CP, "monitor": MONITOR, "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,hang"))
+    one = d.client()
+    dsid = ds_allocate(one, "hang", "hang")
+    iid = one.image.allocate('NAME="h"\nPATH="/var/tmp/whatever"', dsid)
+    wait_for(lambda: processes_with("sleep 1000"))
+    reply = d.raw().one.image.delete(d.session(), iid)
+    assert reply == [False, "[one.image.delete] Image locked, use --force flag to remove the "
+                     "image. Force delete may leave some files on Datastore", 8192, iid, -1]
+    assert one.image.delete(iid, True) == iid
+    assert not processes_with("sleep 1000")
+    with pytest.raises(Exception, match=rf"Error getting image \[{iid}\]"):
+        one.image.info(iid)
+
+
+def test_argv_mode_and_foreign_stdin_driver(tmp_path, fresh_daemon):
+    remotes = make_remotes(tmp_path / "remotes", {
+        "legacy": {"cp": ARGV_CP, "monitor": MONITOR.replace("cat >/dev/null\n", ""),
+                   "stat": STAT.replace("cat >/dev/null\n", "")},
+        "foreign": {"cp": FOREIGN_CP, "monitor": MONITOR, "stat": STAT},
+    })
+    d = fresh_daemon(driver_config(
+        remotes, "-t 15 -d dummy,fs,legacy,foreign",
+        'DS_MAD_CONF = [ NAME = "legacy", MODE = "argv" ]\n'))
+    one = d.client()
+    legacy = ds_allocate(one, "legacy", "legacy")
+    foreign = ds_allocate(one, "foreign", "foreign")
+    a = one.image.allocate('NAME="l"\nPATH="/var/tmp/x/y"', legacy)
+    b = one.image.allocate('NAME="f"\nPATH="/var/tmp/z"', foreign)
+    c = one.image.allocate('NAME="g"\nPATH="/var/tmp/z"\nFAIL="yes"', foreign)
+    wait_states(one, [a, b, c])
+    la, fb, fc = (one.image.info(i) for i in (a, b, c))
+    assert (la.STATE, la.SOURCE, la.FORMAT) == (1, f"/legacy/{a}_var_tmp_x_y", "qcow2")
+    base = one.datastore.info(foreign).BASE_PATH
+    assert (fb.STATE, fb.SOURCE, fb.FORMAT) == (1, f"{base}/foreign-{b}", "raw")
+    assert fc.STATE == 5
+    assert fc.TEMPLATE["ERROR"].endswith("Error copying image in the datastore: disk exploded; "
+                                         "please call support")
+    log = d.log_text()
+    assert f"image {b} cp: foreign cp for image {b}" in log
+
+
+SLOW_CP = """#!/usr/bin/env bash
+cat >/dev/null
+base={base}
+dst="$base/$(printf '%s' "$1-$RANDOM-$$" | md5sum | cut -c1-32)"
+trap 'rm -f "$dst.tmp"; exit 143' TERM
+: > "$dst.tmp"
+sleep {pause} & wait
+mv "$dst.tmp" "$dst"
+echo "$dst raw"
+"""
+
+
+def test_kill9_during_copies_then_restart_reconciles(tmp_path, fresh_daemon):
+    base = tmp_path / "store"
+    base.mkdir()
+    remotes = make_remotes(tmp_path / "remotes", {"slow": {
+        "cp": SLOW_CP.format(base=base, pause=30), "monitor": MONITOR, "stat": STAT,
+        "rm": "#!/bin/sh\ncat >/dev/null\nexit 0\n"}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,slow"))
+    one = d.client()
+    dsid = ds_allocate(one, "slow", "slow")
+    ids = [one.image.allocate(f'NAME="s{i}"\nPATH="/var/tmp/s{i}"', dsid) for i in range(5)]
+    wait_for(lambda: len(list(base.glob("*.tmp"))) == 5)
+    d.kill9()
+    # the orphaned scripts still run: the next start must take them down
+    assert processes_with(str(remotes / "datastore" / "slow" / "cp"))
+    (remotes / "datastore" / "slow" / "cp").write_text(SLOW_CP.format(base=base, pause=0.2))
+    d.start()
+    one = d.client()
+    assert not processes_with(str(remotes / "datastore" / "slow" / "cp")) or \
+        wait_for(lambda: len(processes_with("sleep 30")) == 0, timeout=10)
+    wait_states(one, ids)
+    imgs = [one.image.info(i) for i in ids]
+    assert [i.STATE for i in imgs] == [1] * 5
+    files = sorted(p.name for p in base.iterdir())
+    assert files == sorted(Path(i.SOURCE).name for i in imgs)  # nothing partial, nothing extra
+    assert "Reconciling image" in d.log_text()
+
+
+def test_restart_reconciles_delete_and_clone_states(tmp_path, fresh_daemon):
+    remotes = make_remotes(tmp_path / "remotes", {"slow": {
+        "cp": "#!/bin/sh\ncat >/dev/null\necho /x/src raw\n",
+        "clone": "#!/bin/sh\ncat >/dev/null\nsleep 30\necho /x/clone raw\n",
+        "rm": "#!/bin/sh\ncat >/dev/null\nsleep 30\n",
+        "monitor": MONITOR, "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,slow"))
+    one = d.client()
+    dsid = ds_allocate(one, "slow", "slow")
+    src = one.image.allocate('NAME="src"\nPATH="/var/tmp/src"', dsid)
+    wait_states(one, [src])
+    doomed = one.image.allocate('NAME="doomed"\nPATH="/var/tmp/doomed"', dsid)
+    wait_states(one, [doomed])
+    clone = one.image.clone(src, "cl")
+    one.image.delete(doomed)
+    assert one.image.info(src).STATE == 2  # USED while cloned
+    assert one.image.info(doomed).STATE == 7
+    d.kill9()
+    for action in ("clone", "rm"):
+        p = remotes / "datastore" / "slow" / action
+        p.write_text(p.read_text().replace("sleep 30", "true"))
+    d.start()
+    one = d.client()
+    wait_for(lambda: one.image.info(clone).STATE == 1)
+    assert one.image.info(clone).SOURCE == "/x/clone"
+    wait_for(lambda: one.image.info(src).STATE == 1)
+    assert one.image.info(src).CLONING_OPS == 0
+    with pytest.raises(Exception, match="Error getting image"):
+        wait_for(lambda: one.image.info(doomed) and False, timeout=10)
+
+
+def test_driver_garbage_and_missing_driver(tmp_path, fresh_daemon):
+    remotes = make_remotes(tmp_path / "remotes", {"junk": {
+        "cp": "#!/bin/sh\ncat >/dev/null\nprintf 'onlyonetoken\\n'\n",
+        "mkfs": "#!/bin/sh\ncat >/dev/null\nexit 0\n",
+        "monitor": "#!/bin/sh\ncat >/dev/null\necho '%%%garbage'\n", "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,junk,absent"))
+    one = d.client()
+    dsid = one.datastore.allocate('NAME="junk"\nDS_MAD="junk"\nTM_MAD="dummy"\n'
+                                  'DATASTORE_CAPACITY_CHECK="NO"', -1)
+    a = one.image.allocate('NAME="a"\nPATH="/var/tmp/a"', dsid)
+    b = one.image.allocate('NAME="b"\nTYPE="DATABLOCK"\nSIZE="1"', dsid)
+    wait_states(one, [a, b])
+    assert one.image.info(a).TEMPLATE["ERROR"].endswith(
+        "CP operation succeeded but image FORMAT was not returned.")
+    assert one.image.info(b).STATE == 5
+    assert one.datastore.info(dsid).TOTAL_MB == 0
+    absent = one.datastore.allocate('NAME="absent"\nDS_MAD="absent"\nTM_MAD="dummy"\n'
+                                    'DATASTORE_CAPACITY_CHECK="NO"', -1)
+    reply = d.raw().one.image.allocate(d.session(), 'NAME="x"\nPATH="/var/tmp/x"', absent)
+    assert reply[:3] == [False, "[one.image.allocate] Cannot parse image SIZE: Datastore driver "
+                         "'absent' not available", 8192]
+    assert os.path.isdir(d.var)
