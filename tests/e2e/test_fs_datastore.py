@@ -62,7 +62,7 @@ def test_register_clone_delete_real_files(daemon, one, inputs):
     wait_for(lambda: not Path(clone.SOURCE).exists())
     one.image.delete(iid)
     wait_for(lambda: not source.exists())
-    with pytest.raises(Exception, match=r"Error getting image \[%d\]" % iid):
+    with pytest.raises(Exception, match=rf"Error getting image \[{iid}\]"):
         wait_for(lambda: one.image.info(iid) and False, timeout=5)
 
 
