@@ -19,6 +19,7 @@ from twisted.web import http, resource, server
 from oned_images import errors
 from oned_images.rpc import wire
 from oned_images.rpc.registry import TABLE, Method
+from oned_images.xmldoc.served import Served
 
 log = Logger(namespace="ReM")
 
@@ -164,8 +165,12 @@ class RpcResource(resource.Resource):
             log.failure("Req:{req} UID:{uid} {method} failed unexpectedly", req=req_id,
                         uid=uid, method=name)
             return wire.failure(f"[{name}] Internal error", int(errors.ErrorCode.INTERNAL), -1)
-        shown = value if not isinstance(value, str) else (
-            value if len(value) <= 40 else value[:37] + "...")
+        if isinstance(value, Served):
+            shown = value.preview()
+        elif isinstance(value, str) and len(value) > 40:
+            shown = value[:37] + "..."
+        else:
+            shown = value
         log.debug("Req:{req} UID:{uid} {method} result SUCCESS, {value}", req=req_id, uid=uid,
                   method=name, value=shown)
         return wire.success(value)

@@ -12,6 +12,7 @@ import xmlrpc.client
 from xml.parsers import expat
 
 from oned_images.errors import Fault
+from oned_images.xmldoc.served import Served, escape
 
 
 class I8(int):
@@ -72,18 +73,6 @@ class _NotACall(Exception):
 _HEAD = b'<?xml version="1.0" encoding="UTF-8"?>\r\n<methodResponse>\r\n'
 
 
-def escape(text: str) -> str:
-    if "&" in text:
-        text = text.replace("&", "&amp;")
-    if "<" in text:
-        text = text.replace("<", "&lt;")
-    if ">" in text:
-        text = text.replace(">", "&gt;")
-    if "\r" in text:
-        text = text.replace("\r", "&#x0d;")
-    return text
-
-
 def _value(value: object) -> str:
     if isinstance(value, bool):
         return f"<value><boolean>{int(value)}</boolean></value>"
@@ -98,13 +87,18 @@ def _value(value: object) -> str:
 
 def response(values: list[object]) -> bytes:
     """An array result: ``[true, value, 0]`` or the 5-element failure."""
-    inner = "\r\n".join(_value(v) for v in values)
-    return (
-        _HEAD
-        + b"<params>\r\n<param><value><array><data>\r\n"
-        + inner.encode("utf-8")
-        + b"\r\n</data></array></value></param>\r\n</params>\r\n</methodResponse>\r\n"
-    )
+    parts = [_HEAD, b"<params>\r\n<param><value><array><data>\r\n"]
+    for i, value in enumerate(values):
+        if i:
+            parts.append(b"\r\n")
+        if isinstance(value, Served):
+            parts.append(b"<value><string>")
+            parts.extend(value.chunks)
+            parts.append(b"</string></value>")
+        else:
+            parts.append(_value(value).encode("utf-8"))
+    parts.append(b"\r\n</data></array></value></param>\r\n</params>\r\n</methodResponse>\r\n")
+    return b"".join(parts)
 
 
 def fault(code: int, text: str) -> bytes:

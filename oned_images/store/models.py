@@ -43,11 +43,16 @@ class ImageRow(PoolObject):
     #: not in oned's table: lets a datastore list its IMAGES without a body rewrite
     #: per allocate (which would make allocate cost grow with the pool).
     datastore_id = peewee.IntegerField(default=-1)
+    #: the body escaped for XML-RPC and UTF-8 encoded (NULL: derive it from body).
+    body_rpc = peewee.BlobField(null=True)
 
     class Meta:
         table_name = "image_pool"
+        # ("oid",) duplicates the primary key on purpose: on SQLite it lets a deep
+        # page (LIMIT 200 OFFSET 50000) skip rows on a covering index instead of
+        # walking the table's leaf pages with their bodies.
         indexes = ((("name", "uid"), True), (("uid",), False), (("gid",), False),
-                   (("datastore_id",), False))
+                   (("datastore_id",), False), (("oid",), False))
 
 
 class DatastoreRow(PoolObject):

@@ -13,6 +13,7 @@ import peewee
 
 from oned_images.domain.objects import Permissions
 from oned_images.store.models import PoolControl, PoolObject, database_proxy
+from oned_images.xmldoc.served import rpc_bytes
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,14 @@ def next_oid(table: str, floor: int = 0) -> int:
     return oid
 
 
+def _served(model: type[PoolObject], body: str, extra: dict) -> dict:
+    if "body_rpc" in model._meta.fields:
+        extra["body_rpc"] = rpc_bytes(body)
+    return extra
+
+
 def insert(model: type[PoolObject], oid: int, meta: RowMeta, body: str, **extra) -> None:
+    extra = _served(model, body, extra)
     model.insert(
         oid=oid, name=meta.name, body=body, uid=meta.uid, gid=meta.gid,
         owner_u=meta.perms.owner_u, group_u=meta.perms.group_u, other_u=meta.perms.other_u,
@@ -50,10 +58,12 @@ def insert(model: type[PoolObject], oid: int, meta: RowMeta, body: str, **extra)
     ).execute()
 
 
-def update(model: type[PoolObject], oid: int, meta: RowMeta, body: str) -> None:
+def update(model: type[PoolObject], oid: int, meta: RowMeta, body: str, **extra) -> None:
+    extra = _served(model, body, extra)
     model.update(
         name=meta.name, body=body, uid=meta.uid, gid=meta.gid,
         owner_u=meta.perms.owner_u, group_u=meta.perms.group_u, other_u=meta.perms.other_u,
+        **extra,
     ).where(model.oid == oid).execute()
 
 

@@ -20,9 +20,30 @@ def _v1_initial(db: peewee.Database) -> None:
     db.create_tables(ALL_MODELS)
 
 
+def _v2_served_bodies(db: peewee.Database) -> None:
+    """image_pool.body_rpc (each body stored escaped for XML-RPC, so listings are copies)
+    and an index on oid alone (deep pages skip rows on the index)."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    from oned_images.xmldoc.served import rpc_bytes
+
+    columns = {c.name for c in db.get_columns("image_pool")}
+    if "body_rpc" not in columns:
+        migrator = SchemaMigrator.from_database(db)
+        migrate(migrator.add_column("image_pool", "body_rpc", peewee.BlobField(null=True)))
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "image_pool_oid" ON "image_pool" ("oid")')
+    cursor = db.execute_sql("SELECT oid, body FROM image_pool WHERE body_rpc IS NULL")
+    rows = cursor.fetchall()
+    param = db.param
+    for oid, body in rows:
+        db.execute_sql(f"UPDATE image_pool SET body_rpc = {param} WHERE oid = {param}",
+                       (rpc_bytes(body), oid))
+
+
 #: version -> migration taking the schema from version-1 to version.
 MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     1: _v1_initial,
+    2: _v2_served_bodies,
 }
 CURRENT = max(MIGRATIONS)
 

@@ -1,0 +1,136 @@
+"""Image pool at scale: allocate throughput, full listings, a page, daemon memory.
+
+Usage: python bench/pool.py [--big 100000]
+  * allocate throughput (SOURCE-given images, no copy): sequential, then 8 clients,
+    measured at the start and again around 10,000 images;
+  * one.imagepool.info(-2,-1,-1) at 1,000 and 10,000 images, one page of 200 at
+    1,000 / 10,000 (and --big N, rows inserted straight into the database);
+  * daemon resident memory at 10,000 images and after 100 full listings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import xmlrpc.client
+
+from bench.common import SESSION, proxy, rss_mb, start_daemon, summary, timed
+
+TEMPLATE = 'NAME="img-{n}"\nSOURCE="/var/tmp/src/{n}"\nFORMAT="raw"\nSIZE="1"\nDESCRIPTION="b"'
+
+
+def allocate_range(d, start: int, count: int, clients: int) -> float:
+    per = count // clients
+    errors: list[str] = []
+
+    def work(first: int) -> None:
+        p = xmlrpc.client.ServerProxy(d.url)
+        for n in range(first, first + per):
+            r = p.one.image.allocate(SESSION, TEMPLATE.format(n=n), 1)
+            if not r[0]:
+                errors.append(r[1])
+
+    threads = [threading.Thread(target=work, args=(start + i * per,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    assert not errors, errors[:3]
+    return per * clients / elapsed
+
+
+def listing(d, p, n: int) -> None:
+    for args, label in (((-2, -1, -1), f"imagepool.info(-2,-1,-1) at {n}"),
+                        ((-2, 0, -200), f"page of 200 at {n}")):
+        body = p.one.imagepool.info(SESSION, *args)[1]
+        reps = 5 if args[2] == -1 and n >= 10000 else 30
+        print(summary(label + " [server, to last byte]", server_time(d, args, reps * 4)),
+              f"({len(body) / 1e6:.1f} MB)")
+        print(summary(label + " [incl. xmlrpc.client parse]",
+                      timed(lambda a=args: p.one.imagepool.info(SESSION, *a), reps)))
+
+
+INSERT = ("INSERT INTO image_pool (oid, name, body, body_rpc, uid, gid, owner_u, group_u, "
+          "other_u, datastore_id) VALUES (?,?,?,?,?,?,?,?,?,?)")
+
+
+def server_time(d, args: tuple, reps: int) -> list[float]:
+    """Request to last byte over a kept-alive connection, without parsing the reply."""
+    import http.client
+
+    body = xmlrpc.client.dumps((SESSION, *args), "one.imagepool.info").encode()
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
+
+    def once() -> None:
+        conn.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
+        conn.getresponse().read()
+
+    out = timed(once, reps)
+    conn.close()
+    return out
+
+
+def bulk_insert(d, upto: int) -> None:
+    """Rows written straight into the database in the daemon's own format (bench only)."""
+    import sqlite3
+
+    from oned_images.xmldoc.image import image_from, image_xml
+    from oned_images.xmldoc.served import rpc_bytes
+
+    con = sqlite3.connect(d.var / "one.db")
+    body = con.execute("SELECT body FROM image_pool ORDER BY oid DESC LIMIT 1").fetchone()[0]
+    tmpl = image_from(body)
+    start = con.execute("SELECT MAX(oid) FROM image_pool").fetchone()[0] + 1
+    rows = []
+    for oid in range(start, upto):
+        tmpl.id, tmpl.name = oid, f"bulk-{oid}"
+        body = image_xml(tmpl)
+        rows.append((oid, tmpl.name, body, rpc_bytes(body), 0, 0, 1, 0, 0, 1))
+        if len(rows) == 20000:
+            con.executemany(INSERT, rows)
+            rows = []
+    con.executemany(INSERT, rows)
+    con.execute("UPDATE pool_control SET last_oid = ? WHERE tablename = 'image_pool'",
+                (upto - 1,))
+    con.commit()
+    con.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--big", type=int, default=100000)
+    args = ap.parse_args()
+    d = start_daemon()
+    try:
+        p = proxy(d)
+        print(f"daemon RSS at start: {rss_mb(d):.1f} MB")
+        print(f"allocate sequential (0-500): {allocate_range(d, 0, 500, 1):.0f}/s")
+        print(f"allocate 8 clients (500-1000): {allocate_range(d, 500, 496, 8):.0f}/s")
+        listing(d, p, 1000)
+        allocate_range(d, 1000, 8496, 8)
+        print(f"allocate sequential (9496-9996): {allocate_range(d, 9496, 500, 1):.0f}/s")
+        print(f"allocate 8 clients (9996-10000+): {allocate_range(d, 9996, 8, 8):.0f}/s")
+        n = len(p.one.imagepool.info(SESSION, -2, -1, -1)[1].split("<IMAGE>")) - 1
+        assert n == 10000, n
+        listing(d, p, 10000)
+        print(f"daemon RSS at 10,000 images: {rss_mb(d):.1f} MB")
+        for _ in range(100):
+            p.one.imagepool.info(SESSION, -2, -1, -1)
+        print(f"daemon RSS after 100 full listings: {rss_mb(d):.1f} MB")
+        if args.big > 10000 and d.pg_db is None:
+            bulk_insert(d, args.big)
+            print(summary(f"page of 200 at {args.big} [server]",
+                          server_time(d, (-2, 0, -200), 100)))
+            print(summary(f"page of 200 at offset 50000 of {args.big} [server]",
+                          server_time(d, (-2, 50000, -200), 100)))
+            print(f"allocate sequential at {args.big}: "
+                  f"{allocate_range(d, args.big, 300, 1):.0f}/s")
+    finally:
+        d.drop()
+
+
+if __name__ == "__main__":
+    main()

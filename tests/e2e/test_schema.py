@@ -1,0 +1,79 @@
+"""Schema versions: a fresh database is created current; an older one stops start-up
+until `oned-images db upgrade` migrates it, keeping every image."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.daemon import backend
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.sqlite_only]
+
+
+def test_v1_database_is_refused_then_upgraded(fresh_daemon):
+    if backend() != "sqlite":
+        pytest.skip("builds a version-1 SQLite file by hand")
+    d = fresh_daemon()
+    one = d.client()
+    iid = one.image.allocate('NAME="kept"\nSOURCE="/var/tmp/kept"\nFORMAT="raw"\nSIZE="3"', 1)
+    expected = d.raw().one.image.info(d.session(), iid)[1]
+    d.stop()
+    # Turn the file back into schema version 1: no body_rpc, no oid index.
+    con = sqlite3.connect(d.var / "one.db")
+    con.execute("DROP INDEX image_pool_oid")
+    con.execute("ALTER TABLE image_pool DROP COLUMN body_rpc")
+    con.execute("DELETE FROM schema_version WHERE version > 1")
+    con.commit()
+    con.close()
+
+    with pytest.raises(RuntimeError) as exc:
+        d.start()
+    assert ("Database schema version 1 is older than this oned-images needs (2). Back up the "
+            "database, then run: oned-images db upgrade") in str(exc.value)
+
+    conf = d.tmp / "oned-images.conf"
+    status = subprocess.run([sys.executable, "-m", "oned_images", "db", "status", "--config",
+                             str(conf)], capture_output=True, text=True, timeout=60)
+    assert status.stdout.strip() == "schema version: 1; this release: 2"
+    up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
+                         str(conf)], capture_output=True, text=True, timeout=60)
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2]")
+
+    d.start()
+    assert d.raw().one.image.info(d.session(), iid)[1] == expected
+    listing = d.raw().one.imagepool.info(d.session(), -2, 0, -1)[1]
+    assert listing == f"<IMAGE_POOL>{expected}</IMAGE_POOL>"
+
+
+def test_newer_database_is_refused(fresh_daemon):
+    if backend() != "sqlite":
+        pytest.skip("edits the SQLite file by hand")
+    d = fresh_daemon()
+    d.stop()
+    con = sqlite3.connect(d.var / "one.db")
+    con.execute("INSERT INTO schema_version VALUES (99, 0)")
+    con.commit()
+    con.close()
+    with pytest.raises(RuntimeError) as exc:
+        d.start()
+    assert ("Database schema version 99 is newer than this oned-images knows (2). Run a newer "
+            "oned-images release.") in str(exc.value)
+
+
+def test_bad_config_names_file_line_and_key(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text('PORT = 2633\n\nLISTEN_ADRESS = "0.0.0.0"\n')
+    out = subprocess.run([sys.executable, "-m", "oned_images", "serve", "--config", str(conf)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"oned-images: configuration error: {conf}:3: LISTEN_ADRESS: "
+                                  "unknown configuration key")
+    conf.write_text('PORT = "http"\n')
+    out = subprocess.run([sys.executable, "-m", "oned_images", "serve", "--config", str(conf)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "bad.conf:1: PORT: bad value 'http'" in out.stderr
