@@ -264,3 +264,66 @@ def test_driver_garbage_and_missing_driver(tmp_path, fresh_daemon):
     assert reply[:3] == [False, "[one.image.allocate] Cannot parse image SIZE: Datastore driver "
                          "'absent' not available", 8192]
     assert os.path.isdir(d.var)
+
+
+COUNTING_MONITOR = """#!/usr/bin/env bash
+cat >/dev/null
+dir={state}
+exec 9>"$dir/mlock"
+flock 9; n=$(( $(cat "$dir/mnow" 2>/dev/null || echo 0) + 1 )); echo $n > "$dir/mnow"
+max=$(cat "$dir/mmax" 2>/dev/null || echo 0); [ $n -gt $max ] && echo $n > "$dir/mmax"
+echo $(( $(cat "$dir/mcount" 2>/dev/null || echo 0) + 1 )) > "$dir/mcount"
+flock -u 9
+sleep 0.3
+flock 9; echo $(( $(cat "$dir/mnow") - 1 )) > "$dir/mnow"; flock -u 9
+printf 'USED_MB=%s\\nFREE_MB=100000\\nTOTAL_MB=100100\\n' "$(cat "$dir/mcount")"
+"""
+
+
+def test_monitor_after_each_action_and_one_per_datastore(tmp_path, fresh_daemon):
+    state = tmp_path / "state"
+    state.mkdir()
+    remotes = make_remotes(tmp_path / "remotes", {"mon": {
+        "cp": "#!/bin/sh\ncat >/dev/null\necho /m/$1 raw\n",
+        "monitor": COUNTING_MONITOR.format(state=state), "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,mon"))
+    one = d.client()
+    dsid = ds_allocate(one, "mon", "mon")
+    wait_for(lambda: (state / "mcount").exists())
+    before = int((state / "mcount").read_text())
+    ids = [one.image.allocate(f'NAME="m{i}"\nPATH="/var/tmp/m{i}"', dsid) for i in range(6)]
+    wait_states(one, ids)
+    wait_for(lambda: int((state / "mnow").read_text()) == 0, timeout=10)
+    after = int((state / "mcount").read_text())
+    assert after > before  # capacity refreshed after the copies
+    assert int((state / "mmax").read_text()) == 1  # never two monitors of one datastore
+    wait_for(lambda: one.datastore.info(dsid).USED_MB == after, timeout=10)
+
+
+def test_full_disk_leaves_error_and_no_partial_file(tmp_path, fresh_daemon):
+    import subprocess
+
+    d = fresh_daemon()
+    one = d.client()
+    dsid = one.datastore.allocate('NAME="tiny"\nDS_MAD="fs"\nTM_MAD="local"\n'
+                                  'DATASTORE_CAPACITY_CHECK="NO"', -1)
+    base = Path(one.datastore.info(dsid).BASE_PATH)
+    base.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(base)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    src = Path("/var/tmp") / f"oned-full-{os.getpid()}.raw"
+    try:
+        src.write_bytes(os.urandom(4 * 1024 * 1024))
+        iid = one.image.allocate(f'NAME="big"\nPATH="{src}"', dsid)
+        img = wait_for(lambda: (i := one.image.info(iid)).STATE in (1, 5) and i)
+        assert img.STATE == 5
+        assert "Error copying image in the datastore: " in img.TEMPLATE["ERROR"]
+        assert "No space left on device" in img.TEMPLATE["ERROR"]
+        assert os.listdir(base) == []
+        one.image.delete(iid)
+        with pytest.raises(Exception, match="Error getting image"):
+            one.image.info(iid)
+    finally:
+        src.unlink(missing_ok=True)
+        subprocess.run(["umount", str(base)], capture_output=True)
