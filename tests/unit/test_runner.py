@@ -139,8 +139,7 @@ while true; do sleep 0.1; done
 
 @pytest_twisted.ensureDeferred
 async def test_cancel(tmp_path):
-    from twisted.internet import defer, task
-    from twisted.internet import reactor
+    from twisted.internet import defer, reactor, task
 
     runner = make_runner(tmp_path, {"cp": "#!/bin/sh\nsleep 30\n"})
     d = defer.ensureDeferred(runner.run("cp", "t", 3, "", key=("image", 3)))
