@@ -177,3 +177,14 @@ def test_daemon_keeps_serving_after_garbage(daemon):
         status, _, _ = post(daemon, body)
         assert status == 200
     assert daemon.client().system.version() == "7.0.2"
+
+
+@pytest.mark.timeout(120)
+def test_hundred_megabyte_body_gets_a_fault_and_nothing_changes(daemon, one):
+    before = daemon.raw().one.imagepool.info(daemon.session(), -2, -1, -1)
+    junk = b"<methodCall><methodName>one.image.allocate</methodName><params>" + b"x" * (100 << 20)
+    status, _, reply = post(daemon, junk)
+    assert status == 200
+    assert b"<i4>-503</i4>" in reply
+    assert daemon.raw().one.imagepool.info(daemon.session(), -2, -1, -1) == before
+    assert one.system.version() == "7.0.2"
