@@ -32,11 +32,17 @@ from oned_images.xmldoc import image as imagedoc
 from oned_images.xmldoc.datastore import datastore_from, datastore_xml
 
 DS_TYPES = {"IMAGE_DS": 0, "SYSTEM_DS": 1, "FILE_DS": 2, "BACKUP_DS": 3}
-DISK_TYPES = {"FILE": 0, "CDROM": 1, "BLOCK": 2, "RBD": 3, "GLUSTER": 5, "SHEEPDOG": 7,
-              "ISCSI": 9}
+#: Image::str_to_disk_type.
+DISK_TYPES = {"FILE": 0, "CDROM": 1, "BLOCK": 2, "RBD": 3, "RBD_CDROM": 4, "GLUSTER": 5,
+              "GLUSTER_CDROM": 6, "SHEEPDOG": 7, "SHEEPDOG_CDROM": 8, "ISCSI": 9}
+#: Datastore::set_ds_disk_type: what each datastore type accepts.
+VALID_DISK_TYPES = {
+    0: ({"FILE", "BLOCK", "ISCSI", "RBD", "GLUSTER", "SHEEPDOG"},
+        "Invalid DISK_TYPE for an Image Datastore."),
+    1: ({"FILE", "RBD", "BLOCK"}, "Invalid DISK_TYPE for a System Datastore."),
+}
 FIRST_DS_ID = 100
-TM_COPIED = ("LN_TARGET", "CLONE_TARGET", "DISK_TYPE", "DRIVER", "ALLOW_ORPHANS",
-             "PERSISTENT_SNAPSHOTS")
+DEFAULT_CLUSTER_ID = 0
 
 
 def ds_auth(ds: Datastore) -> ObjectAuth:
@@ -69,12 +75,12 @@ def served_xml(ds: Datastore) -> str:
     return datastore_xml(ds)
 
 
-def _served_pool() -> list[str]:
+def _served_pool(desc: bool = True) -> list[str]:
     by_ds: dict[int, list[int]] = {}
     for oid, ds_id in ImageRow.select(ImageRow.oid, ImageRow.datastore_id).tuples():
         by_ds.setdefault(ds_id, []).append(oid)
     out = []
-    for body in pools.bodies(DatastoreRow, None, True):
+    for body in pools.bodies(DatastoreRow, None, desc):
         ds = datastore_from(body)
         ds.images = by_ds.get(ds.id, [])
         out.append(datastore_xml(ds))
@@ -85,53 +91,84 @@ def base_path(config: DaemonConfig, oid: int) -> str:
     return f"{config.datastore_location.rstrip('/')}/{oid}"
 
 
+def _apply_tm_conf(tmpl: Template, ds_type: int, conf: dict[str, str]) -> None:
+    """Datastore::set_tm_mad: what TM_MAD_CONF imposes on the template.
+
+    oned refuses a TM_MAD without TM_MAD_CONF; this daemon lets it through (tests and
+    foreign drivers use such names) and then only adds nothing.
+    """
+    if not conf:
+        return
+    if ds_type == 1:
+        tmpl.set("SHARED", "YES" if conf.get("SHARED", "").upper() == "YES" else "NO")
+        tmpl.set("DS_MIGRATE", "NO" if conf.get("DS_MIGRATE", "").upper() == "NO" else "YES")
+        tmpl.remove("LN_TARGET")
+        tmpl.remove("CLONE_TARGET")
+    elif ds_type != 3:
+        for key in ("LN_TARGET", "CLONE_TARGET", "DRIVER", "DISK_TYPE"):
+            if conf.get(key):
+                tmpl.set(key, conf[key].upper() if key.endswith("TARGET") else conf[key])
+        tmpl.remove("SHARED")
+    if ds_type != 3:
+        tmpl.set("ALLOW_ORPHANS", conf.get("ALLOW_ORPHANS") or "NO")
+        if conf.get("PERSISTENT_SNAPSHOTS") and not tmpl.has("PERSISTENT_SNAPSHOTS"):
+            tmpl.set("PERSISTENT_SNAPSHOTS", conf["PERSISTENT_SNAPSHOTS"])
+
+
 def build_datastore(config: DaemonConfig, oid: int, tmpl: Template, owner: Caller,
                     perms: Permissions) -> Datastore:
-    """Turn an allocate template into a Datastore (Datastore::insert's rules)."""
+    """Turn an allocate template into a Datastore (Datastore::insert's rules).
+
+    Failures are INTERNAL with Datastore::insert's texts (DatastoreAllocate).
+    """
     name = tmpl.get("NAME") or ""
     err = name_error(name)
     if err:
-        raise errors.allocate(err, "datastore")
+        raise errors.internal(err)
     ds_type_name = (tmpl.get("TYPE") or "IMAGE_DS").upper()
-    if ds_type_name not in DS_TYPES:
-        raise errors.allocate(f"Invalid DS TYPE: {ds_type_name}.", "datastore")
-    ds_type = DS_TYPES[ds_type_name]
+    # Datastore::str_to_type: anything unknown is an IMAGE_DS.
+    ds_type = DS_TYPES.get(ds_type_name, 0)
     ds_mad = tmpl.get("DS_MAD") or ""
     tm_mad = tmpl.get("TM_MAD") or ""
     if ds_type == 1:
         if ds_mad:
-            raise errors.allocate("SYSTEM datastores cannot have DS_MAD defined.", "datastore")
+            raise errors.internal("SYSTEM datastores cannot have DS_MAD defined.")
         ds_mad = "-"
     elif not ds_mad:
-        raise errors.allocate("No DS_MAD in template.", "datastore")
-    if not tm_mad:
-        if ds_type == 3:
-            tm_mad = "-"
-        else:
-            raise errors.allocate("No TM_MAD in template.", "datastore")
+        raise errors.internal("No DS_MAD in template.")
+    for attr in config.ds_mad(ds_mad).required_attrs if ds_type != 1 else ():
+        if not tmpl.get(attr.upper()):
+            raise errors.internal(f'Datastore template is missing the "{attr.upper()}" '
+                                  "attribute or it's empty.")
     tmpl = tmpl.copy()
+    if ds_type == 3:
+        tm_mad = "-"
+    else:
+        if not tm_mad:
+            raise errors.internal("No TM_MAD in template.")
+        _apply_tm_conf(tmpl, ds_type, config.tm_mad(tm_mad))
     tmpl.remove("NAME")
     tmpl.remove("BASE_PATH")
-    tmpl.set("TYPE", ds_type_name)
-    if ds_type != 1:
-        tmpl.set("DS_MAD", ds_mad)
-    tmpl.set("TM_MAD", tm_mad)
-    tm_conf = config.tm_mad(tm_mad)
-    for key in TM_COPIED:
-        if ds_type == 1 and key in ("LN_TARGET", "CLONE_TARGET"):
-            continue
-        if not tmpl.has(key) and tm_conf.get(key) and not (key == "DISK_TYPE" and ds_type == 2):
-            tmpl.set(key, tm_conf[key])
+    tmpl.set("TYPE", [k for k, v in DS_TYPES.items() if v == ds_type][0])
     disk_type_name = (tmpl.get("DISK_TYPE") or "FILE").upper()
-    if disk_type_name not in DISK_TYPES:
-        raise errors.allocate("Unknown DISK_TYPE in template.", "datastore")
+    tmpl.remove("DISK_TYPE")
+    if ds_type in VALID_DISK_TYPES:
+        if disk_type_name not in DISK_TYPES:
+            raise errors.internal("Unknown DISK_TYPE in template.")
+        valid, message = VALID_DISK_TYPES[ds_type]
+        if disk_type_name not in valid:
+            raise errors.internal(message)
+        tmpl.set("DISK_TYPE", disk_type_name)
+        disk_type = DISK_TYPES[disk_type_name]
+    else:
+        disk_type = 0
     if not tmpl.get("SAFE_DIRS") and not tmpl.get("RESTRICTED_DIRS"):
         tmpl.set("SAFE_DIRS", "/var/tmp")
         tmpl.set("RESTRICTED_DIRS", "/")
     return Datastore(
         id=oid, uid=owner.uid, gid=owner.gid, uname=owner.uname, gname=owner.gname,
         name=name, perms=perms, ds_mad=ds_mad, tm_mad=tm_mad,
-        base_path=base_path(config, oid), type=ds_type, disk_type=DISK_TYPES[disk_type_name],
+        base_path=base_path(config, oid), type=ds_type, disk_type=disk_type,
         template=tmpl,
     )
 
@@ -152,25 +189,35 @@ class Datastores:
             tmpl = Template.parse(text)
         except TemplateError as exc:
             raise errors.internal(exc.message) from None
-        if cluster_id not in (-1, 0):
+        # DatastoreAllocate::get_cluster_id: -1 means the default cluster 0, the
+        # only cluster this daemon has.
+        if cluster_id == -1:
+            cluster_id = DEFAULT_CLUSTER_ID
+        if cluster_id != DEFAULT_CLUSTER_ID:
             raise errors.no_exists("cluster", cluster_id)
         req = AuthRequest(caller, self.identity.acl)
         req.add(Op.CREATE, ObjectAuth("DATASTORE", -1))
+        req.add(Op.ADMIN, ObjectAuth("CLUSTER", DEFAULT_CLUSTER_ID, -1, -1,
+                                     Permissions([1, 1, 0, 0, 0, 0, 0, 0, 0])))
         req.check()
         perms = new_object_perms(caller.uid, caller.gid, self.identity.umask_for(caller),
                                  self.config.enable_other_permissions)
-        # Validate before consuming an id, as oned does for insert-time rules.
-        build_datastore(self.config, FIRST_DS_ID, tmpl, caller, perms)
+        # Datastore's constructor: set_umask, then GROUP_U is always granted.
+        perms.bits[3] = 1
         oid = await self.db.run(self._insert, tmpl, caller, perms)
         if self.on_created:
             self.on_created(oid)
         return oid
 
     def _insert(self, tmpl: Template, caller: Caller, perms: Permissions) -> int:
+        # DatastorePool::allocate: NAME, duplicates, then Datastore::insert.
         name = tmpl.get("NAME") or ""
+        err = name_error(name)
+        if err:
+            raise errors.internal(err)
         existing = pools.oid_by_name(DatastoreRow, name)
         if existing is not None:
-            raise errors.allocate(f"NAME is already taken by DATASTORE {existing}.", "datastore")
+            raise errors.internal(f"NAME is already taken by DATASTORE {existing}.")
         oid = pools.next_oid("datastore_pool", FIRST_DS_ID)
         ds = build_datastore(self.config, oid, tmpl, caller, perms)
         pools.insert(DatastoreRow, oid, ds_meta(ds), datastore_xml(ds))
@@ -185,7 +232,7 @@ class Datastores:
         def txn() -> None:
             read_ds(oid, lock=True)
             if image_ids(oid):
-                raise errors.action(f"Datastore {oid} is not empty.")
+                raise errors.action(f"Cannot delete datastore. Datastore {oid} is not empty.")
             pools.delete(DatastoreRow, oid)
 
         await self.db.run(txn)
@@ -199,7 +246,7 @@ class Datastores:
         return await self.db.run(served_xml, ds)
 
     async def pool_info(self, caller: Caller) -> str:
-        bodies = await self.db.run(_served_pool)
+        bodies = await self.db.run(_served_pool, self.identity.list_desc(caller))
         if not caller.is_admin:
             visible = []
             for body in bodies:

@@ -24,12 +24,18 @@ from oned_images.config import DaemonConfig
 from oned_images.domain.names import USER_FORBIDDEN
 from oned_images.domain.objects import Group, LoginToken, User
 from oned_images.domain.permissions import (
+    GROUP_ID,
+    ID_MASK,
+    INDIVIDUAL,
+    OBJECT_BITS,
+    TYPE_MASK,
     AclRule,
     AuthRequest,
     Caller,
     ObjectAuth,
     Op,
     default_acl_rules,
+    vdc_group_rules,
 )
 from oned_images.store import pools
 from oned_images.store.database import Database
@@ -46,7 +52,8 @@ FIRST_GROUP_ID = 100
 MAX_TOKENS = 10
 CORE = "core"
 SERVER_CIPHER = "server_cipher"
-HASHED_DRIVERS = {CORE, SERVER_CIPHER, "server_x509", "public"}
+#: drivers whose AUTH_MAD_CONF has PASSWORD_REQUIRED = "NO" in the shipped oned.conf.
+PASSWORD_OPTIONAL = {"ldap"}
 PASS_FORBIDDEN = set(" \t\n\v\f\r")
 
 
@@ -59,11 +66,12 @@ def sha1_hex(secret: str) -> str:
 
 
 def user_name_error(name: str) -> str | None:
+    """PoolObjectSQL::name_is_valid with User::INVALID_NAME_CHARS (space, ':', blanks)."""
     if not name:
         return "Invalid NAME, it cannot be empty"
     for ch in name:
         if ch in USER_FORBIDDEN or ord(ch) < 0x20:
-            return f"Invalid NAME, character '{ch}' is not allowed"
+            return f"Invalid NAME, char '{ch}' is not allowed"
     if len(name.encode("utf-8")) > 128:
         return "Invalid NAME, max length is 128 chars"
     return None
@@ -79,7 +87,8 @@ def password_error(password: str) -> str | None:
 
 
 def stored_password(driver: str, password: str) -> str:
-    return sha256_hex(password) if driver in HASHED_DRIVERS else password
+    """Only the core driver hashes (UserPool::allocate, User::set_password)."""
+    return sha256_hex(password) if driver == CORE else password
 
 
 def server_cipher_token(server_user: str, server_password_hash: str, target: str,
@@ -151,6 +160,11 @@ class Identity:
             self.by_name[user.name] = user.id
         self._sessions.clear()
 
+    def _background(self, d) -> None:
+        """A write started by authentication: refresh the cache when it lands."""
+        d.addCallback(self._store_user)
+        d.addErrback(lambda f: log.failure("background user update failed", f))
+
     # ------------------------------------------------------------ authentication
     def authenticate(self, session: str) -> Caller:
         username, sep, secret = session.partition(":")
@@ -164,13 +178,18 @@ class Identity:
             return self._server_session(user, secret)
         now = self.clock()
         for token in user.login_tokens:
-            if token.token == secret and (token.expiration_time == -1
-                                          or token.expiration_time > now):
-                if token.egid != -1:
-                    if token.egid not in user.groups:
-                        raise errors.authentication()
-                    return self._caller(user, egid=token.egid)
-                return self._caller(user)
+            if token.token != secret:
+                continue
+            if token.expiration_time != -1 and token.expiration_time <= now:
+                # LoginTokenPool::is_valid drops an expired token it is asked about.
+                self._background(self.db.run(_drop_token, user.id, secret))
+                break
+            if token.egid != -1:
+                if token.egid not in user.groups:
+                    self._background(self.db.run(_drop_token, user.id, secret))
+                    raise errors.authentication()
+                return self._caller(user, egid=token.egid)
+            return self._caller(user)
         cached = self._sessions.get(session)
         if cached is not None and cached[1] > now and cached[0] == user.id:
             return self._caller(user, egid=cached[2])
@@ -179,8 +198,7 @@ class Identity:
         if sha256_hex(secret) == user.password:
             pass
         elif sha1_hex(secret) == user.password:
-            self.db.run(_upgrade_password, user.id, sha256_hex(secret)).addCallback(
-                self._store_user)
+            self._background(self.db.run(_upgrade_password, user.id, sha256_hex(secret)))
         else:
             raise errors.authentication()
         if self.config.session_expiration_time > 0:
@@ -266,25 +284,34 @@ class Identity:
         return default
 
     # ------------------------------------------------------------------- users
+    def list_desc(self, caller: Caller) -> bool:
+        """API_LIST_ORDER for pool listings: user template, group template, oned.conf."""
+        order = self.user_option(caller, "API_LIST_ORDER", self.config.api_list_order)
+        return order.upper() == "DESC"
+
     async def user_allocate(self, caller: Caller, name: str, password: str, driver: str,
                             gids: list[int]) -> int:
-        driver = driver or CORE
+        # UserAllocate::allocate_authorization: CREATE USER, MANAGE on every named
+        # group other than the caller's primary one (a missing group is NO_EXISTS).
         req = AuthRequest(caller, self.acl)
         req.add(Op.CREATE, ObjectAuth("USER", -1))
         for gid in gids:
-            req.add(Op.MANAGE, group_auth(self.group(gid)))
+            group = self.group(gid)
+            if gid != caller.gid:
+                req.add(Op.MANAGE, group_auth(group))
         req.check()
         if not gids:
             gids = [USERS_GROUP if caller.gid == ONEADMIN_GROUP else caller.gid]
-        for gid in gids:
-            self.group(gid)
-        err = user_name_error(name)
-        if err is None and driver == CORE:
-            err = password_error(password)
+        driver = driver or CORE
+        # UserPool::allocate: password, then name, then duplicates; every failure is
+        # INTERNAL with the pool's text (and a trailing dot for the first two).
+        err = None if driver in PASSWORD_OPTIONAL else password_error(password)
+        if err is None:
+            err = user_name_error(name)
         if err:
-            raise errors.allocate(err, "user")
+            raise errors.internal(err + ".")
         if name in self.by_name:
-            raise errors.allocate(f"NAME is already taken by USER {self.by_name[name]}.", "user")
+            raise errors.internal(f"NAME is already taken by USER {self.by_name[name]}.")
         primary = self.groups[gids[0]]
         user = User(id=-1, gid=primary.id, groups=sorted(set(gids)), gname=primary.name,
                     name=name, password=stored_password(driver, password), auth_driver=driver,
@@ -298,27 +325,27 @@ class Identity:
 
     async def user_delete(self, caller: Caller, uid: int) -> int:
         user = self.user(uid)
-        if uid in (0, 1):
-            raise errors.action("oneadmin cannot be deleted." if uid == 0
-                                else "serveradmin cannot be deleted.")
-        req = AuthRequest(caller, self.acl)
-        req.add(Op.ADMIN, user_auth(user))
-        req.check()
-        groups = await self.db.run(_delete_user, uid)
+        authorize_one(caller, self.acl, Op.ADMIN, user_auth(user))
+        if uid == 0:
+            raise errors.action("Cannot delete user. oneadmin cannot be deleted.")
+        groups, acl = await self.db.run(_delete_user, uid)
         self.users.pop(uid, None)
         self._store_user(None, old_name=user.name)
         for g in groups:
             self.groups[g.id] = g
+        self.acl = acl
         return uid
 
     async def passwd(self, caller: Caller, uid: int, password: str) -> int:
         user = self.user(uid)
         authorize_one(caller, self.acl, Op.MANAGE, user_auth(user))
-        if user.auth_driver == CORE:
-            err = password_error(password)
-            if err:
-                raise errors.action(err)
-        new = await self.db.run(_set_password, uid, stored_password(user.auth_driver, password))
+        # User::set_password checks the text for every driver; it also drops the
+        # user's login tokens.
+        err = password_error(password)
+        if err:
+            raise errors.action(err)
+        new = await self.db.run(_set_password, uid,
+                                stored_password(user.auth_driver, password), True)
         self._store_user(new)
         return uid
 
@@ -334,7 +361,9 @@ class Identity:
             visible = sorted(self.users)
         else:
             visible = [caller.uid]
-        return userdoc.user_pool([userdoc.user_xml(self.users[i]) for i in visible])
+        if self.list_desc(caller):
+            visible.reverse()
+        return userdoc.user_pool([self.users[i] for i in visible])
 
     async def user_update(self, caller: Caller, uid: int, text: str, append: int) -> int:
         user = self.user(uid)
@@ -350,27 +379,39 @@ class Identity:
         return uid
 
     async def chgrp(self, caller: Caller, uid: int, gid: int) -> int:
+        # UserChown: group id, user, group, the oneadmin rule, then MANAGE USER +
+        # USE GROUP; the old primary group stays a secondary one when the new
+        # group already was one.
+        if gid < 0:
+            raise errors.api("Wrong group ID")
         user = self.user(uid)
         group = self.group(gid)
+        if uid == 0:
+            raise errors.internal(
+                f"user [0] {user.name} cannot be moved outside of the group [0] oneadmin")
         req = AuthRequest(caller, self.acl)
         req.add(Op.MANAGE, user_auth(user))
-        req.add(Op.MANAGE, group_auth(group))
+        req.add(Op.USE, group_auth(group))
         req.check()
-        if uid in (0, 1) and gid != ONEADMIN_GROUP:
-            raise errors.action("Cannot change primary group of user " + user.name)
+        if user.gid == gid:
+            return uid
         new, groups = await self.db.run(_change_group, uid, gid, "chgrp")
         self._store_user(new)
         for g in groups:
             self.groups[g.id] = g
         return uid
 
-    async def addgroup(self, caller: Caller, uid: int, gid: int) -> int:
+    def _edit_group_checks(self, caller: Caller, uid: int, gid: int) -> User:
         user = self.user(uid)
         group = self.group(gid)
         req = AuthRequest(caller, self.acl)
         req.add(Op.MANAGE, user_auth(user))
         req.add(Op.MANAGE, group_auth(group))
         req.check()
+        return user
+
+    async def addgroup(self, caller: Caller, uid: int, gid: int) -> int:
+        user = self._edit_group_checks(caller, uid, gid)
         if gid in user.groups:
             raise errors.action("User is already in this group")
         new, groups = await self.db.run(_change_group, uid, gid, "add")
@@ -380,12 +421,7 @@ class Identity:
         return uid
 
     async def delgroup(self, caller: Caller, uid: int, gid: int) -> int:
-        user = self.user(uid)
-        group = self.group(gid)
-        req = AuthRequest(caller, self.acl)
-        req.add(Op.MANAGE, user_auth(user))
-        req.add(Op.MANAGE, group_auth(group))
-        req.check()
+        user = self._edit_group_checks(caller, uid, gid)
         if gid == user.gid:
             raise errors.action("Cannot remove user from the primary group")
         if gid not in user.groups:
@@ -419,7 +455,9 @@ class Identity:
         if egid != -1:
             if not caller.is_admin and (egid not in user.groups or egid not in caller.groups):
                 raise errors.api("EGID is not in user group list")
-        elif caller.scoped:
+        elif set(user.groups) != set(caller.groups):
+            # UserLogin compares the target's groups with the session's: a group-
+            # scoped session (or another user's) cannot mint an unscoped token.
             raise errors.api("Cannot create a full token with a specific group token")
         now = int(self.clock())
         tokens = [t for t in user.login_tokens
@@ -430,6 +468,8 @@ class Identity:
         expire = -1 if valid == -1 else now + valid
         tokens = [t for t in tokens if t.token != token]
         tokens.append(LoginToken(token, expire, egid))
+        # LoginTokenPool keeps its tokens in a map ordered by the token text.
+        tokens.sort(key=lambda t: t.token)
         new = await self.db.run(_set_tokens, uid, tokens)
         self._store_user(new)
         return token
@@ -439,24 +479,27 @@ class Identity:
         authorize_one(caller, self.acl, Op.CREATE, ObjectAuth("GROUP", -1))
         from oned_images.domain.names import name_error
 
+        # GroupPool::allocate: name, duplicates; failures are INTERNAL.
         err = name_error(name)
         if err:
-            raise errors.allocate(err, "group")
+            raise errors.internal(err)
         for g in self.groups.values():
             if g.name == name:
-                raise errors.allocate(f"NAME is already taken by GROUP {g.id}.", "group")
-        group = await self.db.run(_insert_group, Group(id=-1, name=name))
+                raise errors.internal(f"NAME is already taken by GROUP {g.id}.")
+        group, acl = await self.db.run(_insert_group_with_vdc_rules, Group(id=-1, name=name))
         self.groups[group.id] = group
+        self.acl = acl
         return group.id
 
     async def group_delete(self, caller: Caller, gid: int) -> int:
         group = self.group(gid)
         authorize_one(caller, self.acl, Op.ADMIN, group_auth(group))
-        if gid in (ONEADMIN_GROUP, USERS_GROUP):
-            raise errors.action("System groups cannot be deleted.")
+        if gid < FIRST_GROUP_ID:
+            raise errors.action("Cannot delete group. System Groups (ID < 100) cannot be "
+                                "deleted.")
         if group.users:
-            raise errors.action("Group " + str(gid) + " is not empty.")
-        await self.db.run(_delete_group, gid)
+            raise errors.action(f"Cannot delete group. Group {gid} is not empty.")
+        self.acl = await self.db.run(_delete_group, gid)
         self.groups.pop(gid, None)
         return gid
 
@@ -470,9 +513,13 @@ class Identity:
     def grouppool_info(self, caller: Caller) -> str:
         ids = sorted(self.groups) if caller.is_admin else sorted(
             g for g in self.groups if g in caller.groups)
-        return userdoc.group_pool([userdoc.group_xml(self.groups[g]) for g in ids])
+        if self.list_desc(caller):
+            ids.reverse()
+        return userdoc.group_pool([self.groups[g] for g in ids])
 
     def acl_info(self, caller: Caller) -> str:
+        # AclInfo: basic_authorization(-1) with MANAGE ACL.
+        authorize_one(caller, self.acl, Op.MANAGE, ObjectAuth("ACL", -1), check_lock=False)
         rules = "".join(
             f"<ACL><ID>{r.oid}</ID><USER>{r.user:x}</USER><RESOURCE>{r.resource:x}</RESOURCE>"
             f"<RIGHTS>{r.rights:x}</RIGHTS><ZONE>{r.zone:x}</ZONE>"
@@ -505,9 +552,7 @@ def _group_meta(group: Group) -> pools.RowMeta:
 def _load_all() -> tuple[list[User], list[Group], list[AclRule]]:
     users = [userdoc.user_from(b) for b in pools.bodies(UserRow)]
     groups = [userdoc.group_from(b) for b in pools.bodies(GroupRow)]
-    acl = [AclRule(r.oid, r.userset, r.resource, r.rights, r.zone)
-           for r in AclRow.select().order_by(AclRow.oid)]
-    return users, groups, acl
+    return users, groups, _read_acl()
 
 
 def _read_user(uid: int) -> User:
@@ -534,8 +579,8 @@ def _write_group(group: Group) -> None:
 
 def _insert_user(user: User, oid: int | None = None) -> tuple[User, list[Group]]:
     if pools.oid_by_name(UserRow, user.name) is not None:
-        raise errors.allocate(
-            f"NAME is already taken by USER {pools.oid_by_name(UserRow, user.name)}.", "user")
+        raise errors.internal(
+            f"NAME is already taken by USER {pools.oid_by_name(UserRow, user.name)}.")
     user.id = oid if oid is not None else pools.next_oid("user_pool", FIRST_USER_ID)
     pools.insert(UserRow, user.id, _meta(user), userdoc.user_xml(user))
     changed = []
@@ -547,7 +592,7 @@ def _insert_user(user: User, oid: int | None = None) -> tuple[User, list[Group]]
     return user, changed
 
 
-def _delete_user(uid: int) -> list[Group]:
+def _delete_user(uid: int) -> tuple[list[Group], list[AclRule]]:
     user = _read_user(uid)
     changed = []
     for gid in user.groups:
@@ -557,17 +602,31 @@ def _delete_user(uid: int) -> list[Group]:
         _write_group(group)
         changed.append(group)
     pools.delete(UserRow, uid)
-    return changed
+    # AclManager::del_uid_rules and del_resource_rules(uid, USER).
+    _delete_rules(lambda r: r.user == INDIVIDUAL | uid
+                  or (r.resource & OBJECT_BITS["USER"]
+                      and r.resource & (TYPE_MASK | ID_MASK) == INDIVIDUAL | uid))
+    return changed, _read_acl()
 
 
-def _set_password(uid: int, password: str) -> User:
+def _set_password(uid: int, password: str, reset_tokens: bool = False) -> User:
     user = _read_user(uid)
     user.password = password
+    if reset_tokens:
+        user.login_tokens = []
     _write_user(user)
     return user
 
 
-_upgrade_password = _set_password
+def _upgrade_password(uid: int, password: str) -> User:
+    return _set_password(uid, password)
+
+
+def _drop_token(uid: int, token: str) -> User:
+    user = _read_user(uid)
+    user.login_tokens = [t for t in user.login_tokens if t.token != token]
+    _write_user(user)
+    return user
 
 
 def _set_tokens(uid: int, tokens: list[LoginToken]) -> User:
@@ -598,7 +657,9 @@ def _change_group(uid: int, gid: int, how: str) -> tuple[User, list[Group]]:
 
     if how == "chgrp":
         old = user.gid
-        if old != gid:
+        # The old primary group is left only when the new one was not already a
+        # secondary group of the user (UserChown's remove_old_group).
+        if old != gid and gid not in user.groups:
             user.groups = [g for g in user.groups if g != old]
             grp = touch(old)
             grp.users = [u for u in grp.users if u != uid]
@@ -624,17 +685,47 @@ def _change_group(uid: int, gid: int, how: str) -> tuple[User, list[Group]]:
 def _insert_group(group: Group, oid: int | None = None) -> Group:
     existing = pools.oid_by_name(GroupRow, group.name)
     if existing is not None:
-        raise errors.allocate(f"NAME is already taken by GROUP {existing}.", "group")
+        raise errors.internal(f"NAME is already taken by GROUP {existing}.")
     group.id = oid if oid is not None else pools.next_oid("group_pool", FIRST_GROUP_ID)
     pools.insert(GroupRow, group.id, _group_meta(group), userdoc.group_xml(group))
     return group
 
 
-def _delete_group(gid: int) -> None:
+def _read_acl() -> list[AclRule]:
+    return [AclRule(r.oid, r.userset, r.resource, r.rights, r.zone)
+            for r in AclRow.select().order_by(AclRow.oid)]
+
+
+def _add_rule(rule: AclRule) -> None:
+    oid = pools.next_oid("acl", len(default_acl_rules()))
+    AclRow.insert(oid=oid, userset=rule.user, resource=rule.resource, rights=int(rule.rights),
+                  zone=rule.zone).execute()
+
+
+def _delete_rules(doomed: Callable[[AclRule], bool]) -> None:
+    for rule in _read_acl():
+        if doomed(rule):
+            AclRow.delete().where(AclRow.oid == rule.oid).execute()
+
+
+def _insert_group_with_vdc_rules(group: Group) -> tuple[Group, list[AclRule]]:
+    """GroupAllocate: the new group joins the default VDC, which holds every cluster
+    of zone 0, so it gets that VDC's cluster rules (host, net, datastore)."""
+    group = _insert_group(group)
+    for rule in vdc_group_rules(group.id):
+        _add_rule(rule)
+    return group, _read_acl()
+
+
+def _delete_group(gid: int) -> list[AclRule]:
     group = _read_group(gid)
     if group.users:
-        raise errors.action(f"Group {gid} is not empty.")
+        raise errors.action(f"Cannot delete group. Group {gid} is not empty.")
     pools.delete(GroupRow, gid)
+    # AclManager::del_gid_rules (the VDC's rules for the group go with them).
+    _delete_rules(lambda r: r.user == GROUP_ID | gid
+                  or r.resource & (TYPE_MASK | ID_MASK) == GROUP_ID | gid)
+    return _read_acl()
 
 
 def bootstrap_identity(oneadmin_name: str, oneadmin_password: str,

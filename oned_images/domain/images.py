@@ -54,7 +54,9 @@ from oned_images.store import pools
 from oned_images.store.models import DatastoreRow, ImageRow
 from oned_images.template import Template, TemplateError
 from oned_images.xmldoc import drv_action
-from oned_images.xmldoc.image import image_from, image_xml, pool_xml
+from oned_images.xmldoc.datastore import datastore_from as read_ds_body
+from oned_images.xmldoc.image import image_from, image_xml
+from oned_images.xmldoc.served import Served, rpc_bytes
 
 log = Logger(namespace="ImM")
 
@@ -85,11 +87,7 @@ def read_image(oid: int, lock: bool = True) -> Image:
 def write_image(img: Image) -> None:
     """Every write copies STATE into PREV_STATE first, as oned's update does."""
     img.prev_state = img.state
-    ImageRow.update(
-        name=img.name, body=image_xml(img), uid=img.uid, gid=img.gid,
-        owner_u=img.perms.owner_u, group_u=img.perms.group_u, other_u=img.perms.other_u,
-        datastore_id=img.datastore_id,
-    ).where(ImageRow.oid == img.id).execute()
+    pools.update(ImageRow, img.id, _meta(img), image_xml(img), datastore_id=img.datastore_id)
 
 
 def insert_image(img: Image) -> None:
@@ -242,7 +240,7 @@ class ImageManager:
             self._monitoring.discard(ds_id)
 
     # ------------------------------------------------------------------ info
-    async def info(self, caller: Caller, oid: int) -> str:
+    async def info(self, caller: Caller, oid: int) -> Served:
         if oid < 0 and not caller.is_admin:
             raise errors.authorization("Not authorized to perform USE IMAGE")
         row = await self.db.run(_info_row, oid)
@@ -255,16 +253,16 @@ class ImageManager:
             req = self._auth(caller)
             req.add(Op.USE, obj, check_lock=False)
             req.check()
-        return body
+        return Served([body])
 
-    async def pool_info(self, caller: Caller, flag: int, start: int, end: int) -> str:
+    async def pool_info(self, caller: Caller, flag: int, start: int, end: int) -> Served:
         if flag < -4:
             raise errors.api("Incorrect filter_flag")
         where = self._pool_filter(caller, flag)
         order = self.identity.user_option(caller, "API_LIST_ORDER",
                                           self.config.api_list_order).upper()
         bodies = await self.db.run(_pool_bodies, where, order != "ASC", start, end)
-        return pool_xml("IMAGE_POOL", bodies)
+        return Served.pool("IMAGE_POOL", bodies)
 
     def _pool_filter(self, caller: Caller, flag: int) -> peewee.Expression | None:
         T = ImageRow
@@ -849,7 +847,16 @@ class ImageManager:
         cannot be re-run safely (the file layout is half changed), so the image
         returns to READY with an ERROR text saying so, as a failed one would.
         """
+        from twisted.internet.threads import deferToThread
+
+        from oned_images.driver import reaper
+
+        await deferToThread(reaper.kill_leftover_groups, self.config.var_location,
+                            self.config.driver.kill_grace)
         actions, report = await self.db.run(self._reconcile_txn)
+        local = await self.db.run(_local_sources)
+        for base_path, sources in local.items():
+            await deferToThread(reaper.sweep_orphans, base_path, sources)
         for follow in actions:
             log.info("Reconciling image {i}: running {a} again", i=follow.image_id,
                      a=follow.action)
@@ -931,10 +938,34 @@ def _next_stat_id() -> int:
     return next(_stat_counter)
 
 
+def _local_sources() -> dict[str, set[str]]:
+    """BASE_PATH of each fs datastore -> the SOURCEs its images still reference."""
+    out: dict[str, set[str]] = {}
+    ids: dict[int, str] = {}
+    for (body,) in DatastoreRow.select(DatastoreRow.body).tuples():
+        ds = read_ds_body(body)
+        if ds.ds_mad == "fs":
+            ids[ds.id] = ds.base_path
+            out[ds.base_path] = set()
+    for (body,) in ImageRow.select(ImageRow.body).tuples().iterator():
+        img = image_from(body)
+        if img.datastore_id in ids and img.source:
+            out[ids[img.datastore_id]].add(img.source)
+    return out
+
+
+def _served_body(body: str, served: bytes | memoryview | None) -> bytes:
+    """The stored escaped body; rows written by other tools may lack it (NULL)."""
+    return bytes(served) if served is not None else rpc_bytes(body)
+
+
 def _info_row(oid: int):
-    return (ImageRow.select(ImageRow.body, ImageRow.uid, ImageRow.gid, ImageRow.owner_u,
-                            ImageRow.group_u, ImageRow.other_u)
-            .where(ImageRow.oid == oid).tuples().first())
+    row = (ImageRow.select(ImageRow.body, ImageRow.body_rpc, ImageRow.uid, ImageRow.gid,
+                           ImageRow.owner_u, ImageRow.group_u, ImageRow.other_u)
+           .where(ImageRow.oid == oid).tuples().first())
+    if row is None:
+        return None
+    return (_served_body(row[0], row[1]), *row[2:])
 
 
 def _pool_bodies(where, desc: bool, start: int, end: int) -> list[str]:
@@ -949,11 +980,26 @@ def _pool_bodies(where, desc: bool, start: int, end: int) -> list[str]:
         conds.append(T.oid >= start)
         if end != -1:
             conds.append(T.oid <= end)
-    query = T.select(T.body)
+    query = T.select(T.body_rpc)
     for cond in conds:
         query = query.where(cond)
     query = query.order_by(T.oid.desc() if desc else T.oid.asc())
     if limit is not None:
-        query = query.limit(limit).offset(offset)
-    return [r[0] for r in query.tuples()]
+        if offset > 0:
+            # Skip rows on the id alone, then read only the page's bodies: a deep page
+            # does not walk the bodies it skips.
+            ids = [r[0] for r in query.clone().select(T.oid).limit(limit).offset(offset)
+                   .tuples()]
+            if not ids:
+                return []
+            query = (T.select(T.body_rpc).where(T.oid.in_(ids))
+                     .order_by(T.oid.desc() if desc else T.oid.asc()))
+        else:
+            query = query.limit(limit)
+    rows = [r[0] for r in query.tuples()]
+    if any(r is None for r in rows):
+        # Rare: rows without the escaped copy; fetch their bodies by position.
+        bodies = [r[0] for r in query.clone().select(T.body).tuples()]
+        return [_served_body(b, r) for b, r in zip(bodies, rows, strict=True)]
+    return [r if isinstance(r, bytes) else bytes(r) for r in rows]
 

@@ -104,9 +104,21 @@ def default_acl_rules() -> list[AclRule]:
         AclRule(1, ALL, OBJECT_BITS["ZONE"] | ALL, Op.USE, ALL),
         AclRule(2, ALL, OBJECT_BITS["MARKETPLACE"] | OBJECT_BITS["MARKETPLACEAPP"] | ALL,
                 Op.USE, ALL),
-        AclRule(3, GROUP_ID | 1, OBJECT_BITS["HOST"] | ALL, Op.MANAGE, INDIVIDUAL | 0),
-        AclRule(4, GROUP_ID | 1, OBJECT_BITS["NET"] | ALL, Op.USE, INDIVIDUAL | 0),
-        AclRule(5, GROUP_ID | 1, OBJECT_BITS["DATASTORE"] | ALL, Op.USE, INDIVIDUAL | 0),
+    ] + [AclRule(3 + i, r.user, r.resource, r.rights, r.zone)
+         for i, r in enumerate(vdc_group_rules(1))]
+
+
+def vdc_group_rules(gid: int) -> list[AclRule]:
+    """The rules the default VDC (every cluster of zone 0) gives a member group.
+
+    DEFAULT_VDC_CLUSTER_{HOST,NET,DATASTORE}_ACL = MANAGE, USE, USE; oned adds them
+    for group 1 at bootstrap and for every group one.group.allocate creates.
+    The ids are assigned when the rules are stored (-1 here).
+    """
+    return [
+        AclRule(-1, GROUP_ID | gid, OBJECT_BITS["HOST"] | ALL, Op.MANAGE, INDIVIDUAL | 0),
+        AclRule(-1, GROUP_ID | gid, OBJECT_BITS["NET"] | ALL, Op.USE, INDIVIDUAL | 0),
+        AclRule(-1, GROUP_ID | gid, OBJECT_BITS["DATASTORE"] | ALL, Op.USE, INDIVIDUAL | 0),
     ]
 
 

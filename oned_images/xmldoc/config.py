@@ -4,13 +4,16 @@ Only keys that opennebula_configuration.xsd knows are listed (our own keys such
 as VAR_LOCATION or DRIVER_TIMEOUT would make the document invalid), and the
 values are the effective ones, defaults included.  oned masks the DB fields of
 callers outside group 0 with ``***``; that text is invalid for several of those
-schema types, so we leave the fields out instead.
+schema types, so we leave those fields out instead (TIMEOUT and CONNECTIONS stay).
 """
 
 from __future__ import annotations
 
 from oned_images.config import DaemonConfig
 from oned_images.template import Template
+
+#: the DB keys oned replaces with *** for callers whose primary group is not 0.
+DB_HIDDEN = ("BACKEND", "SERVER", "PORT", "USER", "PASSWD", "DB_NAME")
 
 
 def configuration_xml(config: DaemonConfig, show_db: bool) -> str:
@@ -22,14 +25,15 @@ def configuration_xml(config: DaemonConfig, show_db: bool) -> str:
     t.add("DATASTORE_MAD", {"ARGUMENTS": f"-t {config.driver.concurrency} -d {allowed}",
                             "EXECUTABLE": "one_datastore"})
     db: dict[str, str] = {}
-    if show_db:
-        if config.db.backend == "sqlite":
-            db["BACKEND"] = "sqlite"
-            db["TIMEOUT"] = str(config.db.timeout_ms)
-        else:
-            db.update(SERVER=config.db.server, PORT=str(config.db.port), USER=config.db.user,
-                      PASSWD=config.db.passwd, DB_NAME=config.db.db_name,
-                      CONNECTIONS=str(config.db.connections))
+    if config.db.backend == "sqlite":
+        db.update(BACKEND="sqlite", TIMEOUT=str(config.db.timeout_ms))
+    else:
+        db.update(BACKEND=config.db.backend, SERVER=config.db.server,
+                  PORT=str(config.db.port), USER=config.db.user, PASSWD=config.db.passwd,
+                  DB_NAME=config.db.db_name, CONNECTIONS=str(config.db.connections))
+    if not show_db:
+        for key in DB_HIDDEN:
+            db.pop(key, None)
     t.add("DB", db)
     t.add("DEFAULT_CDROM_DEVICE_PREFIX", config.default_cdrom_device_prefix)
     t.add("DEFAULT_DEVICE_PREFIX", config.default_device_prefix)

@@ -1,7 +1,8 @@
 """USER / GROUP documents and their pools (user.xsd, group.xsd, api.md §8.3).
 
 Quotas cannot be set through this daemon, so every quota section is the empty
-one a fresh oned shows.
+one a fresh oned shows; like oned, every user and group has a quota row, so
+the pools list a QUOTAS element after each object.
 """
 
 from __future__ import annotations
@@ -43,10 +44,16 @@ def user_extended(body: str) -> str:
     )
 
 
-def user_pool(bodies: list[str]) -> str:
+def quotas_xml(oid: int) -> str:
+    """The user_quotas / group_quotas body oned stores for every user and group."""
+    return f"<QUOTAS><ID>{oid}</ID>{EMPTY_QUOTAS}</QUOTAS>"
+
+
+def user_pool(users: list[User]) -> str:
+    """USER_POOL: each USER followed by its QUOTAS row (UserPool::dump's LEFT JOIN)."""
     return (
         "<USER_POOL>"
-        + "".join(bodies)
+        + "".join(user_xml(u) + quotas_xml(u.id) for u in users)
         + f"<DEFAULT_USER_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_USER_QUOTAS></USER_POOL>"
     )
 
@@ -83,10 +90,11 @@ def group_extended(body: str) -> str:
     )
 
 
-def group_pool(bodies: list[str]) -> str:
+def group_pool(groups: list[Group]) -> str:
+    """GROUP_POOL: each GROUP followed by its QUOTAS row (GroupPool::dump's LEFT JOIN)."""
     return (
         "<GROUP_POOL>"
-        + "".join(bodies)
+        + "".join(group_xml(g) + quotas_xml(g.id) for g in groups)
         + f"<DEFAULT_GROUP_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_GROUP_QUOTAS></GROUP_POOL>"
     )
 
