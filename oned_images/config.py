@@ -267,7 +267,8 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
         elif name in MULTI:
             if isinstance(attr.value, dict):
                 raise _fail(src, attr, "expected a single value, not a vector")
-            restricted.append(attr.value.upper())
+            if attr.value.upper() not in restricted:
+                restricted.append(attr.value.upper())
         elif name == "DB":
             vec = _vector(src, attr, DB_KEYS)
             backend = vec.get("BACKEND", "sqlite").lower()

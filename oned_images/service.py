@@ -66,6 +66,8 @@ class App:
     datastores: Datastores
     images: ImageManager
     drivers: DriverRunner
+    #: the bound TCP port (PORT may be 0), for documents that name the endpoint.
+    port: int = 0
 
     async def datastores_ids(self) -> list[int]:
         return await self.db.run(
@@ -139,6 +141,7 @@ class Daemon:
         endpoint = TCP4ServerEndpoint(self.reactor, cfg.port, interface=cfg.listen_address)
         self._listening = await endpoint.listen(site)
         port = self._listening.getHost().port
+        app.port = port
         if self.port_file:
             tmp = self.port_file + ".tmp"
             Path(tmp).write_text(str(port))

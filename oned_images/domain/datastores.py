@@ -276,17 +276,27 @@ class Datastores:
             else:
                 current.template = tmpl.copy()
             t = current.template
-            # Datastore::post_update_template: drivers and type follow the template.
-            if t.get("DS_MAD") and current.type != 1:
-                current.ds_mad = t.get("DS_MAD") or current.ds_mad
-            if t.get("TM_MAD"):
-                current.tm_mad = t.get("TM_MAD") or current.tm_mad
+            # Datastore::post_update_template: type, disk type and drivers follow the
+            # template, and the template always shows the resulting values.
             ds_type = (t.get("TYPE") or "").upper()
             if ds_type in DS_TYPES:
                 current.type = DS_TYPES[ds_type]
+            t.set("TYPE", [k for k, v in DS_TYPES.items() if v == current.type][0])
             disk = (t.get("DISK_TYPE") or "").upper()
             if disk in DISK_TYPES:
                 current.disk_type = DISK_TYPES[disk]
+            if current.type in VALID_DISK_TYPES:
+                t.set("DISK_TYPE", [k for k, v in DISK_TYPES.items()
+                                    if v == current.disk_type][0])
+            else:
+                t.remove("DISK_TYPE")
+            if current.type == 1:
+                t.remove("DS_MAD")
+            else:
+                current.ds_mad = t.get("DS_MAD") or current.ds_mad
+                t.set("DS_MAD", current.ds_mad)
+            current.tm_mad = t.get("TM_MAD") or current.tm_mad
+            t.set("TM_MAD", current.tm_mad)
             write_ds(current)
 
         await self.db.run(txn)

@@ -19,8 +19,21 @@ def _filter(p: Params) -> None:
         raise api("Incorrect filter_flag")
 
 
+#: VirtualMachinePoolInfo's state argument: -2 (any) .. CLONING_FAILURE (11).
+VM_STATES = range(-2, 12)
+
+
 async def vmpool_info(app, caller: Caller, p: Params) -> str:
-    _filter(p)
+    flag = p.int(1)
+    p.int(2)
+    p.int(3)
+    state = p.int(4)
+    if p.has(5):
+        p.str(5)
+    if state not in VM_STATES:
+        raise api("Incorrect filter_flag, state")
+    if flag < -4:
+        raise api("Incorrect filter_flag")
     return "<VM_POOL></VM_POOL>"
 
 
@@ -30,7 +43,7 @@ async def templatepool_info(app, caller: Caller, p: Params) -> str:
 
 
 async def zonepool_info(app, caller: Caller, p: Params) -> str:
-    port = app.config.port
+    port = app.port or app.config.port
     return (
         "<ZONE_POOL><ZONE><ID>0</ID><NAME>OpenNebula</NAME><STATE>0</STATE><TEMPLATE>"
         f"<ENDPOINT><![CDATA[http://localhost:{port}/RPC2]]></ENDPOINT></TEMPLATE>"

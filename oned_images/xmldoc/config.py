@@ -28,7 +28,9 @@ def configuration_xml(config: DaemonConfig, show_db: bool) -> str:
     if config.db.backend == "sqlite":
         db.update(BACKEND="sqlite", TIMEOUT=str(config.db.timeout_ms))
     else:
-        db.update(BACKEND=config.db.backend, SERVER=config.db.server,
+        # opennebula_configuration.xsd only knows mysql and sqlite: name no backend
+        # rather than send a document the schema (and strict clients) reject.
+        db.update(SERVER=config.db.server,
                   PORT=str(config.db.port), USER=config.db.user, PASSWD=config.db.passwd,
                   DB_NAME=config.db.db_name, CONNECTIONS=str(config.db.connections))
     if not show_db:
@@ -42,12 +44,14 @@ def configuration_xml(config: DaemonConfig, show_db: bool) -> str:
     t.add("DEFAULT_IMAGE_TYPE", config.default_image_type)
     t.add("DEFAULT_UMASK", f"{config.default_umask:03o}")
     for conf in config.ds_mad_conf:
-        t.add("DS_MAD_CONF", {
-            "MARKETPLACE_ACTIONS": conf.marketplace_actions,
+        vector = {
             "NAME": conf.name,
             "PERSISTENT_ONLY": "YES" if conf.persistent_only else "NO",
             "REQUIRED_ATTRS": ",".join(conf.required_attrs),
-        })
+        }
+        if conf.marketplace_actions:  # oned lists only what oned.conf sets
+            vector["MARKETPLACE_ACTIONS"] = conf.marketplace_actions
+        t.add("DS_MAD_CONF", vector)
     t.add("ENABLE_OTHER_PERMISSIONS", "YES" if config.enable_other_permissions else "NO")
     for attr in config.image_restricted_attr:
         t.add("IMAGE_RESTRICTED_ATTR", attr)

@@ -1,0 +1,463 @@
+"""one.datastore.* and one.datastorepool.info against the real daemon (api.md §1.8, §8)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyone
+import pytest
+
+from tests.conftest import unique
+from tests.support.daemon import wait_for
+from tests.support.xsd import validate
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
+AUTH, AUTHZ, NO_EXISTS, ACTION, API, INTERNAL = 256, 512, 1024, 2048, 4096, 8192
+IMAGE_DS_TEMPLATE = (
+    "<ALLOW_ORPHANS><![CDATA[FORMAT]]></ALLOW_ORPHANS><CLONE_TARGET><![CDATA[SYSTEM]]>"
+    "</CLONE_TARGET><DISK_TYPE><![CDATA[FILE]]></DISK_TYPE><DS_MAD><![CDATA[fs]]></DS_MAD>"
+    "<LN_TARGET><![CDATA[SYSTEM]]></LN_TARGET><PERSISTENT_SNAPSHOTS><![CDATA[YES]]>"
+    "</PERSISTENT_SNAPSHOTS><RESTRICTED_DIRS><![CDATA[/]]></RESTRICTED_DIRS><SAFE_DIRS>"
+    "<![CDATA[/var/tmp]]></SAFE_DIRS><TM_MAD><![CDATA[local]]></TM_MAD><TYPE><![CDATA["
+    "IMAGE_DS]]></TYPE>")
+
+
+def ok(reply):
+    assert len(reply) == 3 and reply[0] is True and reply[2] == 0, reply
+    value = reply[1]
+    if isinstance(value, str) and value.startswith("<"):
+        validate(value)
+    return value
+
+
+def fails(reply, text: str, code: int, resp_id: int = -1) -> None:
+    assert reply == [False, text, code, resp_id, -1]
+
+
+def normalise(xml: str) -> str:
+    """Blank out what differs by machine: BASE_PATH prefix, monitor figures, IMAGES."""
+    xml = re.sub(r"<BASE_PATH><!\[CDATA\[.*?/(\d+)\]\]></BASE_PATH>",
+                 r"<BASE_PATH><![CDATA[BASE/\1]]></BASE_PATH>", xml)
+    for tag in ("TOTAL_MB", "FREE_MB", "USED_MB"):
+        xml = re.sub(rf"<{tag}>\d+</{tag}>", f"<{tag}>N</{tag}>", xml)
+    return re.sub(r"<IMAGES>(<ID>\d+</ID>)*</IMAGES>", "<IMAGES></IMAGES>", xml)
+
+
+def perms_xml(text: str) -> str:
+    names = ("OWNER_U", "OWNER_M", "OWNER_A", "GROUP_U", "GROUP_M", "GROUP_A",
+             "OTHER_U", "OTHER_M", "OTHER_A")
+    bits = [0 if c == "-" else 1 for c in text.replace(" ", "")]
+    return "<PERMISSIONS>" + "".join(f"<{n}>{b}</{n}>" for n, b in zip(names, bits,
+                                                                      strict=True)) + \
+        "</PERMISSIONS>"
+
+
+def ds_doc(oid: int, name: str, template: str, *, ds_mad: str = "fs", tm_mad: str = "local",
+           type_: int = 0, disk_type: int = 0, state: int = 0, perms: str = "um- u-- ---",
+           owner: tuple[int, int, str, str] = (0, 0, "oneadmin", "oneadmin"),
+           images: str = "") -> str:
+    """A DATASTORE document in normalised form (see normalise)."""
+    uid, gid, uname, gname = owner
+    return (f"<DATASTORE><ID>{oid}</ID><UID>{uid}</UID><GID>{gid}</GID><UNAME>{uname}</UNAME>"
+            f"<GNAME>{gname}</GNAME><NAME>{name}</NAME>{perms_xml(perms)}"
+            f"<DS_MAD><![CDATA[{ds_mad}]]></DS_MAD><TM_MAD><![CDATA[{tm_mad}]]></TM_MAD>"
+            f"<BASE_PATH><![CDATA[BASE/{oid}]]></BASE_PATH><TYPE>{type_}</TYPE>"
+            f"<DISK_TYPE>{disk_type}</DISK_TYPE><STATE>{state}</STATE>"
+            "<CLUSTERS><ID>0</ID></CLUSTERS><TOTAL_MB>N</TOTAL_MB><FREE_MB>N</FREE_MB>"
+            f"<USED_MB>N</USED_MB><IMAGES>{images}</IMAGES><TEMPLATE>{template}</TEMPLATE>"
+            "</DATASTORE>")
+
+
+def info(proxy, session, oid: int) -> str:
+    return normalise(ok(proxy.one.datastore.info(session, oid)))
+
+
+@pytest.fixture
+def admin(daemon):
+    return daemon.raw(), daemon.session()
+
+
+def new_user(daemon, groups: list[int] | None = None):
+    name = unique("dsu")
+    uid = daemon.raw().one.user.allocate(daemon.session(), name, "pw", "", groups or [])[1]
+    return uid, name, f"{name}:pw"
+
+
+def new_ds(proxy, session, extra: str = "", mad: str = "fs", tm: str = "local"):
+    name = unique("ds")
+    oid = ok(proxy.one.datastore.allocate(
+        session, f'NAME="{name}"\nDS_MAD="{mad}"\nTM_MAD="{tm}"\n{extra}', -1))
+    return oid, name
+
+
+# --------------------------------------------------------------------- bootstrap
+def test_bootstrap_datastores_match_oned(fresh_daemon):
+    d = fresh_daemon()
+    proxy, s = d.raw(), d.session()
+    pool = ok(proxy.one.datastorepool.info(s))
+    sample = (SAMPLES / "one.datastorepool.info.body.xml").read_text().strip()
+    assert normalise(pool) == normalise(sample)
+    for oid in (0, 1, 2):
+        assert f"<BASE_PATH><![CDATA[{d.var}/datastores/{oid}]]></BASE_PATH>" in pool
+        assert ok(proxy.one.datastore.info(s, oid)) in pool
+    # the default datastores are monitored before the port opens; the system one is not
+    figures = {int(i): (int(t), int(f), int(u)) for i, t, f, u in re.findall(
+        r"<DATASTORE><ID>(\d+)</ID>.*?<TOTAL_MB>(\d+)</TOTAL_MB><FREE_MB>(\d+)</FREE_MB>"
+        r"<USED_MB>(\d+)</USED_MB>", pool)}
+    assert figures[0] == (0, 0, 0)
+    for oid in (1, 2):
+        total, free, used = figures[oid]
+        assert total > 0 and 0 <= free <= total and 0 <= used <= total
+    # user datastores start at 100
+    oid, _ = new_ds(proxy, s)
+    assert oid == 100
+    # oned 7 lets even the default datastores go
+    assert ok(proxy.one.datastore.delete(s, 2)) == 2
+    assert [int(i) for i in re.findall(r"<DATASTORE><ID>(\d+)</ID>",
+                                       ok(proxy.one.datastorepool.info(s)))] == [100, 1, 0]
+    oid, _ = new_ds(proxy, s)
+    assert oid == 101
+
+
+def test_monitor_figures_of_the_default_datastore(daemon, one):
+    ds = one.datastore.info(1)
+    assert ds.TOTAL_MB > 0 and ds.FREE_MB <= ds.TOTAL_MB and ds.USED_MB <= ds.TOTAL_MB
+    assert (ds.ID, ds.NAME, ds.TYPE, ds.DS_MAD, ds.TM_MAD, ds.CLUSTERS.ID) == (
+        1, "default", 0, "fs", "local", [0])
+    assert ds.BASE_PATH == f"{daemon.var}/datastores/1"
+    assert one.datastore.info(0).TOTAL_MB == 0
+
+
+# ----------------------------------------------------------------------- allocate
+def test_allocate_text_and_xml_templates(daemon, admin):
+    proxy, s = admin
+    oid, name = new_ds(proxy, s, 'DESCRIPTION="text"\nLN_TARGET="NONE"')
+    # TM_MAD_CONF wins over the template for LN_TARGET/CLONE_TARGET
+    assert info(proxy, s, oid) == ds_doc(oid, name, IMAGE_DS_TEMPLATE.replace(
+        "<DISK_TYPE>", "<DESCRIPTION><![CDATA[text]]></DESCRIPTION><DISK_TYPE>"))
+    xname = unique("xds")
+    xid = ok(proxy.one.datastore.allocate(
+        s, f"<TEMPLATE><NAME>{xname}</NAME><TYPE>file_ds</TYPE><DS_MAD>fs</DS_MAD>"
+        "<TM_MAD>local</TM_MAD><DISK_TYPE>BLOCK</DISK_TYPE><SAFE_DIRS>/srv</SAFE_DIRS>"
+        "</TEMPLATE>", -1))
+    assert xid == oid + 1
+    assert info(proxy, s, xid) == ds_doc(
+        xid, xname, type_=2,
+        template="<ALLOW_ORPHANS><![CDATA[FORMAT]]></ALLOW_ORPHANS><CLONE_TARGET><![CDATA["
+        "SYSTEM]]></CLONE_TARGET><DS_MAD><![CDATA[fs]]></DS_MAD><LN_TARGET><![CDATA[SYSTEM]]>"
+        "</LN_TARGET><PERSISTENT_SNAPSHOTS><![CDATA[YES]]></PERSISTENT_SNAPSHOTS><SAFE_DIRS>"
+        "<![CDATA[/srv]]></SAFE_DIRS><TM_MAD><![CDATA[local]]></TM_MAD><TYPE><![CDATA["
+        "FILE_DS]]></TYPE>")
+    # a system datastore: no DS_MAD, SHARED/DS_MIGRATE from TM_MAD_CONF
+    sname = unique("sys")
+    sid = ok(proxy.one.datastore.allocate(
+        s, f'NAME="{sname}"\nTYPE="SYSTEM_DS"\nTM_MAD="shared"\nLN_TARGET="SELF"', -1))
+    assert info(proxy, s, sid) == ds_doc(
+        sid, sname, ds_mad="-", tm_mad="shared", type_=1,
+        template="<ALLOW_ORPHANS><![CDATA[MIXED]]></ALLOW_ORPHANS><DISK_TYPE><![CDATA[FILE]]>"
+        "</DISK_TYPE><DS_MIGRATE><![CDATA[YES]]></DS_MIGRATE><RESTRICTED_DIRS><![CDATA[/]]>"
+        "</RESTRICTED_DIRS><SAFE_DIRS><![CDATA[/var/tmp]]></SAFE_DIRS><SHARED><![CDATA[YES]]>"
+        "</SHARED><TM_MAD><![CDATA[shared]]></TM_MAD><TYPE><![CDATA[SYSTEM_DS]]></TYPE>")
+    # a backup datastore has no TM_MAD
+    bname = unique("bck")
+    bid = ok(proxy.one.datastore.allocate(s, f'NAME="{bname}"\nTYPE="BACKUP_DS"\n'
+                                             'DS_MAD="dummy"', -1))
+    assert info(proxy, s, bid) == ds_doc(
+        bid, bname, ds_mad="dummy", tm_mad="-", type_=3,
+        template="<DS_MAD><![CDATA[dummy]]></DS_MAD><RESTRICTED_DIRS><![CDATA[/]]>"
+        "</RESTRICTED_DIRS><SAFE_DIRS><![CDATA[/var/tmp]]></SAFE_DIRS><TYPE><![CDATA["
+        "BACKUP_DS]]></TYPE>")
+    # an image datastore with another disk type, through pyone
+    one = daemon.client()
+    bl = one.datastore.allocate({"NAME": unique("blk"), "DS_MAD": "dummy", "TM_MAD": "dummy",
+                                 "DISK_TYPE": "block"}, -1)
+    ds = one.datastore.info(bl)
+    assert (ds.TYPE, ds.DISK_TYPE, ds.TEMPLATE["DISK_TYPE"], ds.TEMPLATE["LN_TARGET"]) == (
+        0, 2, "BLOCK", "NONE")
+    # an unknown TYPE is an image datastore (Datastore::str_to_type)
+    fid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("foo")}"\nTYPE="FOO"\n'
+                                             'DS_MAD="fs"\nTM_MAD="local"', -1))
+    assert "<TYPE>0</TYPE>" in ok(proxy.one.datastore.info(s, fid))
+    assert "<TYPE><![CDATA[IMAGE_DS]]></TYPE>" in ok(proxy.one.datastore.info(s, fid))
+
+
+def test_allocate_errors(daemon, admin):
+    proxy, s = admin
+    m = "[one.datastore.allocate]"
+    name = unique("e")
+    cases = [
+        (f'NAME="{name}"\nTM_MAD="local"', "No DS_MAD in template."),
+        (f'NAME="{name}"\nDS_MAD="fs"', "No TM_MAD in template."),
+        (f'NAME="{name}"\nTYPE="SYSTEM_DS"\nDS_MAD="fs"\nTM_MAD="local"',
+         "SYSTEM datastores cannot have DS_MAD defined."),
+        (f'NAME="{name}"\nTYPE="SYSTEM_DS"', "No TM_MAD in template."),
+        ('NAME="default"\nDS_MAD="fs"\nTM_MAD="local"', "NAME is already taken by DATASTORE 1."),
+        ('NAME="system"\nTM_MAD="local"', "NAME is already taken by DATASTORE 0."),
+        ('DS_MAD="fs"\nTM_MAD="local"', "Invalid NAME, it cannot be empty"),
+        ('NAME="a/b"\nDS_MAD="fs"\nTM_MAD="local"', "Invalid NAME, char '/' is not allowed"),
+        (f'NAME="{"n" * 129}"\nDS_MAD="fs"\nTM_MAD="local"',
+         "Invalid NAME, max length is 128 chars"),
+        (f'NAME="{name}"\nDS_MAD="fs"\nTM_MAD="local"\nDISK_TYPE="FLOPPY"',
+         "Unknown DISK_TYPE in template."),
+        (f'NAME="{name}"\nDS_MAD="fs"\nTM_MAD="local"\nDISK_TYPE="CDROM"',
+         "Invalid DISK_TYPE for an Image Datastore."),
+        (f'NAME="{name}"\nTYPE="SYSTEM_DS"\nTM_MAD="local"\nDISK_TYPE="ISCSI"',
+         "Invalid DISK_TYPE for a System Datastore."),
+        ("NAME", "Parse error: syntax error, unexpected $end, expecting EQUAL or EQUAL_EMPTY "
+                 "at line 0, columns 1:5"),
+    ]
+    for template, text in cases:
+        fails(proxy.one.datastore.allocate(s, template, -1), f"{m} {text}", INTERNAL)
+    good = f'NAME="{name}"\nDS_MAD="fs"\nTM_MAD="local"'
+    fails(proxy.one.datastore.allocate(s, good, 5), f"{m} Error getting cluster [5].",
+          NO_EXISTS, 5)
+    uid, _, session = new_user(daemon)
+    fails(proxy.one.datastore.allocate(session, good, -1),
+          f"{m} User [{uid}] : Not authorized to perform CREATE DATASTORE; "
+          "Not authorized to perform ADMIN CLUSTER [0].", AUTHZ)
+    # nothing of the above took an id or the name
+    oid = ok(proxy.one.datastore.allocate(s, good, 0))
+    assert ok(proxy.one.datastore.allocate(s, good.replace(name, name + "x"))) == oid + 1
+    fails(proxy.one.datastore.allocate(s, good, -1),
+          f"{m} NAME is already taken by DATASTORE {oid}.", INTERNAL)
+    with pytest.raises(pyone.OneInternalException, match=r"No DS_MAD in template\."):
+        daemon.client().datastore.allocate({"NAME": unique("p"), "TM_MAD": "local"}, -1)
+
+
+def test_new_datastore_permissions_follow_the_umask(daemon, admin):
+    proxy, s = admin
+    uid, name, session = new_user(daemon, groups=[0])
+    ok(proxy.one.user.update(s, uid, 'UMASK="002"', 1))
+    oid, dsname = new_ds(proxy, session)
+    assert info(proxy, s, oid) == ds_doc(oid, dsname, IMAGE_DS_TEMPLATE, perms="uma uma u-a",
+                                         owner=(uid, 0, name, "oneadmin"))
+    ok(proxy.one.user.update(s, uid, 'UMASK="777"', 1))
+    oid, dsname = new_ds(proxy, session)
+    # GROUP_U is always granted on a new datastore
+    assert perms_xml("--- u-- ---") in ok(proxy.one.datastore.info(s, oid))
+
+
+# ------------------------------------------------------------------ info & pool
+def test_info_and_pool_visibility(daemon, admin):
+    proxy, s = admin
+    oid, name = new_ds(proxy, s)
+    fails(proxy.one.datastore.info(s, 99999), "[one.datastore.info] Error getting datastore "
+          "[99999].", NO_EXISTS, 99999)
+    fails(proxy.one.datastore.info(s, -1), "[one.datastore.info] Error getting datastore "
+          "Pool.", NO_EXISTS, -1)
+    everything = ok(proxy.one.datastorepool.info(s))
+    ids = [int(i) for i in re.findall(r"<DATASTORE><ID>(\d+)</ID>", everything)]
+    assert ids == sorted(ids, reverse=True) and {0, 1, 2, oid} <= set(ids)
+    # "@1 DATASTORE/* USE #0": members of users see every datastore
+    uid, _, session = new_user(daemon)
+    # (monitor figures may move between calls)
+    assert normalise(ok(proxy.one.datastorepool.info(session))) == normalise(everything)
+    assert info(proxy, session, oid) == info(proxy, s, oid)
+    # a user only in a new group: the group joined the default VDC, whose rule
+    # "@<gid> DATASTORE/* USE #0" opens them all as well
+    gid = ok(proxy.one.group.allocate(s, unique("g")))
+    uid2, _, session2 = new_user(daemon, groups=[gid])
+    assert normalise(ok(proxy.one.datastorepool.info(session2))) == normalise(everything)
+    # API_LIST_ORDER per user
+    ok(proxy.one.user.update(s, uid2, 'OPENNEBULA=[API_LIST_ORDER="ASC"]', 1))
+    asc = ok(proxy.one.datastorepool.info(session2))
+    assert [int(i) for i in re.findall(r"<DATASTORE><ID>(\d+)</ID>", asc)] == sorted(ids)
+    # pyone
+    pool = daemon.client().datastorepool.info()
+    assert {d.NAME: d.ID for d in pool.DATASTORE}[name] == oid
+
+
+# ---------------------------------------------------------------- update
+def test_update_replace_and_merge(daemon, admin):
+    proxy, s = admin
+    oid, name = new_ds(proxy, s)
+    m = "[one.datastore.update]"
+    assert ok(proxy.one.datastore.update(s, oid, 'LIMIT_MB="100"\nDISK_TYPE="BLOCK"', 1)) == oid
+    assert info(proxy, s, oid) == ds_doc(oid, name, disk_type=2, template=IMAGE_DS_TEMPLATE
+                                         .replace("FILE", "BLOCK")
+                                         .replace("<LN_TARGET>", "<LIMIT_MB><![CDATA[100]]>"
+                                                                 "</LIMIT_MB><LN_TARGET>"))
+    # replace: the template is the new one, TYPE/DISK_TYPE/DS_MAD/TM_MAD are kept in it
+    ok(proxy.one.datastore.update(s, oid, "<TEMPLATE><ONLY>this</ONLY></TEMPLATE>", 0))
+    assert info(proxy, s, oid) == ds_doc(
+        oid, name, disk_type=2,
+        template="<DISK_TYPE><![CDATA[BLOCK]]></DISK_TYPE><DS_MAD><![CDATA[fs]]></DS_MAD>"
+        "<ONLY><![CDATA[this]]></ONLY><TM_MAD><![CDATA[local]]></TM_MAD><TYPE><![CDATA["
+        "IMAGE_DS]]></TYPE>")
+    # changing the drivers through the template
+    ok(proxy.one.datastore.update(s, oid, 'DS_MAD="dummy"\nTM_MAD="dummy"'))
+    doc = ok(proxy.one.datastore.info(s, oid))
+    assert "<DS_MAD><![CDATA[dummy]]></DS_MAD><TM_MAD><![CDATA[dummy]]></TM_MAD>" in doc
+    fails(proxy.one.datastore.update(s, oid, 'A="1"', 2), f"{m} Wrong update type", API)
+    fails(proxy.one.datastore.update(s, 99999, 'A="1"', 0),
+          f"{m} Error getting datastore [99999].", NO_EXISTS, 99999)
+    uid, _, session = new_user(daemon)
+    fails(proxy.one.datastore.update(session, oid, 'A="1"', 1),
+          f"{m} User [{uid}] : Not authorized to perform MANAGE DATASTORE [{oid}].", AUTHZ)
+    fails(proxy.one.datastore.update(s, oid, "A B", 1),
+          f"{m} Cannot update template. Parse error: syntax error, unexpected VARIABLE, "
+          "expecting EQUAL or EQUAL_EMPTY at line 0, columns 3:4", INTERNAL)
+    daemon.client().datastore.update(oid, {"FROM_PYONE": "yes"}, 1)
+    assert daemon.client().datastore.info(oid).TEMPLATE["FROM_PYONE"] == "yes"
+
+
+# ---------------------------------------------------------------- chmod / chown
+def test_chmod(daemon, admin):
+    proxy, s = admin
+    oid, name = new_ds(proxy, s)
+    m = "[one.datastore.chmod]"
+    assert ok(proxy.one.datastore.chmod(s, oid, -1, -1, 1, 0, 1, -1, 1, -1, -1)) == oid
+    assert perms_xml("uma -m- u--") in ok(proxy.one.datastore.info(s, oid))
+    fails(proxy.one.datastore.chmod(s, oid, 2, -1, -1, -1, -1, -1, -1, -1, -1),
+          f"{m} New permission values must be -1, 0 or 1", INTERNAL)
+    fails(proxy.one.datastore.chmod(s, oid, -1, -1, -1, -1, -1, -1, -1, -1, -2),
+          f"{m} New permission values must be -1, 0 or 1", INTERNAL)
+    fails(proxy.one.datastore.chmod(s, 99999, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+          f"{m} Error getting datastore [99999].", NO_EXISTS, 99999)
+    # an owner (without OWNER_A) may change MANAGE-level bits but not ADMIN ones
+    ok(proxy.one.datastore.chmod(s, oid, 1, 1, 0, 1, 0, 0, 0, 0, 0))
+    uid, uname, session = new_user(daemon)
+    ok(proxy.one.datastore.chown(s, oid, uid, -1))
+    fails(proxy.one.datastore.chmod(session, oid, -1, -1, 1, -1, -1, -1, -1, -1, -1),
+          f"{m} User [{uid}] : Not authorized to perform ADMIN DATASTORE [{oid}].", AUTHZ)
+    fails(proxy.one.datastore.chmod(session, oid, -1, -1, -1, -1, -1, 1, -1, -1, -1),
+          f"{m} User [{uid}] : Not authorized to perform ADMIN DATASTORE [{oid}].", AUTHZ)
+    # values equal to the current ADMIN bits do not count as changes
+    assert ok(proxy.one.datastore.chmod(session, oid, 1, 1, 0, 1, 1, 0, 1, 0, 0)) == oid
+    assert perms_xml("um- um- u--") in ok(proxy.one.datastore.info(s, oid))
+    # someone else gets nothing
+    other, _, other_session = new_user(daemon)
+    fails(proxy.one.datastore.chmod(other_session, oid, -1, -1, -1, 1, -1, -1, -1, -1, -1),
+          f"{m} User [{other}] : Not authorized to perform MANAGE DATASTORE [{oid}].", AUTHZ)
+    # pyone
+    daemon.client().datastore.chmod(oid, 1, 1, 0, 1, 0, 0, 0, 0, 0)
+    p = daemon.client().datastore.info(oid).PERMISSIONS
+    assert (p.OWNER_U, p.OWNER_M, p.OWNER_A, p.GROUP_U, p.GROUP_M, p.OTHER_U) == (
+        1, 1, 0, 1, 0, 0)
+
+
+def test_chmod_other_bits_when_disabled(fresh_daemon):
+    d = fresh_daemon('ENABLE_OTHER_PERMISSIONS = "NO"\n')
+    proxy, s = d.raw(), d.session()
+    oid, _ = new_ds(proxy, s)
+    uid = ok(proxy.one.user.allocate(s, "owner", "pw", "", []))
+    ok(proxy.one.datastore.chown(s, oid, uid, 1))
+    fails(proxy.one.datastore.chmod("owner:pw", oid, -1, -1, -1, -1, -1, -1, 1, -1, -1),
+          f"[one.datastore.chmod] User [{uid}] : 'other' permissions is disabled in "
+          "oned.conf.", AUTHZ)
+    assert ok(proxy.one.datastore.chmod("owner:pw", oid, -1, -1, -1, -1, 1, -1, 0, -1, -1)) == oid
+    assert perms_xml("um- um- ---") in ok(proxy.one.datastore.info(s, oid))
+    assert ok(proxy.one.datastore.chmod(s, oid, -1, -1, -1, -1, -1, -1, 1, -1, -1)) == oid
+    assert perms_xml("um- um- u--") in ok(proxy.one.datastore.info(s, oid))
+
+
+def test_chown(daemon, admin):
+    proxy, s = admin
+    oid, name = new_ds(proxy, s)
+    m = "[one.datastore.chown]"
+    uid, uname, session = new_user(daemon)
+    gid = ok(proxy.one.group.allocate(s, gname := unique("g")))
+    assert ok(proxy.one.datastore.chown(s, oid, uid, gid)) == oid
+    assert info(proxy, s, oid) == ds_doc(oid, name, IMAGE_DS_TEMPLATE,
+                                         owner=(uid, gid, uname, gname))
+    assert ok(proxy.one.datastore.chown(s, oid, -1, 1)) == oid
+    assert info(proxy, s, oid) == ds_doc(oid, name, IMAGE_DS_TEMPLATE,
+                                         owner=(uid, 1, uname, "users"))
+    fails(proxy.one.datastore.chown(s, oid, 99999, -1), f"{m} Error getting user [99999].",
+          NO_EXISTS, 99999)
+    fails(proxy.one.datastore.chown(s, oid, -1, 99999), f"{m} Error getting group [99999].",
+          NO_EXISTS, 99999)
+    fails(proxy.one.datastore.chown(s, 99999, 0, 0), f"{m} Error getting datastore [99999].",
+          NO_EXISTS, 99999)
+    # the owner (MANAGE) may not give it to someone else nor to a foreign group
+    fails(proxy.one.datastore.chown(session, oid, 0, 0),
+          f"{m} User [{uid}] : Not authorized to perform MANAGE USER [0]; "
+          "Not authorized to perform USE GROUP [0].", AUTHZ)
+    # ... but may keep it (unchanged ids are not checked)
+    assert ok(proxy.one.datastore.chown(session, oid, uid, 1)) == oid
+    # users MANAGE themselves, so only the datastore is refused here
+    fails(proxy.one.datastore.chown(session, 1, uid, -1),
+          f"{m} User [{uid}] : Not authorized to perform MANAGE DATASTORE [1].", AUTHZ)
+    daemon.client().datastore.chown(oid, 0, 0)
+    ds = daemon.client().datastore.info(oid)
+    assert (ds.UID, ds.GID, ds.UNAME, ds.GNAME) == (0, 0, "oneadmin", "oneadmin")
+
+
+# --------------------------------------------------------------- rename / enable
+def test_rename(daemon, admin):
+    proxy, s = admin
+    oid, name = new_ds(proxy, s, 'DATASTORE_CAPACITY_CHECK="NO"', mad="dummy", tm="dummy")
+    iid = ok(proxy.one.image.allocate(s, 'NAME="renamed-ds-img"\nSOURCE="/var/tmp/x"\n'
+                                         'FORMAT="raw"\nSIZE="1"', oid))
+    m = "[one.datastore.rename]"
+    new = unique("renamed")
+    assert ok(proxy.one.datastore.rename(s, oid, new)) == oid
+    assert f"<NAME>{new}</NAME>" in ok(proxy.one.datastore.info(s, oid))
+    assert f"<DATASTORE>{new}</DATASTORE>" in ok(proxy.one.image.info(s, iid))
+    fails(proxy.one.datastore.rename(s, oid, "default"),
+          f"{m} datastore cannot be renamed to default because it collides with datastore 1",
+          ACTION)
+    fails(proxy.one.datastore.rename(s, oid, "a/b"), f"{m} Invalid NAME, char '/' is not "
+          "allowed", ACTION)
+    fails(proxy.one.datastore.rename(s, oid, ""), f"{m} Invalid NAME, it cannot be empty",
+          ACTION)
+    fails(proxy.one.datastore.rename(s, 99999, "x"), f"{m} Error getting datastore [99999].",
+          NO_EXISTS, 99999)
+    uid, _, session = new_user(daemon)
+    fails(proxy.one.datastore.rename(session, oid, unique("no")),
+          f"{m} User [{uid}] : Not authorized to perform MANAGE DATASTORE [{oid}].", AUTHZ)
+    # the same name succeeds without any authorization
+    assert proxy.one.datastore.rename(session, oid, new) == [True, oid, 0]
+    daemon.client().datastore.rename(oid, name)
+    assert daemon.client().datastore.info(oid).NAME == name
+    assert daemon.client().image.info(iid).DATASTORE == name
+
+
+def test_enable_only_system_datastores(daemon, admin):
+    proxy, s = admin
+    sid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("sys")}"\nTYPE="SYSTEM_DS"\n'
+                                             'TM_MAD="local"', -1))
+    m = "[one.datastore.enable]"
+    assert ok(proxy.one.datastore.enable(s, sid, False)) == sid
+    assert "<STATE>1</STATE>" in ok(proxy.one.datastore.info(s, sid))
+    assert ok(proxy.one.datastore.enable(s, sid, True)) == sid
+    assert "<STATE>0</STATE>" in ok(proxy.one.datastore.info(s, sid))
+    fails(proxy.one.datastore.enable(s, 1, False),
+          f"{m} Only SYSTEM_DS can be disabled or enabled", INTERNAL)
+    fails(proxy.one.datastore.enable(s, 99999, True), f"{m} Error getting datastore [99999].",
+          NO_EXISTS, 99999)
+    uid, _, session = new_user(daemon)
+    fails(proxy.one.datastore.enable(session, sid, False),
+          f"{m} User [{uid}] : Not authorized to perform MANAGE DATASTORE [{sid}].", AUTHZ)
+    daemon.client().datastore.enable(sid, False)
+    assert daemon.client().datastore.info(sid).STATE == 1
+
+
+# ----------------------------------------------------------------------- delete
+def test_delete(daemon, admin):
+    proxy, s = admin
+    oid, name = new_ds(proxy, s, 'DATASTORE_CAPACITY_CHECK="NO"', mad="dummy", tm="dummy")
+    iid = ok(proxy.one.image.allocate(s, 'NAME="keeps-ds-busy"\nSOURCE="/var/tmp/x"\n'
+                                         'FORMAT="raw"\nSIZE="1"', oid))
+    assert f"<IMAGES><ID>{iid}</ID></IMAGES>" in ok(proxy.one.datastore.info(s, oid))
+    m = "[one.datastore.delete]"
+    fails(proxy.one.datastore.delete(s, oid),
+          f"{m} Cannot delete datastore. Datastore {oid} is not empty.", ACTION)
+    uid, _, session = new_user(daemon)
+    fails(proxy.one.datastore.delete(session, oid),
+          f"{m} User [{uid}] : Not authorized to perform ADMIN DATASTORE [{oid}].", AUTHZ)
+    fails(proxy.one.datastore.delete(s, 99999), f"{m} Error getting datastore [99999].",
+          NO_EXISTS, 99999)
+    ok(proxy.one.image.delete(s, iid))
+    wait_for(lambda: proxy.one.image.info(s, iid)[0] is False)
+    assert ok(proxy.one.datastore.delete(s, oid)) == oid
+    fails(proxy.one.datastore.info(s, oid), f"[one.datastore.info] Error getting datastore "
+          f"[{oid}].", NO_EXISTS, oid)
+    assert f"<NAME>{name}</NAME>" not in ok(proxy.one.datastorepool.info(s))
+    # the name is free again, the id is not reused
+    again = ok(proxy.one.datastore.allocate(s, f'NAME="{name}"\nDS_MAD="fs"\nTM_MAD="local"'))
+    assert again > oid
+    daemon.client().datastore.delete(again)
+    with pytest.raises(pyone.OneNoExistsException):
+        daemon.client().datastore.info(again)
