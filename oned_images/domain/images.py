@@ -176,6 +176,11 @@ class ImageManager:
         result = await self.drivers.run(follow.action, follow.ds_mad, follow.image_id,
                                         follow.b64, key=("image", follow.image_id),
                                         mode=follow.mode)
+        if result.cancelled:
+            # Killed on purpose: by a forced delete, which already settled the image, or
+            # by a daemon stop, after which reconcile() runs the action again.  Applying
+            # it as a failure would leave an ERROR image that reconciliation skips.
+            return
         ds_id = await self.db.run(self._apply_reply, follow.action, follow.image_id, result)
         if ds_id is not None and follow.action in ("cp", "mkfs", "clone", "rm"):
             self.monitor_soon(ds_id)
@@ -918,13 +923,17 @@ class ImageManager:
                 live = [c for c in img.clones
                         if c in by_id and by_id[c].state in LOCKED_STATES
                         and by_id[c].cloning_id == img.id]
+                if live == sorted(img.clones) and len(live) == img.cloning_ops:
+                    continue
                 img.clones = live
                 img.cloning_ops = len(live)
                 if not live:
                     replies.set_state(img, S.READY)
                     report.append((img.id, "released"))
                 else:
-                    continue
+                    # some clones are gone: count only the live ones, or the last of
+                    # them would leave the source USED/CLONE for ever
+                    report.append((img.id, "recounted"))
             else:
                 continue
             write_image(img)
