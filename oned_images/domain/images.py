@@ -84,16 +84,36 @@ def read_image(oid: int, lock: bool = True) -> Image:
     return image_from(body)
 
 
-def write_image(img: Image) -> None:
-    """Every write copies STATE into PREV_STATE first, as oned's update does."""
+def write_image(img: Image, conflict=None) -> None:
+    """Every write copies STATE into PREV_STATE first, as oned's update does.
+
+    ``conflict(img, other_id)`` builds the error for a write that changes NAME or UID and
+    collides with another image of that owner in a concurrent transaction (the
+    checks before it cannot see uncommitted rows); the write then runs in a savepoint
+    so that, on PostgreSQL, the look-up of the other image still works.
+    """
     img.prev_state = img.state
-    pools.update(ImageRow, img.id, _meta(img), image_xml(img), datastore_id=img.datastore_id)
+    if conflict is None:
+        pools.update(ImageRow, img.id, _meta(img), image_xml(img),
+                     datastore_id=img.datastore_id)
+        return
+    try:
+        with ImageRow._meta.database.atomic():
+            pools.update(ImageRow, img.id, _meta(img), image_xml(img),
+                         datastore_id=img.datastore_id)
+    except peewee.IntegrityError:
+        raise conflict(img, pools.oid_by_name(ImageRow, img.name, img.uid)) from None
 
 
 def insert_image(img: Image) -> None:
     img.prev_state = 0 if img.state == S.LOCKED else img.state
     try:
-        pools.insert(ImageRow, img.id, _meta(img), image_xml(img), datastore_id=img.datastore_id)
+        # A savepoint: a concurrent allocate of the same name can pass the pre-check and
+        # only collide here, and PostgreSQL refuses every later statement of a transaction
+        # whose statement failed (the look-up below would then be an Internal error).
+        with ImageRow._meta.database.atomic():
+            pools.insert(ImageRow, img.id, _meta(img), image_xml(img),
+                         datastore_id=img.datastore_id)
     except peewee.IntegrityError:
         other = pools.oid_by_name(ImageRow, img.name, img.uid)
         raise errors.allocate(f"NAME is already taken by IMAGE {other}.") from None
@@ -598,11 +618,11 @@ class ImageManager:
                                self._mode(ds.ds_mad)), locked)
 
     # ---------------------------------------------------- simple mutations
-    async def _mutate(self, fn, caller: Caller, oid: int, *args) -> int:
+    async def _mutate(self, fn, caller: Caller, oid: int, *args, conflict=None) -> int:
         def txn() -> Followup | None:
             img = read_image(oid)
             follow = fn(caller, img, *args)
-            write_image(img)
+            write_image(img, conflict)
             return follow
 
         self._start(await self.db.run(txn))
@@ -742,7 +762,11 @@ class ImageManager:
             if new_group is not None:
                 img.gid, img.gname = new_group.id, new_group.name
 
-        return await self._mutate(apply, caller, oid)
+        def conflict(img: Image, other: int | None) -> errors.OneError:
+            return errors.internal(f"user [{img.uid}] already owns image [{other}] with NAME "
+                                   f"{img.name}")
+
+        return await self._mutate(apply, caller, oid, conflict=conflict if user else None)
 
     async def rename(self, caller: Caller, oid: int, name: str) -> int:
         def apply(caller: Caller, img: Image) -> None:
@@ -758,7 +782,11 @@ class ImageManager:
                 raise errors.action(err)
             img.name = name
 
-        return await self._mutate(apply, caller, oid)
+        def conflict(img: Image, other: int | None) -> errors.OneError:
+            return errors.action(f"image cannot be renamed to {img.name} because it "
+                                 f"collides with image {other}")
+
+        return await self._mutate(apply, caller, oid, conflict=conflict)
 
     # ------------------------------------------------------------ snapshots
     async def snapshot(self, caller: Caller, oid: int, sid: int, action: str) -> int:

@@ -30,12 +30,19 @@ def for_update(query: peewee.Query) -> peewee.Query:
 
 
 def next_oid(table: str, floor: int = 0) -> int:
-    """Reserve the next id of ``table`` (at least ``floor``), wrapping at INT_MAX as oned."""
-    row = for_update(PoolControl.select().where(PoolControl.tablename == table)).first()
+    """Reserve the next id of ``table`` (at least ``floor``), wrapping at INT_MAX as oned.
+
+    A missing counter row is created with INSERT … ON CONFLICT DO NOTHING first, so
+    two first inserts racing on PostgreSQL both end up locking the same row.
+    """
+    def counter() -> PoolControl | None:
+        # a new query each time: peewee caches a query's results
+        return for_update(PoolControl.select().where(PoolControl.tablename == table)).first()
+
+    row = counter()
     if row is None:
-        oid = floor
-        PoolControl.create(tablename=table, last_oid=oid)
-        return oid
+        PoolControl.insert(tablename=table, last_oid=floor - 1).on_conflict_ignore().execute()
+        row = counter()
     oid = max(int(row.last_oid) + 1, floor)
     if oid > 2**31 - 1:
         oid = floor
