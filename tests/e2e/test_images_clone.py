@@ -13,8 +13,6 @@ from tests.support.seed import (
     edit_body,
     fails,
     field,
-    flaky_daemon,
-    flaky_datastore,
     info,
     num,
     ok,
@@ -30,23 +28,6 @@ from tests.support.seed import (
 )
 
 M = "one.image.clone"
-
-
-@pytest.fixture(scope="module")
-def ds(daemon):
-    return dummy_datastore(daemon, "clone-dummy")
-
-
-@pytest.fixture(scope="module")
-def flaky(tmp_path_factory):
-    d = flaky_daemon(tmp_path_factory.mktemp("clone-flaky"))
-    yield d
-    d.drop()
-
-
-@pytest.fixture(scope="module")
-def fds(flaky):
-    return flaky_datastore(flaky, "clone-gated")
 
 
 def ids(xml: str, name: str) -> list[int]:
@@ -155,7 +136,7 @@ def test_clone_copies_the_source(daemon, ds, target):
     assert new > src
     xml = wait_state(daemon, new, 1)
     assert [field(xml, t) for t in ("NAME", "SOURCE", "PATH", "FORMAT", "DATASTORE")] == [
-        name, "dummy_path", "/var/tmp/clone-src.img", "dummy_format", "clone-dummy"]
+        name, "dummy_path", "/var/tmp/clone-src.img", "dummy_format", "dummy-ds"]
     assert [num(xml, t) for t in ("TYPE", "SIZE", "PERSISTENT", "CLONING_ID", "PREV_STATE",
                                   "DATASTORE_ID")] == [2, 3, 0, -1, 1, ds]
     assert template_dict(xml) == {"DESCRIPTION": "base", "DEV_PREFIX": "vd"}

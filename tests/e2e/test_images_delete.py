@@ -9,12 +9,9 @@ import pytest
 
 from tests.support.seed import (
     CTIME,
-    dummy_datastore,
     edit_body,
     fails,
     fault,
-    flaky_daemon,
-    flaky_datastore,
     info,
     num,
     ok,
@@ -30,23 +27,6 @@ from tests.support.seed import (
 M = "one.image.delete"
 RM_ERROR = ("Error removing image from datastore. Retry the operation or manually remove "
             "image source  and run the delete --force operation to completely delete the image")
-
-
-@pytest.fixture(scope="module")
-def ds(daemon):
-    return dummy_datastore(daemon, "delete-dummy")
-
-
-@pytest.fixture(scope="module")
-def flaky(tmp_path_factory):
-    d = flaky_daemon(tmp_path_factory.mktemp("delete-flaky"))
-    yield d
-    d.drop()
-
-
-@pytest.fixture(scope="module")
-def fds(flaky):
-    return flaky_datastore(flaky, "delete-gated")
 
 
 def ds_images(daemon, ds_id: int) -> list[int]:

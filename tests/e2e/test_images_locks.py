@@ -9,12 +9,9 @@ import time
 import pytest
 
 from tests.support.seed import (
-    dummy_datastore,
     edit_body,
     fails,
     field,
-    flaky_daemon,
-    flaky_datastore,
     info,
     num,
     ok,
@@ -30,23 +27,6 @@ from tests.support.seed import (
     wait_gone,
     wait_state,
 )
-
-
-@pytest.fixture(scope="module")
-def ds(daemon):
-    return dummy_datastore(daemon, "lock-dummy")
-
-
-@pytest.fixture(scope="module")
-def flaky(tmp_path_factory):
-    d = flaky_daemon(tmp_path_factory.mktemp("lock-flaky"))
-    yield d
-    d.drop()
-
-
-@pytest.fixture(scope="module")
-def fds(flaky):
-    return flaky_datastore(flaky, "lock-gated")
 
 
 def lock_of(daemon, oid) -> dict | None:

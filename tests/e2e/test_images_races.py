@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from tests.support.seed import (
     call,
-    dummy_datastore,
     info,
     num,
     ok,
@@ -23,11 +20,6 @@ from tests.support.seed import (
 
 ROUNDS = 6
 WIDTH = 6
-
-
-@pytest.fixture(scope="module")
-def ds(daemon):
-    return dummy_datastore(daemon, "race-dummy")
 
 
 def together(calls):

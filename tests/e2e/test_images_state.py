@@ -5,12 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.support.seed import (
-    dummy_datastore,
     edit_body,
     fails,
     fault,
-    flaky_daemon,
-    flaky_datastore,
     info,
     num,
     ok,
@@ -24,23 +21,6 @@ from tests.support.seed import (
 )
 
 TYPES = {"OS": 0, "CDROM": 1, "DATABLOCK": 2, "KERNEL": 3, "RAMDISK": 4, "CONTEXT": 5}
-
-
-@pytest.fixture(scope="module")
-def ds(daemon):
-    return dummy_datastore(daemon, "state-dummy")
-
-
-@pytest.fixture(scope="module")
-def flaky(tmp_path_factory):
-    d = flaky_daemon(tmp_path_factory.mktemp("state-flaky"))
-    yield d
-    d.drop()
-
-
-@pytest.fixture(scope="module")
-def fds(flaky):
-    return flaky_datastore(flaky, "state-gated")
 
 
 def states(daemon, oid) -> tuple[int, int]:
