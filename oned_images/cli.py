@@ -92,6 +92,8 @@ def _serve(config, port_file: str | None) -> None:
     print(f"oned-images: database {config.db.backend} "
           f"({daemon.app.db.settings.path or config.db.server}), datastores in "
           f"{config.datastore_location}, log in {where}", file=sys.stderr)
+    if daemon.bootstrap_note:
+        print(f"oned-images: {daemon.bootstrap_note}", file=sys.stderr)
 
     from twisted.internet import defer
 

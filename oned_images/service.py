@@ -85,6 +85,7 @@ class Daemon:
     _monitor: task.LoopingCall | None = None
     _flush: task.LoopingCall | None = None
     observer: Any = None
+    bootstrap_note: str = ""
     ready: defer.Deferred = field(default_factory=defer.Deferred)
 
     def open_database(self) -> Database:
@@ -113,8 +114,10 @@ class Daemon:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as out:
                     out.write(f"serveradmin:{server_secret}\n")
+            how = "generated into" if generated else "taken from"
+            self.bootstrap_note = f"new database bootstrapped; oneadmin credentials {how} {path}"
             log.info("Bootstrapped a new database: oneadmin credentials {how} {path}",
-                     how="generated into" if generated else "taken from", path=str(path))
+                     how=how, path=str(path))
         identity = Identity(db, cfg)
         identity.load_sync()
         datastores = Datastores(db, cfg, identity)
