@@ -583,25 +583,13 @@ class ImageManager:
         if force:
             img.template.set("FORCE_DELETE", "YES")
             write_image(img)
-        req = self._auth(caller)
-        req.add(op, image_auth(img))
-        error = req.error()
+        # oned writes FORCE_DELETE before every later check (QUIRK), so a refusal from
+        # here on is returned, the transaction commits that write, then delete() raises.
+        error = self._delete_refusal(caller, img, op)
         if error is not None:
-            # oned persists FORCE_DELETE before authorising (QUIRK): commit, then fail.
             return ("denied", error, False)
-        try:
-            ds = read_ds(img.datastore_id)
-        except errors.OneError:
-            raise errors.action(
-                "Cannot delete image. Datastore no longer exists cannot remove image") from None
+        ds = read_ds(img.datastore_id)
         state = S(img.state)
-        if state == S.READY and img.running_vms > 0:
-            raise errors.action(f"Cannot delete image. There are {img.running_vms} VMs using it.")
-        if state == S.CLONE:
-            raise errors.action(
-                f"Cannot delete image. There are {img.cloning_ops} active clone operations.")
-        if state in (S.USED, S.USED_PERS, S.LOCKED_USED, S.LOCKED_USED_PERS):
-            raise errors.action(f"Cannot delete image. There are {img.running_vms} VMs using it.")
         if img.cloning_id >= 0 and state == S.LOCKED:
             src_body = pools.body(ImageRow, img.cloning_id, lock=True)
             if src_body is not None:
@@ -616,6 +604,28 @@ class ImageManager:
         write_image(img)
         return ("rm", Followup("rm", img.id, ds.ds_mad, self._drv_data(img, ds),
                                self._mode(ds.ds_mad)), locked)
+
+    def _delete_refusal(self, caller: Caller, img: Image, op: Op) -> errors.OneError | None:
+        """Authorization, then the state rules of api.md §2.3 step 5."""
+        req = self._auth(caller)
+        req.add(op, image_auth(img))
+        error = req.error()
+        if error is not None:
+            return error
+        try:
+            read_ds(img.datastore_id)
+        except errors.OneError:
+            return errors.action(
+                "Cannot delete image. Datastore no longer exists cannot remove image")
+        state = S(img.state)
+        if state == S.READY and img.running_vms > 0:
+            return errors.action(f"Cannot delete image. There are {img.running_vms} VMs using it.")
+        if state == S.CLONE:
+            return errors.action(
+                f"Cannot delete image. There are {img.cloning_ops} active clone operations.")
+        if state in (S.USED, S.USED_PERS, S.LOCKED_USED, S.LOCKED_USED_PERS):
+            return errors.action(f"Cannot delete image. There are {img.running_vms} VMs using it.")
+        return None
 
     # ---------------------------------------------------- simple mutations
     async def _mutate(self, fn, caller: Caller, oid: int, *args, conflict=None) -> int:
