@@ -171,7 +171,6 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "DEFAULT_IMAGE_PERSISTENT": ("default_image_persistent", _text),
     "DEFAULT_IMAGE_PERSISTENT_NEW": ("default_image_persistent_new", _text),
 }
-VECTORS = ("DB", "LOG", "DATASTORE_MAD", "DS_MAD_CONF", "TM_MAD_CONF", "DRIVER_TIMEOUT")
 MULTI = ("IMAGE_RESTRICTED_ATTR",)
 
 DB_KEYS = {"BACKEND", "SERVER", "PORT", "USER", "PASSWD", "DB_NAME", "CONNECTIONS", "TIMEOUT", "PATH"}

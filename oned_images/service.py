@@ -24,7 +24,7 @@ from oned_images.domain.identity import Identity, bootstrap_identity
 from oned_images.domain.images import ImageManager
 from oned_images.driver.runner import DriverRunner
 from oned_images.rpc.resource import RpcSite
-from oned_images.store import pools, schema
+from oned_images.store import schema
 from oned_images.store.database import Database, DbSettings
 from oned_images.store.models import DatastoreRow
 
@@ -172,6 +172,3 @@ class Daemon:
         if self.observer is not None:
             self.observer.flush()
 
-
-def pool_size(model) -> int:  # pragma: no cover - helper for tools
-    return len(pools.bodies(model))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
-from oned_images.domain.identity import Identity
+from oned_images.domain.identity import Identity, group_auth, user_auth
 from oned_images.domain.names import name_error
 from oned_images.domain.objects import Datastore, Permissions
 from oned_images.domain.ownership import chmod_plan
@@ -324,8 +324,6 @@ class Datastores:
             user = None
         if group is not None and group.id == ds.gid:
             group = None
-        from oned_images.domain.identity import group_auth, user_auth
-
         req = AuthRequest(caller, self.identity.acl)
         req.add(Op.MANAGE, ds_auth(ds))
         if user is not None:

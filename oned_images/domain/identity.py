@@ -21,8 +21,8 @@ from twisted.logger import Logger
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
-from oned_images.domain.names import USER_FORBIDDEN
-from oned_images.domain.objects import Group, LoginToken, User
+from oned_images.domain.names import USER_FORBIDDEN, name_error
+from oned_images.domain.objects import Group, LoginToken, Permissions, User
 from oned_images.domain.permissions import (
     GROUP_ID,
     ID_MASK,
@@ -34,6 +34,7 @@ from oned_images.domain.permissions import (
     Caller,
     ObjectAuth,
     Op,
+    authorize,
     default_acl_rules,
     vdc_group_rules,
 )
@@ -67,14 +68,7 @@ def sha1_hex(secret: str) -> str:
 
 def user_name_error(name: str) -> str | None:
     """PoolObjectSQL::name_is_valid with User::INVALID_NAME_CHARS (space, ':', blanks)."""
-    if not name:
-        return "Invalid NAME, it cannot be empty"
-    for ch in name:
-        if ch in USER_FORBIDDEN or ord(ch) < 0x20:
-            return f"Invalid NAME, char '{ch}' is not allowed"
-    if len(name.encode("utf-8")) > 128:
-        return "Invalid NAME, max length is 128 chars"
-    return None
+    return name_error(name, USER_FORBIDDEN)
 
 
 def password_error(password: str) -> str | None:
@@ -119,14 +113,10 @@ def _decrypt_server_token(password_hash: str, token64: str) -> str | None:
 
 def user_auth(user: User) -> ObjectAuth:
     """Users own themselves (uid = oid) with USE and MANAGE on their own object."""
-    from oned_images.domain.objects import Permissions
-
     return ObjectAuth("USER", user.id, user.id, user.gid, Permissions([1, 1, 0, 0, 0, 0, 0, 0, 0]))
 
 
 def group_auth(group: Group) -> ObjectAuth:
-    from oned_images.domain.objects import Permissions
-
     return ObjectAuth("GROUP", group.id, 0, group.id, Permissions([1, 1, 0, 1, 0, 0, 0, 0, 0]))
 
 
@@ -325,7 +315,7 @@ class Identity:
 
     async def user_delete(self, caller: Caller, uid: int) -> int:
         user = self.user(uid)
-        authorize_one(caller, self.acl, Op.ADMIN, user_auth(user))
+        authorize(caller, self.acl, Op.ADMIN, user_auth(user))
         if uid == 0:
             raise errors.action("Cannot delete user. oneadmin cannot be deleted.")
         groups, acl = await self.db.run(_delete_user, uid)
@@ -338,7 +328,7 @@ class Identity:
 
     async def passwd(self, caller: Caller, uid: int, password: str) -> int:
         user = self.user(uid)
-        authorize_one(caller, self.acl, Op.MANAGE, user_auth(user))
+        authorize(caller, self.acl, Op.MANAGE, user_auth(user))
         # User::set_password checks the text for every driver; it also drops the
         # user's login tokens.
         err = password_error(password)
@@ -353,7 +343,7 @@ class Identity:
         if uid == -1:
             uid = caller.uid
         user = self.user(uid)
-        authorize_one(caller, self.acl, Op.USE, user_auth(user), check_lock=False)
+        authorize(caller, self.acl, Op.USE, user_auth(user), check_lock=False)
         return userdoc.user_extended(userdoc.user_xml(user))
 
     def userpool_info(self, caller: Caller) -> str:
@@ -367,7 +357,7 @@ class Identity:
 
     async def user_update(self, caller: Caller, uid: int, text: str, append: int) -> int:
         user = self.user(uid)
-        authorize_one(caller, self.acl, Op.MANAGE, user_auth(user))
+        authorize(caller, self.acl, Op.MANAGE, user_auth(user))
         if append not in (0, 1):
             raise errors.api("Wrong update type")
         try:
@@ -438,7 +428,7 @@ class Identity:
         if uid is None:
             raise errors.no_exists("user", -1)
         user = self.users[uid]
-        authorize_one(caller, self.acl, Op.MANAGE, user_auth(user))
+        authorize(caller, self.acl, Op.MANAGE, user_auth(user))
         if valid == 0:
             if not token:
                 new = await self.db.run(_set_tokens, uid, [])
@@ -476,8 +466,7 @@ class Identity:
 
     # ------------------------------------------------------------------ groups
     async def group_allocate(self, caller: Caller, name: str) -> int:
-        authorize_one(caller, self.acl, Op.CREATE, ObjectAuth("GROUP", -1))
-        from oned_images.domain.names import name_error
+        authorize(caller, self.acl, Op.CREATE, ObjectAuth("GROUP", -1))
 
         # GroupPool::allocate: name, duplicates; failures are INTERNAL.
         err = name_error(name)
@@ -493,7 +482,7 @@ class Identity:
 
     async def group_delete(self, caller: Caller, gid: int) -> int:
         group = self.group(gid)
-        authorize_one(caller, self.acl, Op.ADMIN, group_auth(group))
+        authorize(caller, self.acl, Op.ADMIN, group_auth(group))
         if gid < FIRST_GROUP_ID:
             raise errors.action("Cannot delete group. System Groups (ID < 100) cannot be "
                                 "deleted.")
@@ -507,7 +496,7 @@ class Identity:
         if gid == -1:
             gid = caller.gid
         group = self.group(gid)
-        authorize_one(caller, self.acl, Op.USE, group_auth(group), check_lock=False)
+        authorize(caller, self.acl, Op.USE, group_auth(group), check_lock=False)
         return userdoc.group_extended(userdoc.group_xml(group))
 
     def grouppool_info(self, caller: Caller) -> str:
@@ -519,7 +508,7 @@ class Identity:
 
     def acl_info(self, caller: Caller) -> str:
         # AclInfo: basic_authorization(-1) with MANAGE ACL.
-        authorize_one(caller, self.acl, Op.MANAGE, ObjectAuth("ACL", -1), check_lock=False)
+        authorize(caller, self.acl, Op.MANAGE, ObjectAuth("ACL", -1), check_lock=False)
         rules = "".join(
             f"<ACL><ID>{r.oid}</ID><USER>{r.user:x}</USER><RESOURCE>{r.resource:x}</RESOURCE>"
             f"<RIGHTS>{r.rights:x}</RIGHTS><ZONE>{r.zone:x}</ZONE>"
@@ -529,23 +518,12 @@ class Identity:
         return f"<ACL_POOL>{rules}</ACL_POOL>"
 
 
-def authorize_one(caller: Caller, acl: list[AclRule], op: Op, obj: ObjectAuth,
-                  check_lock: bool = True) -> None:
-    req = AuthRequest(caller, acl)
-    req.add(op, obj, check_lock=check_lock)
-    req.check()
-
-
 # ---------------------------------------------------------------- transactions
 def _meta(user: User) -> pools.RowMeta:
-    from oned_images.domain.objects import Permissions
-
     return pools.RowMeta(user.name, user.id, user.gid, Permissions([1, 1, 0, 0, 0, 0, 0, 0, 0]))
 
 
 def _group_meta(group: Group) -> pools.RowMeta:
-    from oned_images.domain.objects import Permissions
-
     return pools.RowMeta(group.name, 0, group.id, Permissions([1, 1, 0, 1, 0, 0, 0, 0, 0]))
 
 

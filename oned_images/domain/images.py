@@ -18,6 +18,7 @@ from typing import Any
 
 import peewee
 from twisted.internet import defer
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from oned_images import errors
@@ -49,6 +50,7 @@ from oned_images.domain.states import (
     next_state,
     state_to_str,
 )
+from oned_images.driver import reaper
 from oned_images.driver.parse import DriverResult, parse_monitor
 from oned_images.store import pools
 from oned_images.store.models import DatastoreRow, ImageRow
@@ -890,10 +892,6 @@ class ImageManager:
         cannot be re-run safely (the file layout is half changed), so the image
         returns to READY with an ERROR text saying so, as a failed one would.
         """
-        from twisted.internet.threads import deferToThread
-
-        from oned_images.driver import reaper
-
         await deferToThread(reaper.kill_leftover_groups, self.config.var_location,
                             self.config.driver.kill_grace)
         actions, report = await self.db.run(self._reconcile_txn)

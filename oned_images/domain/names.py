@@ -19,6 +19,3 @@ def name_error(name: str, forbidden: set[str] = FORBIDDEN) -> str | None:
         return f"Invalid NAME, max length is {MAX_NAME} chars"
     return None
 
-
-def user_name_valid(name: str) -> bool:
-    return name_error(name, USER_FORBIDDEN) is None

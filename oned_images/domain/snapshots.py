@@ -26,16 +26,6 @@ def count(t: Template) -> int:
     return len(snapshots(t))
 
 
-def total_size(t: Template) -> int:
-    total = 0
-    for s in snapshots(t):
-        try:
-            total += int(s.get("SIZE", "0") or 0)
-        except ValueError:
-            pass
-    return total
-
-
 def find(t: Template, sid: int) -> dict[str, str] | None:
     for s in snapshots(t):
         if s.get("ID") == str(sid):

@@ -115,6 +115,3 @@ def next_state(event: str, state: int, **ctx: int) -> ImageState:
         return target(ctx)
     return target  # type: ignore[return-value]
 
-
-def allowed_from(event: str) -> set[ImageState]:
-    return set(TRANSITIONS[event])

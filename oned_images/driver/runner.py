@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,10 +109,6 @@ class DriverRunner:
         if lock is None:
             lock = self._locks[key] = defer.DeferredLock()
         return lock
-
-    def busy(self, key: tuple[str, int]) -> bool:
-        lock = self._locks.get(key)
-        return bool(lock and lock.locked)
 
     # ----------------------------------------------------------------- run
     async def run(self, action: str, ds_mad: str, oid: int, drv_action_b64: str,
@@ -244,5 +239,3 @@ class DriverRunner:
     def running_keys(self) -> list[tuple[str, int]]:
         return list(self._running)
 
-
-Clock = Callable[[], float]

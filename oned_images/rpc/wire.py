@@ -169,8 +169,6 @@ class Params:
     def opt_bool(self, index: int, default: bool) -> bool:
         return self.bool(index) if self.has(index) else default
 
-    def opt_str(self, index: int, default: str) -> str:
-        return self.str(index) if self.has(index) else default
 
 
 def _any(value: object) -> str:
