@@ -21,17 +21,19 @@ TEMPLATE = 'NAME="img-{n}"\nSOURCE="/var/tmp/src/{n}"\nFORMAT="raw"\nSIZE="1"\nD
 
 
 def allocate_range(d, start: int, count: int, clients: int) -> float:
-    per = count // clients
     errors: list[str] = []
+    shares = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
+    firsts = [start + sum(shares[:i]) for i in range(clients)]
 
-    def work(first: int) -> None:
+    def work(first: int, n_images: int) -> None:
         p = xmlrpc.client.ServerProxy(d.url)
-        for n in range(first, first + per):
+        for n in range(first, first + n_images):
             r = p.one.image.allocate(SESSION, TEMPLATE.format(n=n), 1)
             if not r[0]:
                 errors.append(r[1])
 
-    threads = [threading.Thread(target=work, args=(start + i * per,)) for i in range(clients)]
+    threads = [threading.Thread(target=work, args=(f, k)) for f, k in zip(firsts, shares,
+                                                                            strict=True)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -39,7 +41,7 @@ def allocate_range(d, start: int, count: int, clients: int) -> float:
         t.join()
     elapsed = time.perf_counter() - t0
     assert not errors, errors[:3]
-    return per * clients / elapsed
+    return count / elapsed
 
 
 def listing(d, p, n: int) -> None:
@@ -108,11 +110,11 @@ def main() -> None:
         p = proxy(d)
         print(f"daemon RSS at start: {rss_mb(d):.1f} MB")
         print(f"allocate sequential (0-500): {allocate_range(d, 0, 500, 1):.0f}/s")
-        print(f"allocate 8 clients (500-1000): {allocate_range(d, 500, 496, 8):.0f}/s")
+        print(f"allocate 8 clients (500-1000): {allocate_range(d, 500, 500, 8):.0f}/s")
         listing(d, p, 1000)
-        allocate_range(d, 1000, 8496, 8)
-        print(f"allocate sequential (9496-9996): {allocate_range(d, 9496, 500, 1):.0f}/s")
-        print(f"allocate 8 clients (9996-10000+): {allocate_range(d, 9996, 8, 8):.0f}/s")
+        print(f"allocate 8 clients (1000-9000): {allocate_range(d, 1000, 8000, 8):.0f}/s")
+        print(f"allocate sequential (9000-9504): {allocate_range(d, 9000, 504, 1):.0f}/s")
+        print(f"allocate 8 clients (9504-10000): {allocate_range(d, 9504, 496, 8):.0f}/s")
         n = len(p.one.imagepool.info(SESSION, -2, -1, -1)[1].split("<IMAGE>")) - 1
         assert n == 10000, n
         listing(d, p, 10000)
