@@ -101,6 +101,9 @@ class DriverSettings:
     timeouts: dict[str, int] = field(default_factory=lambda: {"stat": 90, "monitor": 120})
     remotes: str = str(PACKAGE_ROOT / "drivers")
     kill_grace: int = 5
+    #: nice level of driver scripts (oned's defaultrc PRIORITY): copies must not
+    #: starve the daemon that answers the API.
+    priority: int = 19
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ MULTI = ("IMAGE_RESTRICTED_ATTR",)
 
 DB_KEYS = {"BACKEND", "SERVER", "PORT", "USER", "PASSWD", "DB_NAME", "CONNECTIONS", "TIMEOUT", "PATH"}
 LOG_KEYS = {"SYSTEM", "DEBUG_LEVEL"}
-DRIVER_KEYS = {"EXECUTABLE", "ARGUMENTS", "REMOTES", "KILL_GRACE"}
+DRIVER_KEYS = {"EXECUTABLE", "ARGUMENTS", "REMOTES", "KILL_GRACE", "PRIORITY"}
 DS_MAD_KEYS = {"NAME", "REQUIRED_ATTRS", "PERSISTENT_ONLY", "MARKETPLACE_ACTIONS", "MODE"}
 ACTIONS = ("cp", "mkfs", "clone", "rm", "stat", "monitor", "snap_delete", "snap_revert",
            "snap_flatten")
@@ -228,7 +231,13 @@ def _driver_settings(src: str, attr: Attribute, vec: dict[str, str],
         grace = _positive(vec.get("KILL_GRACE", str(base.kill_grace)))
     except ValueError:
         raise _fail(src, attr, "KILL_GRACE expects a positive integer") from None
-    return DriverSettings(concurrency, allowed, timeouts, remotes, grace)
+    try:
+        priority = int(vec.get("PRIORITY", str(base.priority)))
+    except ValueError:
+        priority = 99
+    if not 0 <= priority <= 19:
+        raise _fail(src, attr, "PRIORITY expects a nice level 0-19")
+    return DriverSettings(concurrency, allowed, timeouts, remotes, grace, priority)
 
 
 def load(path: str | os.PathLike | None = None) -> DaemonConfig:
@@ -313,7 +322,7 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
                 else:
                     timeouts[key.lower()] = secs
             driver = DriverSettings(driver.concurrency, driver.allowed, timeouts,
-                                    driver.remotes, driver.kill_grace)
+                                    driver.remotes, driver.kill_grace, driver.priority)
         elif name == "DS_MAD_CONF":
             vec = _vector(src, attr, DS_MAD_KEYS)
             if not vec.get("NAME"):

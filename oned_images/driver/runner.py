@@ -137,11 +137,14 @@ class DriverRunner:
         if self._stopping:
             return DriverResult(action, oid, 255, "", "", cancelled=True,
                                 error="oned-images is stopping")
+        # setsid: a process group of its own (pgid == pid) for group kills; nice: as
+        # oned, copies run below the daemon's priority.
+        prefix = ["setsid", "nice", "-n", str(self.settings.priority)]
         if mode == "argv":
-            argv = ["setsid", script, b64, str(oid)]
+            argv = [*prefix, script, b64, str(oid)]
             stdin = None
         else:
-            argv = ["setsid", script, str(oid)]
+            argv = [*prefix, script, str(oid)]
             stdin = b64.encode("ascii")
         collector = _Collector(stdin)
         started = time.monotonic()

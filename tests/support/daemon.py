@@ -86,7 +86,10 @@ class Daemon:
         conf = self.write_config()
         port_file = self.tmp / "port"
         port_file.unlink(missing_ok=True)
-        env = dict(os.environ, ONE_AUTH=str(auth), HOME=str(home), PYTHONUNBUFFERED="1")
+        # PYTHONPATH: run this checkout's code even if another one is pip-installed.
+        pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, ONE_AUTH=str(auth), HOME=str(home), PYTHONUNBUFFERED="1",
+                   PYTHONPATH=pythonpath)
         env.update(self.env)
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

@@ -44,12 +44,15 @@ def make_runner(tmp_path: Path, scripts: dict[str, str], **settings) -> DriverRu
 async def test_contract_argv_stdin_env_cwd(tmp_path):
     script = """#!/bin/sh
 data=$(cat -)
-echo "$0|$1|$#|$data|$(pwd)|$HOME|$LANG|${FOO:-unset}"
+echo "$0|$1|$#|$data|$(pwd)|$HOME|$LANG|${FOO:-unset}|$(nice)|$(ps -o pgid= -p $$)|$$"
 """
     runner = make_runner(tmp_path, {"cp": script})
     result = await runner.run("cp", "t", 42, "QkFTRTY0", key=("image", 42))
     assert result.ok
-    argv0, arg1, argc, data, cwd, home, lang, foo = result.first_line.split("|")
+    argv0, arg1, argc, data, cwd, home, lang, foo, niceness, pgid, pid = \
+        result.first_line.split("|")
+    assert int(niceness) == 19  # oned's PRIORITY
+    assert pgid.strip() == pid  # a process group of its own
     assert (argv0, arg1, argc, data) == (str(tmp_path / "remotes/datastore/t/cp"), "42", "1",
                                          "QkFTRTY0")
     assert (cwd, lang, foo) == (str(tmp_path / "var"), "C", "unset")
