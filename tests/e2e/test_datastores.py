@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import unique
 from tests.support.daemon import wait_for
-from tests.support.xsd import validate
+from tests.support.replies import fails, ok
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 AUTH, AUTHZ, NO_EXISTS, ACTION, API, INTERNAL = 256, 512, 1024, 2048, 4096, 8192
@@ -22,17 +22,6 @@ IMAGE_DS_TEMPLATE = (
     "<![CDATA[/var/tmp]]></SAFE_DIRS><TM_MAD><![CDATA[local]]></TM_MAD><TYPE><![CDATA["
     "IMAGE_DS]]></TYPE>")
 
-
-def ok(reply):
-    assert len(reply) == 3 and reply[0] is True and reply[2] == 0, reply
-    value = reply[1]
-    if isinstance(value, str) and value.startswith("<"):
-        validate(value)
-    return value
-
-
-def fails(reply, text: str, code: int, resp_id: int = -1) -> None:
-    assert reply == [False, text, code, resp_id, -1]
 
 
 def normalise(xml: str) -> str:

@@ -10,22 +10,11 @@ import pytest
 from oned_images.domain.identity import server_cipher_token
 from tests.conftest import unique
 from tests.support.daemon import backend
-from tests.support.xsd import validate
+from tests.support.replies import fails, ok
 
 AUTH, AUTHZ, NO_EXISTS, ACTION, API, INTERNAL = 256, 512, 1024, 2048, 4096, 8192
 BAD = "oneadmin:wrong"
 
-
-def ok(reply):
-    assert len(reply) == 3 and reply[0] is True and reply[2] == 0, reply
-    value = reply[1]
-    if isinstance(value, str) and value.startswith("<"):
-        validate(value)
-    return value
-
-
-def fails(reply, text: str, code: int, resp_id: int = -1) -> None:
-    assert reply == [False, text, code, resp_id, -1]
 
 
 def c(name: str, value: str) -> str:

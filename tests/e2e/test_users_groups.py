@@ -17,7 +17,7 @@ import pytest
 from oned_images.domain.identity import server_cipher_token
 from tests.conftest import unique
 from tests.support.daemon import ADMIN_PASSWORD, backend, wait_for
-from tests.support.xsd import validate
+from tests.support.replies import fails, ok
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 EMPTY_QUOTAS = ("<DATASTORE_QUOTA></DATASTORE_QUOTA><NETWORK_QUOTA></NETWORK_QUOTA>"
@@ -28,18 +28,6 @@ AUTH, AUTHZ, NO_EXISTS, ACTION, API, INTERNAL = 256, 512, 1024, 2048, 4096, 8192
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
-
-def ok(reply):
-    """The value of a successful 3-element reply; XML documents are validated."""
-    assert len(reply) == 3 and reply[0] is True and reply[2] == 0, reply
-    value = reply[1]
-    if isinstance(value, str) and value.startswith("<"):
-        validate(value)
-    return value
-
-
-def fails(reply, text: str, code: int, resp_id: int = -1) -> None:
-    assert reply == [False, text, code, resp_id, -1]
 
 
 def token_password(doc: str) -> str:
