@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import sys
 
 from oned_images import ONE_VERSION, __version__
@@ -70,8 +72,22 @@ def _db(action: str, config) -> int:
         return 1
 
 
+def _limit_malloc_arenas() -> None:
+    """glibc gives every thread that allocates its own malloc arena; with a pool of DB
+    threads moving 10 MB listings that doubles resident memory (170 vs 88 MB at
+    10,000 images on PostgreSQL).  Two arenas cost nothing measurable in speed."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def _serve(config, port_file: str | None) -> None:
     from pathlib import Path
+
+    _limit_malloc_arenas()
 
     from twisted.internet import reactor
 
