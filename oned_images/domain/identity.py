@@ -51,6 +51,7 @@ USERS_GROUP = 1
 FIRST_USER_ID = 2
 FIRST_GROUP_ID = 100
 MAX_TOKENS = 10
+SESSION_CACHE_LIMIT = 10000
 CORE = "core"
 SERVER_CIPHER = "server_cipher"
 #: drivers whose AUTH_MAD_CONF has PASSWORD_REQUIRED = "NO" in the shipped oned.conf.
@@ -150,6 +151,16 @@ class Identity:
             self.by_name[user.name] = user.id
         self._sessions.clear()
 
+    def _remember(self, key: str, entry: tuple[int, float, int]) -> None:
+        """Cache a checked secret; expired entries are dropped once the cache is large,
+        so a client minting many sessions cannot grow it without bound."""
+        if len(self._sessions) >= SESSION_CACHE_LIMIT:
+            now = self.clock()
+            self._sessions = {k: v for k, v in self._sessions.items() if v[1] > now}
+            if len(self._sessions) >= SESSION_CACHE_LIMIT:
+                self._sessions.clear()
+        self._sessions[key] = entry
+
     def _background(self, d) -> None:
         """A write started by authentication: refresh the cache when it lands."""
         d.addCallback(self._store_user)
@@ -192,7 +203,7 @@ class Identity:
         else:
             raise errors.authentication()
         if self.config.session_expiration_time > 0:
-            self._sessions[session] = (user.id, now + self.config.session_expiration_time, -1)
+            self._remember(session, (user.id, now + self.config.session_expiration_time, -1))
         return self._caller(user)
 
     def _server_session(self, server: User, secret: str) -> Caller:
@@ -226,8 +237,8 @@ class Identity:
             if not ok:
                 raise errors.authentication()
             if self.config.session_expiration_time > 0:
-                self._sessions[key] = (target.id, now + self.config.session_expiration_time,
-                                       egid)
+                self._remember(key, (target.id, now + self.config.session_expiration_time,
+                                     egid))
         if egid != -1 and egid not in target.groups:
             raise errors.authentication()
         return self._caller(target, egid=egid)

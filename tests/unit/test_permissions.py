@@ -297,3 +297,19 @@ def test_new_object_perms(uid, gid, umask, other, expected):
     assert text == expected
     assert got.owner_u == got.bits[0] and got.group_u == got.bits[3]
     assert got.other_u == got.bits[6]
+
+
+def test_session_cache_stays_bounded():
+    from types import SimpleNamespace
+
+    from oned_images.domain import identity as ident
+
+    clock = [1000.0]
+    idn = ident.Identity(db=None, config=SimpleNamespace(session_expiration_time=10),
+                         clock=lambda: clock[0])
+    for i in range(ident.SESSION_CACHE_LIMIT):
+        idn._remember(f"s{i}", (0, clock[0] + 10, -1))
+    assert len(idn._sessions) == ident.SESSION_CACHE_LIMIT
+    clock[0] += 20  # everything cached so far has expired
+    idn._remember("fresh", (0, clock[0] + 10, -1))
+    assert list(idn._sessions) == ["fresh"]
