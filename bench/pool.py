@@ -80,7 +80,7 @@ def bulk_insert(d, upto: int) -> None:
     import sqlite3
 
     from oned_images.xmldoc.image import image_from, image_xml
-    from oned_images.xmldoc.served import rpc_bytes
+    from oned_images.xmldoc.served import escape
 
     con = sqlite3.connect(d.var / "one.db")
     body = con.execute("SELECT body FROM image_pool ORDER BY oid DESC LIMIT 1").fetchone()[0]
@@ -90,7 +90,7 @@ def bulk_insert(d, upto: int) -> None:
     for oid in range(start, upto):
         tmpl.id, tmpl.name = oid, f"bulk-{oid}"
         body = image_xml(tmpl)
-        rows.append((oid, tmpl.name, body, rpc_bytes(body), 0, 0, 1, 0, 0, 1))
+        rows.append((oid, tmpl.name, body, escape(body).encode(), 0, 0, 1, 0, 0, 1))
         if len(rows) == 20000:
             con.executemany(INSERT, rows)
             rows = []

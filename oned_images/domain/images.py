@@ -999,9 +999,12 @@ def _local_sources() -> dict[str, set[str]]:
     return out
 
 
-def _served_body(body: str, served: bytes | memoryview | None) -> bytes:
-    """The stored escaped body; rows written by other tools may lack it (NULL)."""
-    return bytes(served) if served is not None else rpc_bytes(body)
+def _served_body(body: str, served: str | bytes | None) -> bytes:
+    """The stored escaped body (bytes on SQLite, text on PostgreSQL, see pools.insert);
+    rows written by other tools may lack it (NULL)."""
+    if served is None:
+        return rpc_bytes(body)
+    return served.encode("utf-8") if isinstance(served, str) else bytes(served)
 
 
 def _info_row(oid: int):
@@ -1046,5 +1049,5 @@ def _pool_bodies(where, desc: bool, start: int, end: int) -> list[str]:
         # Rare: rows without the escaped copy; fetch their bodies by position.
         bodies = [r[0] for r in query.clone().select(T.body).tuples()]
         return [_served_body(b, r) for b, r in zip(bodies, rows, strict=True)]
-    return [r if isinstance(r, bytes) else bytes(r) for r in rows]
+    return [r.encode("utf-8") if isinstance(r, str) else r for r in rows]
 

@@ -39,12 +39,23 @@ class PoolObject(BaseModel):
     other_u = peewee.IntegerField()
 
 
+class ServedText(peewee.Field):
+    """A TEXT column that stores values exactly as given (no str/bytes conversion).
+
+    pools.insert writes bytes on SQLite, where a BLOB value reads back without a
+    UTF-8 decode, and str on PostgreSQL, where psycopg2 reads text about twice as
+    fast as bytea: each backend gets the fast path for listings.
+    """
+
+    field_type = "TEXT"
+
+
 class ImageRow(PoolObject):
     #: not in oned's table: lets a datastore list its IMAGES without a body rewrite
     #: per allocate (which would make allocate cost grow with the pool).
     datastore_id = peewee.IntegerField(default=-1)
-    #: the body escaped for XML-RPC and UTF-8 encoded (NULL: derive it from body).
-    body_rpc = peewee.BlobField(null=True)
+    #: the body escaped for an XML-RPC <string> (NULL: derive it from body).
+    body_rpc = ServedText(null=True)
 
     class Meta:
         table_name = "image_pool"

@@ -13,7 +13,7 @@ import peewee
 
 from oned_images.domain.objects import Permissions
 from oned_images.store.models import PoolControl, PoolObject, database_proxy
-from oned_images.xmldoc.served import rpc_bytes
+from oned_images.xmldoc.served import escape
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,11 @@ def next_oid(table: str, floor: int = 0) -> int:
 
 def _served(model: type[PoolObject], body: str, extra: dict) -> dict:
     if "body_rpc" in model._meta.fields:
-        extra["body_rpc"] = rpc_bytes(body)
+        served = escape(body)
+        # SQLite hands BLOBs back without a UTF-8 decode (listings skip a decode and an
+        # encode per row); psycopg2 is the other way round: text is fast, bytea slow.
+        is_sqlite = isinstance(database_proxy.obj, peewee.SqliteDatabase)
+        extra["body_rpc"] = served.encode("utf-8") if is_sqlite else served
     return extra
 
 

@@ -40,10 +40,24 @@ def _v2_served_bodies(db: peewee.Database) -> None:
                        (rpc_bytes(body), oid))
 
 
+def _v3_served_bodies_as_text(db: peewee.Database) -> None:
+    """image_pool.body_rpc becomes text on PostgreSQL: a 10,000-image listing spent
+    most of its time decoding bytea.  SQLite keeps BLOB values in the column (they
+    read back without a decode), so there is nothing to change there."""
+    if isinstance(db, peewee.PostgresqlDatabase):
+        kind = db.execute_sql(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = "
+            "'image_pool' AND column_name = 'body_rpc'").fetchone()
+        if kind and kind[0] == "bytea":
+            db.execute_sql('ALTER TABLE "image_pool" ALTER COLUMN "body_rpc" TYPE text '
+                           "USING convert_from(\"body_rpc\", 'UTF8')")
+
+
 #: version -> migration taking the schema from version-1 to version.
 MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     1: _v1_initial,
     2: _v2_served_bodies,
+    3: _v3_served_bodies_as_text,
 }
 CURRENT = max(MIGRATIONS)
 
