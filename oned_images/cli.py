@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import signal
 import sys
 
 from oned_images import ONE_VERSION, __version__
@@ -99,6 +100,8 @@ def _serve(config, port_file: str | None) -> None:
     observer = start_logging(config.log_system, config.log_file, config.log_debug_level)
     daemon = Daemon(reactor, config, port_file=port_file)
     daemon.observer = observer
+    # logrotate: SIGHUP reopens oned.log (on the reactor, not inside a write).
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(observer.reopen))
     try:
         daemon.prepare()
     except SchemaError as exc:

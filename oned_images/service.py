@@ -22,10 +22,11 @@ from oned_images.config import DaemonConfig
 from oned_images.domain.datastores import Datastores, bootstrap_datastores
 from oned_images.domain.identity import Identity, bootstrap_identity
 from oned_images.domain.images import ImageManager
+from oned_images.driver import reaper
 from oned_images.driver.runner import DriverRunner
 from oned_images.rpc.resource import RpcSite
 from oned_images.store import schema
-from oned_images.store.database import Database, DbSettings
+from oned_images.store.database import Database, DbSettings, private_sqlite_files
 from oned_images.store.models import DatastoreRow
 
 log = Logger(namespace="OnM")
@@ -54,6 +55,22 @@ def oneadmin_credentials() -> tuple[str, str, Path, bool]:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(f"oneadmin:{password}\n")
     return "oneadmin", password, path, True
+
+
+#: state directories (VAR_LOCATION, run/, .one/, the datastores): the daemon's user and
+#: group only, whatever the umask.  Their contents keep the modes they are given.
+STATE_DIR_MODE = 0o750
+
+
+def private_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) or tighten it to STATE_DIR_MODE."""
+    path = Path(path)
+    path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    try:
+        os.chmod(path, STATE_DIR_MODE)
+    except PermissionError as exc:
+        log.warn("Cannot restrict {path} to mode 0750: {error}", path=str(path), error=exc)
+    return path
 
 
 @dataclass
@@ -98,17 +115,22 @@ class Daemon:
     def prepare(self) -> App:
         """Everything before the reactor serves: DB, bootstrap, caches."""
         cfg = self.config
-        Path(cfg.var_location).mkdir(parents=True, exist_ok=True)
-        Path(cfg.datastore_location).mkdir(parents=True, exist_ok=True)
+        for state in (cfg.var_location, Path(cfg.var_location) / "run",
+                      reaper.run_dir(cfg.var_location), cfg.datastore_location):
+            private_dir(state)
+        auth_dir = Path(cfg.var_location) / ".one"
+        if auth_dir.exists():
+            private_dir(auth_dir)
         db = self.open_database()
+        if not db.is_postgres:
+            private_sqlite_files(db.settings.path)
         fresh = db.run_sync(schema.check, db.db)
         if fresh:
             name, password, path, generated = oneadmin_credentials()
             server_secret = secrets.token_hex(16)
             db.run_sync(bootstrap_identity, name, password, server_secret)
             db.run_sync(bootstrap_datastores, cfg)
-            auth_dir = Path(cfg.var_location) / ".one"
-            auth_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(auth_dir)
             for fname in ("sunstone_auth", "onegate_auth", "oneflow_auth"):
                 target = auth_dir / fname
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -59,6 +59,14 @@ PASSWORD_OPTIONAL = {"ldap"}
 PASS_FORBIDDEN = set(" \t\n\v\f\r")
 
 
+class _Refused(Exception):
+    """An authentication refusal and why (for the log; the caller gets oned's text)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 def sha256_hex(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
@@ -167,41 +175,60 @@ class Identity:
         d.addErrback(lambda f: log.failure("background user update failed", f))
 
     # ------------------------------------------------------------ authentication
-    def authenticate(self, session: str) -> Caller:
+    def authenticate(self, session: str, peer: str = "-") -> Caller:
+        """The caller of a session, or the authentication error, logged with the user name
+        and peer (never the secret) at WARN: failed logins are what an operator watches."""
         username, sep, secret = session.partition(":")
-        if not sep or user_name_error(username):
+        if not sep:
+            # no user name: the whole string may be a password typed in the wrong place.
+            log.warn("Authentication failed from {peer}: session without a user name",
+                     peer=peer)
             raise errors.authentication()
+        try:
+            return self._authenticate(username, secret, session)
+        except _Refused as refused:
+            log.warn('Authentication failed for user "{user}" from {peer}: {why}',
+                     user=username[:128], peer=peer, why=refused.why)
+            raise errors.authentication() from None
+
+    def _authenticate(self, username: str, secret: str, session: str) -> Caller:
+        if user_name_error(username):
+            raise _Refused("no such user")
         uid = self.by_name.get(username)
         user = self.users.get(uid) if uid is not None else None
-        if user is None or not user.enabled:
-            raise errors.authentication()
+        if user is None:
+            raise _Refused("no such user")
+        if not user.enabled:
+            raise _Refused("user disabled")
         if user.auth_driver.startswith("server"):
             return self._server_session(user, secret)
         now = self.clock()
+        why = "wrong password"
         for token in user.login_tokens:
             if token.token != secret:
                 continue
             if token.expiration_time != -1 and token.expiration_time <= now:
                 # LoginTokenPool::is_valid drops an expired token it is asked about.
                 self._background(self.db.run(_drop_token, user.id, secret))
+                why = "expired login token"
                 break
             if token.egid != -1:
                 if token.egid not in user.groups:
                     self._background(self.db.run(_drop_token, user.id, secret))
-                    raise errors.authentication()
+                    raise _Refused("login token of a group the user left")
                 return self._caller(user, egid=token.egid)
             return self._caller(user)
         cached = self._sessions.get(session)
         if cached is not None and cached[1] > now and cached[0] == user.id:
             return self._caller(user, egid=cached[2])
         if user.auth_driver != CORE:
-            raise errors.authentication()
+            raise _Refused(f"auth driver {user.auth_driver} is not available")
         if sha256_hex(secret) == user.password:
             pass
         elif sha1_hex(secret) == user.password:
             self._background(self.db.run(_upgrade_password, user.id, sha256_hex(secret)))
         else:
-            raise errors.authentication()
+            raise _Refused(why)
         if self.config.session_expiration_time > 0:
             self._remember(session, (user.id, now + self.config.session_expiration_time, -1))
         return self._caller(user)
@@ -215,32 +242,32 @@ class Identity:
             try:
                 egid = int(parts[1])
             except ValueError:
-                raise errors.authentication() from None
+                raise _Refused("malformed server token") from None
         else:
-            raise errors.authentication()
+            raise _Refused("malformed server token")
         tid = self.by_name.get(target_name)
         target = self.users.get(tid) if tid is not None else None
         if target is None or not target.enabled:
-            raise errors.authentication()
+            raise _Refused("no such (enabled) target user")
         now = self.clock()
         key = f"{server.name}:{secret}"
         cached = self._sessions.get(key)
         if not (cached and cached[1] > now and cached[0] == target.id):
             plain = _decrypt_server_token(server.password, token64)
             if plain is None:
-                raise errors.authentication()
+                raise _Refused("invalid server token")
             fields = plain.split(":")
             try:
                 ok = len(fields) >= 3 and fields[0] == server.name and int(fields[-1]) > now
             except ValueError:
                 ok = False
             if not ok:
-                raise errors.authentication()
+                raise _Refused("invalid or expired server token")
             if self.config.session_expiration_time > 0:
                 self._remember(key, (target.id, now + self.config.session_expiration_time,
                                      egid))
         if egid != -1 and egid not in target.groups:
-            raise errors.authentication()
+            raise _Refused(f"target user not in group {egid}")
         return self._caller(target, egid=egid)
 
     def _caller(self, user: User, egid: int = -1) -> Caller:

@@ -1,6 +1,7 @@
 """Every XML-RPC method, declared once: name, signature, help, error object, handler.
 
-Dispatch, introspection and the call log all read this table.  Handlers are
+Dispatch, introspection and the call log all read this table; secrets are
+declared here so the call log cannot show them (the session is never logged).  Handlers are
 the thin adapters of the rpc modules: they unpack parameters and call one
 domain verb.
 """
@@ -20,8 +21,12 @@ class Method:
     help: str
     obj: str
     handler: Callable[..., Awaitable[object] | object]
-    #: parameter positions never written to the log (passwords).
-    hidden: tuple[int, ...] = ()
+    #: parameter positions that carry a password or token: the call log shows ``****``,
+    #: and masks their text wherever else it would appear (a failure message).
+    secret_params: tuple[int, ...] = ()
+    #: the result is (or holds) a secret: a login token, password hashes and tokens
+    #: in USER documents, the database password in the configuration.
+    secret_result: bool = False
 
 
 M = Method
@@ -30,14 +35,15 @@ METHODS: tuple[Method, ...] = (
     M("one.system.version", "A:s", "Returns the OpenNebula core version", "system",
       system.version),
     M("one.system.config", "A:s", "Returns the OpenNebula configuration", "system",
-      system.config),
+      system.config, secret_result=True),
     # users
     M("one.user.allocate", "A:ssssA", "Creates a new user", "user", users.allocate,
-      hidden=(2,)),
+      secret_params=(2,)),
     M("one.user.delete", "A:si", "Deletes a user account", "user", users.delete),
     M("one.user.passwd", "A:sis", "Changes the password for the given user", "user",
-      users.passwd, hidden=(2,)),
-    M("one.user.info", "A:si", "Returns user information", "user", users.info),
+      users.passwd, secret_params=(2,)),
+    M("one.user.info", "A:si", "Returns user information", "user", users.info,
+      secret_result=True),
     M("one.user.update", "A:sisi", "Updates a user template", "user", users.update),
     M("one.user.chgrp", "A:sii", "Changes the group of the given user", "user", users.chgrp),
     M("one.user.addgroup", "A:sii", "Adds the user to a secondary group", "user",
@@ -45,8 +51,9 @@ METHODS: tuple[Method, ...] = (
     M("one.user.delgroup", "A:sii", "Deletes the user from a secondary group", "user",
       users.delgroup),
     M("one.user.login", "A:sssii", "Generates or sets a login token", "user", users.login,
-      hidden=(2,)),
-    M("one.userpool.info", "A:s", "Returns the user pool", "user", users.pool_info),
+      secret_params=(2,), secret_result=True),
+    M("one.userpool.info", "A:s", "Returns the user pool", "user", users.pool_info,
+      secret_result=True),
     # groups
     M("one.group.allocate", "A:ss", "Allocates a new group", "group", users.group_allocate),
     M("one.group.delete", "A:si", "Deletes a group", "group", users.group_delete),

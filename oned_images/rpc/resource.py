@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from oned_images import errors
+from oned_images.logs import MASK, redact
 from oned_images.rpc import wire
 from oned_images.rpc.registry import TABLE, Method
 from oned_images.xmldoc.served import Served
@@ -62,16 +63,52 @@ class RpcRequest(server.Request):
         super().gotLength(length)
 
 
-def _format_params(method: Method, values: list) -> str:
-    shown = []
-    for i, value in enumerate(values[1:], start=1):
-        if i in method.hidden:
-            shown.append("****")
-        elif isinstance(value, str):
-            shown.append(value if len(value) <= 60 else value[:57] + "...")
-        else:
-            shown.append(repr(value).lower() if isinstance(value, bool) else str(value))
-    return ", ".join(shown)
+class CallLog:
+    """What the call log may show of one call: no password, token or session secret.
+
+    The method table declares the secret parameters and results (registry.py); their
+    texts, and the session's secret, are also masked wherever else they would appear
+    (oned's "Could not find token: <token>").  Texts shorter than MIN_SECRET are only
+    masked where declared: replacing every "pw" would mangle the log, not protect it.
+    """
+
+    MIN_SECRET = 4
+
+    def __init__(self, method: Method, values: list, session: str) -> None:
+        self.method = method
+        secret = session.partition(":")[2]
+        found = {secret, secret.rpartition(":")[2]}
+        found.update(values[i] for i in method.secret_params
+                     if i < len(values) and isinstance(values[i], str))
+        self.secrets = sorted((s for s in found if len(s) >= self.MIN_SECRET), key=len,
+                              reverse=True)
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def params(self, values: list) -> str:
+        shown = []
+        for i, value in enumerate(values[1:], start=1):
+            if i in self.method.secret_params:
+                shown.append(MASK)
+            elif isinstance(value, str):
+                value = redact(value[:4096])  # before the cut, which could hide a pattern
+                shown.append(value if len(value) <= 60 else value[:57] + "...")
+            else:
+                shown.append(repr(value).lower() if isinstance(value, bool) else str(value))
+        return self.mask(", ".join(shown))
+
+    def result(self, value: Any) -> str:
+        if self.method.secret_result:
+            return MASK
+        if isinstance(value, Served):
+            return self.mask(value.preview())
+        if isinstance(value, str):
+            return self.mask(value if len(value) <= 40 else value[:37] + "...")
+        return str(value)
 
 
 class RpcResource(resource.Resource):
@@ -145,34 +182,28 @@ class RpcResource(resource.Resource):
             return wire.fault(fault.code, fault.text)
         req_id = next(_request_ids) % 10000
         uid = -1
+        shown = CallLog(method, values, session)
         try:
-            caller = self.app.identity.authenticate(session)
+            caller = self.app.identity.authenticate(session, peer)
             uid = caller.uid
             log.debug("Req:{req} UID:{uid} IP:{ip} {method} invoked , {params}",
-                      req=req_id, uid=uid, ip=peer, method=name,
-                      params=_format_params(method, values))
+                      req=req_id, uid=uid, ip=peer, method=name, params=shown.params(values))
             value = await method.handler(self.app, caller, params)
         except errors.OneError as exc:
             message = exc.message(name, uid, method.obj)
             log.debug("Req:{req} UID:{uid} {method} result FAILURE {msg}", req=req_id,
-                      uid=uid, method=name, msg=message)
+                      uid=uid, method=name, msg=shown.mask(message))
             return wire.failure(message, int(exc.code), exc.resp_id)
         except errors.Fault as fault:
             log.debug("Req:{req} UID:{uid} {method} result FAULT {text}", req=req_id, uid=uid,
-                      method=name, text=fault.text)
+                      method=name, text=shown.mask(fault.text))
             return wire.fault(fault.code, fault.text)
         except Exception:
             log.failure("Req:{req} UID:{uid} {method} failed unexpectedly", req=req_id,
                         uid=uid, method=name)
             return wire.failure(f"[{name}] Internal error", int(errors.ErrorCode.INTERNAL), -1)
-        if isinstance(value, Served):
-            shown = value.preview()
-        elif isinstance(value, str) and len(value) > 40:
-            shown = value[:37] + "..."
-        else:
-            shown = value
         log.debug("Req:{req} UID:{uid} {method} result SUCCESS, {value}", req=req_id, uid=uid,
-                  method=name, value=shown)
+                  method=name, value=shown.result(value))
         return wire.success(value)
 
     @staticmethod

@@ -8,6 +8,7 @@ PostgreSQL gets a small pool with row locks (``SELECT … FOR UPDATE``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,6 +34,32 @@ class DbSettings:
     db_name: str = "opennebula"
     connections: int = 4
     timeout_ms: int = 2500
+
+
+#: one.db holds password hashes and login tokens.
+DB_FILE_MODE = 0o600
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def private_sqlite_files(path: str) -> None:
+    """Create the database file 0600 whatever the umask, and tighten an existing one and
+    the side files an earlier run left.  SQLite creates its -wal, -shm and -journal
+    files with the mode of the database file, so they follow.  Called by the daemon
+    before the first connection (not by read-only tools, which must not create it)."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, DB_FILE_MODE)
+    try:
+        os.fchmod(fd, DB_FILE_MODE)
+    except PermissionError:
+        pass  # not our file: its owner decides
+    finally:
+        os.close(fd)
+    for suffix in SQLITE_SIDE_FILES:
+        try:
+            os.chmod(path + suffix, DB_FILE_MODE)
+        except (FileNotFoundError, PermissionError):
+            pass
 
 
 def open_database(settings: DbSettings) -> peewee.Database:
