@@ -44,6 +44,7 @@ import linecache
 import os
 import re
 import sys
+import threading
 import time
 from typing import IO
 
@@ -156,27 +157,33 @@ def open_log(path: str) -> IO[str]:
 
 @implementer(ILogObserver)
 class OnedLogObserver:
-    """Writes oned-style lines; flushing is the caller's business (see flush())."""
+    """Writes oned-style lines; flushing is the caller's business (see flush()).
+
+    Events come from the reactor and from the DB threads; a lock keeps their lines
+    whole and keeps a write off the file reopen() is closing."""
 
     def __init__(self, out: IO[str], flush_each: bool = False, path: str | None = None) -> None:
         self.out = out
         self.flush_each = flush_each
         #: the file reopened by reopen(); None for standard error.
         self.path = path
+        self._lock = threading.Lock()
 
     def __call__(self, event: dict) -> None:
         line = format_line(event)
         if line is None:
             return
-        self.out.write(line)
-        if self.flush_each:
-            self.out.flush()
+        with self._lock:
+            self.out.write(line)
+            if self.flush_each:
+                self.out.flush()
 
     def flush(self) -> None:
-        try:
-            self.out.flush()
-        except ValueError:
-            pass
+        with self._lock:
+            try:
+                self.out.flush()
+            except ValueError:
+                pass
 
     def reopen(self) -> None:
         """After logrotate moved the file: finish the old one, continue in a new one."""
@@ -187,11 +194,12 @@ class OnedLogObserver:
         except OSError as exc:
             log.error("Cannot reopen the log {path}: {error}", path=self.path, error=exc)
             return
-        old, self.out = self.out, new
-        try:
-            old.close()
-        except (OSError, ValueError):
-            pass
+        with self._lock:
+            old, self.out = self.out, new
+            try:
+                old.close()
+            except (OSError, ValueError):
+                pass
 
 
 def start_logging(system: str, path: str, level: int) -> OnedLogObserver:

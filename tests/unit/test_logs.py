@@ -8,7 +8,9 @@ import re
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from oned_images.logs import escape, format_line
+from oned_images.logs import escape, format_line, redact
+from oned_images.rpc.registry import TABLE
+from oned_images.rpc.resource import CallLog
 
 HEAD = r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} \[Z0\]\[ReM\]\[E\]: "
 
@@ -56,3 +58,33 @@ def test_traceback_is_a_block_of_marked_escaped_lines():
     assert lines[-1].endswith(r"| builtins.ValueError: bad\nSat Jan 01 00:00:00 2000 [Z0]"
                               r"[ReM][E]: FORGED")
     assert len(lines) == 5
+
+
+def test_redact_masks_secret_attributes_and_url_passwords():
+    assert redact('NAME="a"\nRESTIC_PASSWORD="p \\" w"\nSIZE=10') == \
+        'NAME="a"\nRESTIC_PASSWORD=****\nSIZE=10'
+    assert redact("ceph_key = abc, secret_access_key=xyz ]") == \
+        "ceph_key = ****, secret_access_key=**** ]"
+    assert redact('PASSWORD="cut before the en') == "PASSWORD=****"
+    assert redact("<TEMPLATE><PASSWORD><![CDATA[p<w]]></PASSWORD><A>1</A></TEMPLATE>") == \
+        "<TEMPLATE><PASSWORD>****</PASSWORD><A>1</A></TEMPLATE>"
+    assert redact('PATH="https://bob:pa:ss@host/x" S3=s3://k:v@b/o') == \
+        'PATH="https://bob:****@host/x" S3=s3://k:****@b/o'
+    same = ('NAME="x" PATH="https://host:8080/a@b" postgresql://oneadmin@db:5432/one '
+            "Listening on http://127.0.0.1:2633/RPC2 PERSISTENT=YES")
+    assert redact(same) == same
+
+
+def test_call_log_masks_declared_secrets_everywhere():
+    login = TABLE["one.user.login"]
+    call = CallLog(login, ["bob:Pass-Word-1", "bob", "Chosen-Tok", 60, -1], "bob:Pass-Word-1")
+    assert call.params(["s", "bob", "Chosen-Tok", 60, -1]) == "bob, ****, 60, -1"
+    assert call.result("Chosen-Tok") == "****"
+    assert call.mask("Could not find token: Chosen-Tok (Pass-Word-1)") == \
+        "Could not find token: **** (****)"
+    info = TABLE["one.image.info"]
+    short = CallLog(info, ["al:pw", 7], "al:pw")  # too short to mask as a substring
+    assert short.params(["al:pw", 7]) == "7"
+    assert short.mask("pw in passwd") == "pw in passwd"
+    assert CallLog(TABLE["one.user.info"], [], "a:b").result("<USER>…") == "****"
+    assert CallLog(TABLE["one.user.passwd"], [], "a:b").params(["a:b", 3, "x"]) == "3, ****"
