@@ -19,6 +19,7 @@ import pytest
 
 from oned_images.domain.identity import server_cipher_token
 from tests.support.daemon import ADMIN_PASSWORD, backend, wait_for
+from tests.support.remotes import driver_config, make_remotes
 from tests.support.seed import call, fails, ok
 
 pytestmark = pytest.mark.timeout(120)
@@ -156,6 +157,39 @@ def test_control_characters_cannot_forge_log_lines(fresh_daemon):
     assert f'invoked , PATH="x\\n{forged}"' in text
     assert 'invoked , PATH="y\\rA\\u2028B\\x85C\\tD", ' in text
     assert 'user "bad\\nname\\u2028Sat Jan 01 FORGED" from 127.0.0.1' in text
+
+
+NOISY_CP = r"""#!/usr/bin/env python3
+import sys
+sys.stdin.read()
+forged = "Sat Jan 01 00:00:00 2000 [Z0][ImM][E]: FORGED"
+sys.stderr.write("INFO: ansi \x1b[31mred\x1b[0m bell\x07 cr\r" + forged + "\n")
+sys.stderr.write("INFO: sep\u2028" + forged + " nel\x85" + forged + "\n")
+sys.stderr.write("ERROR: gone\x1b]0;title\x07 \u202eevil\n")
+sys.exit(1)
+"""
+MONITOR = "#!/bin/sh\ncat >/dev/null\nprintf 'USED_MB=1\\nFREE_MB=100000\\nTOTAL_MB=100001\\n'\n"
+
+
+def test_driver_output_cannot_forge_log_lines(tmp_path, fresh_daemon):
+    """Driver stderr reaches the log through the same escaping as everything else."""
+    remotes = make_remotes(tmp_path / "remotes", {"noisy": {
+        "cp": NOISY_CP, "monitor": MONITOR, "stat": "#!/bin/sh\ncat >/dev/null\necho 1\n"}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,noisy")
+                     + 'LOG = [ SYSTEM = "file", DEBUG_LEVEL = 3 ]\n')
+    ds = ok(d, "one.datastore.allocate", 'NAME="n"\nDS_MAD="noisy"\nTM_MAD="dummy"', -1)
+    wait_for(lambda: "<FREE_MB>100000</FREE_MB>" in ok(d, "one.datastore.info", ds))
+    image = ok(d, "one.image.allocate", 'NAME="i"\nPATH="/var/tmp/n"', ds)
+    wait_for(lambda: "<STATE>5</STATE>" in ok(d, "one.image.info", image))
+    text = _log(d)
+    for ch in "\x1b\x07\r\u2028\x85\u202e":
+        assert ch not in text
+    for line in text.split("\n")[:-1]:
+        assert LINE.match(line), line
+        assert not line.startswith("Sat Jan 01"), line
+    # (the driver output parser splits at CR, U+2028 and NEL: the pieces stay behind headers)
+    assert "image 0 cp: ansi \\x1b[31mred\\x1b[0m bell\\x07 cr" in text
+    assert "image 0 cp: gone\\x1b]0;title\\x07 \\u202eevil" in text
 
 
 # ------------------------------------------------------------- file modes (issue 7)
