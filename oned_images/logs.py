@@ -81,10 +81,11 @@ _UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u20
 _NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 #: names of attributes whose values are secrets (RESTIC_PASSWORD, SSH_KEY, TOKEN_PASSWORD…)
-_SECRET_NAME = r"[A-Za-z0-9_]*(?:PASSW|PASSPHRASE|SECRET|TOKEN|KEY|CREDENTIAL)[A-Za-z0-9_]*"
+_SECRET_WORDS = ("PASSW", "PASSPHRASE", "SECRET", "TOKEN", "KEY", "CREDENTIAL")
+_SECRET_NAME = rf"[A-Za-z0-9_]*(?:{'|'.join(_SECRET_WORDS)})[A-Za-z0-9_]*"
 _SECRET_ATTR = re.compile(
     rf"(?i)\b({_SECRET_NAME})(\s*=\s*)(\"(?:[^\"\\]|\\.)*\"?|[^\s,\]]+)")
-_SECRET_XML = re.compile(rf"(?i)(<({_SECRET_NAME})>)(?:<!\[CDATA\[.*?\]\]>|[^<]*)")
+_SECRET_XML = re.compile(rf"(?is)(<({_SECRET_NAME})>)(?:<!\[CDATA\[.*?\]\]>|[^<]*)")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]*@")
 
 
@@ -106,10 +107,12 @@ def escape(text: str) -> str:
 
 def redact(text: str) -> str:
     """Mask secret-named attribute values and URL passwords (before escaping)."""
-    if "=" in text:
-        text = _SECRET_ATTR.sub(rf"\1\2{MASK}", text)
-    if "<" in text:
-        text = _SECRET_XML.sub(rf"\1{MASK}", text)
+    upper = text.upper()  # a cheap test first: most lines name no secret
+    if any(word in upper for word in _SECRET_WORDS):
+        if "=" in text:
+            text = _SECRET_ATTR.sub(rf"\1\2{MASK}", text)
+        if "<" in text:
+            text = _SECRET_XML.sub(rf"\1{MASK}", text)
     if "://" in text:
         text = _URL_PASSWORD.sub(rf"\1{MASK}@", text)
     return text

@@ -68,6 +68,7 @@ def test_redact_masks_secret_attributes_and_url_passwords():
     assert redact('PASSWORD="cut before the en') == "PASSWORD=****"
     assert redact("<TEMPLATE><PASSWORD><![CDATA[p<w]]></PASSWORD><A>1</A></TEMPLATE>") == \
         "<TEMPLATE><PASSWORD>****</PASSWORD><A>1</A></TEMPLATE>"
+    assert redact("<SSH_KEY><![CDATA[line 1\nline 2]]></SSH_KEY>") == "<SSH_KEY>****</SSH_KEY>"
     assert redact('PATH="https://bob:pa:ss@host/x" S3=s3://k:v@b/o') == \
         'PATH="https://bob:****@host/x" S3=s3://k:****@b/o'
     same = ('NAME="x" PATH="https://host:8080/a@b" postgresql://oneadmin@db:5432/one '
