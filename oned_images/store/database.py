@@ -48,7 +48,10 @@ def private_sqlite_files(path: str) -> None:
     before the first connection (not by read-only tools, which must not create it)."""
     if not path or path == ":memory:" or path.startswith("file:"):
         return
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, DB_FILE_MODE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, DB_FILE_MODE)
+    except FileNotFoundError:
+        return  # no such directory: SQLite says so when it opens the database
     try:
         os.fchmod(fd, DB_FILE_MODE)
     except PermissionError:
