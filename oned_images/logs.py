@@ -10,8 +10,9 @@ whole formatted text of every event (its format, every field, driver output,
 failure texts) is escaped here, at the one place every event passes, so no code
 path can forget it: a backslash becomes ``\\\\``; LF, CR and TAB become ``\\n``,
 ``\\r``, ``\\t``; every other C0/C1 control character and DEL become ``\\xNN``;
-U+2028/U+2029 (line and paragraph separators) and the bidirectional overrides
-and isolates (which reorder what a terminal shows) become ``\\uNNNN``.
+U+2028/U+2029 (line and paragraph separators), the bidirectional overrides
+and isolates (which reorder what a terminal shows) and lone surrogates become
+``\\uNNNN``.
 Escaping the backslash keeps the mapping reversible: ``\\n`` in the log is
 always a newline that was in the value.
 
@@ -75,9 +76,10 @@ LEVELS = {0: LogLevel.error, 1: LogLevel.warn, 2: LogLevel.info}
 LOG_MODE = 0o640
 MASK = "****"
 
-#: what may not reach the file as is: backslash, C0, DEL, C1, U+2028/2029, bidi controls.
+#: what may not reach the file as is: backslash, C0, DEL, C1, U+2028/2029, bidi controls,
+#: and lone surrogates (undecodable bytes), which the UTF-8 file could not even take.
 _UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e"
-                     "\u2066-\u2069]")
+                     "\u2066-\u2069\ud800-\udfff]")
 _NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 #: names of attributes whose values are secrets (RESTIC_PASSWORD, SSH_KEY, TOKEN_PASSWORD…)
@@ -203,6 +205,7 @@ class OnedLogObserver:
                 old.close()
             except (OSError, ValueError):
                 pass
+        log.info("Log file {path} reopened", path=self.path)
 
 
 def start_logging(system: str, path: str, level: int) -> OnedLogObserver:

@@ -272,6 +272,7 @@ def test_sighup_reopens_the_log_for_logrotate(fresh_daemon):
     text = wait_for(lambda: (t := log_path.read_text()) and "one.datastore.info result" in t
                     and t, timeout=5)
     assert all(LINE.match(ln) for ln in text.splitlines())
+    assert text.splitlines()[0].endswith(f"[OnM][I]: Log file {log_path} reopened")
     assert d.proc.poll() is None
     old_text = rotated.read_text()
     assert "one.system.version result SUCCESS" in old_text

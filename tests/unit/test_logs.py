@@ -27,6 +27,7 @@ def test_escape_every_line_breaking_or_terminal_character():
     assert escape("\x80\x85\x9b\x9f") == r"\x80\x85\x9b\x9f"
     assert escape("\u2028\u2029") == r"\u2028\u2029"
     assert escape("\u202e\u2066") == r"\u202e\u2066"  # bidi overrides reorder a terminal line
+    assert escape("bytes \udcff") == r"bytes \udcff"  # surrogateescape'd: UTF-8 can't write it
     assert escape("back\\slash") == r"back\\slash"    # so that \n above is unambiguous
     assert escape("plain ÄÖ 日本 /var/tmp \"q\"") == "plain ÄÖ 日本 /var/tmp \"q\""
     for text in ("a\nb", "x\u2028y", "\x85", "\r\n"):
