@@ -1,9 +1,9 @@
 """Every XML-RPC method, declared once: name, signature, help, error object, handler.
 
-Dispatch, introspection and the call log all read this table; secrets are
-declared here so the call log cannot show them (the session is never logged).  Handlers are
-the thin adapters of the rpc modules: they unpack parameters and call one
-domain verb.
+Dispatch, introspection and the call log all read this table; secret
+parameters and results are declared here so the call log cannot show them (the
+session is never logged).  Handlers are the thin adapters of the rpc modules:
+they unpack parameters and call one domain verb.
 """
 
 from __future__ import annotations
