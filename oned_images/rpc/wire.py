@@ -244,6 +244,9 @@ def _integer(kind: str, text: str, bounds: tuple[int, int]) -> int:
         raise _Bad(f"<{kind}> XML element content is empty")
     if text[0] in _C_SPACE:
         raise _Bad(f"<{kind}> content '{text}' starts with white space")
+    digits = text[1:] if text[0] in "+-" else text
+    if len(digits) < 10 and digits.isascii() and digits.isdigit():
+        return int(text)  # the common case: within every range, no junk
     match = _LEADING_INT.match(text)
     value = int(match.group()) if match else 0
     tail = text[match.end():] if match else text
