@@ -165,6 +165,9 @@ class RpcResource(resource.Resource):
             else:
                 name, values = wire.parse_call(body)
         except errors.Fault as fault:
+            # One short line (repr: no control character reaches the log); the reply
+            # carries the whole text.
+            log.debug("IP:{ip} malformed call, FAULT {text!r}", ip=peer, text=fault.text[:160])
             return wire.fault(fault.code, fault.text)
         if name.startswith("system."):
             return self._introspect(name, values)

@@ -287,6 +287,8 @@ def test_a_million_levels_of_nesting_are_refused_with_one_short_line(daemon):
     log = daemon.log_text()[before:]
     assert "Traceback" not in log and "RecursionError" not in log
     assert max(map(len, log.splitlines()), default=0) < 1000
+    assert log.count("IP:127.0.0.1 malformed call, FAULT 'Call XML not a proper XML-RPC call.  "
+                     "Nested data structure too deep.'") == 2
 
 
 @pytest.mark.timeout(60)
