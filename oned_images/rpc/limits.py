@@ -6,8 +6,9 @@ starve everyone else.  This wraps the site's connections (twisted.protocols.poli
 WrappingFactory and ProtocolWrapper, with TimeoutMixin as the clock):
 
 * the request line and headers must arrive within ``header_timeout`` seconds of
-  the request's first byte, its body within ``body_timeout`` + length /
-  ``body_min_rate`` seconds; past that the connection is aborted;
+  the request's first byte, its body within ``body_timeout`` + received /
+  ``body_min_rate`` seconds (a minimum average rate after a grace time); past
+  that the connection is aborted;
 * a peer address may hold ``max_per_peer`` connections and all peers together
   ``max_total``; a connection over either bound is closed as soon as it is accepted.
 
@@ -36,44 +37,59 @@ class Limits:
     max_per_peer: int = 64
     max_total: int = 512
 
-    def body_deadline(self, length: int | None) -> float:
-        """Seconds a body of ``length`` bytes may take: a floor plus a minimum rate."""
-        return self.body_timeout + (length or 0) / self.body_min_rate
-
 
 class DeadlineProtocol(policies.ProtocolWrapper, policies.TimeoutMixin):
     """One connection: a deadline per request, armed by its first byte.
 
     TimeoutMixin is used as a one-shot timer (never reset by data): the wrapped
-    HTTP channel keeps its own idle timeout between requests.
+    HTTP channel keeps its own idle timeout between requests.  The body's deadline
+    moves on with every byte received (``body_min_rate`` bytes buy a second), so
+    a large body at a fair rate passes and a trickle does not, whatever length it
+    claims.
     """
 
     factory: ConnectionLimits
     peer_host = ""
-    phase = ""
     #: a request's body is complete and it is being answered: no deadline.
     answering = False
+    #: while a body is read: when it started and how many bytes came since.
+    body_started: float | None = None
+    body_bytes = 0
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         if self.timeOut is None and not self.answering:
             self.setTimeout(self.factory.limits.header_timeout)
-            self.phase = "request line and headers"
+        if self.body_started is not None:
+            self.body_bytes += len(data)
         super().dataReceived(data)
 
-    def headers_received(self, length: int | None) -> None:
-        self.setTimeout(self.factory.limits.body_deadline(length))
-        self.phase = "request body"
+    def headers_received(self) -> None:
+        self.body_started = time.monotonic()
+        self.body_bytes = 0
+        self.setTimeout(self.factory.limits.body_timeout)
 
     def body_received(self) -> None:
         self.setTimeout(None)
+        self.body_started = None
         self.answering = True
 
     def response_sent(self) -> None:
         self.answering = False
 
     def timeoutConnection(self) -> None:  # noqa: N802 (Twisted API)
-        log.info("Closed connection from {peer}: {phase} not received within {secs:g} s",
-                 peer=self.peer_host, phase=self.phase, secs=self.timeOut)
+        limits = self.factory.limits
+        if self.body_started is None:
+            what = f"request line and headers not received within {limits.header_timeout:g} s"
+        else:
+            deadline = (self.body_started + limits.body_timeout
+                        + self.body_bytes / limits.body_min_rate)
+            left = deadline - time.monotonic()
+            if left > 0:
+                self.setTimeout(left)
+                return
+            what = (f"request body slower than {limits.body_min_rate} bytes/s "
+                    f"after {limits.body_timeout:g} s")
+        log.info("Closed connection from {peer}: {what}", peer=self.peer_host, what=what)
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted API)

@@ -62,7 +62,7 @@ class RpcRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802 (Twisted API)
         if (deadline := self._deadline()) is not None:
-            deadline.headers_received(length)
+            deadline.headers_received()
         if length is not None and length > self.max_body:
             self.too_large = length
             self.content = _Discard()  # type: ignore[assignment]

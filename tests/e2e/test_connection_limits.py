@@ -77,13 +77,36 @@ def test_headers_trickled_slowly_are_cut_off(guarded):
     assert version(guarded) == "7.0.2"
 
 
-def test_a_body_trickled_slowly_is_cut_off(guarded):
+@pytest.mark.parametrize("length", [1000, 10**9])
+def test_a_body_trickled_slowly_is_cut_off(guarded, length):
     s = connect(guarded)
-    s.sendall(REQUEST_HEAD)
-    took = trickle(s, b"<" * 1000, until=12)  # 2 s + 1000 B at 1000 B/s = 3 s
+    s.sendall(REQUEST_HEAD.replace(b"Content-Length: 1000", b"Content-Length: %d" % length))
+    took = trickle(s, b"<" * 1000, until=12)  # 4 B/s: the 2 s of grace and no more
     s.close()
-    assert 2.5 < took < 5.5
-    assert "request body not received within 3 s" in guarded.log_text()
+    assert 1.5 < took < 4.5
+    assert "request body slower than 1000 bytes/s after 2 s" in guarded.log_text()
+
+
+def test_a_long_body_at_a_fair_rate_is_served(guarded):
+    """6 KB in 3.5 s: longer than the 2 s grace, but at more than 1000 B/s on average."""
+    call = xmlrpc.client.dumps((guarded.session(), "x" * 6000), "one.system.version").encode()
+    s = connect(guarded)
+    s.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(call))
+    for i in range(0, len(call), 1800):
+        s.sendall(call[i:i + 1800])
+        time.sleep(1)
+    assert b"<string>7.0.2</string>" in read_reply(s)
+    s.close()
+
+
+def read_reply(s: socket.socket) -> bytes:
+    s.settimeout(10)
+    reply = b""
+    while b"</methodResponse>" not in reply:
+        chunk = s.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    return reply
 
 
 def test_a_slow_but_steady_client_within_the_bounds_is_served(guarded):
@@ -94,14 +117,8 @@ def test_a_slow_but_steady_client_within_the_bounds_is_served(guarded):
     s.sendall(b"\r\n" + body[:50])
     time.sleep(1.2)  # 2.4 s in all: more than either bound alone, within each
     s.sendall(body[50:])
-    s.settimeout(10)
-    reply = b""
-    while b"</methodResponse>" not in reply:
-        chunk = s.recv(65536)
-        assert chunk, reply
-        reply += chunk
+    assert b"<string>7.0.2</string>" in read_reply(s)
     s.close()
-    assert b"<string>7.0.2</string>" in reply
 
 
 def test_connections_per_peer_and_in_total_are_bounded(guarded):
