@@ -89,10 +89,10 @@ def _format_params(method: Method, values: list) -> str:
     for i, value in enumerate(values[1:LOGGED_PARAMS + 1], start=1):
         if i in method.hidden:
             shown.append("****")
-        else:
-            if not isinstance(value, str):
-                value = repr(value).lower() if isinstance(value, bool) else str(value)
+        elif isinstance(value, str):
             shown.append(value if len(value) <= 60 else value[:57] + "...")
+        else:
+            shown.append((repr(value).lower() if isinstance(value, bool) else str(value))[:60])
     if len(values) > LOGGED_PARAMS + 1:
         shown.append(f"... ({len(values) - 1 - LOGGED_PARAMS} more)")
     return ", ".join(shown)
@@ -157,6 +157,8 @@ class RpcResource(resource.Resource):
                     ip=getattr(request.getClientAddress(), "host", "-"))
         if not request.startedWriting:
             cls._write(wire.fault(-500, "Internal error"), request)
+        elif not request.finished:
+            request.loseConnection()  # a reply cut short must not hold the connection
 
     async def dispatch(self, body: bytes, peer: str) -> bytes:
         try:
