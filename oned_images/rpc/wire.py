@@ -13,8 +13,12 @@ import binascii
 import re
 from xml.parsers import expat
 
+from twisted.logger import Logger
+
 from oned_images.errors import Fault
 from oned_images.xmldoc.served import Served, escape
+
+log = Logger(namespace="ReM")
 
 
 class I8(int):
@@ -35,7 +39,6 @@ _PREFIX = "Call XML not a proper XML-RPC call.  "
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 _LEADING_INT = re.compile(r"[+-]?[0-9]+")
-_STRICT_DOUBLE = re.compile(r"[+-]?")
 _STRTOD = re.compile(r"[ \t\n\v\f\r]*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
                      r"|inf(inity)?|nan)\Z", re.IGNORECASE)
 _C_SPACE = " \t\n\v\f\r"
@@ -73,7 +76,8 @@ def parse_call(body: bytes) -> tuple[str, list]:
     except Fault:
         raise
     except Exception as exc:  # noqa: BLE001 — whatever a body does, the reply is a fault
-        raise Fault(-503, _PREFIX + f"{type(exc).__name__}") from None
+        log.failure("Parsing a call failed unexpectedly")  # a bug here, not in the body
+        raise Fault(-503, _PREFIX + type(exc).__name__) from None
 
 
 def _parse(body: bytes) -> tuple[str, list]:
@@ -279,7 +283,7 @@ def _double(text: str) -> float:
             if not digits.replace(".", ""):
                 problem = "No digits"
     if not problem:
-        value = float(text if digits[:1] != "." else text.replace(".", "0.", 1))
+        value = float(text)
         if value in (float("inf"), float("-inf")):
             problem = "Value exceeds the size allowed by XML-RPC"
         else:
