@@ -305,3 +305,26 @@ def test_a_huge_call_is_logged_in_a_short_line(daemon):
     lines = [line for line in log.splitlines() if "one.system.version invoked" in line]
     assert len(lines) == 1 and len(lines[0]) < 1000, lines[0][:300]
     assert "Traceback" not in log
+
+
+def test_many_concurrent_fault_bodies_are_all_answered(daemon):
+    """The campaign's ~1,000 held connections: each one now gets its fault at once."""
+    import socket
+
+    body = (b"<methodCall><methodName>one.system.version</methodName><fault><value>"
+            b"<struct></struct></value></fault></methodCall>")
+    request = (b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+               b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+    expected = wire_fault(-503, PARSE + "Expected <methodCall> to have child <params>")
+    for _ in range(4):  # in batches below the per-peer connection limit
+        socks = [socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+                 for _ in range(50)]
+        for s in socks:
+            s.sendall(request)
+        for s in socks:
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+            s.close()
+            assert reply.endswith(b"\r\n\r\n" + expected)
+    assert daemon.client().system.version() == "7.0.2"
