@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oned_images.rpc.limits import Limits
 from oned_images.store.database import DbSettings
 from oned_images.template import Attribute, Template, TemplateError
 
@@ -114,6 +115,8 @@ class DaemonConfig:
     datastore_location: str = ""
     db: DbSettings = field(default_factory=DbSettings)
     message_size: int = 1073741824
+    #: HTTP_LIMITS: request deadlines and connection limits of the endpoint.
+    http_limits: Limits = field(default_factory=Limits)
     session_expiration_time: int = 900
     default_umask: int = 0o177
     enable_other_permissions: bool = True
@@ -179,6 +182,9 @@ MULTI = ("IMAGE_RESTRICTED_ATTR",)
 DB_KEYS = {"BACKEND", "SERVER", "PORT", "USER", "PASSWD", "DB_NAME", "CONNECTIONS", "TIMEOUT", "PATH"}
 LOG_KEYS = {"SYSTEM", "DEBUG_LEVEL"}
 DRIVER_KEYS = {"EXECUTABLE", "ARGUMENTS", "REMOTES", "KILL_GRACE", "PRIORITY"}
+HTTP_LIMIT_KEYS = {"HEADER_TIMEOUT": "header_timeout", "BODY_TIMEOUT": "body_timeout",
+                   "BODY_MIN_RATE": "body_min_rate", "MAX_CONN_PER_PEER": "max_per_peer",
+                   "MAX_CONN": "max_total"}
 DS_MAD_KEYS = {"NAME", "REQUIRED_ATTRS", "PERSISTENT_ONLY", "MARKETPLACE_ACTIONS", "MODE"}
 ACTIONS = ("cp", "mkfs", "clone", "rm", "stat", "monitor", "snap_delete", "snap_revert",
            "snap_flatten")
@@ -307,6 +313,13 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
                 raise _fail(src, attr, "DEBUG_LEVEL must be 0-5") from None
             if not 0 <= log_level <= 5:
                 raise _fail(src, attr, "DEBUG_LEVEL must be 0-5")
+        elif name == "HTTP_LIMITS":
+            vec = _vector(src, attr, set(HTTP_LIMIT_KEYS))
+            try:
+                values["http_limits"] = Limits(**{HTTP_LIMIT_KEYS[k]: _positive(v)
+                                                  for k, v in vec.items()})
+            except ValueError:
+                raise _fail(src, attr, "every limit must be a positive integer") from None
         elif name == "DATASTORE_MAD":
             driver = _driver_settings(src, attr, _vector(src, attr, DRIVER_KEYS), driver)
         elif name == "DRIVER_TIMEOUT":

@@ -162,9 +162,9 @@ class Daemon:
         await app.images.reconcile()
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
-        site = RpcSite(app, cfg.message_size)
+        site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
         endpoint = TCP4ServerEndpoint(self.reactor, cfg.port, interface=cfg.listen_address)
-        self._listening = await endpoint.listen(site)
+        self._listening = await endpoint.listen(site.guarded())
         port = self._listening.getHost().port
         app.port = port
         if self.port_file:

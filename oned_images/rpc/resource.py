@@ -19,6 +19,7 @@ from twisted.web import http, resource, server
 from oned_images import errors
 from oned_images.logs import MASK, redact
 from oned_images.rpc import wire
+from oned_images.rpc.limits import ConnectionLimits, DeadlineProtocol, Limits
 from oned_images.rpc.registry import TABLE, Method
 from oned_images.xmldoc.served import Served
 
@@ -50,17 +51,38 @@ class _Discard:
 
 
 class RpcRequest(server.Request):
-    """Caps the body at MESSAGE_SIZE before it is buffered (the site sets max_body)."""
+    """Caps the body at MESSAGE_SIZE before it is buffered (the site sets max_body),
+    and tells its connection's deadline (limits.DeadlineProtocol) how far it got."""
 
     max_body = 1073741824
     too_large: int | None = None
 
+    def _deadline(self) -> DeadlineProtocol | None:
+        transport = getattr(self.channel, "transport", None)
+        return transport if isinstance(transport, DeadlineProtocol) else None
+
     def gotLength(self, length: int | None) -> None:  # noqa: N802 (Twisted API)
+        if (deadline := self._deadline()) is not None:
+            deadline.headers_received()
         if length is not None and length > self.max_body:
             self.too_large = length
             self.content = _Discard()  # type: ignore[assignment]
             return
         super().gotLength(length)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:  # noqa: N802
+        if (deadline := self._deadline()) is not None:
+            deadline.body_received()
+        super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        if (deadline := self._deadline()) is not None:
+            deadline.response_sent()
+        super().finish()
+
+
+#: a call line shows at most this many parameters (a call may carry a million).
+LOGGED_PARAMS = 20
 
 
 class CallLog:
@@ -91,14 +113,17 @@ class CallLog:
 
     def params(self, values: list) -> str:
         shown = []
-        for i, value in enumerate(values[1:], start=1):
+        for i, value in enumerate(values[1:LOGGED_PARAMS + 1], start=1):
             if i in self.method.secret_params:
                 shown.append(MASK)
             elif isinstance(value, str):
                 value = redact(value[:4096])  # before the cut, which could hide a pattern
                 shown.append(value if len(value) <= 60 else value[:57] + "...")
             else:
-                shown.append(repr(value).lower() if isinstance(value, bool) else str(value))
+                shown.append((repr(value).lower() if isinstance(value, bool)
+                              else str(value))[:60])
+        if len(values) > LOGGED_PARAMS + 1:
+            shown.append(f"... ({len(values) - 1 - LOGGED_PARAMS} more)")
         return self.mask(", ".join(shown))
 
     def result(self, value: Any) -> str:
@@ -150,6 +175,7 @@ class RpcResource(resource.Resource):
         peer = getattr(request.getClientAddress(), "host", "-")
         d = defer.ensureDeferred(self.dispatch(body, peer))
         d.addCallback(self._write, request)
+        d.addErrback(self._last_resort, request)
         request.notifyFinish().addErrback(lambda _: None)
         return server.NOT_DONE_YET
 
@@ -162,6 +188,16 @@ class RpcResource(resource.Resource):
         request.write(payload)
         request.finish()
 
+    @classmethod
+    def _last_resort(cls, failure: Any, request: server.Request) -> None:
+        """Whatever escaped dispatch or the write still gets a reply: never a held connection."""
+        log.failure("Request from {ip} failed unexpectedly", failure,
+                    ip=getattr(request.getClientAddress(), "host", "-"))
+        if not request.startedWriting:
+            cls._write(wire.fault(-500, "Internal error"), request)
+        elif not request.finished:
+            request.loseConnection()  # a reply cut short must not hold the connection
+
     async def dispatch(self, body: bytes, peer: str) -> bytes:
         try:
             if len(body) > PARSE_IN_THREAD:
@@ -169,6 +205,9 @@ class RpcResource(resource.Resource):
             else:
                 name, values = wire.parse_call(body)
         except errors.Fault as fault:
+            # One short line (repr: no control character reaches the log); the reply
+            # carries the whole text.
+            log.debug("IP:{ip} malformed call, FAULT {text!r}", ip=peer, text=fault.text[:160])
             return wire.fault(fault.code, fault.text)
         if name.startswith("system."):
             return self._introspect(name, values)
@@ -225,13 +264,19 @@ class RpcResource(resource.Resource):
 
 
 class RpcSite(server.Site):
-    """A Site whose requests are capped at ``max_body`` bytes."""
+    """A Site whose requests are capped at ``max_body`` bytes (listen on ``guarded()``)."""
 
-    def __init__(self, app: Any, max_body: int, timeout: float = 15) -> None:
+    def __init__(self, app: Any, max_body: int, timeout: float = 15,
+                 limits: Limits | None = None) -> None:
         super().__init__(RpcResource(app), timeout=timeout)
         cls = type("CappedRpcRequest", (RpcRequest,), {"max_body": max_body})
         self.requestFactory = cls
         self.noisy = False
+        self.limits = limits or Limits()
+
+    def guarded(self) -> ConnectionLimits:
+        """What to listen with: this site behind the request deadlines and connection limits."""
+        return ConnectionLimits(self, self.limits)
 
     def getResourceFor(self, request: server.Request) -> resource.IResource:  # noqa: N802
         return self.resource

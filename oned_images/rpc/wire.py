@@ -1,73 +1,299 @@
 """XML-RPC bytes on the wire: parse a methodCall, write oned-shaped replies.
 
-The stdlib unmarshaller is reused (expat, fast) with one change: ``<i8>`` is kept
-as a distinct type, because xmlrpc-c refuses it where an int is expected.  Replies
+Calls are read with expat and checked with xmlrpc-c's rules and fault texts (the
+server library oned uses): ``<i8>`` is kept as a distinct type, because xmlrpc-c
+refuses it where an int is expected, and every malformed body is a -503 fault.  Replies
 are written by hand so that they carry xmlrpc-c's exact shape: CRLF layout,
 ``<i4>`` ints, ``<i8>-1</i8>`` as the last failure element and CR escaped.
 """
 
 from __future__ import annotations
 
-import xmlrpc.client
+import binascii
+import re
 from xml.parsers import expat
+
+from twisted.logger import Logger
 
 from oned_images.errors import Fault
 from oned_images.xmldoc.served import Served, escape
+
+log = Logger(namespace="ReM")
 
 
 class I8(int):
     """An ``<i8>`` parameter: an int to Python, not an int to oned."""
 
 
-class _Unmarshaller(xmlrpc.client.Unmarshaller):
-    dispatch = dict(xmlrpc.client.Unmarshaller.dispatch)
+class DateTime(str):
+    """A ``<dateTime.iso8601>`` parameter, kept as its text: no handler reads one."""
 
-    def end_i8(self, data: str) -> None:
-        self.append(I8(int(data)))
-        self._value = 0
 
-    dispatch["i8"] = end_i8
+#: xmlrpc-c's XMLRPC_NESTING_LIMIT_DEFAULT: a parameter's <value> may hold values
+#: nested this deep, the next level is "Nested data structure too deep.".
+NESTING_LIMIT = 64
+#: any element deeper than this cannot be part of a call within NESTING_LIMIT
+#: (methodCall/params/param + three elements per array or struct level).
+_MAX_DEPTH = 3 * NESTING_LIMIT + 8
+_PREFIX = "Call XML not a proper XML-RPC call.  "
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+_LEADING_INT = re.compile(r"[+-]?[0-9]+")
+_STRTOD = re.compile(r"[ \t\n\v\f\r]*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+                     r"|inf(inity)?|nan)\Z", re.IGNORECASE)
+_C_SPACE = " \t\n\v\f\r"
+
+
+class _Bad(Exception):
+    """A parse fault's detail, before the 'Call XML not a proper …' prefix."""
+
+
+class _Node:
+    """One closed element: its name, child nodes and text (a <value> keeps its value)."""
+
+    __slots__ = ("name", "children", "text", "value")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.children: list[_Node] = []
+        self.text: list[str] = []
+        self.value: object = None
 
 
 def parse_call(body: bytes) -> tuple[str, list]:
-    """Return (method name, params) or raise Fault -503 as xmlrpc-c does."""
-    unmarshaller = _Unmarshaller()
-    unmarshaller._encoding = None  # expat already hands us str
-    root: list[str] = []
+    """Return (method name, params) or raise Fault -503 as xmlrpc-c does.
+
+    The call is checked element by element with xmlrpc-c's rules and texts, so
+    anything that is not a methodCall (a <fault>, a methodResponse, a DOCTYPE,
+    unknown types, values nested deeper than xmlrpc-c's limit) is a fault here and
+    never an exception of another kind.  Values are built as their elements close,
+    so memory follows the values, not the element tree, and nothing recurses.
+    """
+    try:
+        return _parse(body)
+    except _Bad as exc:
+        raise Fault(-503, _PREFIX + str(exc)) from None
+    except Fault:
+        raise
+    except Exception as exc:  # noqa: BLE001 — whatever a body does, the reply is a fault
+        log.failure("Parsing a call failed unexpectedly")  # a bug here, not in the body
+        raise Fault(-503, _PREFIX + type(exc).__name__) from None
+
+
+def _parse(body: bytes) -> tuple[str, list]:
+    stack: list[_Node] = []
+    root: list[_Node] = []
+    values_open = 0
     parser = expat.ParserCreate(None, None)
     parser.buffer_text = True
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
 
-    def start(tag: str, attrs: dict) -> None:
-        if not root:
-            root.append(tag)
-            if tag != "methodCall":
-                raise _NotACall(tag)
-        unmarshaller.start(tag, attrs)
+    def doctype(*_: object) -> None:
+        # No DTD at all: no entity expansion (billion laughs), no external entity (XXE).
+        raise _Bad("Call is not valid XML.  a DOCTYPE declaration is not accepted")
 
+    def start(tag: str, _attrs: object) -> None:
+        nonlocal values_open
+        if tag == "value":
+            values_open += 1
+            if values_open > NESTING_LIMIT:  # counted from the param's own <value>
+                raise _Bad("Nested data structure too deep.")
+        if len(stack) >= _MAX_DEPTH:
+            raise _Bad("Nested data structure too deep.")
+        if not stack and not root and tag != "methodCall":
+            raise _Bad("XML-RPC call should be a <methodCall> element.  Instead, we have a "
+                       f"<{tag}> element.")
+        stack.append(_Node(tag))
+
+    def end(tag: str) -> None:
+        nonlocal values_open
+        node = stack.pop()
+        if tag == "value":
+            values_open -= 1
+            node.value = _read_value(node)
+            node.children = []
+            node.text = []
+        if stack:
+            stack[-1].children.append(node)
+        else:
+            root.append(node)
+
+    def text(data: str) -> None:
+        stack[-1].text.append(data)
+
+    parser.StartDoctypeDeclHandler = doctype
+    parser.EntityDeclHandler = doctype
     parser.StartElementHandler = start
-    parser.EndElementHandler = unmarshaller.end
-    parser.CharacterDataHandler = unmarshaller.data
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text
     try:
         parser.Parse(body, True)
-        method = unmarshaller.getmethodname()
-        params = list(unmarshaller.close())
-    except _NotACall as exc:
-        raise Fault(
-            -503,
-            "Call XML not a proper XML-RPC call.  XML-RPC call should be a <methodCall> "
-            f"element.  Instead, we have a <{exc.tag}> element.",
-        ) from None
-    except (expat.ExpatError, ValueError, TypeError, IndexError, KeyError,
-            xmlrpc.client.ResponseError) as exc:
-        raise Fault(-503, f"Call XML not a proper XML-RPC call.  {exc}") from None
-    if not isinstance(method, str) or not method:
-        raise Fault(-503, "Call XML not a proper XML-RPC call.  No method name")
-    return method, params
+    except expat.ExpatError as exc:
+        raise _Bad(f"Call is not valid XML.  {expat.ErrorString(exc.code)}") from None
+    return _call(root[0])
 
 
-class _NotACall(Exception):
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
+def _child(parent: _Node, name: str) -> _Node:
+    for child in parent.children:
+        if child.name == name:
+            return child
+    raise _Bad(f"Expected <{parent.name}> to have child <{name}>")
+
+
+def _call(call: _Node) -> tuple[str, list]:
+    name_elem = _child(call, "methodName")
+    if name_elem.children:
+        raise _Bad("A <methodName> element should not have children.  This one has "
+                   f"{len(name_elem.children)} of them.")
+    params: list = []
+    if len(call.children) > 1:
+        for param in _child(call, "params").children:
+            if param.name != "param":
+                raise _Bad(f"Expected element of type <param>, found <{param.name}>")
+            if len(param.children) != 1:
+                raise _Bad(f"Expected <param> to have 1 children, found {len(param.children)}")
+            value = param.children[0]
+            if value.name != "value":
+                raise _Bad(f"Expected element of type <value>, found <{value.name}>")
+            params.append(value.value)
+    if len(call.children) > 2:
+        raise _Bad("<methodCall> has extraneous children, other than <methodName> and "
+                   f"<params>.  Total child count = {len(call.children)}")
+    return "".join(name_elem.text), params
+
+
+def _read_value(node: _Node) -> object:
+    """A closed <value>: its children are closed (their own values already built)."""
+    if not node.children:
+        return "".join(node.text)
+    if len(node.children) > 1:
+        raise _Bad(f"<value> has {len(node.children)} child elements.  Only zero or one "
+                   "make sense.")
+    typed = node.children[0]
+    if typed.name == "struct":
+        return _struct(typed)
+    if typed.name == "array":
+        return _array(typed)
+    if typed.children:
+        raise _Bad("The child of a <value> element is neither <array> nor <struct>, but has "
+                   f"{len(typed.children)} child elements of its own.")
+    return _scalar(typed.name, "".join(typed.text))
+
+
+def _array(array: _Node) -> list:
+    if len(array.children) != 1:
+        raise _Bad(f"<array> element has {len(array.children)} children.  Only one <data> "
+                   "makes sense.")
+    data = array.children[0]
+    if data.name != "data":
+        raise _Bad(f"<array> element has <{data.name}> child.  Only <data> makes sense.")
+    items = []
+    for item in data.children:
+        if item.name != "value":
+            raise _Bad(f"<data> element has <{item.name}> child.  Only <value> makes sense.")
+        items.append(item.value)
+    return items
+
+
+def _struct(struct: _Node) -> dict:
+    members: dict[str, object] = {}
+    for member in struct.children:
+        if member.name != "member":
+            raise _Bad(f"<{member.name}> element found where only <member> makes sense")
+        if len(member.children) != 2:
+            raise _Bad(f"<member> element has {len(member.children)} children.  Only one "
+                       "<name> and one <value> make sense.")
+        names = [c for c in member.children if c.name == "name"]
+        if not names:
+            raise _Bad("<member> has no <name> child")
+        if names[0].children:
+            raise _Bad(f"<name> element has {len(names[0].children)} children.  Should have "
+                       "none.")
+        values = [c for c in member.children if c.name == "value"]
+        if not values:
+            raise _Bad("<member> has no <value> child")
+        members["".join(names[0].text)] = values[0].value
+    return members
+
+
+def _scalar(kind: str, text: str) -> object:
+    if kind in ("int", "i4", "i1", "i2", "ex.i1", "ex.i2"):
+        return _integer("int", text, _INT32)
+    if kind in ("i8", "ex.i8"):
+        return I8(_integer("i8", text, _INT64))
+    if kind == "boolean":
+        if text not in ("0", "1"):
+            raise _Bad("<boolean> XML element content must be either '0' or '1' according "
+                       f"to XML-RPC.  This one has '{text}'")
+        return text == "1"
+    if kind == "string":
+        return text
+    if kind == "double":
+        return _double(text)
+    if kind == "dateTime.iso8601":
+        return DateTime(text)
+    if kind == "base64":
+        try:
+            return binascii.a2b_base64(text.encode("ascii", "ignore"))
+        except binascii.Error:
+            raise _Bad("Incorrect Base64 padding") from None
+    if kind in ("nil", "ex.nil"):
+        return None
+    raise _Bad(f"Unknown value type -- XML element is named <{kind}>")
+
+
+def _integer(kind: str, text: str, bounds: tuple[int, int]) -> int:
+    """strtol/strtoll and xmlrpc-c's checks around them, with the same texts."""
+    if not text:
+        raise _Bad(f"<{kind}> XML element content is empty")
+    if text[0] in _C_SPACE:
+        raise _Bad(f"<{kind}> content '{text}' starts with white space")
+    digits = text[1:] if text[0] in "+-" else text
+    if len(digits) < 10 and digits.isascii() and digits.isdigit():
+        return int(text)  # the common case: within every range, no junk
+    match = _LEADING_INT.match(text)
+    value = int(match.group()) if match else 0
+    tail = text[match.end():] if match else text
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise _Bad(f"<{kind}> XML element value '{text}' represents a number beyond the range "
+                   f"that XML-RPC allows ({bounds[0]} - {bounds[1]})")
+    if value < bounds[0]:
+        raise _Bad(f"<{kind}> value {value} is below the range allowed by XML-RPC (minimum "
+                   f"is {bounds[0]})")
+    if value > bounds[1]:
+        raise _Bad(f"<{kind}> value {value} is above the range allowed by XML-RPC (maximum "
+                   f"is {bounds[1]})")
+    if tail:
+        raise _Bad(f"<{kind}> value '{text}' contains non-numerical junk: '{tail}'")
+    return value
+
+
+def _double(text: str) -> float:
+    """xmlrpc-c's strict XML-RPC double, then strtod's wider forms, as it does."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    problem = ""
+    if digits.count(".") > 1:
+        problem = "Two decimal points"
+    else:
+        for i, c in enumerate(digits):
+            if c != "." and not "0" <= c <= "9":
+                problem = f"Garbage (not sign, digit, or period) starting at '{digits[i:]}'"
+                break
+        else:
+            if not digits.replace(".", ""):
+                problem = "No digits"
+    if not problem:
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
+            problem = "Value exceeds the size allowed by XML-RPC"
+        else:
+            return value
+    if _STRTOD.match(text):
+        value = float(text.strip(_C_SPACE))
+        if value not in (float("inf"), float("-inf")) or "inf" in text.lower():
+            return value
+    raise _Bad(f"<double> element value '{text}' is not a valid floating point number.  "
+               f"{problem}")
 
 
 _HEAD = b'<?xml version="1.0" encoding="UTF-8"?>\r\n<methodResponse>\r\n'

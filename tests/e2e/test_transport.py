@@ -188,3 +188,143 @@ def test_hundred_megabyte_body_gets_a_fault_and_nothing_changes(daemon, one):
     assert b"<i4>-503</i4>" in reply
     assert daemon.raw().one.imagepool.info(daemon.session(), -2, -1, -1) == before
     assert one.system.version() == "7.0.2"
+
+
+# --- hostile bodies (issue 7): every one is answered with xmlrpc-c's -503 fault ----------
+
+PARSE = "Call XML not a proper XML-RPC call.  "
+
+
+def fault_reply(daemon, body: bytes) -> tuple[int, str]:
+    status, headers, reply = post_bounded(daemon, body)
+    assert status == 200 and headers["content-type"] == "text/xml; charset=utf-8"
+    with pytest.raises(xmlrpc.client.Fault) as exc:
+        xmlrpc.client.loads(reply)
+    return exc.value.faultCode, exc.value.faultString
+
+
+def post_bounded(daemon, body: bytes, timeout: float = 10) -> tuple[int, dict, bytes]:
+    """post() with a short timeout: a request that is never answered fails the test."""
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=timeout)
+    conn.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
+    resp = conn.getresponse()
+    result = resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    conn.close()
+    return result
+
+
+def test_fault_inside_method_call_is_answered_with_a_parse_fault(daemon):
+    body = (b"<methodCall><methodName>one.system.version</methodName><fault><value><struct>"
+            b"<member><name>faultCode</name><value><int>4</int></value></member>"
+            b"<member><name>faultString</name><value>x</value></member></struct></value>"
+            b"</fault></methodCall>")
+    status, _, reply = post_bounded(daemon, body)
+    assert status == 200
+    assert reply == wire_fault(-503, PARSE + "Expected <methodCall> to have child <params>")
+    assert "Traceback" not in daemon.log_text()
+
+
+def wire_fault(code: int, text: str) -> bytes:
+    from oned_images.rpc import wire
+
+    return wire.fault(code, text)
+
+
+HOSTILE_OVER_HTTP = [
+    (b"<methodResponse><params><param><value>x</value></param></params></methodResponse>",
+     PARSE + "XML-RPC call should be a <methodCall> element.  Instead, we have a "
+     "<methodResponse> element."),
+    (b'<!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+     b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><methodCall><methodName>&c;</methodName>'
+     b"</methodCall>",
+     PARSE + "Call is not valid XML.  a DOCTYPE declaration is not accepted"),
+    (b'<!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]><methodCall><methodName>&x;'
+     b"</methodName></methodCall>",
+     PARSE + "Call is not valid XML.  a DOCTYPE declaration is not accepted"),
+    (b"<methodCall><methodName>one.system.version\xff</methodName></methodCall>",
+     PARSE + "Call is not valid XML.  not well-formed (invalid token)"),
+    (b"<methodCall>\x00</methodCall>",
+     PARSE + "Call is not valid XML.  not well-formed (invalid token)"),
+    (call("one.image.info", "s", 0).replace(b"<int>0</int>", b"<int>" + b"9" * 400 + b"</int>"),
+     PARSE + f"<int> XML element value '{'9' * 400}' represents a number beyond the range "
+     "that XML-RPC allows (-2147483648 - 2147483647)"),
+    (call("one.image.info", "s", 0).replace(b"<int>0</int>", b"<float>1</float>"),
+     PARSE + "Unknown value type -- XML element is named <float>"),
+    (b"<methodCall><methodName>one.image.info</methodName><params><param><value><struct>"
+     b"<member><value>1</value></member></struct></value></param></params></methodCall>",
+     PARSE + "<member> element has 1 children.  Only one <name> and one <value> make sense."),
+    (b"<methodCall><methodName>one.image.info</methodName><params><param><value><array>"
+     b"<data><value><array><data><value/></data></array></value></data></array></value>"
+     b"</param><param></param></params></methodCall>",
+     PARSE + "Expected <param> to have 1 children, found 0"),
+]
+
+
+def test_hostile_bodies_get_fault_replies_and_the_daemon_serves_on(daemon):
+    for body, text in HOSTILE_OVER_HTTP:
+        assert fault_reply(daemon, body) == (-503, text)
+    assert daemon.client().system.version() == "7.0.2"
+    assert "Traceback" not in daemon.log_text()
+
+
+def nested_call(depth: int) -> bytes:
+    return (b"<methodCall><methodName>one.image.info</methodName><params><param><value>"
+            + b"oneadmin:" + ADMIN_PASSWORD.encode() + b"</value></param><param><value>"
+            + b"<array><data><value>" * depth + b"<i4>1</i4>" + b"</value></data></array>" * depth
+            + b"</value></param></params></methodCall>")
+
+
+@pytest.mark.timeout(60)
+def test_a_million_levels_of_nesting_are_refused_with_one_short_line(daemon):
+    before = len(daemon.log_text())
+    assert fault_reply(daemon, nested_call(1_000_000)) == (-503, PARSE + "Nested data structure too "
+                                                   "deep.")
+    # 63 levels inside the param's own <value> is xmlrpc-c's limit of 64: still a call
+    with pytest.raises(xmlrpc.client.Fault) as exc:
+        xmlrpc.client.loads(post_bounded(daemon, nested_call(63))[2])
+    assert exc.value.faultString == "Parameter that is supposed to be integer is not"
+    assert fault_reply(daemon, nested_call(64)) == (-503, PARSE + "Nested data structure too deep.")
+    log = daemon.log_text()[before:]
+    assert "Traceback" not in log and "RecursionError" not in log
+    assert max(map(len, log.splitlines()), default=0) < 1000
+    assert log.count("IP:127.0.0.1 malformed call, FAULT 'Call XML not a proper XML-RPC call.  "
+                     "Nested data structure too deep.'") == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_huge_call_is_logged_in_a_short_line(daemon):
+    before = len(daemon.log_text())
+    params = b"<param><value><i4>7</i4></value></param>" * 200_000
+    body = (b"<methodCall><methodName>one.system.version</methodName><params><param><value>"
+            + b"oneadmin:" + ADMIN_PASSWORD.encode() + b"</value></param>" + params
+            + b"<param><value>" + b"y" * 100_000 + b"</value></param>"
+            + b"</params></methodCall>")
+    status, _, reply = post_bounded(daemon, body, timeout=50)
+    assert status == 200 and xmlrpc.client.loads(reply)[0][0] == [True, "7.0.2", 0]
+    log = daemon.log_text()[before:]
+    lines = [line for line in log.splitlines() if "one.system.version invoked" in line]
+    assert len(lines) == 1 and len(lines[0]) < 1000, lines[0][:300]
+    assert "Traceback" not in log
+
+
+def test_many_concurrent_fault_bodies_are_all_answered(daemon):
+    """The campaign's ~1,000 held connections: each one now gets its fault at once."""
+    import socket
+
+    body = (b"<methodCall><methodName>one.system.version</methodName><fault><value>"
+            b"<struct></struct></value></fault></methodCall>")
+    request = (b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+               b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+    expected = wire_fault(-503, PARSE + "Expected <methodCall> to have child <params>")
+    for _ in range(4):  # in batches below the per-peer connection limit
+        socks = [socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+                 for _ in range(50)]
+        for s in socks:
+            s.sendall(request)
+        for s in socks:
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+            s.close()
+            assert reply.endswith(b"\r\n\r\n" + expected)
+    assert daemon.client().system.version() == "7.0.2"
