@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import peewee
@@ -56,6 +57,70 @@ def open_database(settings: DbSettings) -> peewee.Database:
             port=settings.port,
         )
     raise ValueError(f"unknown DB backend {settings.backend!r}")
+
+
+class DatabaseMissing(Exception):
+    """The configured database does not exist and cannot be created: one line saying what to do."""
+
+
+def _pg_connect(settings: DbSettings, dbname: str):
+    import psycopg2
+
+    return psycopg2.connect(dbname=dbname, user=settings.user, password=settings.passwd or None,
+                            host=settings.server or None, port=settings.port)
+
+
+def database_exists(settings: DbSettings) -> bool:
+    """Whether the configured database is there, without creating it (SQLite would)."""
+    if settings.backend == "sqlite":
+        return Path(settings.path).exists()
+    import psycopg2
+
+    try:
+        _pg_connect(settings, settings.db_name).close()
+    except psycopg2.OperationalError as exc:
+        if f'database "{settings.db_name}" does not exist' in str(exc):
+            return False
+        raise
+    return True
+
+
+def ensure_database(settings: DbSettings) -> bool:
+    """Create the PostgreSQL database when it is missing, as oned creates its MySQL one.
+
+    True when it was created.  A role that may not create databases gets
+    :class:`DatabaseMissing` with the statement a superuser has to run."""
+    if database_exists(settings):
+        return False
+    import psycopg2
+    from psycopg2 import errors, sql
+
+    where = f"{settings.server}:{settings.port}"
+    try:
+        conn = _pg_connect(settings, "postgres")
+    except psycopg2.OperationalError:
+        try:
+            conn = _pg_connect(settings, "template1")
+        except psycopg2.OperationalError as exc:
+            raise DatabaseMissing(
+                f'PostgreSQL database "{settings.db_name}" does not exist on {where}, and '
+                f"neither postgres nor template1 accepts role \"{settings.user}\" to create "
+                f"it: {str(exc).strip().splitlines()[0]}") from None
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db_name)))
+    except errors.InsufficientPrivilege:
+        raise DatabaseMissing(
+            f'PostgreSQL database "{settings.db_name}" does not exist on {where} and role '
+            f'"{settings.user}" may not create it: as a superuser run CREATE DATABASE '
+            f'"{settings.db_name}" OWNER "{settings.user}"; (or ALTER ROLE "{settings.user}" '
+            "CREATEDB)") from None
+    except errors.DuplicateDatabase:
+        return False  # created meanwhile by another process
+    finally:
+        conn.close()
+    return True
 
 
 class Database:
