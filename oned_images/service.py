@@ -36,6 +36,15 @@ class StartupError(Exception):
     """Start-up cannot go on (port in use, ...): one line for the operator."""
 
 
+class _NotReadyYet(protocol.Factory):
+    """The bound port's factory until the site is attached (reading is paused meanwhile)."""
+
+    noisy = False
+
+    def logPrefix(self) -> str:  # noqa: N802 (Twisted API)
+        return "XML-RPC port (accepting after reconciliation)"
+
+
 def one_auth_path() -> Path:
     env = os.environ.get("ONE_AUTH")
     if env:
@@ -108,10 +117,8 @@ class Daemon:
         database is bootstrapped.  Reading stays paused (clients wait in the backlog)
         until start() attaches the site after reconciliation."""
         cfg = self.config
-        placeholder = protocol.Factory()
-        placeholder.noisy = False
         try:
-            self._listening = self.reactor.listenTCP(cfg.port, placeholder,
+            self._listening = self.reactor.listenTCP(cfg.port, _NotReadyYet(),
                                                      interface=cfg.listen_address)
         except CannotListenError as exc:
             why = getattr(exc.socketError, "strerror", None) or str(exc.socketError)
