@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.support.daemon import REPO, Daemon, _pg_admin, backend
+from tests.support.daemon import REPO, Daemon, _pg_admin, backend, wait_for
 from tests.support.remotes import driver_config, make_remotes
 
 pg_only = pytest.mark.skipif(backend() == "sqlite", reason="needs ONED_TEST_DB=postgresql://...")
@@ -191,3 +191,41 @@ def test_repo_driver_tools_files_parse():
 
     for path in (REPO / "drivers" / "datastore").glob("*/tools"):
         assert read_tools(Path(path)), path
+
+
+def test_dev_serve_on_a_machine_without_qemu_img(tmp_path):
+    """README's first command: what is missing is said exactly (here apt-get is off), and
+    the daemon starts."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for directory in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        for entry in Path(directory).iterdir() if Path(directory).is_dir() else ():
+            target = bindir / entry.name
+            if entry.name != "qemu-img" and not target.exists():
+                target.symlink_to(entry)
+    (bindir / "python3").unlink(missing_ok=True)
+    (bindir / "python3").symlink_to(sys.executable)
+    d = Daemon(tmp_path / "d", extra_config='DB = [ BACKEND = "sqlite" ]\n')
+    d.tmp.mkdir(parents=True)
+    (d.tmp / "home").mkdir()
+    conf = d.write_config()
+    port_file = d.tmp / "port"
+    env = dict(os.environ, PATH=str(bindir), DEV_SERVE_APT="no", HOME=str(d.tmp / "home"),
+               ONE_AUTH=str(d.tmp / "one_auth"), PYTHONPATH=str(REPO))
+    with open(d.log_path, "wb") as out:
+        proc = subprocess.Popen([str(REPO / "scripts" / "dev-serve"), "--config", str(conf),
+                                 "--port-file", str(port_file)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path))
+    try:
+        wait_for(lambda: port_file.exists() or proc.poll() is not None, timeout=60)
+        assert port_file.exists(), d.log_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        d.drop()
+    assert d.log_text().splitlines()[:3] == [
+        "dev-serve: missing: qemu-img (qemu-utils)",
+        "dev-serve: install them with: sudo apt-get install -y --no-install-recommends "
+        "qemu-utils",
+        "dev-serve: starting anyway; the daemon logs which actions will fail",
+    ]
