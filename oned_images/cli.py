@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the bound TCP port to this file once listening "
                             "(useful with PORT = 0)")
     db = sub.add_parser("db", help="database schema: status or upgrade")
-    db.add_argument("action", choices=("status", "upgrade"))
+    db.add_argument("action", choices=("status", "upgrade"),
+                    help="status: the schema version (exit 1 when there is no database yet); "
+                         "upgrade: apply the migrations this release needs (back up first)")
     db.add_argument("--config", default=None, help=CONFIG_HELP)
     return parser
 

@@ -22,7 +22,7 @@ from tests.support.daemon import REPO, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only, pytest.mark.timeout(300)]
 
-SOURCES = ("oned_images", "drivers", "etc", "setup.py", "setup.cfg", "pyproject.toml",
+SOURCES = ("oned_images", "drivers", "etc", "man", "setup.py", "setup.cfg", "pyproject.toml",
            "MANIFEST.in", "README.md")
 
 
@@ -83,6 +83,8 @@ def test_wheel_carries_drivers_and_config(venv, tmp_path):
                       for p in (REPO / "drivers").rglob("*")
                       if p.is_file() and "__pycache__" not in p.parts)
     assert scripts == expected
+    page = venv / "share" / "man" / "man1" / "oned-images.1"
+    assert page.read_text() == (REPO / "man" / "oned-images.1").read_text()
     # with no --config and nothing in $ONE_LOCATION or /etc/one: the packaged default
     if Path("/etc/one/oned-images.conf").exists():
         pytest.skip("/etc/one/oned-images.conf exists on this machine")
