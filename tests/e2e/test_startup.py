@@ -193,25 +193,39 @@ def test_repo_driver_tools_files_parse():
         assert read_tools(Path(path)), path
 
 
-def test_dev_serve_on_a_machine_without_qemu_img(tmp_path):
-    """README's first command: what is missing is said exactly (here apt-get is off), and
-    the daemon starts."""
+FAKE_APT = """#!/bin/sh
+echo "$*" >> {log}
+"""
+
+
+@pytest.mark.parametrize("how", ["no-apt", "apt-as-root"])
+def test_dev_serve_on_a_machine_without_qemu_img(tmp_path, how):
+    """README's first command: missing tools are installed with apt-get as root (a fake
+    apt-get here records its calls), or said exactly; either way the daemon starts."""
+    if how == "apt-as-root" and os.geteuid() != 0:
+        pytest.skip("needs root")
     bindir = tmp_path / "bin"
     bindir.mkdir()
     for directory in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"):
         for entry in Path(directory).iterdir() if Path(directory).is_dir() else ():
             target = bindir / entry.name
-            if entry.name != "qemu-img" and not target.exists():
+            if entry.name not in ("qemu-img", "apt-get") and not target.exists():
                 target.symlink_to(entry)
     (bindir / "python3").unlink(missing_ok=True)
     (bindir / "python3").symlink_to(sys.executable)
+    apt_log = tmp_path / "apt.log"
+    (bindir / "apt-get").write_text(FAKE_APT.format(log=apt_log))
+    (bindir / "apt-get").chmod(0o755)
     d = Daemon(tmp_path / "d", extra_config='DB = [ BACKEND = "sqlite" ]\n')
     d.tmp.mkdir(parents=True)
     (d.tmp / "home").mkdir()
     conf = d.write_config()
     port_file = d.tmp / "port"
-    env = dict(os.environ, PATH=str(bindir), DEV_SERVE_APT="no", HOME=str(d.tmp / "home"),
+    env = dict(os.environ, PATH=str(bindir), HOME=str(d.tmp / "home"),
                ONE_AUTH=str(d.tmp / "one_auth"), PYTHONPATH=str(REPO))
+    env.pop("DEV_SERVE_APT", None)
+    if how == "no-apt":
+        env["DEV_SERVE_APT"] = "no"
     with open(d.log_path, "wb") as out:
         proc = subprocess.Popen([str(REPO / "scripts" / "dev-serve"), "--config", str(conf),
                                  "--port-file", str(port_file)], stdout=out,
@@ -223,9 +237,15 @@ def test_dev_serve_on_a_machine_without_qemu_img(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         d.drop()
-    assert d.log_text().splitlines()[:3] == [
-        "dev-serve: missing: qemu-img (qemu-utils)",
-        "dev-serve: install them with: sudo apt-get install -y --no-install-recommends "
-        "qemu-utils",
-        "dev-serve: starting anyway; the daemon logs which actions will fail",
-    ]
+    if how == "no-apt":
+        assert d.log_text().splitlines()[:3] == [
+            "dev-serve: missing: qemu-img (qemu-utils)",
+            "dev-serve: install them with: sudo apt-get install -y --no-install-recommends "
+            "qemu-utils",
+            "dev-serve: starting anyway; the daemon logs which actions will fail",
+        ]
+        assert not apt_log.exists()
+    else:
+        assert d.log_text().splitlines()[:1] == ["dev-serve: installing qemu-utils (apt-get)"]
+        assert apt_log.read_text().splitlines() == [
+            "update -qq", "install -y -qq --no-install-recommends qemu-utils"]
