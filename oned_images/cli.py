@@ -145,7 +145,8 @@ def _serve(config, port_file: str | None) -> None:
         print(f"oned-images: {_one_line(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     where = config.log_file if config.log_system == "file" else "standard error"
-    print(f"oned-images: database {config.db.backend} "
+    print(f"oned-images: config {config.source_file} ({config.source_why}), "
+          f"database {config.db.backend} "
           f"({daemon.app.db.settings.path or config.db.server}), datastores in "
           f"{config.datastore_location}, log in {where}", file=sys.stderr)
     if daemon.bootstrap_note:

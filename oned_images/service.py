@@ -1,8 +1,9 @@
 """The daemon: builds every part from the configuration and starts them in order.
 
-Start: port bound (reading paused) and driver tree checked → database open and migrated → caches loaded → driver runner → restart
-reconciliation → the port starts accepting (only then is the daemon "ready") → datastore
-monitor timer.  Stop runs in reverse: stop listening, stop timers, stop the
+Start: port bound (reading paused; a port in use stops here, before anything is
+created) → driver tree checked → database created if missing, opened and migrated →
+caches loaded → driver runner → restart reconciliation → the port starts accepting
+(only then is the daemon "ready") → datastore monitor timer.  Stop runs in reverse: stop listening, stop timers, stop the
 driver runner (running actions are left to reconciliation), close the database.
 """
 

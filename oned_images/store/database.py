@@ -70,19 +70,42 @@ def _pg_connect(settings: DbSettings, dbname: str):
                             host=settings.server or None, port=settings.port)
 
 
+def _pg_maintenance(settings: DbSettings):
+    """A connection to the server's maintenance database (postgres, else template1)."""
+    import psycopg2
+
+    try:
+        return _pg_connect(settings, "postgres")
+    except psycopg2.OperationalError:
+        return _pg_connect(settings, "template1")
+
+
 def database_exists(settings: DbSettings) -> bool:
-    """Whether the configured database is there, without creating it (SQLite would)."""
+    """Whether the configured database is there, without creating it (SQLite would).
+
+    On PostgreSQL a refused connection is told apart by the catalogue, not by the
+    server's (translated) message; other failures are raised as they came."""
     if settings.backend == "sqlite":
         return Path(settings.path).exists()
     import psycopg2
 
     try:
         _pg_connect(settings, settings.db_name).close()
+        return True
     except psycopg2.OperationalError as exc:
-        if f'database "{settings.db_name}" does not exist' in str(exc):
-            return False
-        raise
-    return True
+        refused = exc
+    try:
+        conn = _pg_maintenance(settings)
+    except psycopg2.OperationalError:
+        raise refused from None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.db_name,))
+            if cur.fetchone() is not None:
+                raise refused  # there, but not for us: the original reason
+    finally:
+        conn.close()
+    return False
 
 
 def ensure_database(settings: DbSettings) -> bool:
@@ -92,30 +115,19 @@ def ensure_database(settings: DbSettings) -> bool:
     :class:`DatabaseMissing` with the statement a superuser has to run."""
     if database_exists(settings):
         return False
-    import psycopg2
     from psycopg2 import errors, sql
 
-    where = f"{settings.server}:{settings.port}"
-    try:
-        conn = _pg_connect(settings, "postgres")
-    except psycopg2.OperationalError:
-        try:
-            conn = _pg_connect(settings, "template1")
-        except psycopg2.OperationalError as exc:
-            raise DatabaseMissing(
-                f'PostgreSQL database "{settings.db_name}" does not exist on {where}, and '
-                f"neither postgres nor template1 accepts role \"{settings.user}\" to create "
-                f"it: {str(exc).strip().splitlines()[0]}") from None
+    conn = _pg_maintenance(settings)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db_name)))
     except errors.InsufficientPrivilege:
         raise DatabaseMissing(
-            f'PostgreSQL database "{settings.db_name}" does not exist on {where} and role '
-            f'"{settings.user}" may not create it: as a superuser run CREATE DATABASE '
-            f'"{settings.db_name}" OWNER "{settings.user}"; (or ALTER ROLE "{settings.user}" '
-            "CREATEDB)") from None
+            f'PostgreSQL database "{settings.db_name}" does not exist on '
+            f'{settings.server}:{settings.port} and role "{settings.user}" may not create it: '
+            f'as a superuser run CREATE DATABASE "{settings.db_name}" OWNER "{settings.user}"; '
+            f'(or ALTER ROLE "{settings.user}" CREATEDB)') from None
     except errors.DuplicateDatabase:
         return False  # created meanwhile by another process
     finally:
