@@ -9,7 +9,9 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import uuid
+import xmlrpc.client
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -249,3 +251,43 @@ def test_dev_serve_on_a_machine_without_qemu_img(tmp_path, how):
         assert d.log_text().splitlines()[:1] == ["dev-serve: installing qemu-utils (apt-get)"]
         assert apt_log.read_text().splitlines() == [
             "update -qq", "install -y -qq --no-install-recommends qemu-utils"]
+
+
+def test_calls_wait_until_reconciliation_ran(fresh_daemon, tmp_path):
+    """The port is bound first, but a call made while start-up still runs (here a
+    datastore monitor that waits on a gate) is answered only once the daemon is ready."""
+    gate = tmp_path / "gate"
+    monitor = ("#!/bin/sh\ncat >/dev/null\n"
+               f"while [ -e {gate} ]; do sleep 0.05; done\n"
+               "printf 'USED_MB=10\\nFREE_MB=100\\nTOTAL_MB=110\\n'\n")
+    remotes = make_remotes(tmp_path / "remotes", {"gated": {"monitor": monitor}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,gated"))
+    d.client().datastore.allocate('NAME="g"\nDS_MAD="gated"\nTM_MAD="dummy"', -1)
+    d.stop()
+    gate.touch()
+    before = len(d.log_text())
+    starter = threading.Thread(target=d.start)
+    starter.start()
+    try:
+        bound = wait_for(lambda: re.search(r"accepting after reconciliation\) starting on (\d+)",
+                                           d.log_text()[before:]))
+        port = int(bound.group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            body = xmlrpc.client.dumps((d.session(),), "one.system.version").encode()
+            conn.sendall(b"POST /RPC2 HTTP/1.0\r\nContent-Type: text/xml\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            conn.settimeout(1.0)
+            with pytest.raises(socket.timeout):
+                conn.recv(1)  # connected (backlog) but not answered: start-up still runs
+            assert not (d.tmp / "port").exists()
+            gate.unlink()
+            conn.settimeout(20)
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.0 200 OK"), reply
+        assert b"<string>7.0.2</string>" in reply, reply
+    finally:
+        gate.unlink(missing_ok=True)
+        starter.join(timeout=60)
+    assert d.port == port
