@@ -9,7 +9,11 @@ import signal
 import sys
 
 from oned_images import ONE_VERSION, __version__
-from oned_images.config import DEFAULT_CONFIG_FILE, ConfigError, load
+from oned_images.config import SYSTEM_CONFIG_FILE, ConfigError, load
+
+CONFIG_HELP = ("configuration file (default: the first that exists of "
+               f"$ONE_LOCATION/etc/oned-images.conf, {SYSTEM_CONFIG_FILE} and the copy "
+               "shipped with oned-images)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "On first start it creates the database and the default users, "
                            "groups and datastores; the oneadmin password comes from $ONE_AUTH "
                            "or ~/.one/one_auth (oneadmin:password), or is generated there.")
-    serve.add_argument("--config", default=None,
-                       help=f"configuration file (default: {DEFAULT_CONFIG_FILE})")
+    serve.add_argument("--config", default=None, help=CONFIG_HELP)
     serve.add_argument("--port-file", default=None,
                        help="write the bound TCP port to this file once listening "
                             "(useful with PORT = 0)")
     db = sub.add_parser("db", help="database schema: status or upgrade")
-    db.add_argument("action", choices=("status", "upgrade"))
-    db.add_argument("--config", default=None, help="configuration file")
+    db.add_argument("action", choices=("status", "upgrade"),
+                    help="status: the schema version (exit 1 when there is no database yet); "
+                         "upgrade: apply the migrations this release needs (back up first)")
+    db.add_argument("--config", default=None, help=CONFIG_HELP)
     return parser
 
 
@@ -57,9 +62,19 @@ def _db(action: str, config) -> int:
 
     from oned_images.service import Daemon
     from oned_images.store import schema
+    from oned_images.store.database import database_exists
 
-    database = Daemon(reactor, config).open_database()
+    daemon = Daemon(reactor, config)
+    settings = daemon.open_database_settings()
     try:
+        if not database_exists(settings):
+            where = (settings.path if settings.backend == "sqlite" else
+                     f'PostgreSQL database "{settings.db_name}" on '
+                     f"{settings.server}:{settings.port}")
+            print(f"oned-images: no database yet ({where}): the first `oned-images serve` "
+                  "creates it", file=sys.stderr)
+            return 1
+        database = daemon.open_database()
         if action == "status":
             current = database.run_sync(schema.version, database.db)
             print(f"schema version: {current if current is not None else 'empty'}; "
@@ -71,6 +86,24 @@ def _db(action: str, config) -> int:
     except schema.SchemaError as exc:
         print(f"oned-images: {exc}", file=sys.stderr)
         return 1
+    except _db_errors() as exc:
+        print(f"oned-images: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _db_errors() -> tuple[type[Exception], ...]:
+    """What a database that cannot be reached raises: peewee's wrappers, and psycopg2's own
+    from the connections made before peewee (existence check, CREATE DATABASE)."""
+    import peewee
+    import psycopg2
+
+    return (peewee.OperationalError, peewee.InterfaceError, psycopg2.OperationalError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A driver error (psycopg2, sqlite3) as one line: database errors are multi-line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "cannot open the database: " + ("; ".join(lines) or type(exc).__name__)
 
 
 def _limit_malloc_arenas() -> None:
@@ -93,7 +126,8 @@ def _serve(config, port_file: str | None) -> None:
     from twisted.internet import reactor
 
     from oned_images.logs import start_logging
-    from oned_images.service import Daemon
+    from oned_images.service import Daemon, StartupError
+    from oned_images.store.database import DatabaseMissing
     from oned_images.store.schema import SchemaError
 
     Path(config.var_location).mkdir(parents=True, exist_ok=True)
@@ -104,11 +138,18 @@ def _serve(config, port_file: str | None) -> None:
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(observer.reopen))
     try:
         daemon.prepare()
-    except SchemaError as exc:
+    except (SchemaError, StartupError, DatabaseMissing) as exc:
         print(f"oned-images: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except ConfigError as exc:
+        print(f"oned-images: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except _db_errors() as exc:
+        print(f"oned-images: {_one_line(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
     where = config.log_file if config.log_system == "file" else "standard error"
-    print(f"oned-images: database {config.db.backend} "
+    print(f"oned-images: config {config.source_file} ({config.source_why}), "
+          f"database {config.db.backend} "
           f"({daemon.app.db.settings.path or config.db.server}), datastores in "
           f"{config.datastore_location}, log in {where}", file=sys.stderr)
     if daemon.bootstrap_note:

@@ -8,6 +8,7 @@ and key, because a silently ignored typo in a daemon config costs hours.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 from collections.abc import Callable
@@ -18,8 +19,20 @@ from oned_images.rpc.limits import Limits
 from oned_images.store.database import DbSettings
 from oned_images.template import Attribute, Template, TemplateError
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_FILE = PACKAGE_ROOT / "etc" / "oned-images.conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_ROOT = PACKAGE_DIR.parent
+
+
+def shipped(name: str) -> Path:
+    """A file shipped with oned-images: package data in an installed wheel
+    (oned_images/_data, see setup.py), the checkout's top directory otherwise."""
+    packaged = PACKAGE_DIR / "_data" / name
+    return packaged if packaged.exists() else PACKAGE_ROOT / name
+
+
+DEFAULT_CONFIG_FILE = shipped("etc/oned-images.conf")
+SHIPPED_DRIVERS = shipped("drivers")
+SYSTEM_CONFIG_FILE = Path("/etc/one/oned-images.conf")
 
 
 class ConfigError(Exception):
@@ -100,7 +113,7 @@ class DriverSettings:
     concurrency: int = 15
     allowed: tuple[str, ...] = ("dummy", "fs")
     timeouts: dict[str, int] = field(default_factory=lambda: {"stat": 90, "monitor": 120})
-    remotes: str = str(PACKAGE_ROOT / "drivers")
+    remotes: str = str(SHIPPED_DRIVERS)
     kill_grace: int = 5
     #: nice level of driver scripts (oned's defaultrc PRIORITY): copies must not
     #: starve the daemon that answers the API.
@@ -135,6 +148,8 @@ class DaemonConfig:
     log_system: str = "file"
     log_debug_level: int = 3
     source_file: str = ""
+    #: why source_file was read (--config, $ONE_LOCATION, /etc/one, packaged default).
+    source_why: str = ""
     #: the parsed template, for one.system.config.
     raw: Template = field(default_factory=Template)
 
@@ -246,14 +261,30 @@ def _driver_settings(src: str, attr: Attribute, vec: dict[str, str],
     return DriverSettings(concurrency, allowed, timeouts, remotes, grace, priority)
 
 
+def find_config(path: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """(file, why) in oned's order: --config, $ONE_LOCATION/etc, /etc/one, then the
+    configuration shipped with oned-images, so an install works with no file of its own."""
+    if path:
+        return Path(path), "--config"
+    one_location = os.environ.get("ONE_LOCATION")
+    if one_location:
+        candidate = Path(one_location) / "etc" / "oned-images.conf"
+        if candidate.exists():
+            return candidate, "$ONE_LOCATION"
+    if SYSTEM_CONFIG_FILE.exists():
+        return SYSTEM_CONFIG_FILE, "system"
+    return DEFAULT_CONFIG_FILE, "packaged default"
+
+
 def load(path: str | os.PathLike | None = None) -> DaemonConfig:
-    """Read the configuration file (the packaged default when none is given)."""
-    src = str(path or DEFAULT_CONFIG_FILE)
+    """Read the configuration file found by :func:`find_config`."""
+    found, why = find_config(path)
+    src = str(found)
     try:
-        text = Path(src).read_text(encoding="utf-8")
+        text = found.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{src}: cannot read: {exc.strerror}") from None
-    return parse(text, src)
+    return dataclasses.replace(parse(text, src), source_why=why)
 
 
 def parse(text: str, src: str = "<config>") -> DaemonConfig:

@@ -1,8 +1,9 @@
 """The daemon: builds every part from the configuration and starts them in order.
 
-Start: database open and migrated → caches loaded → driver runner → restart
-reconciliation → port listening (only then is the daemon "ready") → datastore
-monitor timer.  Stop runs in reverse: stop listening, stop timers, stop the
+Start: port bound (reading paused; a port in use stops here, before anything is
+created) → driver tree checked → database created if missing, opened and migrated →
+caches loaded → driver runner → restart reconciliation → the port starts accepting
+(only then is the daemon "ready") → datastore monitor timer.  Stop runs in reverse: stop listening, stop timers, stop the
 driver runner (running actions are left to reconciliation), close the database.
 """
 
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, task
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet import defer, protocol, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from oned_images.config import DaemonConfig
@@ -23,13 +24,32 @@ from oned_images.domain.datastores import Datastores, bootstrap_datastores
 from oned_images.domain.identity import Identity, bootstrap_identity
 from oned_images.domain.images import ImageManager
 from oned_images.driver import reaper
+from oned_images.driver.checks import check_drivers
 from oned_images.driver.runner import DriverRunner
 from oned_images.rpc.resource import RpcSite
 from oned_images.store import schema
-from oned_images.store.database import Database, DbSettings, private_sqlite_files
+from oned_images.store.database import (
+    Database,
+    DbSettings,
+    ensure_database,
+    private_sqlite_files,
+)
 from oned_images.store.models import DatastoreRow
 
 log = Logger(namespace="OnM")
+
+
+class StartupError(Exception):
+    """Start-up cannot go on (port in use, ...): one line for the operator."""
+
+
+class _NotReadyYet(protocol.Factory):
+    """The bound port's factory until the site is attached (reading is paused meanwhile)."""
+
+    noisy = False
+
+    def logPrefix(self) -> str:  # noqa: N802 (Twisted API)
+        return "XML-RPC port (accepting after reconciliation)"
 
 
 def one_auth_path() -> Path:
@@ -105,22 +125,53 @@ class Daemon:
     bootstrap_note: str = ""
     ready: defer.Deferred = field(default_factory=defer.Deferred)
 
-    def open_database(self) -> Database:
+    def open_database_settings(self) -> DbSettings:
         cfg = self.config
         settings = cfg.db
         if settings.backend == "sqlite" and not settings.path:
             settings = DbSettings(**{**settings.__dict__, "path": cfg.db_path})
-        return Database(self.reactor, settings)
+        return settings
+
+    def open_database(self) -> Database:
+        return Database(self.reactor, self.open_database_settings())
+
+    def bind(self) -> None:
+        """Listen before anything is created, so a port in use stops start-up before a
+        database is bootstrapped.  Reading stays paused (clients wait in the backlog)
+        until start() attaches the site after reconciliation."""
+        cfg = self.config
+        try:
+            self._listening = self.reactor.listenTCP(cfg.port, _NotReadyYet(),
+                                                     interface=cfg.listen_address)
+        except CannotListenError as exc:
+            why = getattr(exc.socketError, "strerror", None) or str(exc.socketError)
+            raise StartupError(f"cannot listen on {cfg.listen_address}:{cfg.port}: "
+                               f"{why}") from None
+        self._listening.stopReading()
+
+    def _serve_on(self, site: Any) -> int:
+        port = self._listening
+        placeholder, port.factory = port.factory, site
+        site.doStart()
+        placeholder.doStop()
+        port.startReading()
+        return port.getHost().port
 
     def prepare(self) -> App:
-        """Everything before the reactor serves: DB, bootstrap, caches."""
+        """Everything before the reactor serves: port, driver tree, DB, bootstrap, caches."""
         cfg = self.config
+        if self._listening is None:
+            self.bind()
+        drivers = DriverRunner(self.reactor, cfg.driver, cfg)
+        check_drivers(cfg.driver, drivers.environment()["PATH"])
         for state in (cfg.var_location, Path(cfg.var_location) / "run",
                       reaper.run_dir(cfg.var_location), cfg.datastore_location):
             private_dir(state)
         auth_dir = Path(cfg.var_location) / ".one"
         if auth_dir.exists():
             private_dir(auth_dir)
+        if cfg.db.backend == "postgresql" and ensure_database(cfg.db):
+            log.info("Created PostgreSQL database {name}", name=cfg.db.db_name)
         db = self.open_database()
         if not db.is_postgres:
             private_sqlite_files(db.settings.path)
@@ -143,7 +194,6 @@ class Daemon:
         identity = Identity(db, cfg)
         identity.load_sync()
         datastores = Datastores(db, cfg, identity)
-        drivers = DriverRunner(self.reactor, cfg.driver, cfg)
         images = ImageManager(db, cfg, identity, datastores, drivers, self.reactor)
         datastores.on_created = images.monitor_soon
         self.app = App(cfg, db, identity, datastores, images, drivers)
@@ -153,8 +203,8 @@ class Daemon:
         cfg = self.config
         app = self.app or self.prepare()
         app.db.start()
-        log.info("oned-images starting: config {conf}, database {db}, datastores {ds}, "
-                 "drivers {drv}", conf=cfg.source_file,
+        log.info("oned-images starting: config {conf} ({why}), database {db}, datastores {ds}, "
+                 "drivers {drv}", conf=cfg.source_file, why=cfg.source_why or "given",
                  db=(app.db.settings.path if cfg.db.backend == "sqlite"
                      else f"postgresql://{cfg.db.user}@{cfg.db.server}:{cfg.db.port}/"
                           f"{cfg.db.db_name}"),
@@ -162,10 +212,7 @@ class Daemon:
         await app.images.reconcile()
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
-        site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
-        endpoint = TCP4ServerEndpoint(self.reactor, cfg.port, interface=cfg.listen_address)
-        self._listening = await endpoint.listen(site.guarded())
-        port = self._listening.getHost().port
+        port = self._serve_on(RpcSite(app, cfg.message_size, limits=cfg.http_limits).guarded())
         app.port = port
         if self.port_file:
             tmp = self.port_file + ".tmp"

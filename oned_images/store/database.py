@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import peewee
@@ -86,6 +87,82 @@ def open_database(settings: DbSettings) -> peewee.Database:
             port=settings.port,
         )
     raise ValueError(f"unknown DB backend {settings.backend!r}")
+
+
+class DatabaseMissing(Exception):
+    """The configured database does not exist and cannot be created: one line saying what to do."""
+
+
+def _pg_connect(settings: DbSettings, dbname: str):
+    import psycopg2
+
+    return psycopg2.connect(dbname=dbname, user=settings.user, password=settings.passwd or None,
+                            host=settings.server or None, port=settings.port)
+
+
+def _pg_maintenance(settings: DbSettings):
+    """A connection to the server's maintenance database (postgres, else template1)."""
+    import psycopg2
+
+    try:
+        return _pg_connect(settings, "postgres")
+    except psycopg2.OperationalError:
+        return _pg_connect(settings, "template1")
+
+
+def database_exists(settings: DbSettings) -> bool:
+    """Whether the configured database is there, without creating it (SQLite would).
+
+    On PostgreSQL a refused connection is told apart by the catalogue, not by the
+    server's (translated) message; other failures are raised as they came."""
+    if settings.backend == "sqlite":
+        return Path(settings.path).exists()
+    import psycopg2
+
+    try:
+        _pg_connect(settings, settings.db_name).close()
+        return True
+    except psycopg2.OperationalError as exc:
+        refused = exc
+    try:
+        conn = _pg_maintenance(settings)
+    except psycopg2.OperationalError:
+        raise refused from None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.db_name,))
+            if cur.fetchone() is not None:
+                raise refused  # there, but not for us: the original reason
+    finally:
+        conn.close()
+    return False
+
+
+def ensure_database(settings: DbSettings) -> bool:
+    """Create the PostgreSQL database when it is missing, as oned creates its MySQL one.
+
+    True when it was created.  A role that may not create databases gets
+    :class:`DatabaseMissing` with the statement a superuser has to run."""
+    if database_exists(settings):
+        return False
+    from psycopg2 import errors, sql
+
+    conn = _pg_maintenance(settings)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db_name)))
+    except errors.InsufficientPrivilege:
+        raise DatabaseMissing(
+            f'PostgreSQL database "{settings.db_name}" does not exist on '
+            f'{settings.server}:{settings.port} and role "{settings.user}" may not create it: '
+            f'as a superuser run CREATE DATABASE "{settings.db_name}" OWNER "{settings.user}"; '
+            f'(or ALTER ROLE "{settings.user}" CREATEDB)') from None
+    except errors.DuplicateDatabase:
+        return False  # created meanwhile by another process
+    finally:
+        conn.close()
+    return True
 
 
 class Database:
