@@ -91,28 +91,44 @@ def base_path(config: DaemonConfig, oid: int) -> str:
     return f"{config.datastore_location.rstrip('/')}/{oid}"
 
 
+def _target(value: str) -> str:
+    return value.upper()
+
+
 def _apply_tm_conf(tmpl: Template, ds_type: int, conf: dict[str, str]) -> None:
     """Datastore::set_tm_mad: what TM_MAD_CONF imposes on the template.
 
-    oned refuses a TM_MAD without TM_MAD_CONF; this daemon lets it through (tests and
-    foreign drivers use such names) and then only adds nothing.
+    It runs at allocate and at every update whose template names a TM_MAD, and its
+    values replace the template's.  oned refuses a TM_MAD without TM_MAD_CONF; this
+    daemon lets it through (tests and foreign drivers use such names) and then only
+    adds nothing.
     """
-    if not conf:
+    if not conf or ds_type == 3:
         return
     if ds_type == 1:
         tmpl.set("SHARED", "YES" if conf.get("SHARED", "").upper() == "YES" else "NO")
         tmpl.set("DS_MIGRATE", "NO" if conf.get("DS_MIGRATE", "").upper() == "NO" else "YES")
         tmpl.remove("LN_TARGET")
         tmpl.remove("CLONE_TARGET")
-    elif ds_type != 3:
-        for key in ("LN_TARGET", "CLONE_TARGET", "DRIVER", "DISK_TYPE"):
+    else:
+        modes = conf.get("TM_MAD_SYSTEM") or ""
+        if modes:
+            tmpl.set("TM_MAD_SYSTEM", modes)
+        for mode in (m.strip().upper() for m in modes.split(",")):
+            if not mode:
+                continue
+            for key, conv in ((f"LN_TARGET_{mode}", _target), (f"CLONE_TARGET_{mode}", _target),
+                              (f"DISK_TYPE_{mode}", str)):
+                if conf.get(key):
+                    tmpl.set(key, conv(conf[key]))
+        for key, conv in (("LN_TARGET", _target), ("CLONE_TARGET", _target), ("DRIVER", str),
+                          ("DISK_TYPE", str)):
             if conf.get(key):
-                tmpl.set(key, conf[key].upper() if key.endswith("TARGET") else conf[key])
+                tmpl.set(key, conv(conf[key]))
         tmpl.remove("SHARED")
-    if ds_type != 3:
-        tmpl.set("ALLOW_ORPHANS", conf.get("ALLOW_ORPHANS") or "NO")
-        if conf.get("PERSISTENT_SNAPSHOTS") and not tmpl.has("PERSISTENT_SNAPSHOTS"):
-            tmpl.set("PERSISTENT_SNAPSHOTS", conf["PERSISTENT_SNAPSHOTS"])
+    tmpl.set("ALLOW_ORPHANS", conf.get("ALLOW_ORPHANS") or "NO")
+    # oned 7.0.2's stock "local" has no PERSISTENT_SNAPSHOTS, yet its datastores show YES.
+    tmpl.set("PERSISTENT_SNAPSHOTS", conf.get("PERSISTENT_SNAPSHOTS") or "YES")
 
 
 def build_datastore(config: DaemonConfig, oid: int, tmpl: Template, owner: Caller,
@@ -295,7 +311,10 @@ class Datastores:
             else:
                 current.ds_mad = t.get("DS_MAD") or current.ds_mad
                 t.set("DS_MAD", current.ds_mad)
-            current.tm_mad = t.get("TM_MAD") or current.tm_mad
+            new_tm_mad = t.get("TM_MAD") or ""
+            if new_tm_mad and current.type != 3:
+                _apply_tm_conf(t, current.type, self.config.tm_mad(new_tm_mad))
+                current.tm_mad = new_tm_mad
             t.set("TM_MAD", current.tm_mad)
             write_ds(current)
 
@@ -408,10 +427,10 @@ def bootstrap_datastores(config: DaemonConfig) -> None:
     """Datastores 0 (system), 1 (default) and 2 (files) of a fresh install."""
     owner = Caller(0, 0, frozenset({0}), "oneadmin", "oneadmin")
     perms = Permissions([1, 1, 0, 1, 0, 0, 0, 0, 0])
+    # DatastorePool's bootstrap templates: everything else comes from TM_MAD_CONF.
     specs = [
-        (0, 'NAME="system"\nTYPE="SYSTEM_DS"\nTM_MAD="local"\nDISK_TYPE="FILE"\n'
-            'DS_MIGRATE="YES"\nSHARED="NO"'),
-        (1, 'NAME="default"\nTYPE="IMAGE_DS"\nDS_MAD="fs"\nTM_MAD="local"\nDISK_TYPE="FILE"'),
+        (0, 'NAME="system"\nTYPE="SYSTEM_DS"\nTM_MAD="local"'),
+        (1, 'NAME="default"\nTYPE="IMAGE_DS"\nDS_MAD="fs"\nTM_MAD="local"'),
         (2, 'NAME="files"\nTYPE="FILE_DS"\nDS_MAD="fs"\nTM_MAD="local"'),
     ]
     for oid, text in specs:
