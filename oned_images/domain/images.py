@@ -125,6 +125,24 @@ def delete_row(img: Image) -> None:
     pools.delete(ImageRow, img.id)
 
 
+def _insert_rules(config: DaemonConfig, template: Template, itype: ImageType,
+                  persistent: bool) -> None:
+    """Image::insert's template rules, which allocate and clone share (a clone is
+    allocated from its source's template): the attributes kept as image fields or
+    generated (DRIVER) leave the template, a disk image without DEV_PREFIX gets the
+    configured one, a file image loses it, a non-persistent one loses SHAREABLE."""
+    for attr in REMOVED_ON_ALLOCATE:
+        template.remove(attr)
+    if not persistent and (template.get("PERSISTENT_TYPE") or "").upper() == "SHAREABLE":
+        template.remove("PERSISTENT_TYPE")
+    if itype in DISK_TYPES:
+        if not template.has("DEV_PREFIX"):
+            template.set("DEV_PREFIX", config.default_cdrom_device_prefix
+                         if itype == ImageType.CDROM else config.default_device_prefix)
+    else:
+        template.remove("DEV_PREFIX")
+
+
 def _type_of(text: str) -> ImageType | None:
     try:
         return ImageType[text.upper()]
@@ -459,19 +477,9 @@ class ImageManager:
         else:
             raise errors.allocate("No PATH nor SOURCE in template.")
         fs = template.get("FS") or ""
-        for attr in REMOVED_ON_ALLOCATE:
-            template.remove(attr)
+        _insert_rules(self.config, template, itype, persistent)
         if action == "mkfs" and ds_driver:
             template.set("DRIVER", ds_driver)
-        if not persistent and (template.get("PERSISTENT_TYPE") or "").upper() == "SHAREABLE":
-            template.remove("PERSISTENT_TYPE")
-        if itype in DISK_TYPES:
-            if not template.has("DEV_PREFIX"):
-                prefix = (self.config.default_cdrom_device_prefix if itype == ImageType.CDROM
-                          else self.config.default_device_prefix)
-                template.set("DEV_PREFIX", prefix)
-        else:
-            template.remove("DEV_PREFIX")
         now = int(time.time())
         img = Image(
             id=pools.next_oid("image_pool", 0), uid=caller.uid, gid=caller.gid,
@@ -537,15 +545,16 @@ class ImageManager:
         if src.state not in (S.READY, S.USED, S.CLONE):
             raise errors.allocate(f"Cannot clone image in state: {state_to_str(src.state)}")
         persistent = _yes(default_persistent) if default_persistent else bool(src.persistent)
+        # Image::clone_template, then ImagePool::allocate -> Image::insert as for a new one
         template = src.template.copy()
-        if not persistent and (template.get("PERSISTENT_TYPE") or "").upper() == "SHAREABLE":
-            template.remove("PERSISTENT_TYPE")
+        template.remove("VCENTER_IMPORTED")
+        _insert_rules(self.config, template, ImageType(src.type), persistent)
         now = int(time.time())
         img = Image(
             id=pools.next_oid("image_pool", 0), uid=caller.uid, gid=caller.gid,
             uname=caller.uname, gname=caller.gname, name=name, perms=perms, type=src.type,
             disk_type=target.disk_type, persistent=int(persistent), regtime=now, modtime=now,
-            path=src.source, format=src.format, fs=src.fs, size=src.size,
+            path=src.source, format=src.format, size=src.size,
             state=int(S.LOCKED), cloning_id=src.id, datastore_id=target.id,
             datastore=target.name, template=template, snapshots=snap.new_list(),
         )
