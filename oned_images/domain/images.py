@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import driver_replies as replies
+from oned_images.domain import quotas
 from oned_images.domain import snapshots as snap
 from oned_images.domain.datastores import Datastores, read_ds
 from oned_images.domain.identity import Identity, group_auth, user_auth
@@ -122,7 +123,10 @@ def insert_image(img: Image) -> None:
 
 
 def delete_row(img: Image) -> None:
+    """The image is gone: its owner's datastore quota is released in the same
+    transaction (every path that drops an image row comes here)."""
     pools.delete(ImageRow, img.id)
+    quotas.release(img.uid, img.gid, img.datastore_id, img.size)
 
 
 def _insert_rules(config: DaemonConfig, template: Template, itype: ImageType,
@@ -432,6 +436,9 @@ class ImageManager:
                          persistent: bool, type_text: str,
                          perms: Permissions) -> tuple[int, Followup | None]:
         ds = read_ds(ds_id)
+        # ImageAllocate: the quota (IMAGES 1, SIZE) before the pool's checks; a later
+        # refusal rolls the charge back with the rest of this transaction.
+        quotas.charge(caller.uid, caller.gid, ds.id, size)
         name = tmpl.get("NAME") or ""
         name = name.rstrip()
         err = name_error(name)
@@ -536,6 +543,7 @@ class ImageManager:
             req.add(Op.USE, ObjectAuth("DATASTORE", src_ds.id, src_ds.uid, src_ds.gid,
                                        src_ds.perms, 0, tuple(src_ds.clusters)))
         req.check()
+        quotas.charge(caller.uid, caller.gid, target.id, src.size)
         err = name_error(name)
         if err:
             raise errors.allocate(err)
@@ -774,6 +782,7 @@ class ImageManager:
             if new_group is not None:
                 req.add(Op.USE, group_auth(new_group))
             req.check()
+            old_owner = (img.uid, img.gid)
             if new_user is not None:
                 other = pools.oid_by_name(ImageRow, img.name, new_user.id)
                 if other is not None:
@@ -782,6 +791,8 @@ class ImageManager:
                 img.uid, img.uname = new_user.id, new_user.name
             if new_group is not None:
                 img.gid, img.gname = new_group.id, new_group.name
+            if (img.uid, img.gid) != old_owner:
+                quotas.move(old_owner, (img.uid, img.gid), img.datastore_id, img.size)
 
         def conflict(img: Image, other: int | None) -> errors.OneError:
             return errors.internal(f"user [{img.uid}] already owns image [{other}] with NAME "
