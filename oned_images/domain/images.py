@@ -379,8 +379,6 @@ class ImageManager:
             persistent = False
         elif itype == ImageType.BACKUP:
             persistent = True
-        if self.config.ds_mad(ds.ds_mad).persistent_only and not persistent:
-            raise errors.allocate("This Datastore only accepts persistent images.")
         perms = new_object_perms(caller.uid, caller.gid, self.identity.umask_for(caller),
                                  self.config.enable_other_permissions)
         image_id, follow = await self.db.run(
@@ -439,6 +437,8 @@ class ImageManager:
         # ImageAllocate: the quota (IMAGES 1, SIZE) before the pool's checks; a later
         # refusal rolls the charge back with the rest of this transaction.
         quotas.charge(caller.uid, caller.gid, ds.id, size)
+        if self.config.ds_mad(ds.ds_mad).persistent_only and not persistent:
+            raise errors.allocate("This Datastore only accepts persistent images.")
         name = tmpl.get("NAME") or ""
         name = name.rstrip()
         err = name_error(name)

@@ -316,3 +316,19 @@ def test_concurrent_allocates_against_a_limit(daemon, qds):
         f"[one.image.allocate] User [{uid}] : user [{uid}] limit of {k} reached for IMAGES "
         f"quota in DATASTORE with ID: {qds}."}
     assert user_quota(daemon, uid) == dsq(entry(qds, str(k), str(k), "-1", str(k)))
+
+
+def test_quota_comes_before_the_persistent_only_check(fresh_daemon):
+    # ImageAllocate: quota (step 9), then the DS_MAD_CONF PERSISTENT_ONLY rule (step 10)
+    d = fresh_daemon('DS_MAD_CONF = [ NAME = "ponly", PERSISTENT_ONLY = "YES" ]\n')
+    ds = ok(d, "one.datastore.allocate", 'NAME="p"\nDS_MAD="ponly"\nTM_MAD="dummy"\n'
+            'DATASTORE_CAPACITY_CHECK="NO"', -1)
+    uid, s = user(d)
+    text = 'NAME="np"\nTYPE="DATABLOCK"\nSIZE="5"\nPERSISTENT="NO"'
+    assert fails(d, "one.image.allocate", text, ds, session=s) == (
+        "[one.image.allocate] Error allocating a new image. This Datastore only accepts "
+        "persistent images.", 16384, -1)
+    ok(d, "one.user.quota", uid, f"DATASTORE = [ ID = {ds}, SIZE = 4 ]")
+    assert fails(d, "one.image.allocate", text, ds, session=s) == (
+        f"[one.image.allocate] User [{uid}] : user [{uid}] limit of 4 reached for SIZE quota "
+        f"in DATASTORE with ID: {ds}.", AUTHZ, -1)
