@@ -91,12 +91,12 @@ def _model(kind: str):
     return UserQuotasRow if kind == USER else GroupQuotasRow
 
 
-def read(kind: str, oid: int, lock: bool = False) -> list[Entry]:
-    """A user's or group's entries; with ``lock`` the row is created if missing (INSERT …
-    ON CONFLICT DO NOTHING, so two first charges on PostgreSQL lock the same row) and
-    locked for the rest of the transaction."""
+def read(kind: str, oid: int, lock: bool = False, create: bool = True) -> list[Entry]:
+    """A user's or group's entries; with ``lock`` the row is locked for the rest of the
+    transaction, and first created if missing unless ``create`` is false (INSERT … ON
+    CONFLICT DO NOTHING, so two first charges on PostgreSQL lock the same row)."""
     model = _model(kind)
-    if lock:
+    if lock and create:
         model.insert(oid=oid, body=quotas_xml(oid, [])).on_conflict_ignore().execute()
     query = model.select(model.body).where(model.oid == oid)
     row = (for_update(query) if lock else query).tuples().first()
@@ -182,8 +182,9 @@ def _check_add(kind: str, oid: int, ds_id: int, usage: dict[str, float],
 
 
 def _del(kind: str, oid: int, ds_id: int, usage: dict[str, float]) -> None:
-    """Quota::del_quota: counters down (never refused), then cleanup."""
-    entries = read(kind, oid, lock=True)
+    """Quota::del_quota: counters down (never refused), then cleanup; a user or group
+    deleted since (its row went with it) gets no new row."""
+    entries = read(kind, oid, lock=True, create=False)
     entry = _find(entries, str(ds_id))
     if entry is None:
         return
@@ -233,10 +234,12 @@ def move(old: tuple[int, int], new: tuple[int, int], ds_id: int, size: float) ->
     if new_gid == old_gid:
         new_gid = old_gid = -1
     # Lock every row involved in one order (users, then groups, by id) before
-    # changing any, so two chowns in opposite directions cannot deadlock.
-    for kind, oid in sorted(set(_accounted(old_uid, old_gid) + _accounted(new_uid, new_gid)),
+    # changing any, so two chowns in opposite directions cannot deadlock; rows of the
+    # new side are created (its user and group exist), the old side's only locked.
+    new_side = set(_accounted(new_uid, new_gid))
+    for kind, oid in sorted(new_side | set(_accounted(old_uid, old_gid)),
                             key=lambda k: (k[0] != USER, k[1])):
-        read(kind, oid, lock=True)
+        read(kind, oid, lock=True, create=(kind, oid) in new_side)
     charge(new_uid, new_gid, ds_id, size)
     release(old_uid, old_gid, ds_id, size)
 

@@ -332,3 +332,25 @@ def test_quota_comes_before_the_persistent_only_check(fresh_daemon):
     assert fails(d, "one.image.allocate", text, ds, session=s) == (
         f"[one.image.allocate] User [{uid}] : user [{uid}] limit of 4 reached for SIZE quota "
         f"in DATASTORE with ID: {ds}.", AUTHZ, -1)
+
+
+def test_deleted_owner_keeps_no_quota_row(daemon, qds):
+    from tests.support.seed import _connect
+
+    def rows(uid: int) -> int:
+        conn, mark = _connect(daemon)
+        try:
+            cur = conn.cursor()
+            cur.execute(f"SELECT COUNT(*) FROM user_quotas WHERE user_oid = {mark}", (uid,))
+            return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    uid, s = user(daemon)
+    iid = allocated(daemon, qds, s, 2)
+    assert rows(uid) == 1
+    ok(daemon, "one.user.delete", uid)
+    assert rows(uid) == 0
+    ok(daemon, "one.image.delete", iid)
+    wait_for(lambda: call(daemon, "one.image.info", iid)[0] is False)
+    assert rows(uid) == 0
