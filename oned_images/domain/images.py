@@ -249,7 +249,10 @@ class ImageManager:
                 delete_row(img)
                 return img.datastore_id
         elif action.startswith("snap_"):
+            size = img.size
             replies.snapshot_done(img, result, action)
+            if img.size != size:  # a revert: the datastore quota follows the image SIZE
+                quotas.release(img.uid, img.gid, img.datastore_id, size - img.size, images=0)
         write_image(img)
         return img.datastore_id
 

@@ -354,3 +354,22 @@ def test_deleted_owner_keeps_no_quota_row(daemon, qds):
     ok(daemon, "one.image.delete", iid)
     wait_for(lambda: call(daemon, "one.image.info", iid)[0] is False)
     assert rows(uid) == 0
+
+
+def test_snapshot_revert_moves_the_size_charge(daemon, qds):
+    # revert sets the image SIZE to the snapshot's; the owner's SIZE_USED follows
+    from tests.support.seed import edit_body, register, snapshot, snapshots
+
+    uid, s = user(daemon)
+    oid = register(daemon, qds, size=30, extra='TYPE="DATABLOCK"\nPERSISTENT="YES"\n')
+    ok(daemon, "one.image.chown", oid, uid, -1)
+    assert user_quota(daemon, uid) == dsq(entry(qds, "-1", "1", "-1", "30"))
+    edit_body(daemon, oid, SNAPSHOTS=snapshots(snapshot(0, size=5), snapshot(1, size=6),
+                                               snapshot(2, size=30, active=True),
+                                               mode="LINEAR"))
+    assert ok(daemon, "one.image.snapshotrevert", oid, 1, session=s) == 1
+    assert num(wait_state(daemon, oid, 1), "SIZE") == 6
+    assert user_quota(daemon, uid) == dsq(entry(qds, "-1", "1", "-1", "6"))
+    ok(daemon, "one.image.delete", oid, session=s)
+    wait_for(lambda: call(daemon, "one.image.info", oid)[0] is False)
+    assert user_quota(daemon, uid) == dsq()
