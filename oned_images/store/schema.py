@@ -62,10 +62,15 @@ def _v4_datastore_quotas(db: peewee.Database) -> None:
     from oned_images.xmldoc.image import image_from
 
     db.create_tables([UserQuotasRow, GroupQuotasRow, SystemAttributeRow])
+    usage: dict[tuple[int, int, int], list[int]] = {}
     cursor = db.execute_sql("SELECT body FROM image_pool ORDER BY oid")
     for (body,) in cursor.fetchall():
         img = image_from(body)
-        quotas.count(img.uid, img.gid, img.datastore_id, img.size)
+        total = usage.setdefault((img.uid, img.gid, img.datastore_id), [0, 0])
+        total[0] += img.size
+        total[1] += 1
+    for (uid, gid, ds_id), (size, images) in usage.items():
+        quotas.count(uid, gid, ds_id, size, images)
 
 
 #: version -> migration taking the schema from version-1 to version.
