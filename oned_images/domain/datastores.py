@@ -295,8 +295,10 @@ class Datastores:
             # Datastore::post_update_template: type, disk type and drivers follow the
             # template, and the template always shows the resulting values.
             ds_type = (t.get("TYPE") or "").upper()
-            if ds_type in DS_TYPES:
-                current.type = DS_TYPES[ds_type]
+            if current.id == 0:
+                current.type = 1
+            elif ds_type and current.type != 3:
+                current.type = DS_TYPES.get(ds_type, 0)  # Datastore::str_to_type
             t.set("TYPE", [k for k, v in DS_TYPES.items() if v == current.type][0])
             disk = (t.get("DISK_TYPE") or "").upper()
             if disk in DISK_TYPES:

@@ -550,3 +550,23 @@ def test_update_applies_tm_mad_conf_again(daemon, admin):
         "YES]]></PERSISTENT_SNAPSHOTS><RESTRICTED_DIRS><![CDATA[/]]></RESTRICTED_DIRS>"
         "<SAFE_DIRS><![CDATA[/var/tmp]]></SAFE_DIRS><SHARED><![CDATA[YES]]></SHARED><TM_MAD>"
         "<![CDATA[shared]]></TM_MAD><TYPE><![CDATA[SYSTEM_DS]]></TYPE>")
+
+
+def test_update_type_rules(daemon, admin):
+    # Datastore::post_update_template: datastore 0 is always the system one, a backup
+    # datastore keeps its type, and any other TYPE text is read by str_to_type
+    # (unknown -> IMAGE_DS)
+    proxy, s = admin
+    ok(proxy.one.datastore.update(s, 0, 'TYPE="IMAGE_DS"', 1))
+    doc = ok(proxy.one.datastore.info(s, 0))
+    assert "<TYPE>1</TYPE>" in doc and "<TYPE><![CDATA[SYSTEM_DS]]></TYPE>" in doc
+    bid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("bck")}"\nTYPE="BACKUP_DS"\n'
+                                             'DS_MAD="dummy"', -1))
+    ok(proxy.one.datastore.update(s, bid, 'TYPE="IMAGE_DS"', 1))
+    doc = ok(proxy.one.datastore.info(s, bid))
+    assert "<TYPE>3</TYPE>" in doc and "<TYPE><![CDATA[BACKUP_DS]]></TYPE>" in doc
+    fid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("f")}"\nTYPE="FILE_DS"\n'
+                                             'DS_MAD="fs"\nTM_MAD="local"', -1))
+    ok(proxy.one.datastore.update(s, fid, 'TYPE="FOO"', 1))
+    doc = ok(proxy.one.datastore.info(s, fid))
+    assert "<TYPE>0</TYPE>" in doc and "<TYPE><![CDATA[IMAGE_DS]]></TYPE>" in doc
