@@ -131,6 +131,16 @@ def _apply_tm_conf(tmpl: Template, ds_type: int, conf: dict[str, str]) -> None:
     tmpl.set("PERSISTENT_SNAPSHOTS", conf.get("PERSISTENT_SNAPSHOTS") or "YES")
 
 
+def disk_type_error(ds_type: int, name: str) -> str | None:
+    """Datastore::set_ds_disk_type's refusals (file and backup datastores take any)."""
+    if ds_type not in VALID_DISK_TYPES:
+        return None
+    if name not in DISK_TYPES:
+        return "Unknown DISK_TYPE in template."
+    valid, message = VALID_DISK_TYPES[ds_type]
+    return None if name in valid else message
+
+
 def build_datastore(config: DaemonConfig, oid: int, tmpl: Template, owner: Caller,
                     perms: Permissions) -> Datastore:
     """Turn an allocate template into a Datastore (Datastore::insert's rules).
@@ -168,12 +178,10 @@ def build_datastore(config: DaemonConfig, oid: int, tmpl: Template, owner: Calle
     tmpl.set("TYPE", [k for k, v in DS_TYPES.items() if v == ds_type][0])
     disk_type_name = (tmpl.get("DISK_TYPE") or "FILE").upper()
     tmpl.remove("DISK_TYPE")
+    err = disk_type_error(ds_type, disk_type_name)
+    if err:
+        raise errors.internal(err)
     if ds_type in VALID_DISK_TYPES:
-        if disk_type_name not in DISK_TYPES:
-            raise errors.internal("Unknown DISK_TYPE in template.")
-        valid, message = VALID_DISK_TYPES[ds_type]
-        if disk_type_name not in valid:
-            raise errors.internal(message)
         tmpl.set("DISK_TYPE", disk_type_name)
         disk_type = DISK_TYPES[disk_type_name]
     else:
@@ -301,8 +309,12 @@ class Datastores:
                 current.type = DS_TYPES.get(ds_type, 0)  # Datastore::str_to_type
             t.set("TYPE", [k for k, v in DS_TYPES.items() if v == current.type][0])
             disk = (t.get("DISK_TYPE") or "").upper()
-            if disk in DISK_TYPES:
-                current.disk_type = DISK_TYPES[disk]
+            if disk:
+                err = disk_type_error(current.type, disk)
+                if err:
+                    raise errors.internal(f"Cannot update template. {err}")
+                # files and backup datastores are always FILE
+                current.disk_type = DISK_TYPES[disk] if current.type in VALID_DISK_TYPES else 0
             if current.type in VALID_DISK_TYPES:
                 t.set("DISK_TYPE", [k for k, v in DISK_TYPES.items()
                                     if v == current.disk_type][0])

@@ -570,3 +570,24 @@ def test_update_type_rules(daemon, admin):
     ok(proxy.one.datastore.update(s, fid, 'TYPE="FOO"', 1))
     doc = ok(proxy.one.datastore.info(s, fid))
     assert "<TYPE>0</TYPE>" in doc and "<TYPE><![CDATA[IMAGE_DS]]></TYPE>" in doc
+
+
+def test_update_checks_the_disk_type(daemon, admin):
+    # post_update_template -> set_ds_disk_type: the allocate-time rule; nothing is kept
+    proxy, s = admin
+    oid, name = new_ds(proxy, s)
+    m = "[one.datastore.update]"
+    fails(proxy.one.datastore.update(s, oid, 'DISK_TYPE="CDROM"\nX="1"', 1),
+          f"{m} Cannot update template. Invalid DISK_TYPE for an Image Datastore.", INTERNAL)
+    fails(proxy.one.datastore.update(s, oid, 'DISK_TYPE="FLOPPY"', 1),
+          f"{m} Cannot update template. Unknown DISK_TYPE in template.", INTERNAL)
+    sid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("sys")}"\nTYPE="SYSTEM_DS"\n'
+                                             'TM_MAD="local"', -1))
+    fails(proxy.one.datastore.update(s, sid, 'DISK_TYPE="ISCSI"', 1),
+          f"{m} Cannot update template. Invalid DISK_TYPE for a System Datastore.", INTERNAL)
+    assert info(proxy, s, oid) == ds_doc(oid, name, IMAGE_DS_TEMPLATE)
+    # a files datastore takes any (and shows none)
+    fid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("f")}"\nTYPE="FILE_DS"\n'
+                                             'DS_MAD="fs"\nTM_MAD="local"', -1))
+    ok(proxy.one.datastore.update(s, fid, 'DISK_TYPE="CDROM"', 1))
+    assert "<DISK_TYPE>0</DISK_TYPE>" in ok(proxy.one.datastore.info(s, fid))
