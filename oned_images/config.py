@@ -106,6 +106,26 @@ class TmMadConf:
     attrs: dict[str, str]
 
 
+#: oned's built-in TM_MAD_CONF (OpenNebulaTemplate::set_multiple_conf_default): a driver
+#: the file does not configure gets these, with the values of oned 7.0's stock oned.conf,
+#: so a minimal file still gives datastores what oned gives them.
+BUILTIN_TM_MAD_CONF = (
+    TmMadConf("dummy", {"NAME": "dummy", "LN_TARGET": "NONE", "CLONE_TARGET": "SYSTEM",
+                        "SHARED": "YES", "DS_MIGRATE": "YES"}),
+    TmMadConf("local", {"NAME": "local", "LN_TARGET": "SYSTEM", "CLONE_TARGET": "SYSTEM",
+                        "SHARED": "NO", "DS_MIGRATE": "YES", "ALLOW_ORPHANS": "FORMAT"}),
+    TmMadConf("shared", {"NAME": "shared", "LN_TARGET": "NONE", "CLONE_TARGET": "SYSTEM",
+                         "SHARED": "YES", "DS_MIGRATE": "YES", "ALLOW_ORPHANS": "FORMAT",
+                         "TM_MAD_SYSTEM": "ssh", "LN_TARGET_SSH": "SYSTEM",
+                         "CLONE_TARGET_SSH": "SYSTEM", "DISK_TYPE_SSH": "FILE"}),
+    TmMadConf("qcow2", {"NAME": "qcow2", "LN_TARGET": "NONE", "CLONE_TARGET": "SYSTEM",
+                        "SHARED": "YES", "DS_MIGRATE": "YES", "DRIVER": "qcow2",
+                        "ALLOW_ORPHANS": "FORMAT", "TM_MAD_SYSTEM": "ssh",
+                        "LN_TARGET_SSH": "SYSTEM", "CLONE_TARGET_SSH": "SYSTEM",
+                        "DISK_TYPE_SSH": "FILE"}),
+)
+
+
 @dataclass(frozen=True)
 class DriverSettings:
     """DATASTORE_MAD: what oned passes to one_datastore as -t / -d / -w."""
@@ -398,6 +418,8 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
     if not values.get("datastore_location"):
         # oned builds BASE_PATH as var + "/datastores": keep its double-slash habit out.
         values["datastore_location"] = os.path.join(var, "datastores")
+    configured = {conf.name for conf in tm_confs}
+    tm_confs += [conf for conf in BUILTIN_TM_MAD_CONF if conf.name not in configured]
     return DaemonConfig(
         db=db, driver=driver, ds_mad_conf=tuple(ds_confs), tm_mad_conf=tuple(tm_confs),
         image_restricted_attr=tuple(restricted) if restricted else ("SOURCE",),

@@ -91,28 +91,54 @@ def base_path(config: DaemonConfig, oid: int) -> str:
     return f"{config.datastore_location.rstrip('/')}/{oid}"
 
 
+def _target(value: str) -> str:
+    return value.upper()
+
+
 def _apply_tm_conf(tmpl: Template, ds_type: int, conf: dict[str, str]) -> None:
     """Datastore::set_tm_mad: what TM_MAD_CONF imposes on the template.
 
-    oned refuses a TM_MAD without TM_MAD_CONF; this daemon lets it through (tests and
-    foreign drivers use such names) and then only adds nothing.
+    It runs at allocate and at every update whose template names a TM_MAD, and its
+    values replace the template's.  oned refuses a TM_MAD without TM_MAD_CONF; this
+    daemon lets it through (tests and foreign drivers use such names) and then only
+    adds nothing.
     """
-    if not conf:
+    if not conf or ds_type == 3:
         return
     if ds_type == 1:
         tmpl.set("SHARED", "YES" if conf.get("SHARED", "").upper() == "YES" else "NO")
         tmpl.set("DS_MIGRATE", "NO" if conf.get("DS_MIGRATE", "").upper() == "NO" else "YES")
         tmpl.remove("LN_TARGET")
         tmpl.remove("CLONE_TARGET")
-    elif ds_type != 3:
-        for key in ("LN_TARGET", "CLONE_TARGET", "DRIVER", "DISK_TYPE"):
+    else:
+        modes = conf.get("TM_MAD_SYSTEM") or ""
+        if modes:
+            tmpl.set("TM_MAD_SYSTEM", modes)
+        for mode in (m.strip().upper() for m in modes.split(",")):
+            if not mode:
+                continue
+            for key, conv in ((f"LN_TARGET_{mode}", _target), (f"CLONE_TARGET_{mode}", _target),
+                              (f"DISK_TYPE_{mode}", str)):
+                if conf.get(key):
+                    tmpl.set(key, conv(conf[key]))
+        for key, conv in (("LN_TARGET", _target), ("CLONE_TARGET", _target), ("DRIVER", str),
+                          ("DISK_TYPE", str)):
             if conf.get(key):
-                tmpl.set(key, conf[key].upper() if key.endswith("TARGET") else conf[key])
+                tmpl.set(key, conv(conf[key]))
         tmpl.remove("SHARED")
-    if ds_type != 3:
-        tmpl.set("ALLOW_ORPHANS", conf.get("ALLOW_ORPHANS") or "NO")
-        if conf.get("PERSISTENT_SNAPSHOTS") and not tmpl.has("PERSISTENT_SNAPSHOTS"):
-            tmpl.set("PERSISTENT_SNAPSHOTS", conf["PERSISTENT_SNAPSHOTS"])
+    tmpl.set("ALLOW_ORPHANS", conf.get("ALLOW_ORPHANS") or "NO")
+    # oned 7.0.2's stock "local" has no PERSISTENT_SNAPSHOTS, yet its datastores show YES.
+    tmpl.set("PERSISTENT_SNAPSHOTS", conf.get("PERSISTENT_SNAPSHOTS") or "YES")
+
+
+def disk_type_error(ds_type: int, name: str) -> str | None:
+    """Datastore::set_ds_disk_type's refusals (file and backup datastores take any)."""
+    if ds_type not in VALID_DISK_TYPES:
+        return None
+    if name not in DISK_TYPES:
+        return "Unknown DISK_TYPE in template."
+    valid, message = VALID_DISK_TYPES[ds_type]
+    return None if name in valid else message
 
 
 def build_datastore(config: DaemonConfig, oid: int, tmpl: Template, owner: Caller,
@@ -152,12 +178,10 @@ def build_datastore(config: DaemonConfig, oid: int, tmpl: Template, owner: Calle
     tmpl.set("TYPE", [k for k, v in DS_TYPES.items() if v == ds_type][0])
     disk_type_name = (tmpl.get("DISK_TYPE") or "FILE").upper()
     tmpl.remove("DISK_TYPE")
+    err = disk_type_error(ds_type, disk_type_name)
+    if err:
+        raise errors.internal(err)
     if ds_type in VALID_DISK_TYPES:
-        if disk_type_name not in DISK_TYPES:
-            raise errors.internal("Unknown DISK_TYPE in template.")
-        valid, message = VALID_DISK_TYPES[ds_type]
-        if disk_type_name not in valid:
-            raise errors.internal(message)
         tmpl.set("DISK_TYPE", disk_type_name)
         disk_type = DISK_TYPES[disk_type_name]
     else:
@@ -279,12 +303,18 @@ class Datastores:
             # Datastore::post_update_template: type, disk type and drivers follow the
             # template, and the template always shows the resulting values.
             ds_type = (t.get("TYPE") or "").upper()
-            if ds_type in DS_TYPES:
-                current.type = DS_TYPES[ds_type]
+            if current.id == 0:
+                current.type = 1
+            elif ds_type and current.type != 3:
+                current.type = DS_TYPES.get(ds_type, 0)  # Datastore::str_to_type
             t.set("TYPE", [k for k, v in DS_TYPES.items() if v == current.type][0])
             disk = (t.get("DISK_TYPE") or "").upper()
-            if disk in DISK_TYPES:
-                current.disk_type = DISK_TYPES[disk]
+            if disk:
+                err = disk_type_error(current.type, disk)
+                if err:
+                    raise errors.internal(f"Cannot update template. {err}")
+                # files and backup datastores are always FILE
+                current.disk_type = DISK_TYPES[disk] if current.type in VALID_DISK_TYPES else 0
             if current.type in VALID_DISK_TYPES:
                 t.set("DISK_TYPE", [k for k, v in DISK_TYPES.items()
                                     if v == current.disk_type][0])
@@ -295,7 +325,10 @@ class Datastores:
             else:
                 current.ds_mad = t.get("DS_MAD") or current.ds_mad
                 t.set("DS_MAD", current.ds_mad)
-            current.tm_mad = t.get("TM_MAD") or current.tm_mad
+            new_tm_mad = t.get("TM_MAD") or ""
+            if new_tm_mad and current.type != 3:
+                _apply_tm_conf(t, current.type, self.config.tm_mad(new_tm_mad))
+                current.tm_mad = new_tm_mad
             t.set("TM_MAD", current.tm_mad)
             write_ds(current)
 
@@ -408,10 +441,10 @@ def bootstrap_datastores(config: DaemonConfig) -> None:
     """Datastores 0 (system), 1 (default) and 2 (files) of a fresh install."""
     owner = Caller(0, 0, frozenset({0}), "oneadmin", "oneadmin")
     perms = Permissions([1, 1, 0, 1, 0, 0, 0, 0, 0])
+    # DatastorePool's bootstrap templates: everything else comes from TM_MAD_CONF.
     specs = [
-        (0, 'NAME="system"\nTYPE="SYSTEM_DS"\nTM_MAD="local"\nDISK_TYPE="FILE"\n'
-            'DS_MIGRATE="YES"\nSHARED="NO"'),
-        (1, 'NAME="default"\nTYPE="IMAGE_DS"\nDS_MAD="fs"\nTM_MAD="local"\nDISK_TYPE="FILE"'),
+        (0, 'NAME="system"\nTYPE="SYSTEM_DS"\nTM_MAD="local"'),
+        (1, 'NAME="default"\nTYPE="IMAGE_DS"\nDS_MAD="fs"\nTM_MAD="local"'),
         (2, 'NAME="files"\nTYPE="FILE_DS"\nDS_MAD="fs"\nTM_MAD="local"'),
     ]
     for oid, text in specs:

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
+from oned_images.domain import quotas
 from oned_images.domain.names import USER_FORBIDDEN, name_error
 from oned_images.domain.objects import Group, LoginToken, Permissions, User
 from oned_images.domain.permissions import (
@@ -377,21 +378,23 @@ class Identity:
         self._store_user(new)
         return uid
 
-    def user_info(self, caller: Caller, uid: int) -> str:
+    async def user_info(self, caller: Caller, uid: int) -> str:
         if uid == -1:
             uid = caller.uid
         user = self.user(uid)
         authorize(caller, self.acl, Op.USE, user_auth(user), check_lock=False)
-        return userdoc.user_extended(userdoc.user_xml(user))
+        mine, defaults = await self.db.run(_quota_sections, quotas.USER, uid)
+        return userdoc.user_extended(userdoc.user_xml(user), mine, defaults)
 
-    def userpool_info(self, caller: Caller) -> str:
+    async def userpool_info(self, caller: Caller) -> str:
         if caller.is_admin:
             visible = sorted(self.users)
         else:
             visible = [caller.uid]
         if self.list_desc(caller):
             visible.reverse()
-        return userdoc.user_pool([self.users[i] for i in visible])
+        rows, defaults = await self.db.run(_all_quota_sections, quotas.USER)
+        return userdoc.user_pool([self.users[i] for i in visible], rows, defaults)
 
     async def user_update(self, caller: Caller, uid: int, text: str, append: int) -> int:
         user = self.user(uid)
@@ -530,19 +533,57 @@ class Identity:
         self.groups.pop(gid, None)
         return gid
 
-    def group_info(self, caller: Caller, gid: int) -> str:
+    async def group_info(self, caller: Caller, gid: int) -> str:
         if gid == -1:
             gid = caller.gid
         group = self.group(gid)
         authorize(caller, self.acl, Op.USE, group_auth(group), check_lock=False)
-        return userdoc.group_extended(userdoc.group_xml(group))
+        mine, defaults = await self.db.run(_quota_sections, quotas.GROUP, gid)
+        return userdoc.group_extended(userdoc.group_xml(group), mine, defaults)
 
-    def grouppool_info(self, caller: Caller) -> str:
+    async def grouppool_info(self, caller: Caller) -> str:
         ids = sorted(self.groups) if caller.is_admin else sorted(
             g for g in self.groups if g in caller.groups)
         if self.list_desc(caller):
             ids.reverse()
-        return userdoc.group_pool([self.groups[g] for g in ids])
+        rows, defaults = await self.db.run(_all_quota_sections, quotas.GROUP)
+        return userdoc.group_pool([self.groups[g] for g in ids], rows, defaults)
+
+    # ------------------------------------------------------------------ quotas
+    async def user_quota(self, caller: Caller, uid: int, text: str) -> int:
+        """UserAPI::quota: ADMIN on the user (existence first), never oneadmin."""
+        user = self.user(uid)
+        authorize(caller, self.acl, Op.ADMIN, user_auth(user))
+        if uid == 0:
+            raise errors.action("Cannot set quotas for oneadmin user")
+        tmpl = _quota_template(text)
+        await self.db.run(_set_quota, quotas.USER, uid, tmpl)
+        return uid
+
+    async def group_quota(self, caller: Caller, gid: int, text: str) -> int:
+        """GroupAPI::quota: never group oneadmin, then ADMIN on the group (a missing
+        group is answered as a bare AUTHORIZATION, as GroupAPI::quota does)."""
+        if gid == ONEADMIN_GROUP:
+            raise errors.action("Cannot set quotas for oneadmin group")
+        group = self.groups.get(gid)
+        if group is None:
+            raise errors.OneError(errors.ErrorCode.AUTHORIZATION, obj="group")
+        authorize(caller, self.acl, Op.ADMIN, group_auth(group))
+        tmpl = _quota_template(text)
+        await self.db.run(_set_quota, quotas.GROUP, gid, tmpl)
+        return gid
+
+    async def default_quota_info(self, kind: str) -> str:
+        entries = await self.db.run(quotas.read_defaults, kind)
+        return quotas.defaults_xml(kind, entries)
+
+    async def default_quota_update(self, caller: Caller, kind: str, text: str) -> str:
+        """QuotaUpdate: only callers whose (effective) group is oneadmin."""
+        if caller.gid != ONEADMIN_GROUP:
+            raise errors.authorization(
+                "The default quotas can only be updated by users in the oneadmin group")
+        tmpl = _quota_template(text)
+        return await self.db.run(quotas.set_defaults, kind, tmpl)
 
     def acl_info(self, caller: Caller) -> str:
         # AclInfo: basic_authorization(-1) with MANAGE ACL.
@@ -557,6 +598,32 @@ class Identity:
 
 
 # ---------------------------------------------------------------- transactions
+def _quota_template(text: str) -> Template:
+    """A quota template keeps every DATASTORE vector (no replace mode)."""
+    try:
+        return Template.parse(text, replace_mode=False)
+    except TemplateError as exc:
+        raise errors.action(exc.message) from None
+
+
+def _set_quota(kind: str, oid: int, tmpl: Template) -> None:
+    # the object may have gone since the in-memory check; do not leave an orphan row
+    model = UserRow if kind == quotas.USER else GroupRow
+    if pools.body(model, oid, lock=True) is None:
+        raise errors.no_exists(kind, oid)
+    quotas.set_quota(kind, oid, tmpl)
+
+
+def _quota_sections(kind: str, oid: int) -> tuple[str, str]:
+    return (quotas.sections_xml(quotas.read(kind, oid)),
+            quotas.sections_xml(quotas.read_defaults(kind)))
+
+
+def _all_quota_sections(kind: str) -> tuple[dict[int, str], str]:
+    rows = {oid: quotas.sections_xml(e) for oid, e in quotas.all_rows(kind).items()}
+    return rows, quotas.sections_xml(quotas.read_defaults(kind))
+
+
 def _meta(user: User) -> pools.RowMeta:
     return pools.RowMeta(user.name, user.id, user.gid, Permissions([1, 1, 0, 0, 0, 0, 0, 0, 0]))
 
@@ -618,6 +685,7 @@ def _delete_user(uid: int) -> tuple[list[Group], list[AclRule]]:
         _write_group(group)
         changed.append(group)
     pools.delete(UserRow, uid)
+    quotas.drop(quotas.USER, uid)
     # AclManager::del_uid_rules and del_resource_rules(uid, USER).
     _delete_rules(lambda r: r.user == INDIVIDUAL | uid
                   or (r.resource & OBJECT_BITS["USER"]
@@ -738,6 +806,7 @@ def _delete_group(gid: int) -> list[AclRule]:
     if group.users:
         raise errors.action(f"Cannot delete group. Group {gid} is not empty.")
     pools.delete(GroupRow, gid)
+    quotas.drop(quotas.GROUP, gid)
     # AclManager::del_gid_rules (the VDC's rules for the group go with them).
     _delete_rules(lambda r: r.user == GROUP_ID | gid
                   or r.resource & (TYPE_MASK | ID_MASK) == GROUP_ID | gid)

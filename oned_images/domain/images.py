@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import driver_replies as replies
+from oned_images.domain import quotas
 from oned_images.domain import snapshots as snap
 from oned_images.domain.datastores import Datastores, read_ds
 from oned_images.domain.identity import Identity, group_auth, user_auth
@@ -122,7 +123,28 @@ def insert_image(img: Image) -> None:
 
 
 def delete_row(img: Image) -> None:
+    """The image is gone: its owner's datastore quota is released in the same
+    transaction (every path that drops an image row comes here)."""
     pools.delete(ImageRow, img.id)
+    quotas.release(img.uid, img.gid, img.datastore_id, img.size)
+
+
+def _insert_rules(config: DaemonConfig, template: Template, itype: ImageType,
+                  persistent: bool) -> None:
+    """Image::insert's template rules, which allocate and clone share (a clone is
+    allocated from its source's template): the attributes kept as image fields or
+    generated (DRIVER) leave the template, a disk image without DEV_PREFIX gets the
+    configured one, a file image loses it, a non-persistent one loses SHAREABLE."""
+    for attr in REMOVED_ON_ALLOCATE:
+        template.remove(attr)
+    if not persistent and (template.get("PERSISTENT_TYPE") or "").upper() == "SHAREABLE":
+        template.remove("PERSISTENT_TYPE")
+    if itype in DISK_TYPES:
+        if not template.has("DEV_PREFIX"):
+            template.set("DEV_PREFIX", config.default_cdrom_device_prefix
+                         if itype == ImageType.CDROM else config.default_device_prefix)
+    else:
+        template.remove("DEV_PREFIX")
 
 
 def _type_of(text: str) -> ImageType | None:
@@ -227,7 +249,10 @@ class ImageManager:
                 delete_row(img)
                 return img.datastore_id
         elif action.startswith("snap_"):
+            size = img.size
             replies.snapshot_done(img, result, action)
+            if img.size != size:  # a revert: the datastore quota follows the image SIZE
+                quotas.release(img.uid, img.gid, img.datastore_id, size - img.size, images=0)
         write_image(img)
         return img.datastore_id
 
@@ -357,8 +382,6 @@ class ImageManager:
             persistent = False
         elif itype == ImageType.BACKUP:
             persistent = True
-        if self.config.ds_mad(ds.ds_mad).persistent_only and not persistent:
-            raise errors.allocate("This Datastore only accepts persistent images.")
         perms = new_object_perms(caller.uid, caller.gid, self.identity.umask_for(caller),
                                  self.config.enable_other_permissions)
         image_id, follow = await self.db.run(
@@ -414,6 +437,11 @@ class ImageManager:
                          persistent: bool, type_text: str,
                          perms: Permissions) -> tuple[int, Followup | None]:
         ds = read_ds(ds_id)
+        # ImageAllocate: the quota (IMAGES 1, SIZE) before the pool's checks; a later
+        # refusal rolls the charge back with the rest of this transaction.
+        quotas.charge(caller.uid, caller.gid, ds.id, size)
+        if self.config.ds_mad(ds.ds_mad).persistent_only and not persistent:
+            raise errors.allocate("This Datastore only accepts persistent images.")
         name = tmpl.get("NAME") or ""
         name = name.rstrip()
         err = name_error(name)
@@ -459,19 +487,9 @@ class ImageManager:
         else:
             raise errors.allocate("No PATH nor SOURCE in template.")
         fs = template.get("FS") or ""
-        for attr in REMOVED_ON_ALLOCATE:
-            template.remove(attr)
+        _insert_rules(self.config, template, itype, persistent)
         if action == "mkfs" and ds_driver:
             template.set("DRIVER", ds_driver)
-        if not persistent and (template.get("PERSISTENT_TYPE") or "").upper() == "SHAREABLE":
-            template.remove("PERSISTENT_TYPE")
-        if itype in DISK_TYPES:
-            if not template.has("DEV_PREFIX"):
-                prefix = (self.config.default_cdrom_device_prefix if itype == ImageType.CDROM
-                          else self.config.default_device_prefix)
-                template.set("DEV_PREFIX", prefix)
-        else:
-            template.remove("DEV_PREFIX")
         now = int(time.time())
         img = Image(
             id=pools.next_oid("image_pool", 0), uid=caller.uid, gid=caller.gid,
@@ -528,6 +546,7 @@ class ImageManager:
             req.add(Op.USE, ObjectAuth("DATASTORE", src_ds.id, src_ds.uid, src_ds.gid,
                                        src_ds.perms, 0, tuple(src_ds.clusters)))
         req.check()
+        quotas.charge(caller.uid, caller.gid, target.id, src.size)
         err = name_error(name)
         if err:
             raise errors.allocate(err)
@@ -537,15 +556,16 @@ class ImageManager:
         if src.state not in (S.READY, S.USED, S.CLONE):
             raise errors.allocate(f"Cannot clone image in state: {state_to_str(src.state)}")
         persistent = _yes(default_persistent) if default_persistent else bool(src.persistent)
+        # Image::clone_template, then ImagePool::allocate -> Image::insert as for a new one
         template = src.template.copy()
-        if not persistent and (template.get("PERSISTENT_TYPE") or "").upper() == "SHAREABLE":
-            template.remove("PERSISTENT_TYPE")
+        template.remove("VCENTER_IMPORTED")
+        _insert_rules(self.config, template, ImageType(src.type), persistent)
         now = int(time.time())
         img = Image(
             id=pools.next_oid("image_pool", 0), uid=caller.uid, gid=caller.gid,
             uname=caller.uname, gname=caller.gname, name=name, perms=perms, type=src.type,
             disk_type=target.disk_type, persistent=int(persistent), regtime=now, modtime=now,
-            path=src.source, format=src.format, fs=src.fs, size=src.size,
+            path=src.source, format=src.format, size=src.size,
             state=int(S.LOCKED), cloning_id=src.id, datastore_id=target.id,
             datastore=target.name, template=template, snapshots=snap.new_list(),
         )
@@ -765,6 +785,7 @@ class ImageManager:
             if new_group is not None:
                 req.add(Op.USE, group_auth(new_group))
             req.check()
+            old_owner = (img.uid, img.gid)
             if new_user is not None:
                 other = pools.oid_by_name(ImageRow, img.name, new_user.id)
                 if other is not None:
@@ -773,6 +794,8 @@ class ImageManager:
                 img.uid, img.uname = new_user.id, new_user.name
             if new_group is not None:
                 img.gid, img.gname = new_group.id, new_group.name
+            if (img.uid, img.gid) != old_owner:
+                quotas.move(old_owner, (img.uid, img.gid), img.datastore_id, img.size)
 
         def conflict(img: Image, other: int | None) -> errors.OneError:
             return errors.internal(f"user [{img.uid}] already owns image [{other}] with NAME "

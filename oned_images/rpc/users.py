@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from oned_images.domain import quotas
 from oned_images.domain.permissions import Caller
 from oned_images.errors import Fault
 from oned_images.rpc.wire import Params
@@ -28,7 +29,7 @@ async def passwd(app, caller: Caller, p: Params) -> int:
 
 
 async def info(app, caller: Caller, p: Params) -> str:
-    return app.identity.user_info(caller, p.int(1))
+    return await app.identity.user_info(caller, p.int(1))
 
 
 async def update(app, caller: Caller, p: Params) -> int:
@@ -54,7 +55,7 @@ async def login(app, caller: Caller, p: Params) -> str:
 
 
 async def pool_info(app, caller: Caller, p: Params) -> str:
-    return app.identity.userpool_info(caller)
+    return await app.identity.userpool_info(caller)
 
 
 async def group_allocate(app, caller: Caller, p: Params) -> int:
@@ -66,12 +67,36 @@ async def group_delete(app, caller: Caller, p: Params) -> int:
 
 
 async def group_info(app, caller: Caller, p: Params) -> str:
-    return app.identity.group_info(caller, p.int(1))
+    return await app.identity.group_info(caller, p.int(1))
 
 
 async def group_pool_info(app, caller: Caller, p: Params) -> str:
-    return app.identity.grouppool_info(caller)
+    return await app.identity.grouppool_info(caller)
 
 
 async def acl_info(app, caller: Caller, p: Params) -> str:
     return app.identity.acl_info(caller)
+
+
+async def quota(app, caller: Caller, p: Params) -> int:
+    return await app.identity.user_quota(caller, p.int(1), p.str(2))
+
+
+async def group_quota(app, caller: Caller, p: Params) -> int:
+    return await app.identity.group_quota(caller, p.int(1), p.str(2))
+
+
+async def userquota_info(app, caller: Caller, p: Params) -> str:
+    return await app.identity.default_quota_info(quotas.USER)
+
+
+async def userquota_update(app, caller: Caller, p: Params) -> str:
+    return await app.identity.default_quota_update(caller, quotas.USER, p.str(1))
+
+
+async def groupquota_info(app, caller: Caller, p: Params) -> str:
+    return await app.identity.default_quota_info(quotas.GROUP)
+
+
+async def groupquota_update(app, caller: Caller, p: Params) -> str:
+    return await app.identity.default_quota_update(caller, quotas.GROUP, p.str(1))

@@ -96,6 +96,34 @@ class AclRow(BaseModel):
         table_name = "acl"
 
 
+class UserQuotasRow(BaseModel):
+    """oned's user_quotas: the QUOTAS document of a user that was ever charged or limited."""
+
+    oid = peewee.IntegerField(primary_key=True, column_name="user_oid")
+    body = peewee.TextField()
+
+    class Meta:
+        table_name = "user_quotas"
+
+
+class GroupQuotasRow(BaseModel):
+    oid = peewee.IntegerField(primary_key=True, column_name="group_oid")
+    body = peewee.TextField()
+
+    class Meta:
+        table_name = "group_quotas"
+
+
+class SystemAttributeRow(BaseModel):
+    """oned's system_attributes: DEFAULT_USER_QUOTAS and DEFAULT_GROUP_QUOTAS."""
+
+    name = peewee.CharField(max_length=128, primary_key=True)
+    body = peewee.TextField()
+
+    class Meta:
+        table_name = "system_attributes"
+
+
 class SchemaVersion(BaseModel):
     version = peewee.IntegerField(primary_key=True)
     applied = peewee.BigIntegerField()
@@ -112,4 +140,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     GroupRow,
     AclRow,
     SchemaVersion,
+    UserQuotasRow,
+    GroupQuotasRow,
+    SystemAttributeRow,
 ]

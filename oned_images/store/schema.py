@@ -53,11 +53,32 @@ def _v3_served_bodies_as_text(db: peewee.Database) -> None:
                            "USING convert_from(\"body_rpc\", 'UTF8')")
 
 
+def _v4_datastore_quotas(db: peewee.Database) -> None:
+    """user_quotas, group_quotas and system_attributes (oned's tables) for datastore
+    quotas; the usage of the images that already exist is counted in, as onedb fsck
+    would, so the counters are right from the first start."""
+    from oned_images.domain import quotas
+    from oned_images.store.models import GroupQuotasRow, SystemAttributeRow, UserQuotasRow
+    from oned_images.xmldoc.image import image_from
+
+    db.create_tables([UserQuotasRow, GroupQuotasRow, SystemAttributeRow])
+    usage: dict[tuple[int, int, int], list[int]] = {}
+    cursor = db.execute_sql("SELECT body FROM image_pool ORDER BY oid")
+    for (body,) in cursor.fetchall():
+        img = image_from(body)
+        total = usage.setdefault((img.uid, img.gid, img.datastore_id), [0, 0])
+        total[0] += img.size
+        total[1] += 1
+    for (uid, gid, ds_id), (size, images) in usage.items():
+        quotas.count(uid, gid, ds_id, size, images)
+
+
 #: version -> migration taking the schema from version-1 to version.
 MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     1: _v1_initial,
     2: _v2_served_bodies,
     3: _v3_served_bodies_as_text,
+    4: _v4_datastore_quotas,
 }
 CURRENT = max(MIGRATIONS)
 

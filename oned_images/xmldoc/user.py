@@ -1,8 +1,9 @@
 """USER / GROUP documents and their pools (user.xsd, group.xsd, api.md §8.3).
 
-Quotas cannot be set through this daemon, so every quota section is the empty
-one a fresh oned shows; like oned, every user and group has a quota row, so
-the pools list a QUOTAS element after each object.
+The quota sections come rendered from domain.quotas (only DATASTORE_QUOTA is ever
+filled); a user or group without a quota row shows the empty sections of a fresh
+oned, and the pools list a QUOTAS element after every object, as oned's LEFT JOIN
+with its quota rows (which exist for every user and group) does.
 """
 
 from __future__ import annotations
@@ -35,26 +36,29 @@ def user_xml(user: User) -> str:
     ))
 
 
-def user_extended(body: str) -> str:
+def user_extended(body: str, quotas: str = EMPTY_QUOTAS, defaults: str = EMPTY_QUOTAS) -> str:
     """one.user.info's form: the body plus quotas and the default quotas."""
     return (
         body[: -len("</USER>")]
-        + EMPTY_QUOTAS
-        + f"<DEFAULT_USER_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_USER_QUOTAS></USER>"
+        + quotas
+        + f"<DEFAULT_USER_QUOTAS>{defaults}</DEFAULT_USER_QUOTAS></USER>"
     )
 
 
-def quotas_xml(oid: int) -> str:
+def quotas_xml(oid: int, quotas: str = EMPTY_QUOTAS) -> str:
     """The user_quotas / group_quotas body oned stores for every user and group."""
-    return f"<QUOTAS><ID>{oid}</ID>{EMPTY_QUOTAS}</QUOTAS>"
+    return f"<QUOTAS><ID>{oid}</ID>{quotas}</QUOTAS>"
 
 
-def user_pool(users: list[User]) -> str:
+def user_pool(users: list[User], quotas: dict[int, str] | None = None,
+              defaults: str = EMPTY_QUOTAS) -> str:
     """USER_POOL: each USER followed by its QUOTAS row (UserPool::dump's LEFT JOIN)."""
+    quotas = quotas or {}
     return (
         "<USER_POOL>"
-        + "".join(user_xml(u) + quotas_xml(u.id) for u in users)
-        + f"<DEFAULT_USER_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_USER_QUOTAS></USER_POOL>"
+        + "".join(user_xml(u) + quotas_xml(u.id, quotas.get(u.id, EMPTY_QUOTAS))
+                  for u in users)
+        + f"<DEFAULT_USER_QUOTAS>{defaults}</DEFAULT_USER_QUOTAS></USER_POOL>"
     )
 
 
@@ -82,20 +86,23 @@ def group_xml(group: Group) -> str:
     ))
 
 
-def group_extended(body: str) -> str:
+def group_extended(body: str, quotas: str = EMPTY_QUOTAS, defaults: str = EMPTY_QUOTAS) -> str:
     return (
         body[: -len("</GROUP>")]
-        + EMPTY_QUOTAS
-        + f"<DEFAULT_GROUP_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_GROUP_QUOTAS></GROUP>"
+        + quotas
+        + f"<DEFAULT_GROUP_QUOTAS>{defaults}</DEFAULT_GROUP_QUOTAS></GROUP>"
     )
 
 
-def group_pool(groups: list[Group]) -> str:
+def group_pool(groups: list[Group], quotas: dict[int, str] | None = None,
+               defaults: str = EMPTY_QUOTAS) -> str:
     """GROUP_POOL: each GROUP followed by its QUOTAS row (GroupPool::dump's LEFT JOIN)."""
+    quotas = quotas or {}
     return (
         "<GROUP_POOL>"
-        + "".join(group_xml(g) + quotas_xml(g.id) for g in groups)
-        + f"<DEFAULT_GROUP_QUOTAS>{EMPTY_QUOTAS}</DEFAULT_GROUP_QUOTAS></GROUP_POOL>"
+        + "".join(group_xml(g) + quotas_xml(g.id, quotas.get(g.id, EMPTY_QUOTAS))
+                  for g in groups)
+        + f"<DEFAULT_GROUP_QUOTAS>{defaults}</DEFAULT_GROUP_QUOTAS></GROUP_POOL>"
     )
 
 

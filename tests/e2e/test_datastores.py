@@ -145,9 +145,10 @@ def test_allocate_text_and_xml_templates(daemon, admin):
     assert info(proxy, s, sid) == ds_doc(
         sid, sname, ds_mad="-", tm_mad="shared", type_=1,
         template="<ALLOW_ORPHANS><![CDATA[MIXED]]></ALLOW_ORPHANS><DISK_TYPE><![CDATA[FILE]]>"
-        "</DISK_TYPE><DS_MIGRATE><![CDATA[YES]]></DS_MIGRATE><RESTRICTED_DIRS><![CDATA[/]]>"
-        "</RESTRICTED_DIRS><SAFE_DIRS><![CDATA[/var/tmp]]></SAFE_DIRS><SHARED><![CDATA[YES]]>"
-        "</SHARED><TM_MAD><![CDATA[shared]]></TM_MAD><TYPE><![CDATA[SYSTEM_DS]]></TYPE>")
+        "</DISK_TYPE><DS_MIGRATE><![CDATA[YES]]></DS_MIGRATE><PERSISTENT_SNAPSHOTS><![CDATA["
+        "YES]]></PERSISTENT_SNAPSHOTS><RESTRICTED_DIRS><![CDATA[/]]></RESTRICTED_DIRS>"
+        "<SAFE_DIRS><![CDATA[/var/tmp]]></SAFE_DIRS><SHARED><![CDATA[YES]]></SHARED><TM_MAD>"
+        "<![CDATA[shared]]></TM_MAD><TYPE><![CDATA[SYSTEM_DS]]></TYPE>")
     # a backup datastore has no TM_MAD
     bname = unique("bck")
     bid = ok(proxy.one.datastore.allocate(s, f'NAME="{bname}"\nTYPE="BACKUP_DS"\n'
@@ -450,3 +451,143 @@ def test_delete(daemon, admin):
     daemon.client().datastore.delete(again)
     with pytest.raises(pyone.OneNoExistsException):
         daemon.client().datastore.info(again)
+
+
+# ------------------------------------------------------ TM_MAD_CONF (issue 7)
+def _without_tm_mad_conf(d) -> None:
+    """Make ``d`` write the shipped configuration minus every TM_MAD_CONF vector."""
+    write = d.write_config
+
+    def write_config():
+        conf = write()
+        conf.write_text(re.sub(r"^TM_MAD_CONF\s*=\s*\[.*?\]\s*$", "", conf.read_text(),
+                               flags=re.S | re.M))
+        return conf
+
+    d.write_config = write_config
+
+
+def test_bootstrap_datastores_without_tm_mad_conf_in_the_file(fresh_daemon):
+    # oned has built-in TM_MAD_CONF entries for the drivers a file does not configure
+    # (OpenNebulaTemplate::set_multiple_conf_default), so a minimal file still gives the
+    # default datastores their LN_TARGET, CLONE_TARGET, ALLOW_ORPHANS, ...
+    d = fresh_daemon(start=False)
+    _without_tm_mad_conf(d)
+    d.start()
+    assert "TM_MAD_CONF" not in (d.tmp / "oned-images.conf").read_text()
+    proxy, s = d.raw(), d.session()
+    sample = (SAMPLES / "one.datastorepool.info.body.xml").read_text().strip()
+    assert normalise(ok(proxy.one.datastorepool.info(s))) == normalise(sample)
+    # ... and so does a datastore allocated later
+    oid, name = new_ds(proxy, s)
+    assert info(proxy, s, oid) == ds_doc(oid, name, IMAGE_DS_TEMPLATE)
+
+
+def test_persistent_snapshots_default_and_tm_mad_system_modes(fresh_daemon):
+    d = fresh_daemon(
+        'TM_MAD_CONF = [ NAME = "modes", LN_TARGET = "none", CLONE_TARGET = "self", '
+        'SHARED = "yes", TM_MAD_SYSTEM = "ssh, shared", LN_TARGET_SSH = "system", '
+        'CLONE_TARGET_SSH = "SYSTEM", DISK_TYPE_SSH = "FILE", LN_TARGET_SHARED = "NONE", '
+        'CLONE_TARGET_SHARED = "SELF", DISK_TYPE_SHARED = "RBD", '
+        'PERSISTENT_SNAPSHOTS = "NO" ]\n')
+    proxy, s = d.raw(), d.session()
+    oid, name = new_ds(proxy, s, tm="modes")
+    assert info(proxy, s, oid) == ds_doc(
+        oid, name, tm_mad="modes",
+        template="<ALLOW_ORPHANS><![CDATA[NO]]></ALLOW_ORPHANS><CLONE_TARGET><![CDATA[SELF]]>"
+        "</CLONE_TARGET><CLONE_TARGET_SHARED><![CDATA[SELF]]></CLONE_TARGET_SHARED>"
+        "<CLONE_TARGET_SSH><![CDATA[SYSTEM]]></CLONE_TARGET_SSH><DISK_TYPE><![CDATA[FILE]]>"
+        "</DISK_TYPE><DISK_TYPE_SHARED><![CDATA[RBD]]></DISK_TYPE_SHARED><DISK_TYPE_SSH>"
+        "<![CDATA[FILE]]></DISK_TYPE_SSH><DS_MAD><![CDATA[fs]]></DS_MAD><LN_TARGET><![CDATA["
+        "NONE]]></LN_TARGET><LN_TARGET_SHARED><![CDATA[NONE]]></LN_TARGET_SHARED>"
+        "<LN_TARGET_SSH><![CDATA[SYSTEM]]></LN_TARGET_SSH><PERSISTENT_SNAPSHOTS><![CDATA[NO]]>"
+        "</PERSISTENT_SNAPSHOTS><RESTRICTED_DIRS><![CDATA[/]]></RESTRICTED_DIRS><SAFE_DIRS>"
+        "<![CDATA[/var/tmp]]></SAFE_DIRS><TM_MAD><![CDATA[modes]]></TM_MAD><TM_MAD_SYSTEM>"
+        "<![CDATA[ssh, shared]]></TM_MAD_SYSTEM><TYPE><![CDATA[IMAGE_DS]]></TYPE>")
+    # a TM_MAD_CONF without PERSISTENT_SNAPSHOTS gives YES (oned 7.0.2's "local" has none,
+    # its datastores all show YES), one without ALLOW_ORPHANS gives NO
+    oid, name = new_ds(proxy, s, mad="dummy", tm="dummy")
+    assert info(proxy, s, oid) == ds_doc(
+        oid, name, ds_mad="dummy", tm_mad="dummy",
+        template="<ALLOW_ORPHANS><![CDATA[NO]]></ALLOW_ORPHANS><CLONE_TARGET><![CDATA[SYSTEM]]>"
+        "</CLONE_TARGET><DISK_TYPE><![CDATA[FILE]]></DISK_TYPE><DS_MAD><![CDATA[dummy]]>"
+        "</DS_MAD><LN_TARGET><![CDATA[NONE]]></LN_TARGET><PERSISTENT_SNAPSHOTS><![CDATA[YES]]>"
+        "</PERSISTENT_SNAPSHOTS><RESTRICTED_DIRS><![CDATA[/]]></RESTRICTED_DIRS><SAFE_DIRS>"
+        "<![CDATA[/var/tmp]]></SAFE_DIRS><TM_MAD><![CDATA[dummy]]></TM_MAD><TYPE><![CDATA["
+        "IMAGE_DS]]></TYPE>")
+
+
+def test_update_applies_tm_mad_conf_again(daemon, admin):
+    # Datastore::post_update_template: whenever the new template names a TM_MAD,
+    # set_tm_mad runs again, so TM_MAD_CONF wins over the update and a new TM_MAD brings
+    # its own values
+    proxy, s = admin
+    oid, name = new_ds(proxy, s)
+    ok(proxy.one.datastore.update(s, oid, 'LN_TARGET="NONE"\nALLOW_ORPHANS="YES"', 1))
+    assert info(proxy, s, oid) == ds_doc(oid, name, IMAGE_DS_TEMPLATE)
+    ok(proxy.one.datastore.update(s, oid, 'TM_MAD="shared"', 1))
+    assert info(proxy, s, oid) == ds_doc(oid, name, tm_mad="shared", template=IMAGE_DS_TEMPLATE
+                                         .replace("FORMAT", "MIXED")
+                                         .replace("<LN_TARGET><![CDATA[SYSTEM]]>",
+                                                  "<LN_TARGET><![CDATA[NONE]]>")
+                                         .replace("[local]", "[shared]"))
+    # replace without TM_MAD: only TM_MAD itself comes back
+    ok(proxy.one.datastore.update(s, oid, 'ONLY="this"', 0))
+    assert info(proxy, s, oid) == ds_doc(
+        oid, name, tm_mad="shared",
+        template="<DISK_TYPE><![CDATA[FILE]]></DISK_TYPE><DS_MAD><![CDATA[fs]]></DS_MAD>"
+        "<ONLY><![CDATA[this]]></ONLY><TM_MAD><![CDATA[shared]]></TM_MAD><TYPE><![CDATA["
+        "IMAGE_DS]]></TYPE>")
+    # a system datastore: SHARED and DS_MIGRATE follow the new TM_MAD
+    sname = unique("sys")
+    sid = ok(proxy.one.datastore.allocate(s, f'NAME="{sname}"\nTYPE="SYSTEM_DS"\n'
+                                             'TM_MAD="local"', -1))
+    ok(proxy.one.datastore.update(s, sid, 'TM_MAD="shared"\nSHARED="NO"', 1))
+    assert info(proxy, s, sid) == ds_doc(
+        sid, sname, ds_mad="-", tm_mad="shared", type_=1,
+        template="<ALLOW_ORPHANS><![CDATA[MIXED]]></ALLOW_ORPHANS><DISK_TYPE><![CDATA[FILE]]>"
+        "</DISK_TYPE><DS_MIGRATE><![CDATA[YES]]></DS_MIGRATE><PERSISTENT_SNAPSHOTS><![CDATA["
+        "YES]]></PERSISTENT_SNAPSHOTS><RESTRICTED_DIRS><![CDATA[/]]></RESTRICTED_DIRS>"
+        "<SAFE_DIRS><![CDATA[/var/tmp]]></SAFE_DIRS><SHARED><![CDATA[YES]]></SHARED><TM_MAD>"
+        "<![CDATA[shared]]></TM_MAD><TYPE><![CDATA[SYSTEM_DS]]></TYPE>")
+
+
+def test_update_type_rules(daemon, admin):
+    # Datastore::post_update_template: datastore 0 is always the system one, a backup
+    # datastore keeps its type, and any other TYPE text is read by str_to_type
+    # (unknown -> IMAGE_DS)
+    proxy, s = admin
+    ok(proxy.one.datastore.update(s, 0, 'TYPE="IMAGE_DS"', 1))
+    doc = ok(proxy.one.datastore.info(s, 0))
+    assert "<TYPE>1</TYPE>" in doc and "<TYPE><![CDATA[SYSTEM_DS]]></TYPE>" in doc
+    bid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("bck")}"\nTYPE="BACKUP_DS"\n'
+                                             'DS_MAD="dummy"', -1))
+    ok(proxy.one.datastore.update(s, bid, 'TYPE="IMAGE_DS"', 1))
+    doc = ok(proxy.one.datastore.info(s, bid))
+    assert "<TYPE>3</TYPE>" in doc and "<TYPE><![CDATA[BACKUP_DS]]></TYPE>" in doc
+    fid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("f")}"\nTYPE="FILE_DS"\n'
+                                             'DS_MAD="fs"\nTM_MAD="local"', -1))
+    ok(proxy.one.datastore.update(s, fid, 'TYPE="FOO"', 1))
+    doc = ok(proxy.one.datastore.info(s, fid))
+    assert "<TYPE>0</TYPE>" in doc and "<TYPE><![CDATA[IMAGE_DS]]></TYPE>" in doc
+
+
+def test_update_checks_the_disk_type(daemon, admin):
+    # post_update_template -> set_ds_disk_type: the allocate-time rule; nothing is kept
+    proxy, s = admin
+    oid, name = new_ds(proxy, s)
+    m = "[one.datastore.update]"
+    fails(proxy.one.datastore.update(s, oid, 'DISK_TYPE="CDROM"\nX="1"', 1),
+          f"{m} Cannot update template. Invalid DISK_TYPE for an Image Datastore.", INTERNAL)
+    fails(proxy.one.datastore.update(s, oid, 'DISK_TYPE="FLOPPY"', 1),
+          f"{m} Cannot update template. Unknown DISK_TYPE in template.", INTERNAL)
+    sid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("sys")}"\nTYPE="SYSTEM_DS"\n'
+                                             'TM_MAD="local"', -1))
+    fails(proxy.one.datastore.update(s, sid, 'DISK_TYPE="ISCSI"', 1),
+          f"{m} Cannot update template. Invalid DISK_TYPE for a System Datastore.", INTERNAL)
+    assert info(proxy, s, oid) == ds_doc(oid, name, IMAGE_DS_TEMPLATE)
+    # a files datastore takes any (and shows none)
+    fid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("f")}"\nTYPE="FILE_DS"\n'
+                                             'DS_MAD="fs"\nTM_MAD="local"', -1))
+    ok(proxy.one.datastore.update(s, fid, 'DISK_TYPE="CDROM"', 1))
+    assert "<DISK_TYPE>0</DISK_TYPE>" in ok(proxy.one.datastore.info(s, fid))

@@ -278,3 +278,26 @@ def test_forced_delete_of_a_running_clone_releases_the_source(flaky, fds):
         f"[one.image.info] Error getting image [{new}].", 1024, new)
     xml = info(flaky, src)
     assert (num(xml, "STATE"), num(xml, "CLONING_OPS"), ids(xml, "CLONES")) == (1, 0, [])
+
+
+def test_clone_template_gets_the_allocate_rules(daemon, ds):
+    # ImageAPI::clone allocates through ImagePool::allocate: Image::insert sets
+    # DEV_PREFIX when the template has none, removes DRIVER (only mkfs generates it),
+    # PATH/SOURCE/FORMAT/SIZE/FS/TYPE/PERSISTENT/TM_MAD from the template, and
+    # clone_template drops VCENTER_IMPORTED; FS is not carried over
+    src = register(daemon, ds, size=2, extra='TYPE="DATABLOCK"\nFS="ext4"\n')
+    assert field(info(daemon, src), "FS") == "ext4"
+    ok(daemon, "one.image.update", src,
+       'DESCRIPTION="base"\nDRIVER="qcow2"\nPATH="/var/tmp/p"\nSIZE="9"\nFS="xfs"\n'
+       'TM_MAD="ssh"\nVCENTER_IMPORTED="YES"\nFORMAT="vmdk"\nTYPE="CDROM"\n'
+       'PERSISTENT="YES"\nTARGET="vdb"', 0)
+    assert "DEV_PREFIX" not in template_dict(info(daemon, src))
+    xml = wait_state(daemon, ok(daemon, M, src, unique("c")), 1)
+    assert template_dict(xml) == {"DESCRIPTION": "base", "DEV_PREFIX": "sd", "TARGET": "vdb"}
+    assert [field(xml, t) for t in ("FS", "FORMAT")] == ["", "dummy_format"]
+    assert [num(xml, t) for t in ("TYPE", "SIZE", "PERSISTENT")] == [2, 2, 0]
+    # a CDROM gets DEFAULT_CDROM_DEVICE_PREFIX
+    cd = register(daemon, ds, extra='TYPE="CDROM"\n')
+    ok(daemon, "one.image.update", cd, 'DESCRIPTION="iso"', 0)
+    xml = wait_state(daemon, ok(daemon, M, cd, unique("c")), 1)
+    assert template_dict(xml) == {"DESCRIPTION": "iso", "DEV_PREFIX": "hd"}

@@ -33,16 +33,16 @@ def test_v1_database_is_refused_then_upgraded(fresh_daemon):
 
     with pytest.raises(RuntimeError) as exc:
         d.start()
-    assert ("Database schema version 1 is older than this oned-images needs (3). Back up the "
+    assert ("Database schema version 1 is older than this oned-images needs (4). Back up the "
             "database, then run: oned-images db upgrade") in str(exc.value)
 
     conf = d.tmp / "oned-images.conf"
     status = subprocess.run([sys.executable, "-m", "oned_images", "db", "status", "--config",
                              str(conf)], capture_output=True, text=True, timeout=60)
-    assert status.stdout.strip() == "schema version: 1; this release: 3"
+    assert status.stdout.strip() == "schema version: 1; this release: 4"
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(conf)], capture_output=True, text=True, timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2, 3]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2, 3, 4]")
 
     d.start()
     assert d.raw().one.image.info(d.session(), iid)[1] == expected
@@ -62,7 +62,7 @@ def test_newer_database_is_refused(fresh_daemon):
     con.close()
     with pytest.raises(RuntimeError) as exc:
         d.start()
-    assert ("Database schema version 99 is newer than this oned-images knows (3). Run a newer "
+    assert ("Database schema version 99 is newer than this oned-images knows (4). Run a newer "
             "oned-images release.") in str(exc.value)
 
 
@@ -103,12 +103,60 @@ def test_postgresql_v2_bytea_bodies_are_migrated(fresh_daemon):
         cur.execute("ALTER TABLE image_pool ALTER COLUMN body_rpc TYPE bytea "
                     "USING convert_to(body_rpc, 'UTF8')")
         cur.execute("DELETE FROM schema_version WHERE version > 2")
+        for table in ("user_quotas", "group_quotas", "system_attributes"):
+            cur.execute(f"DROP TABLE {table}")
     conn.close()
     with pytest.raises(RuntimeError, match=r"version 2 is older than this oned-images needs"):
         d.start()
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
                         timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [3]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [3, 4]")
     d.start()
     assert d.raw().one.image.info(d.session(), iid)[1] == expected
+
+
+def test_v3_database_gets_quota_tables_with_the_usage_of_its_images(fresh_daemon):
+    """Schema 4 adds oned's user_quotas, group_quotas and system_attributes; the images
+    a v3 database already has are counted into their owners' datastore quotas."""
+    from tests.support.seed import _connect, dummy_datastore, ok, section, wait_state
+
+    d = fresh_daemon()
+    ds = dummy_datastore(d)
+    uid = ok(d, "one.user.allocate", "old", "pw", "", [])
+    for name, size in (("a", 3), ("b", 4)):
+        iid = ok(d, "one.image.allocate", f'NAME="{name}"\nTYPE="DATABLOCK"\nSIZE="{size}"',
+                 ds, session="old:pw")
+        wait_state(d, iid, 1)
+    wait_state(d, ok(d, "one.image.allocate", 'NAME="adm"\nTYPE="DATABLOCK"\nSIZE="9"', ds), 1)
+    expected = ok(d, "one.imagepool.info", -2, -1, -1)
+    d.stop()
+    conn, _ = _connect(d)
+    cur = conn.cursor()
+    for table in ("user_quotas", "group_quotas", "system_attributes"):
+        cur.execute(f"DROP TABLE {table}")
+    cur.execute("DELETE FROM schema_version WHERE version > 3")
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(RuntimeError, match=r"version 3 is older than this oned-images needs "
+                                           r"\(4\)"):
+        d.start()
+    up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
+                         str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
+                        timeout=60)
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [4]")
+    d.start()
+    assert ok(d, "one.imagepool.info", -2, -1, -1) == expected
+    used = (f"<DATASTORE_QUOTA><DATASTORE><ID><![CDATA[{ds}]]></ID><IMAGES><![CDATA[-1]]>"
+            "</IMAGES><IMAGES_USED><![CDATA[2]]></IMAGES_USED><SIZE><![CDATA[-1]]></SIZE>"
+            "<SIZE_USED><![CDATA[7]]></SIZE_USED></DATASTORE></DATASTORE_QUOTA>")
+    assert section(ok(d, "one.user.info", uid), "DATASTORE_QUOTA") == used
+    assert section(ok(d, "one.group.info", 1), "DATASTORE_QUOTA") == used
+    assert section(ok(d, "one.user.info", 0), "DATASTORE_QUOTA") == (
+        "<DATASTORE_QUOTA></DATASTORE_QUOTA>")
+    # and the counters go on from there
+    ok(d, "one.user.quota", uid, f"DATASTORE = [ ID = {ds}, IMAGES = 2 ]")
+    reply = d.raw().one.image.allocate("old:pw", 'NAME="c"\nTYPE="DATABLOCK"\nSIZE="1"', ds)
+    assert reply[1] == (f"[one.image.allocate] User [{uid}] : user [{uid}] limit of 2 reached "
+                        f"for IMAGES quota in DATASTORE with ID: {ds}.")
