@@ -41,7 +41,10 @@ class LocalServers:
                 outer.requests.append((host, self.path, rng))
                 if self.path.startswith("/redirect/"):
                     self.send_response(302)
-                    self.send_header("Location", "http://" + self.path[len("/redirect/"):])
+                    target = self.path[len("/redirect/"):]
+                    if "://" not in target:
+                        target = "http://" + target
+                    self.send_header("Location", target)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
