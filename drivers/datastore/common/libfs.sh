@@ -382,6 +382,7 @@ image_info() {
     fi
     mapfile -d '' -t _ii_vals < <(printf '%s' "$_ii_json" | "$DRV_PYTHON" -c "$_PY_QEMU_INFO" 2>/dev/null)
     if [ "${#_ii_vals[@]}" -ne 3 ] || [ -z "${_ii_vals[0]}" ]; then
+        # shellcheck disable=SC2034  # IMG_INFO_ERR is for the callers
         IMG_INFO_ERR="cannot parse the output of qemu-img info"
         return 1
     fi
@@ -442,5 +443,6 @@ image_size() {
     local _is_out
     make_tmp _is_out
     image_source size "$1" >"$_is_out"
+    # shellcheck disable=SC2034  # BYTES is the result for the caller
     BYTES=$(<"$_is_out")
 }
