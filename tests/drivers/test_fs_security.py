@@ -336,3 +336,34 @@ def test_raw_images_without_qemu_img(drv, tmp_path, servers):
     res = failed(drv.run("mkfs", {"SIZE": 16, "FORMAT": "qcow2", "FS": "", "TYPE": 2}),
                  "qemu-img is required to create qcow2 images (install Debian package "
                  "qemu-utils)")
+
+
+# ------------------------------------- images that make qemu read other files --
+
+@pytest.mark.timeout(60)
+def test_images_referring_to_other_files_refused(drv):
+    """A vmdk descriptor whose FLAT extent is a secret file (or a qcow2 with an
+    external data file) would make the conversion to the datastore's DRIVER copy the
+    secret: such images are refused, converted or not."""
+    secret = drv.root / "secret.bin"
+    secret.write_bytes(b"S" * MiB)
+    vmdk = drv.inp / "d.vmdk"
+    vmdk.write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+        'createType="monolithicFlat"\n\n# Extent description\n'
+        f'RW 2048 FLAT "{secret}" 0\n\nddb.adapterType = "ide"\n')
+    for tpl in ({}, {"DRIVER": "raw"}, {"DRIVER": "qcow2"}):
+        res = failed(drv.cp(vmdk, ds_template=tpl),
+                     f"Image refers to another file ({secret}), refusing it")
+        assert res.error == f"Image refers to another file ({secret}), refusing it"
+    qcow = drv.inp / "q.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    f"data_file={secret},data_file_raw=on", str(qcow), "1M"], check=True)
+    failed(drv.cp(qcow, ds_template={"DRIVER": "raw"}),
+           f"Image refers to another file ({secret}), refusing it")
+    assert drv.base_files() == []
+    # a plain sparse vmdk (its only extent is itself) is fine
+    plain = drv.inp / "plain.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(plain), "1M"], check=True)
+    dst, fmt = cp_result(drv, drv.cp(plain))
+    assert fmt == "vmdk"

@@ -33,6 +33,7 @@
 #           Error decompressing <src>: <tool error>
 #           Unknown image format[: <qemu-img error>]
 #           Image has a backing file (<file>), refusing it
+#           Image refers to another file (<file>), refusing it  (vmdk extent, qcow2 data file)
 #           Error converting image to <fmt>: <qemu-img error>
 #   mkfs    Invalid image size '<size>' | Unsupported image format <fmt>
 #           Unsupported file system type <fs>
@@ -347,21 +348,30 @@ access_error() {
 
 # ---------------------------------------------------------------- images --
 
-_PY_QEMU_INFO='import json, sys
+# (external: a file other than the image that qemu would read: a vmdk extent or a
+# qcow2 data file, e.g. a descriptor naming /etc/shadow as its FLAT extent)
+_PY_QEMU_INFO='import json, os, sys
 d = json.load(sys.stdin)
-sys.stdout.write("%s\0%s\0%s\0" % (d.get("format", ""), d.get("virtual-size", ""),
-                                   d.get("backing-filename", "")))'
+image = os.path.realpath(sys.argv[1])
+spec = (d.get("format-specific") or {}).get("data") or {}
+refs = [e.get("filename", "") for e in spec.get("extents") or []]
+refs.append(spec.get("data-file") or "")
+home = os.path.dirname(image)
+external = [r for r in refs if r and os.path.realpath(os.path.join(home, r)) != image]
+sys.stdout.write("%s\0%s\0%s\0%s\0" % (d.get("format", ""), d.get("virtual-size", ""),
+                                       d.get("backing-filename", ""), (external or [""])[0]))'
 
-# image_info FILE: IMG_FORMAT, IMG_VSIZE (bytes), IMG_BACKING from qemu-img
-# (format probed: only ever call it on files, never pass the result of a
-# probe of an untrusted image to a VM without checking IMG_BACKING).
+# image_info FILE: IMG_FORMAT, IMG_VSIZE (bytes), IMG_BACKING, IMG_EXTERNAL
+# from qemu-img (format probed: only ever call it on files, never pass the
+# result of a probe of an untrusted image to a VM without checking
+# IMG_BACKING and IMG_EXTERNAL).
 # Returns 1 (with IMG_INFO_ERR) when qemu-img can't read FILE.  Without
 # qemu-img the format is found by magic: raw is accepted, anything else
 # fails naming the package.
 image_info() {
     local _ii_json _ii_err _ii_out
     local -a _ii_vals=() _ii_cmd=(qemu-img info -U --output=json)
-    IMG_FORMAT='' IMG_VSIZE='' IMG_BACKING='' IMG_INFO_ERR=''
+    IMG_FORMAT='' IMG_VSIZE='' IMG_BACKING='' IMG_EXTERNAL='' IMG_INFO_ERR=''
     make_tmp _ii_err
     if ! command -v qemu-img >/dev/null 2>&1; then
         make_tmp _ii_out
@@ -380,14 +390,16 @@ image_info() {
         IMG_INFO_ERR=$(err_summary "$_ii_err")
         return 1
     fi
-    mapfile -d '' -t _ii_vals < <(printf '%s' "$_ii_json" | "$DRV_PYTHON" -c "$_PY_QEMU_INFO" 2>/dev/null)
-    if [ "${#_ii_vals[@]}" -ne 3 ] || [ -z "${_ii_vals[0]}" ]; then
+    mapfile -d '' -t _ii_vals < <(printf '%s' "$_ii_json" |
+        "$DRV_PYTHON" -c "$_PY_QEMU_INFO" "$1" 2>/dev/null)
+    if [ "${#_ii_vals[@]}" -ne 4 ] || [ -z "${_ii_vals[0]}" ]; then
         # shellcheck disable=SC2034  # IMG_INFO_ERR is for the callers
         IMG_INFO_ERR="cannot parse the output of qemu-img info"
         return 1
     fi
     # shellcheck disable=SC2034  # IMG_BACKING is for the callers
-    IMG_FORMAT=${_ii_vals[0]} IMG_VSIZE=${_ii_vals[1]} IMG_BACKING=${_ii_vals[2]}
+    # shellcheck disable=SC2034  # IMG_EXTERNAL is for the callers
+    IMG_FORMAT=${_ii_vals[0]} IMG_VSIZE=${_ii_vals[1]} IMG_BACKING=${_ii_vals[2]} IMG_EXTERNAL=${_ii_vals[3]}
 }
 
 # need_qemu_img WHAT: fail unless qemu-img is installed ("... to WHAT").
