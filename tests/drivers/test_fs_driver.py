@@ -5,7 +5,7 @@ serialises, drivers.md section 2.3), base64-encodes it and runs
 ``drivers/datastore/fs/<action> <id>`` with the document on stdin, the way
 OpenNebula's one_datastore.rb (and our daemon) call it.
 
-Needs: bash, python3, qemu-utils (qemu-img, qemu-io), curl, gzip, bzip2,
+Needs: bash, python3, qemu-utils (qemu-img, qemu-io), gzip, bzip2,
 xz-utils, e2fsprogs, xfsprogs, util-linux.  Python: stdlib + pytest.
 """
 

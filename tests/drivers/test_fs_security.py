@@ -367,3 +367,26 @@ def test_images_referring_to_other_files_refused(drv):
     subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(plain), "1M"], check=True)
     dst, fmt = cp_result(drv, drv.cp(plain))
     assert fmt == "vmdk"
+
+
+@pytest.mark.timeout(60)
+def test_url_imports_use_the_proxy_and_the_policy(drv, servers):
+    """http_proxy is honoured (as curl did); the policy still applies to the target."""
+    data = b"p" * 5000
+    (servers.dir / "disk.raw").write_bytes(data)
+    url = f"http://{servers.a}/disk.raw"
+    env = Driver.env.__get__(drv)
+    proxied = {"http_proxy": f"http://{servers.b}"}
+    drv.env = lambda: {**env(), **proxied, "ONED_URL_POLICY": "open"}
+    dst, _ = cp_result(drv, drv.cp(url))
+    assert dst.read_bytes() == data
+    dst.unlink()
+    assert servers.requests == [("127.0.0.2", url, None)]
+    drv.env = lambda: {**env(), **proxied, "ONED_URL_POLICY": "restricted"}
+    res = failed(drv.cp(url), f"Error downloading {url}: address 127.0.0.1 is not allowed")
+    assert POLICY_TEXT in res.error
+    assert len(servers.requests) == 1
+    drv.env = lambda: {**env(), **proxied, "no_proxy": "127.0.0.1",
+                       "ONED_URL_POLICY": "open"}
+    dst, _ = cp_result(drv, drv.cp(url))
+    assert servers.requests[1] == ("127.0.0.1", "/disk.raw", None)

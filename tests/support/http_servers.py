@@ -3,7 +3,8 @@
 Paths: ``/<file>`` (Range-aware), ``/redirect/<host:port/path>`` (302 there),
 ``/hang`` (accepts, never answers), ``/slow/<file>`` (64 KiB every 50 ms),
 ``/stall-after-probe/<file>`` (ranged GETs answered, a full GET stops after 1000
-bytes).  Only loopback addresses are ever used.
+bytes).  A request with an absolute URI (as sent to a forward proxy) is served as
+its path.  Only loopback addresses are ever used.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class LocalServers:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 outer.requests.append((host, self.path, rng))
+                if self.path.startswith("http://"):   # as a forward proxy: serve it too
+                    self.path = "/" + self.path.split("/", 3)[3]
                 if self.path.startswith("/redirect/"):
                     self.send_response(302)
                     target = self.path[len("/redirect/"):]

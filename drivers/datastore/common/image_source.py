@@ -23,6 +23,8 @@ Environment:
     ONED_STALL_TIMEOUT    seconds without a byte before a transfer fails (60; 0 = never)
     FS_STAT_REMOTE_TIMEOUT  seconds for a size measurement that needs a full transfer (75)
     TMPDIR                where size probes keep their temporary files
+    http_proxy, https_proxy, no_proxy   as curl; through a proxy (which resolves the
+                          name itself) every address of the target must pass the policy
 
 Why a helper: the shell scripts used to resolve a local path, check it, and then read
 the path again with several tools, so a user who can write in a SAFE_DIRS folder could
@@ -57,8 +59,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import zlib
-from urllib.parse import urljoin, urlsplit
+from base64 import b64encode
+from urllib.parse import unquote, urljoin, urlsplit
 
 BLOCK = 1 << 20            # read size
 HOLE = 1 << 16             # granularity of holes in copies
@@ -396,6 +400,46 @@ class Fetcher:
             raise FetchError(refused)
         raise failure or FetchError(f"Could not resolve host: {host}")
 
+    def _proxy(self, scheme: str, host: str) -> tuple[str, int] | None:
+        """The http(s)_proxy of the environment for ``host`` (no_proxy honoured)."""
+        proxies = urllib.request.getproxies_environment()
+        proxy = proxies.get(scheme)
+        if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
+            return None
+        parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        return (parts.hostname, parts.port or 80) if parts.hostname else None
+
+    def _via_proxy(self, scheme: str, host: str, port: int,
+                   proxy: tuple[str, int]) -> http.client.HTTPConnection:
+        """A connection through the operator's proxy (trusted; it resolves the name
+        itself, so every address the name has here must pass the policy)."""
+        if self.policy.restricted:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except (socket.gaierror, UnicodeError):
+                raise FetchError(f"Could not resolve host: {host} (the URL import policy "
+                                 "needs its address)") from None
+            for info in infos:
+                why = self.policy.refusal(ipaddress.ip_address(info[4][0].split("%", 1)[0]))
+                if why:
+                    raise FetchError(why)
+        timeout = self.stall or 60
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(*proxy, timeout=timeout, context=self.context)
+            conn.set_tunnel(host, port)
+        else:
+            conn = http.client.HTTPConnection(*proxy, timeout=timeout)
+        try:
+            conn.connect()
+        except TimeoutError:
+            conn.close()
+            raise self._stalled() from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise FetchError(f"Failed to connect to proxy {proxy[0]} port {proxy[1]}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        return conn
+
     def get(self, url: str, first: int | None = None) -> http.client.HTTPResponse:
         """The response (200 or 206) to a GET of ``url`` (``first`` bytes when given)."""
         for _ in range(MAX_REDIRECTS + 1):
@@ -408,12 +452,22 @@ class Fetcher:
                 raise FetchError(f"Bad port in URL {url}") from None
             if not parts.hostname:
                 raise FetchError(f"No host in URL {url}")
-            conn = self._connect(parts.scheme, parts.hostname, port)
             headers = {"User-Agent": "oned-images-fs", "Accept": "*/*",
                        "Accept-Encoding": "identity"}
             if first:
                 headers["Range"] = f"bytes=0-{first - 1}"
+            if parts.username is not None:
+                cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                headers["Authorization"] = "Basic " + b64encode(cred.encode()).decode()
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            proxy = self._proxy(parts.scheme, parts.hostname)
+            if proxy is None:
+                conn = self._connect(parts.scheme, parts.hostname, port)
+            else:
+                conn = self._via_proxy(parts.scheme, parts.hostname, port, proxy)
+                if parts.scheme == "http":
+                    headers["Host"] = parts.netloc.rsplit("@", 1)[-1]
+                    target = f"http://{headers['Host']}{target}"
             try:
                 conn.request("GET", target, headers=headers)
                 resp = conn.getresponse()
