@@ -66,7 +66,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 BLOCK = 1 << 20            # read size
 HOLE = 1 << 16             # granularity of holes in copies
-ZEROS = bytes(BLOCK)
+ZERO_HOLE = bytes(HOLE)
 PROBE_BYTES = 4 << 20      # head of an image read to find its format
 MAX_REDIRECTS = 10
 FICLONE = 0x40049409
@@ -554,18 +554,19 @@ class SparseWriter:
         self.pos = 0
 
     def write(self, data: bytes) -> None:
+        # (bytes slices compare with memcmp; memoryview comparison is item by item)
         view, start, n = memoryview(data), 0, len(data)
+
+        def zero(a: int, b: int) -> bool:
+            return data[a:b] == (ZERO_HOLE if b - a == HOLE else bytes(b - a))
         while start < n:
             end = min(start + HOLE, n)
-            if view[start:end] == ZEROS[:end - start]:
+            if zero(start, end):
                 start = end
                 continue
             run_end = end
-            while run_end < n:
-                nxt = min(run_end + HOLE, n)
-                if view[run_end:nxt] == ZEROS[:nxt - run_end]:
-                    break
-                run_end = nxt
+            while run_end < n and not zero(run_end, min(run_end + HOLE, n)):
+                run_end = min(run_end + HOLE, n)
             chunk = view[start:run_end]
             off = self.pos + start
             while chunk:
@@ -595,8 +596,10 @@ def _copy_fd_sparse(src: int, size: int, out: SparseWriter) -> None:
         try:
             data_at = os.lseek(src, pos, os.SEEK_DATA)
             hole_at = os.lseek(src, data_at, os.SEEK_HOLE)
-        except OSError:
-            data_at, hole_at = pos, size
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:   # only a hole up to the end
+                break
+            data_at, hole_at = pos, size   # no SEEK_DATA here: read it all
         if data_at > pos:
             out.pos = data_at
             pos = data_at
