@@ -24,10 +24,14 @@
 #           Cannot decode/parse driver action data ...   (bad stdin document)
 #           <script> failed: unexpected error in '<command>' (exit code N)
 #           <script> interrupted by signal <SIG>
-#   cp      Not allowed to copy image file <path> (...)   SAFE/RESTRICTED_DIRS
-#           Cannot read image file <path> (No such file or directory|Permission denied|...)
+#   cp      Not allowed to copy image file <real path> (...)   SAFE/RESTRICTED_DIRS,
+#                   $HOME or ONED_PROTECTED_PATHS (stat too)
+#           Cannot read image file <path> (No such file or directory|Permission denied|
+#                   Not a regular file|...)
 #           Unsupported image source <url>
-#           Error downloading <url>: <curl error>
+#           Error downloading <url>: <reason>   e.g. "The requested URL returned error:
+#                   404", "address <ip> is not allowed by the URL import policy: ...",
+#                   "no data received for N seconds", "Maximum (10) redirects followed"
 #           Hash does not match: <MD5|SHA1> expected <x>, got <y>
 #           Error copying image file <path>: <tool error>   (also disk full)
 #           Error decompressing <src>: <tool error>
@@ -35,6 +39,9 @@
 #           Image has a backing file (<file>), refusing it
 #           Image refers to another file (<file>), refusing it  (vmdk extent, qcow2 data file)
 #           Error converting image to <fmt>: <qemu-img error>
+#   cp,stat,mkfs,clone without qemu-img (raw images need none):
+#           qemu-img is required to import <fmt> images|convert images to <fmt>|
+#                   create qcow2 images (install Debian package qemu-utils)
 #   mkfs    Invalid image size '<size>' | Unsupported image format <fmt>
 #           Unsupported file system type <fs>
 #           Error creating image: <tool error>
@@ -43,8 +50,9 @@
 #           Error cloning image <src>: <tool error>
 #   rm      Bad formed or unavailable Image source <src> (...)
 #           Error removing image <src>: <tool error>
-#   stat    cannot access '<path>' (No such file or directory|Permission denied)
-#           cannot access '<url>' (<curl error>)
+#   stat    cannot access '<path>' (No such file or directory|Permission denied|
+#                   Not a regular file)
+#           cannot access '<url>' (<reason, as for cp's Error downloading>)
 #           Cannot determine the size of <path>: <reason>
 #   monitor Cannot create datastore directory <dir>: ... | Error monitoring datastore <dir>: ...
 #   snap_*  Bad formed or unavailable Image source <src> (...)
