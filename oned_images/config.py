@@ -163,6 +163,8 @@ class DaemonConfig:
     default_image_persistent: str = ""
     default_image_persistent_new: str = ""
     driver: DriverSettings = field(default_factory=DriverSettings)
+    #: seconds without a byte before a driver's transfer fails (ONED_STALL_TIMEOUT)
+    driver_stall_timeout: int = 60
     ds_mad_conf: tuple[DsMadConf, ...] = ()
     tm_mad_conf: tuple[TmMadConf, ...] = ()
     log_system: str = "file"
@@ -211,6 +213,7 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "API_LIST_ORDER": ("api_list_order", _order),
     "DEFAULT_IMAGE_PERSISTENT": ("default_image_persistent", _text),
     "DEFAULT_IMAGE_PERSISTENT_NEW": ("default_image_persistent_new", _text),
+    "DRIVER_STALL_TIMEOUT": ("driver_stall_timeout", _int),
 }
 MULTI = ("IMAGE_RESTRICTED_ATTR",)
 

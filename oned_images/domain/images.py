@@ -9,7 +9,6 @@ with a concurrent call on the same image, on SQLite or PostgreSQL.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import time
@@ -40,7 +39,7 @@ from oned_images.domain.permissions import (
     acl_visible_terms,
     new_object_perms,
 )
-from oned_images.domain.restricted import path_allowed
+from oned_images.domain.restricted import path_allowed, protected_paths
 from oned_images.domain.states import (
     DISK_TYPES,
     FILE_TYPES,
@@ -180,6 +179,14 @@ class Followup:
     ds_mad: str
     b64: str
     mode: str = "stdin"
+    #: per-action environment of the script (ONED_URL_POLICY for cp)
+    env: dict[str, str] | None = None
+
+
+def url_policy(admin: bool) -> dict[str, str]:
+    """ONED_URL_POLICY of a cp/stat: images of admins (uid 0, group 0) may reach any
+    address; others only public ones or the datastore's URL_ALLOWED_NETWORKS."""
+    return {"ONED_URL_POLICY": "open" if admin else "restricted"}
 
 
 @dataclass
@@ -219,7 +226,7 @@ class ImageManager:
     async def _run_action(self, follow: Followup) -> None:
         result = await self.drivers.run(follow.action, follow.ds_mad, follow.image_id,
                                         follow.b64, key=("image", follow.image_id),
-                                        mode=follow.mode)
+                                        mode=follow.mode, env=follow.env)
         if result.cancelled:
             # Killed on purpose: by a forced delete, which already settled the image, or
             # by a daemon stop, after which reconcile() runs the action again.  Applying
@@ -358,7 +365,7 @@ class ImageManager:
         if ds.type not in (DsType.IMAGE_DS, DsType.FILE_DS):
             raise errors.allocate(
                 "New images can only be allocated in a files or image datastore.")
-        size = await self._probe_size(tmpl, ds)
+        size = await self._probe_size(tmpl, ds, caller.is_admin)
         if _capacity_error(self.config, ds, size) and not (caller.is_admin and no_check_capacity):
             raise errors.action("Not enough space in datastore")
         tmpl.set("SIZE", str(size))
@@ -389,7 +396,7 @@ class ImageManager:
         self._start(follow)
         return image_id
 
-    async def _probe_size(self, tmpl: Template, ds: Datastore) -> int:
+    async def _probe_size(self, tmpl: Template, ds: Datastore, admin: bool) -> int:
         """oned's ImageAllocate size probe (api.md §6.4), STAT through the driver."""
         type_text = (tmpl.get("TYPE") or "").upper() or self.config.default_image_type
         itype = _type_of(type_text) or ImageType.OS
@@ -410,7 +417,7 @@ class ImageManager:
             request_id = _next_stat_id()
             result = await self.drivers.run(
                 "stat", ds.ds_mad, request_id, drv_action.stat_data(path, ds),
-                key=("stat", request_id), mode=self._mode(ds.ds_mad))
+                key=("stat", request_id), mode=self._mode(ds.ds_mad), env=url_policy(admin))
             if result.timed_out:
                 raise errors.internal("Cannot parse image SIZE: Request timeout")
             if not result.ok:
@@ -426,7 +433,7 @@ class ImageManager:
             f"Cannot parse image SIZE: Either PATH or SOURCE are required for {itype.name}")
 
     def _check_path(self, path: str, ds: Datastore) -> None:
-        always = (self.config.var_location, os.path.dirname(self.config.source_file or "/x"))
+        always = protected_paths(self.config)
         if not path_allowed(path, ds.template.get("SAFE_DIRS") or "",
                             ds.template.get("RESTRICTED_DIRS") or "", always):
             raise errors.internal(
@@ -503,7 +510,7 @@ class ImageManager:
         follow = None
         if action:
             follow = Followup(action, img.id, ds.ds_mad, self._drv_data(img, ds),
-                              self._mode(ds.ds_mad))
+                              self._mode(ds.ds_mad), url_policy(caller.is_admin))
         return img.id, follow
 
     # ---------------------------------------------------------------- clone
@@ -917,6 +924,7 @@ class ImageManager:
         """
         await deferToThread(reaper.kill_leftover_groups, self.config.var_location,
                             self.config.driver.kill_grace)
+        await deferToThread(reaper.clear_action_tmp, self.config.var_location)
         actions, report = await self.db.run(self._reconcile_txn)
         local = await self.db.run(_local_sources)
         for base_path, sources in local.items():
@@ -966,8 +974,11 @@ class ImageManager:
                                           "source image no longer exists")
                         report.append((img.id, "error"))
                     else:
+                        owner = self.identity.users.get(img.uid)
+                        admin = img.uid == 0 or (owner is not None and 0 in owner.groups)
                         actions.append(Followup(action, img.id, ds.ds_mad,
-                                                self._drv_data(img, ds), self._mode(ds.ds_mad)))
+                                                self._drv_data(img, ds), self._mode(ds.ds_mad),
+                                                url_policy(admin)))
                         report.append((img.id, action))
             elif state == S.DELETE:
                 if ds is None:

@@ -26,6 +26,24 @@ def local_path(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+def protected_paths(config) -> tuple[str, ...]:
+    """The daemon's own files: never readable through an image, whatever SAFE_DIRS says.
+
+    The database (and its journal/wal files), the configuration file and its
+    directory, the credentials (ONE_AUTH file, VAR_LOCATION/.one), the log and the
+    whole VAR_LOCATION.  Checked here at allocate time and passed to every driver
+    script as ONED_PROTECTED_PATHS, where the fs driver checks the file it opened.
+    """
+    from oned_images.service import one_auth_path  # (service builds on this module)
+
+    db = config.db_path
+    paths = [config.var_location, db, db + "-journal", db + "-wal", db + "-shm",
+             config.log_file, os.path.join(config.var_location, ".one"), str(one_auth_path())]
+    if config.source_file:
+        paths += [config.source_file, os.path.dirname(config.source_file)]
+    return tuple(dict.fromkeys(p for p in paths if p))
+
+
 def path_allowed(path: str, safe_dirs: str, restricted_dirs: str,
                  always_restricted: tuple[str, ...] = ()) -> bool:
     """True if ``path`` may be read: under a SAFE dir, or under no RESTRICTED dir."""

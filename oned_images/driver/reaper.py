@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -26,6 +27,27 @@ DRIVER_FILE = re.compile(r"^([0-9a-f]{32})(\.tmp|\.download|\.tmp\.conv|\.snap|\
 
 def run_dir(var_location: str) -> Path:
     return Path(var_location) / "run" / "drivers"
+
+
+def action_tmp_root(var_location: str) -> Path:
+    """Parent of the private TMPDIR each action gets (removed when the action ends)."""
+    return Path(var_location) / "run" / "tmp"
+
+
+def clear_action_tmp(var_location: str) -> list[str]:
+    """Remove the TMPDIRs of actions a previous run left (kill -9, crash): after
+    kill_leftover_groups nothing uses them any more."""
+    root = action_tmp_root(var_location)
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    for name in names:
+        shutil.rmtree(root / name, ignore_errors=True)
+    if names:
+        log.warn("Removed {n} temporary directories of interrupted driver actions",
+                 n=len(names))
+    return names
 
 
 def record(var_location: str, pid: int, script: str) -> None:

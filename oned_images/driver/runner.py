@@ -11,7 +11,9 @@ one action per image (and one monitor per datastore) at a time.
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -20,10 +22,12 @@ from typing import Any
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
+from oned_images.domain.restricted import protected_paths
 from oned_images.driver import reaper
 from oned_images.driver.parse import DriverResult, failure_text, split_stderr
 
 log = Logger(namespace="ImM")
+_tmp_ids = itertools.count(1)
 
 MAX_STDOUT = 1 << 20
 MAX_STDERR = 1 << 16
@@ -93,16 +97,30 @@ class DriverRunner:
         return path if os.access(path, os.X_OK) and os.path.isfile(path) else None
 
     def environment(self) -> dict[str, str]:
+        """What every script gets (drivers.md; the ONED_* keys are documented in
+        drivers/datastore/common/libfs.sh and the README's Drivers section)."""
         env = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": os.environ.get("ONED_DRIVER_PATH")
+            or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": os.environ.get("HOME") or self.config.var_location,
             "LANG": "C",
             "LC_ALL": "C",
+            "ONED_PROTECTED_PATHS": "\n".join(protected_paths(self.config)),
+            "ONED_STALL_TIMEOUT": str(self.config.driver_stall_timeout),
         }
         for key in ENV_PASSTHROUGH:
             if key in os.environ:
                 env[key] = os.environ[key]
         return env
+
+    def _action_env(self, action: str, oid: int,
+                    extra: dict[str, str] | None) -> tuple[dict[str, str], str]:
+        """The environment of one action, with a private TMPDIR under VAR_LOCATION
+        (removed when the action ends, swept at start by reaper.clear_action_tmp)."""
+        tmpdir = str(reaper.action_tmp_root(self.config.var_location)
+                     / f"{action}-{oid}-{next(_tmp_ids)}")
+        os.makedirs(tmpdir, mode=0o700)
+        return {**self.environment(), **(extra or {}), "TMPDIR": tmpdir}, tmpdir
 
     def _lock(self, key: tuple[str, int]) -> defer.DeferredLock:
         lock = self._locks.get(key)
@@ -112,7 +130,8 @@ class DriverRunner:
 
     # ----------------------------------------------------------------- run
     async def run(self, action: str, ds_mad: str, oid: int, drv_action_b64: str,
-                  key: tuple[str, int] | None = None, mode: str = "stdin") -> DriverResult:
+                  key: tuple[str, int] | None = None, mode: str = "stdin",
+                  env: dict[str, str] | None = None) -> DriverResult:
         """Run one action; always returns a DriverResult (never raises for script trouble)."""
         key = key or ("image", oid)
         lock = self._lock(key)
@@ -120,7 +139,7 @@ class DriverRunner:
         try:
             await self.semaphore.acquire()
             try:
-                return await self._spawn(action, ds_mad, oid, drv_action_b64, key, mode)
+                return await self._spawn(action, ds_mad, oid, drv_action_b64, key, mode, env)
             finally:
                 self.semaphore.release()
         finally:
@@ -129,7 +148,8 @@ class DriverRunner:
                 self._locks.pop(key, None)
 
     async def _spawn(self, action: str, ds_mad: str, oid: int, b64: str,
-                     key: tuple[str, int], mode: str) -> DriverResult:
+                     key: tuple[str, int], mode: str,
+                     extra_env: dict[str, str] | None = None) -> DriverResult:
         script = self.script(ds_mad, action)
         if script is None:
             return DriverResult(action, oid, 255, "", "",
@@ -148,9 +168,13 @@ class DriverRunner:
             stdin = b64.encode("ascii")
         collector = _Collector(stdin)
         started = time.monotonic()
-        transport = self.reactor.spawnProcess(
-            collector, "/usr/bin/setsid", argv, env=self.environment(),
-            path=self.config.var_location)
+        env, tmpdir = self._action_env(action, oid, extra_env)
+        try:
+            transport = self.reactor.spawnProcess(
+                collector, "/usr/bin/setsid", argv, env=env, path=self.config.var_location)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
         self.started += 1
         reaper.record(self.config.var_location, transport.pid, script)
         running = _Running(transport.pid, collector)
@@ -168,6 +192,7 @@ class DriverRunner:
                 timer.cancel()
             self._running.pop(key, None)
             reaper.forget(self.config.var_location, transport.pid)
+            shutil.rmtree(tmpdir, ignore_errors=True)
         stdout = collector.out.decode("utf-8", "replace")
         stderr = collector.err.decode("utf-8", "replace")
         logs, _ = split_stderr(stderr)

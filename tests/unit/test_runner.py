@@ -4,23 +4,16 @@ limits, timeouts and cancellation; parse.py on its own."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 
-from oned_images.config import DriverSettings
+from oned_images.config import DaemonConfig, DriverSettings
 from oned_images.driver.parse import failure_text, parse_monitor, split_stderr
 from oned_images.driver.runner import DriverRunner
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@dataclass
-class Cfg:
-    var_location: str
-    extra: dict = field(default_factory=dict)
 
 
 def make_runner(tmp_path: Path, scripts: dict[str, str], **settings) -> DriverRunner:
@@ -37,7 +30,7 @@ def make_runner(tmp_path: Path, scripts: dict[str, str], **settings) -> DriverRu
     opts = dict(concurrency=15, allowed=("t",), timeouts={}, remotes=str(remotes),
                 kill_grace=1)
     opts.update(settings)
-    return DriverRunner(reactor, DriverSettings(**opts), Cfg(str(var)))
+    return DriverRunner(reactor, DriverSettings(**opts), DaemonConfig(var_location=str(var)))
 
 
 @pytest_twisted.ensureDeferred

@@ -68,8 +68,8 @@ def test_fs_without_qemu_img(tmp_path):
     assert "qemu-img" in present, "this test needs the fs tools installed"
     missing = missing_tools(settings, path)
     expected = [("fs", Tool("qemu-img", "qemu-utils",
-                            "cp and stat of file images (format detection, virtual size), "
-                            "mkfs, clone and snapshots"))]
+                            "cp and stat of non-raw images, conversion to DRIVER, qcow2 "
+                            "datablocks, clone and snapshots (raw images work without it)"))]
     # tools this machine lacks anyway are not this test's business
     assert [m for m in missing if m[1].command in present] == expected
 

@@ -3,7 +3,9 @@
 # libfs.sh - helpers shared by the oned-images datastore driver scripts.
 # Sourced (never executed) by drivers/datastore/<DS_MAD>/<action>.
 #
-# Requires Debian packages: bash coreutils findutils util-linux python3 qemu-utils curl gzip bzip2 xz-utils e2fsprogs xfsprogs
+# Requires Debian packages: bash coreutils findutils util-linux python3 e2fsprogs xfsprogs
+# Optional: qemu-utils (qemu-img: needed for qcow2 & co; raw images work without it),
+# xz-utils (fast size of .xz images)
 #
 # Calling contract (OpenNebula >= 6.8, 7.0):
 #   <action> <id>      base64 DS_DRIVER_ACTION_DATA on stdin, then EOF.
@@ -22,16 +24,24 @@
 #           Cannot decode/parse driver action data ...   (bad stdin document)
 #           <script> failed: unexpected error in '<command>' (exit code N)
 #           <script> interrupted by signal <SIG>
-#   cp      Not allowed to copy image file <path> (...)   SAFE/RESTRICTED_DIRS
-#           Cannot read image file <path> (No such file or directory|Permission denied|...)
+#   cp      Not allowed to copy image file <real path> (...)   SAFE/RESTRICTED_DIRS,
+#                   $HOME or ONED_PROTECTED_PATHS (stat too)
+#           Cannot read image file <path> (No such file or directory|Permission denied|
+#                   Not a regular file|...)
 #           Unsupported image source <url>
-#           Error downloading <url>: <curl error>
+#           Error downloading <url>: <reason>   e.g. "The requested URL returned error:
+#                   404", "address <ip> is not allowed by the URL import policy: ...",
+#                   "no data received for N seconds", "Maximum (10) redirects followed"
 #           Hash does not match: <MD5|SHA1> expected <x>, got <y>
 #           Error copying image file <path>: <tool error>   (also disk full)
 #           Error decompressing <src>: <tool error>
 #           Unknown image format[: <qemu-img error>]
 #           Image has a backing file (<file>), refusing it
+#           Image refers to another file (<file>), refusing it  (vmdk extent, qcow2 data file)
 #           Error converting image to <fmt>: <qemu-img error>
+#   cp,stat,mkfs,clone without qemu-img (raw images need none):
+#           qemu-img is required to import <fmt> images|convert images to <fmt>|
+#                   create qcow2 images (install Debian package qemu-utils)
 #   mkfs    Invalid image size '<size>' | Unsupported image format <fmt>
 #           Unsupported file system type <fs>
 #           Error creating image: <tool error>
@@ -40,14 +50,35 @@
 #           Error cloning image <src>: <tool error>
 #   rm      Bad formed or unavailable Image source <src> (...)
 #           Error removing image <src>: <tool error>
-#   stat    cannot access '<path>' (No such file or directory|Permission denied)
-#           cannot access '<url>' (<curl error>)
+#   stat    cannot access '<path>' (No such file or directory|Permission denied|
+#                   Not a regular file)
+#           cannot access '<url>' (<reason, as for cp's Error downloading>)
 #           Cannot determine the size of <path>: <reason>
 #   monitor Cannot create datastore directory <dir>: ... | Error monitoring datastore <dir>: ...
 #   snap_*  Bad formed or unavailable Image source <src> (...)
 #           Invalid snapshot id '<id>' | Snapshot <id> does not exist
 #           Cannot revert to snapshot <id>: it is the active image state
 #           Error reverting/flattening/deleting snapshot <id>: <tool error>
+#
+# Environment (set by the daemon's runner for every action; see README, Drivers):
+#   ONED_PROTECTED_PATHS  newline-separated files and directories of the daemon
+#                         (database and its -journal/-wal/-shm, configuration,
+#                         credentials, log, VAR_LOCATION): never readable through an
+#                         image, whatever SAFE_DIRS says ("Not allowed to copy ...").
+#   ONED_URL_POLICY       "open" when the image owner is oneadmin (uid 0 or group 0),
+#                         else "restricted" (also when unset): URL imports may then
+#                         reach only public unicast addresses, or the networks of the
+#                         datastore's URL_ALLOWED_NETWORKS (e.g. "10.1.0.0/16
+#                         192.168.7.0/24"), checked on every connection and redirect.
+#   ONED_STALL_TIMEOUT    seconds without a byte before a transfer fails
+#                         ("Error downloading <url>: no data received for N seconds");
+#                         DRIVER_STALL_TIMEOUT in the daemon's config, 60 by default.
+#   TMPDIR                a private directory of the action, removed when it ends and
+#                         swept at the daemon's start.
+#
+# Local sources are read by common/image_source.py: it opens the path once, checks
+# the real path of the open descriptor (/proc/self/fd/N) and reads only from that
+# descriptor, so a symlink swapped in after the check changes nothing.
 #
 # Differences from OpenNebula's stock fs scripts: nothing runs over ssh
 # (BRIDGE_LIST, NFS auto-mount and STAGING_DIR are ignored); sources are
@@ -63,17 +94,16 @@ set -eEuo pipefail
 shopt -s inherit_errexit
 
 export LANG=C LC_ALL=C
-PATH="${PATH:-/usr/bin:/bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PATH=${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}
 
 LIBFS_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 DRV_ACTION_PY="$LIBFS_DIR/drv_action.py"
+IMAGE_SOURCE_PY="$LIBFS_DIR/image_source.py"
 DRV_PYTHON=${DRV_PYTHON:-python3}
 SCRIPT_NAME=${0##*/}
 
 # Timeout (s) for STAT measurements that need a full remote download.
-FS_STAT_REMOTE_TIMEOUT=${FS_STAT_REMOTE_TIMEOUT:-75}
-# Bytes read from the start of an image to probe its format.
-FS_PROBE_BYTES=$((4 * 1024 * 1024))
+export FS_STAT_REMOTE_TIMEOUT=${FS_STAT_REMOTE_TIMEOUT:-75}
 
 DRV_ACTION=
 ID=
@@ -270,13 +300,6 @@ norm_path() {
     printf '%s' "$p"
 }
 
-# path_under DIR PATH: PATH is DIR or below DIR (proper directory prefix,
-# "/var/tmp" matches "/var/tmp/x" but not "/var/tmpfoo").
-path_under() {
-    local d=${1%/}
-    [ "$2" = "$d" ] || [[ $2 == "$d"/* ]]
-}
-
 # require_base_path: validate BASE_PATH and create the directory.
 require_base_path() {
     [ -n "${BASE_PATH:-}" ] || fail "Datastore BASE_PATH is not set"
@@ -308,30 +331,6 @@ new_dst() {
     done
 }
 
-# check_restricted PATH (absolute, resolved): allowed when inside a
-# SAFE_DIRS entry, else refused when inside a RESTRICTED_DIRS entry or $HOME.
-check_restricted() {
-    local _cr_p=$1 _cr_d _cr_r
-    local -a _cr_list=()
-    read -r -a _cr_list <<<"${SAFE_DIRS:-}"
-    for _cr_d in "${_cr_list[@]}"; do
-        [[ $_cr_d == /* ]] || continue
-        _cr_r=$(readlink -m -- "$_cr_d") || continue
-        path_under "$_cr_r" "$_cr_p" && return 0
-    done
-    _cr_list=()
-    read -r -a _cr_list <<<"${RESTRICTED_DIRS:-}"
-    [ -z "${HOME:-}" ] || _cr_list+=("$HOME")
-    for _cr_d in "${_cr_list[@]}"; do
-        [[ $_cr_d == /* ]] || continue
-        _cr_r=$(readlink -m -- "$_cr_d") || continue
-        if path_under "$_cr_r" "$_cr_p"; then
-            fail "Not allowed to copy image file $_cr_p (inside restricted directory $_cr_d and not inside SAFE_DIRS)"
-        fi
-    done
-    return 0
-}
-
 # file_url SRC: for file:// URLs set SRC to the local path they name.
 file_url() {
     [[ $SRC == file://* ]] || return 0
@@ -357,43 +356,40 @@ access_error() {
 
 # ---------------------------------------------------------------- images --
 
-# detect_compression FILE: COMPRESSION=gzip|bzip2|xz or "" (magic bytes).
-detect_compression() {
-    local _dc_hex
-    _dc_hex=$(head -c 6 -- "$1" | od -An -tx1 | tr -d ' \n') ||
-        fail "Cannot read $1"
-    case $_dc_hex in
-        1f8b*) COMPRESSION=gzip ;;
-        425a68*) COMPRESSION=bzip2 ;;
-        fd377a585a00*) COMPRESSION=xz ;;
-        *) COMPRESSION= ;;
-    esac
-}
-
-# decompress_cmd TYPE: DECOMPRESS=(argv) writing the data of stdin to stdout.
-decompress_cmd() {
-    case $1 in
-        gzip) DECOMPRESS=(gzip -dc) ;;
-        bzip2) DECOMPRESS=(bzip2 -dc) ;;
-        xz) DECOMPRESS=(xz -dc) ;;
-        *) DECOMPRESS=(cat) ;;
-    esac
-}
-
-_PY_QEMU_INFO='import json, sys
+# (external: a file other than the image that qemu would read: a vmdk extent or a
+# qcow2 data file, e.g. a descriptor naming /etc/shadow as its FLAT extent)
+_PY_QEMU_INFO='import json, os, sys
 d = json.load(sys.stdin)
-sys.stdout.write("%s\0%s\0%s\0" % (d.get("format", ""), d.get("virtual-size", ""),
-                                   d.get("backing-filename", "")))'
+image = os.path.realpath(sys.argv[1])
+spec = (d.get("format-specific") or {}).get("data") or {}
+refs = [e.get("filename", "") for e in spec.get("extents") or []]
+refs.append(spec.get("data-file") or "")
+home = os.path.dirname(image)
+external = [r for r in refs if r and os.path.realpath(os.path.join(home, r)) != image]
+sys.stdout.write("%s\0%s\0%s\0%s\0" % (d.get("format", ""), d.get("virtual-size", ""),
+                                       d.get("backing-filename", ""), (external or [""])[0]))'
 
-# image_info FILE: IMG_FORMAT, IMG_VSIZE (bytes), IMG_BACKING from qemu-img
-# (format probed: only ever call it on files, never pass the result of a
-# probe of an untrusted image to a VM without checking IMG_BACKING).
-# Returns 1 (with IMG_INFO_ERR) when qemu-img can't read FILE.
+# image_info FILE: IMG_FORMAT, IMG_VSIZE (bytes), IMG_BACKING, IMG_EXTERNAL
+# from qemu-img (format probed: only ever call it on files, never pass the
+# result of a probe of an untrusted image to a VM without checking
+# IMG_BACKING and IMG_EXTERNAL).
+# Returns 1 (with IMG_INFO_ERR) when qemu-img can't read FILE.  Without
+# qemu-img the format is found by magic: raw is accepted, anything else
+# fails naming the package.
 image_info() {
-    local _ii_json _ii_err
+    local _ii_json _ii_err _ii_out
     local -a _ii_vals=() _ii_cmd=(qemu-img info -U --output=json)
-    IMG_FORMAT='' IMG_VSIZE='' IMG_BACKING='' IMG_INFO_ERR=''
+    IMG_FORMAT='' IMG_VSIZE='' IMG_BACKING='' IMG_EXTERNAL='' IMG_INFO_ERR=''
     make_tmp _ii_err
+    if ! command -v qemu-img >/dev/null 2>&1; then
+        make_tmp _ii_out
+        "$DRV_PYTHON" "$IMAGE_SOURCE_PY" probe "$1" >"$_ii_out" 2>"$_ii_err" ||
+            fail "$(err_summary "$_ii_err")"
+        mapfile -d '' -t _ii_vals <"$_ii_out"
+        # shellcheck disable=SC2034  # IMG_BACKING is for the callers
+        IMG_FORMAT=${_ii_vals[0]:-} IMG_VSIZE=${_ii_vals[1]:-} IMG_BACKING=${_ii_vals[2]:-}
+        return 0
+    fi
     # untrusted images: bound qemu-img's memory and CPU time
     if command -v prlimit >/dev/null 2>&1; then
         _ii_cmd=(prlimit --as=2147483648 --cpu=60 -- "${_ii_cmd[@]}")
@@ -402,40 +398,34 @@ image_info() {
         IMG_INFO_ERR=$(err_summary "$_ii_err")
         return 1
     fi
-    mapfile -d '' -t _ii_vals < <(printf '%s' "$_ii_json" | "$DRV_PYTHON" -c "$_PY_QEMU_INFO" 2>/dev/null)
-    if [ "${#_ii_vals[@]}" -ne 3 ] || [ -z "${_ii_vals[0]}" ]; then
+    mapfile -d '' -t _ii_vals < <(printf '%s' "$_ii_json" |
+        "$DRV_PYTHON" -c "$_PY_QEMU_INFO" "$1" 2>/dev/null)
+    if [ "${#_ii_vals[@]}" -ne 4 ] || [ -z "${_ii_vals[0]}" ]; then
+        # shellcheck disable=SC2034  # IMG_INFO_ERR is for the callers
         IMG_INFO_ERR="cannot parse the output of qemu-img info"
         return 1
     fi
     # shellcheck disable=SC2034  # IMG_BACKING is for the callers
-    IMG_FORMAT=${_ii_vals[0]} IMG_VSIZE=${_ii_vals[1]} IMG_BACKING=${_ii_vals[2]}
+    # shellcheck disable=SC2034  # IMG_EXTERNAL is for the callers
+    IMG_FORMAT=${_ii_vals[0]} IMG_VSIZE=${_ii_vals[1]} IMG_BACKING=${_ii_vals[2]} IMG_EXTERNAL=${_ii_vals[3]}
 }
 
-# decompress_to IN OUT: ${DECOMPRESS[@]} IN into OUT, keeping zero blocks
-# as holes (call through run to get a clear error text).
-decompress_to() {
-    "${DECOMPRESS[@]}" <"$1" | dd of="$2" bs=64K conv=sparse iflag=fullblock status=none
+# need_qemu_img WHAT: fail unless qemu-img is installed ("... to WHAT").
+need_qemu_img() {
+    command -v qemu-img >/dev/null 2>&1 ||
+        fail "qemu-img is required to $1 (install Debian package qemu-utils)"
 }
 
-# verify_hash FILE MD5 SHA1: check the (non-empty) expected checksums.
-verify_hash() {
-    local _vh_algo _vh_want _vh_sum
-    for _vh_algo in md5 sha1; do
-        if [ "$_vh_algo" = md5 ]; then _vh_want=${2:-}; else _vh_want=${3:-}; fi
-        _vh_want=${_vh_want//[[:space:]]/}
-        [ -n "$_vh_want" ] || continue
-        log_info "Verifying ${_vh_algo^^} checksum"
-        capture _vh_sum "Error computing the ${_vh_algo^^} checksum of $1" "${_vh_algo}sum" -- "$1"
-        _vh_sum=${_vh_sum#\\}
-        _vh_sum=${_vh_sum%% *}
-        [ "${_vh_sum,,}" = "${_vh_want,,}" ] ||
-            fail "Hash does not match: ${_vh_algo^^} expected $_vh_want, got $_vh_sum"
-    done
-}
-
-# sparsify FILE: punch holes in the zero blocks of FILE (best effort).
-sparsify() {
-    fallocate -d -- "$1" >/dev/null 2>&1 || log_debug "fallocate -d not supported for $1"
+# image_source ACTION ARG...: run common/image_source.py with the datastore's
+# rules; it prints its own one-line error text, so only the exit is added here.
+image_source() {
+    local _is_action=$1
+    shift
+    "$DRV_PYTHON" "$IMAGE_SOURCE_PY" "$_is_action" "$@" --safe-dirs "${SAFE_DIRS:-}" \
+        --restricted-dirs "${RESTRICTED_DIRS:-}" --allowed-networks "${URL_NETS:-}" || {
+        _FAIL_REPORTED=1
+        exit 1
+    }
 }
 
 # to_mb BYTES: MiB rounded up.
@@ -454,126 +444,25 @@ snap_paths() {
 }
 
 # ------------------------------------------------------------ size probe --
-# image_size PATH|URL: BYTES = virtual size of the image (what cp will store).
-#  * directory: du -sb;  local file: qemu-img virtual size (raw: file size);
-#  * local gz/bz2/xz: format probed on the first FS_PROBE_BYTES decompressed
-#    bytes; qcow2 & co -> virtual size from the header, raw -> xz index or
-#    the decompressed byte count (gzip -l is wrong above 4 GiB);
-#  * http(s): one ranged GET of the first FS_PROBE_BYTES (no HEAD request,
-#    which pre-signed URLs often refuse) gives the total size (Content-Range
-#    or Content-Length) and the format.  Raw -> total size; qcow2 & co ->
+# image_size PATH|URL: BYTES = virtual size of the image (what cp will store),
+# measured by common/image_source.py on the checked, opened source:
+#  * directory: apparent size of the tree (du -sb);  local file: qemu-img
+#    virtual size (raw: file size);
+#  * local gz/bz2/xz: format probed on the first 4 MiB decompressed; qcow2 &
+#    co -> virtual size from the header, raw -> xz index or the decompressed
+#    byte count;
+#  * http(s): one ranged GET of the first 4 MiB (no HEAD request, which
+#    pre-signed URLs often refuse) gives the total size (Content-Range or
+#    Content-Length) and the format.  Raw -> total size; qcow2 & co ->
 #    virtual size from the header; compressed raw (unlike OpenNebula, which
 #    refuses it) -> streamed, decompressed and counted without being stored;
 #    a header qemu-img can't read from the head (e.g. vhdx) -> the image is
 #    downloaded to $TMPDIR.  Full transfers are limited to
 #    FS_STAT_REMOTE_TIMEOUT seconds (oned waits 90 s for STAT).
 image_size() {
-    case $1 in
-        http://* | https://*) _remote_size "$1" ;;
-        *) _local_size "$1" ;;
-    esac
+    local _is_out
+    make_tmp _is_out
+    image_source size "$1" >"$_is_out"
+    # shellcheck disable=SC2034  # BYTES is the result for the caller
+    BYTES=$(<"$_is_out")
 }
-
-_stat_fail() { fail "Cannot determine the size of $1: $2"; }
-
-_local_size() {
-    local p=$1 out head
-    if [ ! -e "$p" ] || [ ! -r "$p" ]; then
-        fail "cannot access '$p' ($(access_error "$p"))"
-    fi
-    if [ -d "$p" ]; then
-        capture out "Cannot determine the size of $p" du -sb -- "$p"
-        BYTES=${out%%[[:space:]]*}
-        return 0
-    fi
-    detect_compression "$p"
-    if [ -z "$COMPRESSION" ]; then
-        image_info "$p" || _stat_fail "$p" "$IMG_INFO_ERR"
-        BYTES=$IMG_VSIZE
-        return 0
-    fi
-    decompress_cmd "$COMPRESSION"
-    make_tmp head
-    (set +o pipefail; "${DECOMPRESS[@]}" <"$p" 2>/dev/null | head -c "$FS_PROBE_BYTES" >"$head") || true
-    if image_info "$head" && [ "$IMG_FORMAT" != raw ]; then
-        BYTES=$IMG_VSIZE
-    elif [ "$COMPRESSION" = xz ] && _xz_size "$p"; then
-        :
-    else
-        capture BYTES "Cannot determine the size of $p" _count_bytes "$p"
-    fi
-}
-
-# _xz_size FILE: BYTES = uncompressed size from the xz index.
-_xz_size() {
-    local out f1 f5
-    out=$(xz --robot -l -- "$1" 2>/dev/null) || return 1
-    while IFS=$'\t' read -r f1 _ _ _ f5 _; do
-        if [ "$f1" = totals ] && [[ $f5 =~ ^[0-9]+$ ]]; then
-            BYTES=$f5
-            return 0
-        fi
-    done <<<"$out"
-    return 1
-}
-
-_count_bytes() { "${DECOMPRESS[@]}" <"$1" | wc -c; }
-
-# shellcheck disable=SC2034  # BYTES is the result for the caller
-_remote_size() {
-    local url=$1 hdr head dhead errf rcf rc line status="" clen="" crange="" total=""
-    local -a curl=(curl --fail -sS -L --proto "=http,https" --proto-redir "=http,https"
-        --connect-timeout 30)
-    make_tmp hdr; make_tmp head; make_tmp errf; make_tmp rcf
-    {
-        rc=0
-        "${curl[@]}" -r "0-$((FS_PROBE_BYTES - 1))" -D "$hdr" --url "$url" 2>"$errf" || rc=$?
-        echo "$rc" >"$rcf"
-    } | head -c "$FS_PROBE_BYTES" >"$head"
-    rc=$(<"$rcf")
-    # 23: write error, head(1) stopped reading after FS_PROBE_BYTES
-    [ "$rc" = 0 ] || [ "$rc" = 23 ] || fail "cannot access '$url' ($(err_summary "$errf"))"
-
-    while IFS= read -r line; do
-        line=${line%$'\r'}
-        case ${line,,} in
-            http/*) read -r _ status _ <<<"$line"; clen=""; crange="" ;;
-            content-length:*) clen=${line#*:}; clen=${clen//[[:space:]]/} ;;
-            content-range:*) crange=${line##*/}; crange=${crange//[[:space:]]/} ;;
-        esac
-    done <"$hdr"
-    if [ "$status" = 206 ] && [[ $crange =~ ^[0-9]+$ ]]; then
-        total=$crange
-    elif [ "$status" = 200 ] && [[ $clen =~ ^[0-9]+$ ]]; then
-        total=$clen
-    fi
-
-    curl+=(--max-time "$FS_STAT_REMOTE_TIMEOUT")
-    detect_compression "$head"
-    decompress_cmd "$COMPRESSION"
-    if [ -n "$COMPRESSION" ]; then
-        make_tmp dhead
-        (set +o pipefail; "${DECOMPRESS[@]}" <"$head" 2>/dev/null | head -c "$FS_PROBE_BYTES" >"$dhead") || true
-        head=$dhead
-    fi
-    if image_info "$head"; then
-        if [ "$IMG_FORMAT" != raw ]; then
-            BYTES=$IMG_VSIZE
-        elif [ -z "$COMPRESSION" ] && [ -n "$total" ]; then
-            BYTES=$total
-        else
-            log_info "Measuring $url by streaming it (at most ${FS_STAT_REMOTE_TIMEOUT}s)"
-            capture BYTES "Cannot determine the size of $url" _stream_count "$url"
-        fi
-        return 0
-    fi
-    log_info "Downloading $url to read its header (at most ${FS_STAT_REMOTE_TIMEOUT}s)"
-    make_tmp dhead
-    run "Cannot determine the size of $url" _download_decompressed "$url" "$dhead"
-    image_info "$dhead" || _stat_fail "$url" "$IMG_INFO_ERR"
-    BYTES=$IMG_VSIZE
-}
-
-# (use the caller's curl and DECOMPRESS arrays)
-_stream_count() { "${curl[@]}" --url "$1" | "${DECOMPRESS[@]}" | wc -c; }
-_download_decompressed() { "${curl[@]}" --url "$1" | "${DECOMPRESS[@]}" >"$2"; }
