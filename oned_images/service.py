@@ -26,6 +26,7 @@ from oned_images.driver.runner import DriverRunner
 from oned_images.rpc.resource import RpcSite
 from oned_images.store import schema
 from oned_images.store.database import Database, DbSettings
+from oned_images.store.lock import DatabaseLock
 from oned_images.store.models import DatastoreRow
 
 log = Logger(namespace="OnM")
@@ -86,6 +87,8 @@ class Daemon:
     _flush: task.LoopingCall | None = None
     observer: Any = None
     bootstrap_note: str = ""
+    #: held while the daemon runs: db restore / fsck --repair refuse a database in use.
+    db_lock: DatabaseLock | None = None
     ready: defer.Deferred = field(default_factory=defer.Deferred)
 
     def open_database(self) -> Database:
@@ -101,6 +104,8 @@ class Daemon:
         Path(cfg.var_location).mkdir(parents=True, exist_ok=True)
         Path(cfg.datastore_location).mkdir(parents=True, exist_ok=True)
         db = self.open_database()
+        self.db_lock = DatabaseLock(db.settings)
+        self.db_lock.acquire("oned-images serve")
         fresh = db.run_sync(schema.check, db.db)
         if fresh:
             name, password, path, generated = oneadmin_credentials()
@@ -169,6 +174,8 @@ class Daemon:
         if self.app is not None:
             await self.app.drivers.stop()
             self.app.db.stop()
+        if self.db_lock is not None:
+            self.db_lock.release()
         if self.observer is not None:
             self.observer.flush()
 
