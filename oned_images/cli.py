@@ -190,7 +190,8 @@ def _db_tool(args, config) -> int:
                   + (f", {left} need you" if left else ""))
         return 1 if problems else 0
     except DatabaseInUse as exc:
-        print(f"oned-images: refusing to {args.action}: {exc}; stop it first", file=sys.stderr)
+        what = "fsck --repair" if args.action == "fsck" else args.action
+        print(f"oned-images: refusing to {what}: {exc}; stop it first", file=sys.stderr)
         return 1
     except backup.BackupError as exc:
         print(f"oned-images: {args.action}: {exc}", file=sys.stderr)

@@ -39,6 +39,7 @@ from oned_images.store import schema
 from oned_images.store.database import DbSettings, open_database
 from oned_images.store.lock import DatabaseLock
 from oned_images.store.models import ALL_MODELS, BaseModel, ServedText, database_proxy
+from oned_images.xmldoc.served import escape
 
 BATCH = 500
 
@@ -190,11 +191,14 @@ def _backup_postgresql(settings: DbSettings, tmp: str) -> None:
 # ------------------------------------------------------------------ copying rows
 def _copy_table(src: peewee.Database, dst: peewee.Database, model: type[BaseModel]) -> int:
     """Copy one table's rows by column name; served bodies take the target's form
-    (bytes on SQLite, text on PostgreSQL, as pools.insert writes them)."""
+    (bytes on SQLite, text on PostgreSQL, as pools.insert writes them) and missing ones
+    are made from the body (schema 2's migration would otherwise write bytes into the
+    text column that the current layout has on PostgreSQL)."""
     table = model._meta.table_name
     have = {c.name for c in src.get_columns(table)}
     fields = [f for f in model._meta.sorted_fields if f.column_name in have]
     served = [i for i, f in enumerate(fields) if isinstance(f, ServedText)]
+    body = next((i for i, f in enumerate(fields) if f.name == "body"), None)
     to_bytes = isinstance(dst, peewee.SqliteDatabase)
     names = ", ".join(f'"{f.column_name}"' for f in fields)
     marks = ", ".join([dst.param] * len(fields))
@@ -209,6 +213,9 @@ def _copy_table(src: peewee.Database, dst: peewee.Database, model: type[BaseMode
             rows = [list(r) for r in rows]
             for r in rows:
                 for i in served:
+                    if r[i] is None and body is not None:
+                        # a derived copy missing (rows of schema 1, hand edits): make it
+                        r[i] = escape(r[body])
                     r[i] = _served_value(r[i], to_bytes)
         dst.cursor().executemany(insert, rows)
         count += len(rows)
