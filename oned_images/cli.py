@@ -140,6 +140,9 @@ def _db(action: str, config) -> int:
 
 def _db_tool(args, config) -> int:
     """db backup / restore / fsck: the logic is in store.backup and store.fsck."""
+    import sqlite3
+
+    import peewee
     from twisted.internet import reactor
 
     from oned_images.service import Daemon
@@ -148,6 +151,10 @@ def _db_tool(args, config) -> int:
 
     database = Daemon(reactor, config).open_database()
     settings = database.settings
+    if args.action == "fsck" and settings.backend == "sqlite" and \
+            not os.path.isfile(settings.path):
+        print(f"oned-images: fsck: no database at {settings.path}", file=sys.stderr)
+        return 2
     try:
         if args.action == "backup":
             out = args.file or backup.default_backup_path(config.var_location)
@@ -170,6 +177,10 @@ def _db_tool(args, config) -> int:
             if running:
                 print(f"note: {running}; findings may include work in progress")
             current = database.run_sync(schema.version, database.db)
+            if current is None:
+                print("oned-images: fsck: the database is empty (no oned-images has "
+                      "started on it)", file=sys.stderr)
+                return 2
             if current != schema.CURRENT:
                 print(f"oned-images: the database has schema version {current}, this release "
                       f"checks version {schema.CURRENT}: run oned-images db upgrade first",
@@ -196,8 +207,21 @@ def _db_tool(args, config) -> int:
     except backup.BackupError as exc:
         print(f"oned-images: {args.action}: {exc}", file=sys.stderr)
         return 1
+    except (peewee.DatabaseError, sqlite3.Error, OSError) as exc:
+        print(f"oned-images: {args.action}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # psycopg2's connection errors (the lock's own connection) are not peewee's
+        if type(exc).__module__.startswith("psycopg2"):
+            print(f"oned-images: {args.action}: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        raise
     finally:
         database.stop()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _limit_malloc_arenas() -> None:

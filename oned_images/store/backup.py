@@ -257,11 +257,15 @@ def restore(settings: DbSettings, path: str, force: bool = False) -> tuple[Backu
             _restore_sqlite(settings.path, path, force)
         else:
             _restore_postgresql(settings, path, force)
+    # The datastores' files are not in a backup: files of images made after it are
+    # referenced by no restored image, and the daemon's start removes such driver files.
+    fsck = ("run oned-images db fsck before serve (--repair moves datastore files that no "
+            "restored image references to lost+found; serve would delete them)")
     if info.version is not None and info.version < schema.CURRENT:
-        nxt = (f"the restored database has schema version {info.version}; run "
-               "oned-images db upgrade before serve")
+        nxt = (f"the restored database has schema version {info.version}: run "
+               f"oned-images db upgrade, then {fsck[4:]}")
     else:
-        nxt = "start oned-images serve on it"
+        nxt = fsck
     return info, nxt
 
 

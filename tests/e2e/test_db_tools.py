@@ -62,6 +62,8 @@ def sql(d, statement: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+FSCK_HINT = ("oned-images db fsck before serve (--repair moves datastore files that no "
+             "restored image references to lost+found; serve would delete them)")
 MONITORED = re.compile(r"<(TOTAL_MB|FREE_MB|USED_MB)>\d+</\1>")
 
 
@@ -133,7 +135,7 @@ def test_online_backup_while_allocating_restores_elsewhere(fresh_daemon, tmp_pat
     d1 = configured(fresh_daemon(start=False))
     out = db(d1, "restore", str(first))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.endswith("; start oned-images serve on it\n")
+    assert out.stdout.endswith(f"; run {FSCK_HINT}\n")
     d1.start()
     restored = image_ids(pools(d1)["images"])
     assert restored[:5] == [0, 1, 2, 3, 4] and len(restored) >= 5
@@ -213,6 +215,48 @@ def test_restore_refusals(fresh_daemon, tmp_path):
     assert field(info(d, iid), "NAME") == "keep-me"
 
 
+def test_backup_default_path_and_cross_backend_restore(fresh_daemon, tmp_path):
+    """Without FILE the backup goes to VAR_LOCATION/backups; the one format restores into
+    either backend (PostgreSQL runs: PostgreSQL -> SQLite -> PostgreSQL)."""
+    d = fresh_daemon()
+    ds = dummy_datastore(d, "x-ds")
+    register(d, ds, name="travels")
+    user(d, "traveller")
+    out = db(d, "backup")
+    assert out.returncode == 0, out.stderr
+    made = sorted((d.var / "backups").iterdir())
+    assert len(made) == 1 and re.fullmatch(r"oned-images-\d{8}-\d{6}\.db", made[0].name)
+    assert out.stdout.startswith(f"backup written to {made[0]} (")
+    if backend() == "sqlite":
+        return
+    original = pools(d)
+    # PostgreSQL backup -> an SQLite install
+    lite = configured(fresh_daemon(extra_config='DB = [ BACKEND = "sqlite" ]\n', start=False))
+    out = db(lite, "restore", str(made[0]))
+    assert out.returncode == 0, out.stderr
+    assert (lite.var / "one.db").is_file()
+    lite.start()
+    assert pools(lite) == original
+    lite.stop()
+    # ... and its backup back into a fresh PostgreSQL database
+    again = tmp_path / "from-sqlite.db"
+    assert db(lite, "backup", str(again)).returncode == 0
+    pg = configured(fresh_daemon(start=False))
+    assert db(pg, "restore", str(again)).returncode == 0
+    pg.start()
+    assert pools(pg) == original
+    pg.stop()
+    # a PostgreSQL database that does not exist: one line, no traceback
+    gone = configured(fresh_daemon(start=False))
+    conf = gone.tmp / "oned-images.conf"
+    conf.write_text(conf.read_text().replace(f'DB_NAME = "{gone.pg_db}"',
+                                             'DB_NAME = "oned_no_such_db"'))
+    out = db(gone, "restore", str(again))
+    assert out.returncode == 1
+    assert out.stderr.startswith("oned-images: restore: ") and out.stderr.count("\n") == 1
+    assert 'database "oned_no_such_db" does not exist' in out.stderr
+
+
 # ------------------------------------------------------------------ upgrade from every version
 def _undo_v2(d) -> None:
     """Back to schema 1: no served copies, no oid index."""
@@ -232,6 +276,7 @@ def _undo_v3(d) -> None:
 UNDO = {2: _undo_v2, 3: _undo_v3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", range(1, schema.CURRENT))
 def test_upgrade_from_every_version(fresh_daemon, tmp_path, start):
     assert set(UNDO) == set(range(2, schema.CURRENT + 1)), \
@@ -251,8 +296,8 @@ def test_upgrade_from_every_version(fresh_daemon, tmp_path, start):
     d2 = configured(fresh_daemon(start=False))
     out = db(d2, "restore", str(bk))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.endswith(f"; the restored database has schema version {start}; run "
-                               "oned-images db upgrade before serve\n")
+    assert out.stdout.endswith(f"; the restored database has schema version {start}: run "
+                               f"oned-images db upgrade, then {FSCK_HINT}\n")
     for daemon in (d, d2):
         up = db(daemon, "upgrade")
         assert (up.returncode, up.stdout) == (
@@ -291,6 +336,14 @@ def test_fsck_clean_database(fresh_daemon):
     d.stop()
     out = db(d, "fsck")
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+    # nothing to check: one line, exit status 2
+    empty = configured(fresh_daemon(start=False))
+    out = db(empty, "fsck")
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (f"oned-images: fsck: no database at {empty.var / 'one.db'}\n"
+                          if backend() == "sqlite" else
+                          "oned-images: fsck: the database is empty (no oned-images has "
+                          "started on it)\n")
 
 
 def test_fsck_finds_and_repairs_damage(fresh_daemon):
