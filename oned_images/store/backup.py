@@ -138,6 +138,7 @@ def backup(settings: DbSettings, out: str, force: bool = False) -> BackupInfo:
         else:
             _backup_postgresql(settings, tmp)
         info = inspect(tmp)
+        os.chmod(tmp, 0o600)  # it holds password hashes and the serveradmin secret
         _publish(tmp, out)
     finally:
         for leftover in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
@@ -318,7 +319,10 @@ def _restore_postgresql(settings: DbSettings, backup_file: str, force: bool) -> 
         dst.connect()
         backup_tables = set(src.get_tables())
         with _models_on(dst), dst.atomic():
-            existing = dst.get_tables()
+            # Only this release's tables are replaced; anything else in the database is
+            # left alone.
+            known = {m._meta.table_name for m in ALL_MODELS}
+            existing = [t for t in dst.get_tables() if t in known]
             if existing and not force:
                 raise BackupError(f"the database {settings.db_name} on {settings.server} "
                                   "holds tables; add --force to replace them")

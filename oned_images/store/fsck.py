@@ -54,6 +54,7 @@ from oned_images.store.models import (
     PoolControl,
     PoolObject,
     UserRow,
+    database_proxy,
 )
 from oned_images.xmldoc.common import parse
 from oned_images.xmldoc.datastore import datastore_from, datastore_xml
@@ -126,6 +127,11 @@ class _State:
 
 def check_database(repair: bool, daemon_running: bool) -> tuple[list[Finding], list]:
     """Inside one transaction: every check on the rows; repairs written when asked."""
+    if isinstance(database_proxy.obj, peewee.PostgresqlDatabase):
+        # First statement of the transaction: every check reads one snapshot, so a
+        # running daemon's writes cannot show up as half-made inconsistencies.
+        database_proxy.obj.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+                                       + ("" if repair else ", READ ONLY"))
     st = _State(repair, daemon_running)
     _check_rows(st)
     _check_users_groups(st)

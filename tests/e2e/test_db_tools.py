@@ -227,6 +227,7 @@ def test_backup_default_path_and_cross_backend_restore(fresh_daemon, tmp_path):
     made = sorted((d.var / "backups").iterdir())
     assert len(made) == 1 and re.fullmatch(r"oned-images-\d{8}-\d{6}\.db", made[0].name)
     assert out.stdout.startswith(f"backup written to {made[0]} (")
+    assert made[0].stat().st_mode & 0o777 == 0o600  # password hashes, serveradmin secret
     if backend() == "sqlite":
         return
     original = pools(d)
@@ -242,9 +243,12 @@ def test_backup_default_path_and_cross_backend_restore(fresh_daemon, tmp_path):
     again = tmp_path / "from-sqlite.db"
     assert db(lite, "backup", str(again)).returncode == 0
     pg = configured(fresh_daemon(start=False))
+    sql(pg, "CREATE TABLE operator_notes (note text)")
+    sql(pg, "INSERT INTO operator_notes VALUES ('not ours')")
     assert db(pg, "restore", str(again)).returncode == 0
     pg.start()
     assert pools(pg) == original
+    assert sql(pg, "SELECT note FROM operator_notes") == [("not ours",)]  # left alone
     pg.stop()
     # a PostgreSQL database that does not exist: one line, no traceback
     gone = configured(fresh_daemon(start=False))
