@@ -357,6 +357,7 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
     kept, _ = fs_image(d, "file-kept")
     counted = register(d, ds, name="counted")
     orphan = register(d, ds, name="orphan-owner")
+    named = register(d, ds, name="ds-name")
     renamed = register(d, ds, name="columns")
     uid, _ = user(d, "member")
     d.stop()
@@ -369,6 +370,11 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
     edit_body(d, counted, STATE="2", RUNNING_VMS="3")
     edit_body(d, orphan, UID="77")
     sql(d, "UPDATE image_pool SET uid = 77 WHERE oid = ?", (orphan,))
+    edit_body(d, named, DATASTORE="old-name")
+    user_body = sql(d, "SELECT body FROM user_pool WHERE oid = ?", (uid,))[0][0]
+    sql(d, "UPDATE user_pool SET body = ? WHERE oid = ?",
+        (user_body.replace("<GROUPS><ID>1</ID></GROUPS>",
+                           "<GROUPS><ID>1</ID><ID>150</ID></GROUPS>"), uid))
     sql(d, "UPDATE image_pool SET name = 'hand-edited' WHERE oid = ?", (renamed,))
     sql(d, "UPDATE image_pool SET body_rpc = ? WHERE oid = ?",
         ("&lt;IMAGE&gt;stale&lt;/IMAGE&gt;", kept))
@@ -386,6 +392,9 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
         (f"image {renamed}: columns disagree with the body: name is 'hand-edited', the body "
          "says 'columns'", "columns rewritten from the body"),
         (f"group 1: USERS is [], the users in it are [{uid}]", "USERS rebuilt from the users"),
+        (f"user {uid}: GROUPS names groups that do not exist: [150]", "removed from GROUPS"),
+        (f"image {named}: DATASTORE is 'old-name', datastore {ds} is 'fsck-ds'",
+         "DATASTORE set"),
         (f"image {gone}: its file {gone_path} does not exist", "state ERROR"),
         (f"image {counted}: RUNNING_VMS is 3, VMS lists 0", "RUNNING_VMS set to 0"),
         (f"image {counted}: USED with no VM and no clone in progress", "state READY"),
@@ -425,7 +434,9 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
     assert (num(doc, "UID"), field(doc, "UNAME")) == (0, "oneadmin")
     assert call(d, "one.image.info", kept)[1] == read_body(d, kept)
     assert pools(d)["images"].count("<NAME>columns</NAME>") == 1
-    assert ds_images(d, ds) == [counted, orphan, renamed]
+    assert ds_images(d, ds) == [counted, orphan, named, renamed]
+    assert field(info(d, named), "DATASTORE") == "fsck-ds"
+    assert re.search(r"<GROUPS><ID>1</ID></GROUPS>", ok(d, "one.user.info", uid))
     assert f"<USERS><ID>{uid}</ID></USERS>" in ok(d, "one.group.info", 1)
     assert register(d, ds) == renamed + 1
     d.stop()
@@ -437,7 +448,10 @@ def test_fsck_reports_what_it_cannot_repair(fresh_daemon):
     ds = dummy_datastore(d, "broken-ds")
     broken = register(d, ds, name="broken")
     locked = register(d, ds, name="locked")
+    homeless = register(d, ds, name="homeless")
     d.stop()
+    edit_body(d, homeless, DATASTORE_ID="999")
+    sql(d, "UPDATE image_pool SET datastore_id = 999 WHERE oid = ?", (homeless,))
     sql(d, "UPDATE image_pool SET body = ? WHERE oid = ?", ("<IMAGE><ID>", broken))
     edit_body(d, locked, STATE="4")
     out = db(d, "fsck", "--repair")
@@ -448,4 +462,6 @@ def test_fsck_reports_what_it_cannot_repair(fresh_daemon):
     assert lines[1:] == [
         f"note: image {locked}: LOCKED with no driver action running (no daemon holds the "
         "database); the next start re-runs it",
-        "1 problem(s) found, 0 repaired, 1 need you"]
+        f"image {homeless}: datastore 999 does not exist; move the image's files and delete "
+        "or re-register it -> NOT repaired",
+        "2 problem(s) found, 0 repaired, 2 need you"]
