@@ -176,6 +176,16 @@ def _db_tool(args, config) -> int:
         try:
             if running:
                 print(f"note: {running}; findings may include work in progress")
+            drivers = fsck.leftover_drivers(config.var_location)
+            if drivers and not running:
+                if args.repair:
+                    print("oned-images: refusing to fsck --repair: driver processes left by "
+                          f"a daemon that died still run (process groups {drivers}); start "
+                          "oned-images serve once (it stops them) or kill them first",
+                          file=sys.stderr)
+                    return 1
+                print(f"note: driver processes left by a daemon that died still run (process "
+                      f"groups {drivers}); their files may show up as unreferenced")
             current = database.run_sync(schema.version, database.db)
             if current is None:
                 print("oned-images: fsck: the database is empty (no oned-images has "

@@ -45,6 +45,7 @@ from oned_images.domain.images import _meta as image_meta
 from oned_images.domain.images import write_image
 from oned_images.domain.objects import Datastore, Group, Image, User
 from oned_images.domain.states import ImageState
+from oned_images.driver import reaper
 from oned_images.store import pools
 from oned_images.store.models import (
     ALL_MODELS,
@@ -142,6 +143,23 @@ def check_database(repair: bool, daemon_running: bool) -> tuple[list[Finding], l
     if repair:
         _write_back(st)
     return st.findings, st.strays
+
+
+def leftover_drivers(var_location: str) -> list[int]:
+    """Driver process groups a killed daemon left running (they outlive it, see
+    driver.reaper): their half-written files must not be taken for strays."""
+    directory = reaper.run_dir(var_location)
+    if not directory.is_dir():
+        return []
+    alive = []
+    for entry in directory.iterdir():
+        try:
+            pid, script = int(entry.name), entry.read_text()
+        except (ValueError, OSError):
+            continue
+        if reaper._alive_with(pid, script):
+            alive.append(pid)
+    return sorted(alive)
 
 
 def move_strays(strays: list[tuple[int, str, str]]) -> None:

@@ -340,6 +340,26 @@ def test_fsck_clean_database(fresh_daemon):
     d.stop()
     out = db(d, "fsck")
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+    # driver processes that a killed daemon left behind are still writing files
+    records = d.var / "run" / "drivers"
+    records.mkdir(parents=True, exist_ok=True)
+    leftover = subprocess.Popen(["sleep", "60"])
+    try:
+        (records / str(leftover.pid)).write_text("sleep")
+        out = db(d, "fsck", "--repair")
+        assert (out.returncode, out.stdout) == (1, "")
+        assert out.stderr == (
+            "oned-images: refusing to fsck --repair: driver processes left by a daemon that "
+            f"died still run (process groups [{leftover.pid}]); start oned-images serve once "
+            "(it stops them) or kill them first\n")
+        out = db(d, "fsck")
+        assert (out.returncode, out.stdout) == (
+            0, f"note: driver processes left by a daemon that died still run (process groups "
+               f"[{leftover.pid}]); their files may show up as unreferenced\n")
+    finally:
+        leftover.kill()
+        leftover.wait()
+    assert db(d, "fsck", "--repair").returncode == 0
     # nothing to check: one line, exit status 2
     empty = configured(fresh_daemon(start=False))
     out = db(empty, "fsck")
