@@ -146,8 +146,8 @@ def _db_tool(args, config) -> int:
     from twisted.internet import reactor
 
     from oned_images.service import Daemon
-    from oned_images.store import backup, fsck, schema
-    from oned_images.store.lock import DatabaseInUse, DatabaseLock
+    from oned_images.store import backup, fsck
+    from oned_images.store.lock import DatabaseInUse
 
     database = Daemon(reactor, config).open_database()
     settings = database.settings
@@ -165,51 +165,12 @@ def _db_tool(args, config) -> int:
             info, nxt = backup.restore(settings, args.file, force=args.force)
             print(f"restored {info.path} ({info.summary()}); {nxt}")
             return 0
-        lock = DatabaseLock(settings)
-        running = None
-        try:
-            lock.acquire("oned-images db fsck --repair" if args.repair else "oned-images db fsck")
-        except DatabaseInUse as exc:
-            if args.repair:
-                raise
-            running = str(exc)
-        try:
-            if running:
-                print(f"note: {running}; findings may include work in progress")
-            drivers = fsck.leftover_drivers(config.var_location)
-            if drivers and not running:
-                if args.repair:
-                    print("oned-images: refusing to fsck --repair: driver processes left by "
-                          f"a daemon that died still run (process groups {drivers}); start "
-                          "oned-images serve once (it stops them) or kill them first",
-                          file=sys.stderr)
-                    return 1
-                print(f"note: driver processes left by a daemon that died still run (process "
-                      f"groups {drivers}); their files may show up as unreferenced")
-            current = database.run_sync(schema.version, database.db)
-            if current is None:
-                print("oned-images: fsck: the database is empty (no oned-images has "
-                      "started on it)", file=sys.stderr)
-                return 2
-            if current != schema.CURRENT:
-                print(f"oned-images: the database has schema version {current}, this release "
-                      f"checks version {schema.CURRENT}: run oned-images db upgrade first",
-                      file=sys.stderr)
-                return 2
-            findings, strays = database.run_sync(fsck.check_database, args.repair,
-                                                 running is not None)
-            if args.repair:
-                fsck.move_strays(strays)
-        finally:
-            lock.release()
-        for finding in findings:
-            print(finding.line(args.repair))
-        problems = [f for f in findings if not f.note]
-        if args.repair and problems:
-            left = sum(1 for f in problems if not f.repaired)
-            print(f"{len(problems)} problem(s) found, {len(problems) - left} repaired"
-                  + (f", {left} need you" if left else ""))
-        return 1 if problems else 0
+        lines, problem, code = fsck.run(database, config.var_location, args.repair)
+        for line in lines:
+            print(line)
+        if problem:
+            print(f"oned-images: {problem}", file=sys.stderr)
+        return code
     except DatabaseInUse as exc:
         what = "fsck --repair" if args.action == "fsck" else args.action
         print(f"oned-images: refusing to {what}: {exc}; stop it first", file=sys.stderr)

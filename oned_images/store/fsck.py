@@ -46,7 +46,9 @@ from oned_images.domain.images import write_image
 from oned_images.domain.objects import Datastore, Group, Image, User
 from oned_images.domain.states import ImageState
 from oned_images.driver import reaper
-from oned_images.store import pools
+from oned_images.store import pools, schema
+from oned_images.store.database import Database
+from oned_images.store.lock import DatabaseInUse, DatabaseLock
 from oned_images.store.models import (
     ALL_MODELS,
     DatastoreRow,
@@ -124,6 +126,51 @@ class _State:
 
     def add(self, what: str, problem: str, repaired: str = "", note: bool = False) -> None:
         self.findings.append(Finding(what, problem, repaired if self.repair else "", note))
+
+
+def run(database: Database, var_location: str, repair: bool) -> tuple[list[str], str, int]:
+    """The whole of ``db fsck``: (report lines, a refusal for stderr or "", exit status).
+
+    Raises DatabaseInUse for ``--repair`` on a database a daemon holds."""
+    lock = DatabaseLock(database.settings)
+    running = ""
+    try:
+        lock.acquire("oned-images db fsck --repair" if repair else "oned-images db fsck")
+    except DatabaseInUse as exc:
+        if repair:
+            raise
+        running = str(exc)
+    try:
+        lines = [f"note: {running}; findings may include work in progress"] if running else []
+        drivers = [] if running else leftover_drivers(var_location)
+        if drivers:
+            if repair:
+                return [], ("refusing to fsck --repair: driver processes left by a daemon "
+                            f"that died still run (process groups {drivers}); start "
+                            "oned-images serve once (it stops them) or kill them first"), 1
+            lines.append(f"note: driver processes left by a daemon that died still run "
+                         f"(process groups {drivers}); their files may show up as "
+                         "unreferenced")
+        current = database.run_sync(schema.version, database.db)
+        if current is None:
+            return lines, ("fsck: the database is empty (no oned-images has started on "
+                           "it)"), 2
+        if current != schema.CURRENT:
+            return lines, (f"fsck: the database has schema version {current}, this release "
+                           f"checks version {schema.CURRENT}: run oned-images db upgrade "
+                           "first"), 2
+        findings, strays = database.run_sync(check_database, repair, bool(running))
+        if repair:
+            move_strays(strays)
+    finally:
+        lock.release()
+    lines += [f.line(repair) for f in findings]
+    problems = [f for f in findings if not f.note]
+    if repair and problems:
+        left = sum(1 for f in problems if not f.repaired)
+        lines.append(f"{len(problems)} problem(s) found, {len(problems) - left} repaired"
+                     + (f", {left} need you" if left else ""))
+    return lines, "", 1 if problems else 0
 
 
 def check_database(repair: bool, daemon_running: bool) -> tuple[list[Finding], list]:
