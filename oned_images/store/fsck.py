@@ -282,12 +282,12 @@ def _check_users_groups(st: _State) -> None:
                    "removed from GROUPS")
             st.dirty.add(("user", user.id))
         if user.gid not in st.groups:
-            old = user.gid
-            user.gid = identity.USERS_GROUP
-            st.add(what, f"primary group {old} does not exist",
-                   f"primary group set to {user.gid} ({st.groups[user.gid].name})"
-                   if user.gid in st.groups else "")
-            st.dirty.add(("user", user.id))
+            home = st.groups.get(identity.USERS_GROUP)
+            st.add(what, f"primary group {user.gid} does not exist",
+                   f"primary group set to {home.id} ({home.name})" if home else "")
+            if home is not None:
+                user.gid = home.id
+                st.dirty.add(("user", user.id))
         if user.gid in st.groups:
             if user.gid not in user.groups:
                 user.groups = sorted({*user.groups, user.gid})

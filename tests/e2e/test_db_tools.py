@@ -22,6 +22,7 @@ from tests.support.seed import (
     dummy_datastore,
     edit_body,
     field,
+    group,
     info,
     num,
     ok,
@@ -397,7 +398,10 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
     named = register(d, ds, name="ds-name")
     renamed = register(d, ds, name="columns")
     uid, _ = user(d, "member")
+    gone_group = group(d, "dissolved")
+    moved, _ = user(d, "moved", groups=[gone_group])
     d.stop()
+    sql(d, "DELETE FROM group_pool WHERE oid = ?", (gone_group,))
     base = d.var / "datastores" / "1"
     gone_path.unlink()
     stray = base / ("ab" * 16)
@@ -428,7 +432,14 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
          "served copy rewritten from the body"),
         (f"image {renamed}: columns disagree with the body: name is 'hand-edited', the body "
          "says 'columns'", "columns rewritten from the body"),
-        (f"group 1: USERS is [], the users in it are [{uid}]", "USERS rebuilt from the users"),
+        (f"group 1: USERS is [], the users in it are [{uid}, {moved}]",
+         "USERS rebuilt from the users"),
+        (f"user {moved}: GROUPS names groups that do not exist: [{gone_group}]",
+         "removed from GROUPS"),
+        (f"user {moved}: primary group {gone_group} does not exist",
+         "primary group set to 1 (users)"),
+        (f"user {moved}: primary group 1 is missing from GROUPS", "added to GROUPS"),
+        (f"user {moved}: GNAME is 'dissolved', group 1 is 'users'", "GNAME set"),
         (f"user {uid}: GROUPS names groups that do not exist: [150]", "removed from GROUPS"),
         (f"image {named}: DATASTORE is 'old-name', datastore {ds} is 'fsck-ds'",
          "DATASTORE set"),
@@ -474,7 +485,9 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
     assert ds_images(d, ds) == [counted, orphan, named, renamed]
     assert field(info(d, named), "DATASTORE") == "fsck-ds"
     assert re.search(r"<GROUPS><ID>1</ID></GROUPS>", ok(d, "one.user.info", uid))
-    assert f"<USERS><ID>{uid}</ID></USERS>" in ok(d, "one.group.info", 1)
+    assert f"<USERS><ID>{uid}</ID><ID>{moved}</ID></USERS>" in ok(d, "one.group.info", 1)
+    doc = ok(d, "one.user.info", moved)
+    assert (num(doc, "GID"), field(doc, "GNAME"), field(doc, "GROUPS/ID")) == (1, "users", "1")
     assert register(d, ds) == renamed + 1
     d.stop()
     assert db(d, "fsck").stdout == ""
