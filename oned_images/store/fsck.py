@@ -7,10 +7,9 @@ Like onedb fsck, every check compares two things that must agree and, with
   it); its filter columns and its served copy (``body_rpc``) are derived from it.
   A body that is not well-formed cannot be repaired from its columns: restore
   that row from a backup.
-* users are the truth for group membership (a group's USERS), as oned's fsck
-  rebuilds it; an owner (UID/GID) that no longer exists becomes oneadmin, the
-  owner oned's fsck gives orphans; UNAME/GNAME/DATASTORE copy the owner's and
-  the datastore's current names.
+* users are the truth for group membership (a group's USERS); an owner
+  (UID/GID) that no longer exists becomes oneadmin (user and group 0 always
+  exist); UNAME/GNAME/DATASTORE copy the owner's and the datastore's names.
 * an image's VMS collection is the truth for RUNNING_VMS (and READY/USED).
 * the id counters (``pool_control``) must be at least the largest id in use, or
   the next allocate collides with an existing object.
