@@ -218,7 +218,15 @@ def _copy_table(src: peewee.Database, dst: peewee.Database, model: type[BaseMode
                         # a derived copy missing (rows of schema 1, hand edits): make it
                         r[i] = escape(r[body])
                     r[i] = _served_value(r[i], to_bytes)
-        dst.cursor().executemany(insert, rows)
+        if isinstance(dst, peewee.PostgresqlDatabase):
+            from psycopg2.extras import execute_values
+
+            # one INSERT per batch: row-by-row executemany made a 10,000-image restore
+            # several times slower
+            execute_values(dst.cursor(), f'INSERT INTO "{table}" ({names}) VALUES %s', rows,
+                           page_size=BATCH)
+        else:
+            dst.cursor().executemany(insert, rows)
         count += len(rows)
     return count
 

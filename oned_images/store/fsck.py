@@ -230,14 +230,17 @@ def _check_rows(st: _State) -> None:
             oid, body = row[0], row[1]
             what = f"{label} {oid}"
             try:
-                parse(body)
+                obj = kind.parse(body) if kind else parse(body)
             except etree.XMLSyntaxError as exc:
                 st.add(what, f"the stored body is not well-formed XML ({exc}); restore this "
                        "row from a backup")
                 continue
+            except (ValueError, TypeError) as exc:  # e.g. <RUNNING_VMS>x</RUNNING_VMS>
+                st.add(what, f"the stored body cannot be read ({exc}); restore this row "
+                       "from a backup")
+                continue
             if kind is None:
                 continue
-            obj = kind.parse(body)
             if obj.id != oid:
                 st.add(what, f"the body's ID is {obj.id}; restore this row from a backup")
                 continue

@@ -497,6 +497,7 @@ def test_fsck_reports_what_it_cannot_repair(fresh_daemon):
     d = fresh_daemon()
     ds = dummy_datastore(d, "broken-ds")
     broken = register(d, ds, name="broken")
+    unreadable = register(d, ds, name="unreadable")
     locked = register(d, ds, name="locked")
     homeless = register(d, ds, name="homeless")
     d.stop()
@@ -504,14 +505,17 @@ def test_fsck_reports_what_it_cannot_repair(fresh_daemon):
     sql(d, "UPDATE image_pool SET datastore_id = 999 WHERE oid = ?", (homeless,))
     sql(d, "UPDATE image_pool SET body = ? WHERE oid = ?", ("<IMAGE><ID>", broken))
     edit_body(d, locked, STATE="4")
+    edit_body(d, unreadable, RUNNING_VMS="many")
     out = db(d, "fsck", "--repair")
     assert out.returncode == 1
     lines = out.stdout.splitlines()
     assert lines[0].startswith(f"image {broken}: the stored body is not well-formed XML (")
     assert lines[0].endswith("); restore this row from a backup -> NOT repaired")
     assert lines[1:] == [
+        f"image {unreadable}: the stored body cannot be read (invalid literal for int() with "
+        "base 10: 'many'); restore this row from a backup -> NOT repaired",
         f"note: image {locked}: LOCKED with no driver action running (no daemon holds the "
         "database); the next start re-runs it",
         f"image {homeless}: datastore 999 does not exist; move the image's files and delete "
         "or re-register it -> NOT repaired",
-        "2 problem(s) found, 0 repaired, 2 need you"]
+        "3 problem(s) found, 0 repaired, 3 need you"]
