@@ -408,6 +408,7 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
     stray.write_bytes(b"left by a crash")
     (base / "notes.txt").write_text("hand copied")
     sql(d, "UPDATE pool_control SET last_oid = 1 WHERE tablename = 'image_pool'")
+    sql(d, "DELETE FROM pool_control WHERE tablename = 'user_pool'")
     edit_body(d, counted, STATE="2", RUNNING_VMS="3")
     edit_body(d, orphan, UID="77")
     sql(d, "UPDATE image_pool SET uid = 77 WHERE oid = ?", (orphan,))
@@ -451,6 +452,8 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
          "that name the datastore)", "stored list emptied"),
         (f"table image_pool: id counter is 1, below the largest id {renamed}",
          f"counter set to {renamed}"),
+        (f"table user_pool: has no id counter in pool_control (largest id {moved})",
+         f"counter set to {moved}"),
         (f"datastore 1: {base / 'notes.txt'} is referenced by no image",
          f"moved to {lost / 'notes.txt'}"),
         (f"datastore 1: {stray} is referenced by no image", f"moved to {lost / stray.name}"),
@@ -489,6 +492,7 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
     doc = ok(d, "one.user.info", moved)
     assert (num(doc, "GID"), field(doc, "GNAME"), field(doc, "GROUPS/ID")) == (1, "users", "1")
     assert register(d, ds) == renamed + 1
+    assert user(d, "after-repair")[0] == moved + 1
     d.stop()
     assert db(d, "fsck").stdout == ""
 
