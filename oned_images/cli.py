@@ -92,7 +92,8 @@ def _db_parser(sub) -> None:
         "datastore images whose file is missing, files in an fs datastore that no image "
         "references, LOCKED images with no daemon running (a note: the next start re-runs "
         "their action). One line per finding. Exit status: 0 clean, 1 problems found "
-        "(with --repair: found, and each line says what was done).")
+        "(with --repair: found, and each line says what was done), 2 not checked (no "
+        "database, another schema version, --repair refused).")
     fsck.add_argument(
         "--repair", action="store_true",
         help="fix what was found, in one transaction, with the daemon stopped (refused "
@@ -174,7 +175,7 @@ def _db_tool(args, config) -> int:
     except DatabaseInUse as exc:
         what = "fsck --repair" if args.action == "fsck" else args.action
         print(f"oned-images: refusing to {what}: {exc}; stop it first", file=sys.stderr)
-        return 1
+        return 2 if args.action == "fsck" else 1  # fsck: 1 means "found problems"
     except backup.BackupError as exc:
         print(f"oned-images: {args.action}: {exc}", file=sys.stderr)
         return 1

@@ -152,7 +152,7 @@ def run(database: Database, var_location: str, repair: bool) -> tuple[list[str],
             if repair:
                 return [], ("refusing to fsck --repair: driver processes left by a daemon "
                             f"that died still run (process groups {drivers}); start "
-                            "oned-images serve once (it stops them) or kill them first"), 1
+                            "oned-images serve once (it stops them) or kill them first"), 2
             lines.append(f"note: driver processes left by a daemon that died still run "
                          f"(process groups {drivers}); their files may show up as "
                          "unreferenced")

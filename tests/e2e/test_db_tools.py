@@ -351,7 +351,7 @@ def test_fsck_clean_database(fresh_daemon):
     assert re.fullmatch(r"note: The database .* is in use by oned-images serve \(pid \d+ on "
                         r"\S+\); findings may include work in progress\n", running.stdout)
     refused = db(d, "fsck", "--repair")
-    assert refused.returncode == 1
+    assert (refused.returncode, refused.stdout) == (2, "")
     assert re.fullmatch(r"oned-images: refusing to fsck --repair: The database .* is in use "
                         r"by oned-images serve \(pid \d+ on \S+\); stop it first\n",
                         refused.stderr), refused.stderr
@@ -365,7 +365,7 @@ def test_fsck_clean_database(fresh_daemon):
     try:
         (records / str(leftover.pid)).write_text("sleep")
         out = db(d, "fsck", "--repair")
-        assert (out.returncode, out.stdout) == (1, "")
+        assert (out.returncode, out.stdout) == (2, "")
         assert out.stderr == (
             "oned-images: refusing to fsck --repair: driver processes left by a daemon that "
             f"died still run (process groups [{leftover.pid}]); start oned-images serve once "
