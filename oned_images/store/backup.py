@@ -100,7 +100,7 @@ def _models_on(db: peewee.Database) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ inspecting a file
-def inspect(path: str) -> BackupInfo:
+def check_file(path: str) -> BackupInfo:
     """Check that ``path`` is a sound backup and read its schema version and row counts."""
     if not os.path.isfile(path):
         raise BackupError(f"{path}: no such backup file")
@@ -137,7 +137,7 @@ def backup(settings: DbSettings, out: str, force: bool = False) -> BackupInfo:
             _backup_sqlite(settings.path, tmp)
         else:
             _backup_postgresql(settings, tmp)
-        info = inspect(tmp)
+        info = check_file(tmp)
         os.chmod(tmp, 0o600)  # it holds password hashes and the serveradmin secret
         _publish(tmp, out)
     finally:
@@ -253,7 +253,7 @@ def _served_value(value, to_bytes: bool):
 # ------------------------------------------------------------------ restore
 def restore(settings: DbSettings, path: str, force: bool = False) -> tuple[BackupInfo, str]:
     """Restore ``path`` into the configured database; returns (info, what to do next)."""
-    info = inspect(path)
+    info = check_file(path)
     if info.version is not None and info.version > schema.CURRENT:
         raise BackupError(f"{path} has schema version {info.version}, newer than this "
                           f"oned-images knows ({schema.CURRENT}); restore it with a newer "

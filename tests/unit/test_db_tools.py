@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from oned_images.cli import build_parser
-from oned_images.store.backup import BackupError, inspect
+from oned_images.store.backup import BackupError, check_file
 from oned_images.store.database import DbSettings
 from oned_images.store.fsck import Finding
 from oned_images.store.lock import DatabaseInUse, DatabaseLock, daemon_running
@@ -54,20 +54,20 @@ def test_sqlite_lock_names_its_holder_and_dies_with_it(tmp_path):
     assert not again.held
 
 
-def test_inspect_refuses_what_is_not_a_backup(tmp_path):
+def test_check_file_refuses_what_is_not_a_backup(tmp_path):
     missing = tmp_path / "none.db"
     with pytest.raises(BackupError, match=f"^{missing}: no such backup file$"):
-        inspect(str(missing))
+        check_file(str(missing))
     other = tmp_path / "other.db"
     con = sqlite3.connect(other)
     con.execute("CREATE TABLE t (x)")
     con.close()
     with pytest.raises(BackupError, match=r"not an oned-images database \(no schema_version"):
-        inspect(str(other))
+        check_file(str(other))
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"x" * 4096)
     with pytest.raises(BackupError, match=f"^{junk}: "):
-        inspect(str(junk))
+        check_file(str(junk))
 
 
 def test_finding_lines():
