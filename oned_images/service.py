@@ -34,6 +34,7 @@ from oned_images.store.database import (
     ensure_database,
     private_sqlite_files,
 )
+from oned_images.store.lock import DatabaseLock
 from oned_images.store.models import DatastoreRow
 
 log = Logger(namespace="OnM")
@@ -123,6 +124,8 @@ class Daemon:
     _flush: task.LoopingCall | None = None
     observer: Any = None
     bootstrap_note: str = ""
+    #: held while the daemon runs: db restore / fsck --repair refuse a database in use.
+    db_lock: DatabaseLock | None = None
     ready: defer.Deferred = field(default_factory=defer.Deferred)
 
     def open_database_settings(self) -> DbSettings:
@@ -175,6 +178,8 @@ class Daemon:
         db = self.open_database()
         if not db.is_postgres:
             private_sqlite_files(db.settings.path)
+        self.db_lock = DatabaseLock(db.settings)
+        self.db_lock.acquire("oned-images serve")
         fresh = db.run_sync(schema.check, db.db)
         if fresh:
             name, password, path, generated = oneadmin_credentials()
@@ -238,6 +243,8 @@ class Daemon:
         if self.app is not None:
             await self.app.drivers.stop()
             self.app.db.stop()
+        if self.db_lock is not None:
+            self.db_lock.release()
         if self.observer is not None:
             self.observer.flush()
 
