@@ -224,8 +224,8 @@ def move_strays(strays: list[tuple[int, str, str]]) -> None:
 # ------------------------------------------------------------------ rows and bodies
 def _check_rows(st: _State) -> None:
     for model in ALL_MODELS:
-        if "body" not in model._meta.fields:
-            continue
+        if "body" not in model._meta.fields or "oid" not in model._meta.fields:
+            continue  # system_attributes: keyed by name, read by the quota code
         kind = KINDS.get(model)
         label = kind.label if kind else model._meta.table_name
         has_served = "body_rpc" in model._meta.fields
