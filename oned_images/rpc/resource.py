@@ -9,6 +9,7 @@ itself rejects becomes a Fault.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 from twisted.internet import defer
@@ -17,7 +18,9 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from oned_images import errors
+from oned_images.metrics import UNKNOWN_METHOD
 from oned_images.rpc import wire
+from oned_images.rpc.metrics import METRICS_PATH
 from oned_images.rpc.registry import TABLE, Method
 from oned_images.xmldoc.served import Served
 
@@ -126,6 +129,14 @@ class RpcResource(resource.Resource):
         request.finish()
 
     async def dispatch(self, body: bytes, peer: str) -> bytes:
+        """Answer one call; counted and timed for /metrics (oned_images.metrics)."""
+        started, named = time.perf_counter(), [UNKNOWN_METHOD]
+        payload = await self._answer(body, peer, named)
+        if self.app.metrics is not None:
+            self.app.metrics.call_done(named[-1], payload, time.perf_counter() - started)
+        return payload
+
+    async def _answer(self, body: bytes, peer: str, named: list[str]) -> bytes:
         try:
             if len(body) > PARSE_IN_THREAD:
                 name, values = await deferToThread(wire.parse_call, body)
@@ -138,6 +149,7 @@ class RpcResource(resource.Resource):
         method = TABLE.get(name)
         if method is None:
             return wire.fault(-506, f"Method '{name}' not defined")
+        named.append(name)
         params = wire.Params(values)
         try:
             session = params.str(0)
@@ -196,6 +208,9 @@ class RpcResource(resource.Resource):
 class RpcSite(server.Site):
     """A Site whose requests are capped at ``max_body`` bytes."""
 
+    #: the /metrics resource (rpc/metrics.py), set by the daemon.
+    metrics: resource.IResource | None = None
+
     def __init__(self, app: Any, max_body: int, timeout: float = 15) -> None:
         super().__init__(RpcResource(app), timeout=timeout)
         cls = type("CappedRpcRequest", (RpcRequest,), {"max_body": max_body})
@@ -203,6 +218,8 @@ class RpcSite(server.Site):
         self.noisy = False
 
     def getResourceFor(self, request: server.Request) -> resource.IResource:  # noqa: N802
+        if request.path == METRICS_PATH and self.metrics is not None:
+            return self.metrics
         return self.resource
 
     def log(self, request: server.Request) -> None:
