@@ -37,8 +37,15 @@ def notify(message: str) -> bool:
             sock.sendto(message.encode("utf-8"), address)
         return True
     except OSError as exc:
-        log.warn("sd_notify to {addr} failed: {err}", addr=address, err=exc)
+        global _warned
+        if not _warned:  # once: the watchdog would repeat it every few seconds
+            _warned = True
+            log.warn("sd_notify to {addr} failed: {err}", addr=address.replace("\0", "@"),
+                     err=exc)
         return False
+
+
+_warned = False
 
 
 def watchdog_interval() -> float | None:

@@ -1,0 +1,78 @@
+"""The pieces of /metrics and sd_notify that need no daemon: who may scrape, how a
+reply payload is classified, image sizes from driver data, the watchdog interval."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from oned_images.metrics import call_outcome, image_bytes
+from oned_images.rpc import wire
+from oned_images.rpc.metrics import refusal
+from oned_images.systemd import watchdog_interval
+from oned_images.xmldoc.served import Served
+
+
+@pytest.mark.parametrize("mode, peer, expected", [
+    ("loopback", "127.0.0.1", None),
+    ("loopback", "127.45.6.7", None),
+    ("loopback", "::1", None),
+    ("loopback", "::ffff:127.0.0.1", None),
+    ("loopback", "10.1.2.3", 403),
+    ("loopback", "192.168.0.10", 403),
+    ("loopback", "2001:db8::1", 403),
+    ("loopback", "::ffff:10.1.2.3", 403),
+    ("loopback", "-", 403),
+    ("loopback", "", 403),
+    ("on", "10.1.2.3", None),
+    ("on", "127.0.0.1", None),
+    ("off", "127.0.0.1", 404),
+    ("off", "10.1.2.3", 404),
+])
+def test_who_may_scrape(mode, peer, expected):
+    assert refusal(mode, peer) == expected
+
+
+def test_call_outcome_of_every_reply_shape():
+    assert call_outcome(wire.success(7)) == ("success", 0)
+    assert call_outcome(wire.success("<IMAGE><ID>1</ID></IMAGE>")) == ("success", 0)
+    assert call_outcome(wire.success(Served([b"&lt;IMAGE&gt;"]))) == ("success", 0)
+    assert call_outcome(wire.failure("[one.image.info] User couldn't be authenticated, "
+                                     "aborting call.", 256, -1)) == ("failure", 256)
+    # a message holding what looks like a tag is escaped: the code is still found
+    assert call_outcome(wire.failure("bad <i4>77</i4> name", 1024, 5)) == ("failure", 1024)
+    assert call_outcome(wire.fault(-506, "Method 'x' not defined")) == ("fault", 0)
+    assert call_outcome(wire.response_any(["one.image.info"])) == ("success", 0)
+
+
+def _b64(xml: str) -> str:
+    return base64.b64encode(xml.encode()).decode()
+
+
+def test_image_bytes_from_the_image_size():
+    doc = ("<DS_DRIVER_ACTION_DATA><IMAGE><ID>3</ID><SIZE>42</SIZE><TEMPLATE><SIZE>"
+           "<![CDATA[9]]></SIZE></TEMPLATE></IMAGE><DATASTORE><TOTAL_MB>10</TOTAL_MB>"
+           "</DATASTORE></DS_DRIVER_ACTION_DATA>")
+    assert image_bytes(_b64(doc)) == 42 * 1024 * 1024
+    assert image_bytes(_b64("<DS_DRIVER_ACTION_DATA><IMAGE><PATH>x</PATH></IMAGE>"
+                            "</DS_DRIVER_ACTION_DATA>")) == 0
+    assert image_bytes("not base64!") == 0
+
+
+@pytest.mark.parametrize("usec, pid, expected", [
+    ("30000000", None, 15.0),
+    ("200000", "self", 0.1),
+    ("200000", "1", None),      # the watchdog is meant for another process
+    ("0", None, None),
+    ("", None, None),
+    ("abc", None, None),
+])
+def test_watchdog_interval(monkeypatch, usec, pid, expected):
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    if pid is None:
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)
+    assert watchdog_interval() == expected
