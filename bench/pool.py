@@ -1,11 +1,13 @@
 """Image pool at scale: allocate throughput, full listings, a page, daemon memory.
 
-Usage: python bench/pool.py [--big 100000]
+Usage: python -m bench.pool [--big 100000] [--metrics on|off]
   * allocate throughput (SOURCE-given images, no copy): sequential, then 8 clients,
     measured at the start and again around 10,000 images;
   * one.imagepool.info(-2,-1,-1) at 1,000 and 10,000 images, one page of 200 at
     1,000 / 10,000 (and --big N, rows inserted straight into the database);
-  * daemon resident memory at 10,000 images and after 100 full listings.
+  * daemon resident memory at 10,000 images and after 100 full listings;
+  * with metrics on, one GET /metrics at 1,000 and 10,000 images (it counts images
+    by state on the database).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ import threading
 import time
 import xmlrpc.client
 
-from bench.common import SESSION, proxy, rss_mb, start_daemon, summary, timed
+from bench.common import (
+    SESSION,
+    metrics_config,
+    proxy,
+    rss_mb,
+    scrape_time,
+    start_daemon,
+    summary,
+    timed,
+)
 
 TEMPLATE = 'NAME="img-{n}"\nSOURCE="/var/tmp/src/{n}"\nFORMAT="raw"\nSIZE="1"\nDESCRIPTION="b"'
 
@@ -42,6 +53,16 @@ def allocate_range(d, start: int, count: int, clients: int) -> float:
     elapsed = time.perf_counter() - t0
     assert not errors, errors[:3]
     return count / elapsed
+
+
+def scrape(d, n: int, metrics: str) -> None:
+    if metrics == "on":
+        # counts are cached for a second: space the scrapes so that each one counts
+        samples = []
+        for _ in range(10):
+            time.sleep(1.05)
+            samples += scrape_time(d, 1)
+        print(summary(f"GET /metrics at {n} (image count on the DB)", samples))
 
 
 def listing(d, p, n: int) -> None:
@@ -104,20 +125,24 @@ def bulk_insert(d, upto: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--big", type=int, default=100000)
+    ap.add_argument("--metrics", choices=("on", "off"), default="on")
     args = ap.parse_args()
-    d = start_daemon()
+    d = start_daemon('LOG = [ SYSTEM = "std", DEBUG_LEVEL = 1 ]\n'
+                     + metrics_config(args.metrics))
     try:
         p = proxy(d)
         print(f"daemon RSS at start: {rss_mb(d):.1f} MB")
         print(f"allocate sequential (0-500): {allocate_range(d, 0, 500, 1):.0f}/s")
         print(f"allocate 8 clients (500-1000): {allocate_range(d, 500, 500, 8):.0f}/s")
         listing(d, p, 1000)
+        scrape(d, 1000, args.metrics)
         print(f"allocate 8 clients (1000-9000): {allocate_range(d, 1000, 8000, 8):.0f}/s")
         print(f"allocate sequential (9000-9504): {allocate_range(d, 9000, 504, 1):.0f}/s")
         print(f"allocate 8 clients (9504-10000): {allocate_range(d, 9504, 496, 8):.0f}/s")
         n = len(p.one.imagepool.info(SESSION, -2, -1, -1)[1].split("<IMAGE>")) - 1
         assert n == 10000, n
         listing(d, p, 10000)
+        scrape(d, 10000, args.metrics)
         print(f"daemon RSS at 10,000 images: {rss_mb(d):.1f} MB")
         for _ in range(100):
             p.one.imagepool.info(SESSION, -2, -1, -1)

@@ -88,10 +88,8 @@ def image_bytes(drv_action_b64: str) -> int:
 class Metrics:
     """The instruments, the hooks that feed them and the scrape-time collector."""
 
-    def __init__(self, backend: str = "sqlite",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry()
-        self.backend = backend
         self.clock = clock
         reg = self.registry
         self.calls = Counter(
@@ -120,6 +118,7 @@ class Metrics:
         self.db_seconds = Histogram(
             PREFIX + "db_transaction_duration_seconds", "Time one unit of database work "
             "(one transaction) holds a DB thread", buckets=DB_BUCKETS, registry=reg)
+        self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._state: Callable[[], dict[str, float]] = dict
         self._images: dict[tuple[int, int], int] = {}
         self._images_at: float | None = None
@@ -131,8 +130,12 @@ class Metrics:
     def call_done(self, method: str, payload: bytes, seconds: float) -> None:
         """One XML-RPC call answered (``method`` already folded to a known name)."""
         result, code = call_outcome(payload)
-        self.calls.labels(method, result).inc()
-        self.call_seconds.labels(method).observe(seconds)
+        children = self._call_children.get((method, result))
+        if children is None:  # labels() costs more than the update: look it up once
+            children = self._call_children[(method, result)] = (
+                self.calls.labels(method, result), self.call_seconds.labels(method))
+        children[0].inc()
+        children[1].observe(seconds)
         if code == AUTHENTICATION_FAILED:
             self.login_failures.inc()
 
@@ -182,9 +185,6 @@ class Metrics:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
-
-    def image_counts(self) -> dict[tuple[int, int], int]:
-        return dict(self._images)
 
 
 def _count_images(database: Any, sql: str) -> dict[tuple[int, int], int]:

@@ -131,7 +131,8 @@ class Daemon:
         images = ImageManager(db, cfg, identity, datastores, drivers, self.reactor)
         datastores.on_created = images.monitor_soon
         self.app = App(cfg, db, identity, datastores, images, drivers)
-        self.app.metrics = instrument(self.app)
+        if cfg.metrics != "off":  # off: no instruments either, not only no endpoint
+            self.app.metrics = instrument(self.app)
         return self.app
 
     async def start(self) -> None:
@@ -189,7 +190,7 @@ class Daemon:
 def instrument(app: App) -> Metrics:
     """The daemon's private metrics registry, hooked to the DB, the runner and the
     in-memory state that gauges read at scrape time."""
-    metrics = Metrics(app.config.db.backend)
+    metrics = Metrics()
     app.db.observe = metrics.db_done
     app.drivers.observe = metrics.driver_done
 

@@ -137,6 +137,7 @@ class RpcResource(resource.Resource):
         return payload
 
     async def _answer(self, body: bytes, peer: str, named: list[str]) -> bytes:
+        """The call's reply; appends the method's name to ``named`` once it is known."""
         try:
             if len(body) > PARSE_IN_THREAD:
                 name, values = await deferToThread(wire.parse_call, body)
