@@ -55,8 +55,8 @@ AUTHENTICATION_FAILED = 0x0100
 _COUNT_SQL = {
     "sqlite": "SELECT datastore_id, CAST(substr(body, instr(body, '<STATE>') + 7, 2) "
               "AS INTEGER), COUNT(*) FROM image_pool GROUP BY 1, 2",
-    "postgresql": "SELECT datastore_id, CAST(substring(body FROM '<STATE>([0-9]+)<') "
-                  "AS INTEGER), COUNT(*) FROM image_pool GROUP BY 1, 2",
+    "postgresql": "SELECT datastore_id, CAST(rtrim(substr(body, strpos(body, '<STATE>') "
+                  "+ 7, 2), '<') AS INTEGER), COUNT(*) FROM image_pool GROUP BY 1, 2",
 }
 
 
