@@ -20,12 +20,16 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from oned_images.domain.states import ImageState
 
 # The *_created series (a timestamp per labelled child) double the text for nothing
 # Prometheus uses; the switch is process-wide, which a daemon process is.
 disable_created_metrics()
+
+log = Logger(namespace="OnM")
 
 PREFIX = "oned_images_"
 #: XML-RPC calls: a cached info answers in well under a millisecond, a full listing
@@ -179,7 +183,9 @@ class Metrics:
 
     def _counted(self, result: Any) -> None:
         self._counting = None
-        if isinstance(result, dict):
+        if isinstance(result, Failure):
+            log.failure("counting images for /metrics failed", result)
+        else:
             self._images = result
             self._images_at = self.clock()
         waiters, self._waiters = self._waiters, []

@@ -76,3 +76,55 @@ def test_watchdog_interval(monkeypatch, usec, pid, expected):
     else:
         monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)
     assert watchdog_interval() == expected
+
+
+class _FakeDb:
+    """db.run that hands back Deferreds the test fires itself."""
+
+    is_postgres = False
+    db = None
+
+    def __init__(self) -> None:
+        self.pending: list = []
+
+    def run(self, fn, *args):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+def _images(metrics) -> dict:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(metrics.registry).decode()
+    return {tuple(sorted(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) if f.name == "oned_images_images"
+            for s in f.samples}
+
+
+def test_image_counts_are_shared_cached_and_survive_a_failed_count():
+    from twisted.internet import defer
+
+    from oned_images.metrics import MIN_REFRESH_SECONDS, Metrics
+
+    now = [100.0]
+    metrics = Metrics(clock=lambda: now[0])
+    db = _FakeDb()
+    first = defer.ensureDeferred(metrics.refresh(db))
+    second = defer.ensureDeferred(metrics.refresh(db))
+    assert len(db.pending) == 1 and not first.called and not second.called
+    db.pending.pop().callback({(1, 1): 3, (1, 4): 1, (100, 8): 2})
+    assert first.called and second.called
+    assert _images(metrics) == {(("datastore", "1"), ("state", "READY")): 3.0,
+                                (("datastore", "1"), ("state", "LOCKED")): 1.0,
+                                (("datastore", "100"), ("state", "USED_PERS")): 2.0}
+    now[0] += MIN_REFRESH_SECONDS / 2
+    assert defer.ensureDeferred(metrics.refresh(db)).called and not db.pending
+    now[0] += MIN_REFRESH_SECONDS
+    third = defer.ensureDeferred(metrics.refresh(db))
+    db.pending.pop().errback(RuntimeError("database is locked"))
+    assert third.called
+    assert _images(metrics)[(("datastore", "1"), ("state", "READY"))] == 3.0
