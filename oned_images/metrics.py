@@ -12,11 +12,13 @@ reactor) and served from a cache.  Every metric is documented in README "Metrics
 from __future__ import annotations
 
 import base64
+import collections
 import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import peewee
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet import defer
@@ -24,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oned_images.domain.states import ImageState
+from oned_images.store.models import ImageRow
 
 # The *_created series (a timestamp per labelled child) double the text for nothing
 # Prometheus uses; the switch is process-wide, which a daemon process is.
@@ -41,9 +44,13 @@ DRIVER_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0
                   14400.0)
 DB_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
               0.5, 1.0, 5.0)
-#: scrapes closer together than this share one image count (the count scans every
-#: image row: it must not become a way to keep the database busy).
-MIN_REFRESH_SECONDS = 1.0
+#: image counts are reused for at least this long, and for longer when counting
+#: costs more: the count reads every image body (as much as a full listing), so it
+#: may take at most COUNT_BUDGET of one database thread's time, whatever scrapes ask.
+MIN_REFRESH_SECONDS = 2.0
+COUNT_BUDGET = 0.05
+#: images counted per transaction: calls queued for the database run in between.
+COUNT_CHUNK = 1000
 #: the call label for method names the daemon does not know (client-chosen strings
 #: must not create series without bound).
 UNKNOWN_METHOD = "unknown"
@@ -53,15 +60,16 @@ _FAILURE_CODE = re.compile(rb"<i4>(-?\d+)</i4>")
 _IMAGE_SIZE = re.compile(rb"<SIZE>(\d+)</SIZE>")
 AUTHENTICATION_FAILED = 0x0100
 
-#: image counts per (datastore id, state): one grouped scan of the image table.  The
-#: state is the first <STATE> of the body, the image's own (LOCK and every element
-#: before it hold no STATE; TEMPLATE, where a user may write one, comes after).
-_COUNT_SQL = {
-    "sqlite": "SELECT datastore_id, CAST(substr(body, instr(body, '<STATE>') + 7, 2) "
-              "AS INTEGER), COUNT(*) FROM image_pool GROUP BY 1, 2",
-    "postgresql": "SELECT datastore_id, CAST(rtrim(substr(body, strpos(body, '<STATE>') "
-                  "+ 7, 2), '<') AS INTEGER), COUNT(*) FROM image_pool GROUP BY 1, 2",
-}
+#: image counts per (datastore id, state) over one range of ids.  The state is the
+#: first <STATE> of the body, the image's own (LOCK and every element before it hold
+#: no STATE; TEMPLATE, where a user may write one, comes after).
+_COUNT_SQL = (
+    "SELECT datastore_id, CAST({trim}substr(body, {find}(body, '<STATE>') + 7, 2){trimmed} "
+    "AS INTEGER), COUNT(*) FROM image_pool WHERE oid >= {mark} AND oid < {mark} "
+    "GROUP BY 1, 2")
+_COUNT_SQLITE = _COUNT_SQL.format(trim="", find="instr", trimmed="", mark="?")
+_COUNT_POSTGRES = _COUNT_SQL.format(trim="rtrim(", find="strpos", trimmed=", '<')",
+                                    mark="%s")
 
 
 def call_outcome(payload: bytes) -> tuple[str, int]:
@@ -127,6 +135,7 @@ class Metrics:
         self._images: dict[tuple[int, int], int] = {}
         self._images_at: float | None = None
         self._counting: defer.Deferred | None = None
+        self._reuse = MIN_REFRESH_SECONDS
         self._waiters: list[defer.Deferred] = []
         reg.register(_StateCollector(self))
 
@@ -169,33 +178,51 @@ class Metrics:
 
     # ---------------------------------------------------------- image counts
     async def refresh(self, db: Any) -> None:
-        """Recount images on the DB thread unless a recent count is still fresh;
+        """Recount images on the DB threads unless the last count is still fresh;
         concurrent scrapes share one count, and a failed count keeps the last one."""
-        if self._images_at is not None and self.clock() - self._images_at < MIN_REFRESH_SECONDS:
+        if self._images_at is not None and self.clock() - self._images_at < self._reuse:
             return
         if self._counting is None:
-            sql = _COUNT_SQL["postgresql" if db.is_postgres else "sqlite"]
-            self._counting = db.run(_count_images, db.db, sql)
+            self._counting = defer.ensureDeferred(self._count(db))
             self._counting.addBoth(self._counted)
         waiter: defer.Deferred = defer.Deferred()
         self._waiters.append(waiter)
         await waiter
+
+    async def _count(self, db: Any) -> tuple[dict[tuple[int, int], int], float]:
+        sql = _COUNT_POSTGRES if db.is_postgres else _COUNT_SQLITE
+        top = await db.run(_max_oid)
+        counts: collections.Counter = collections.Counter()
+        busy = 0.0
+        for low in range(0, top + 1, COUNT_CHUNK):
+            part, seconds = await db.run(_count_images, db.db, sql, low, low + COUNT_CHUNK)
+            counts.update(part)
+            busy += seconds
+        return dict(counts), busy
 
     def _counted(self, result: Any) -> None:
         self._counting = None
         if isinstance(result, Failure):
             log.failure("counting images for /metrics failed", result)
         else:
-            self._images = result
+            self._images, busy = result
             self._images_at = self.clock()
+            self._reuse = max(MIN_REFRESH_SECONDS, busy / COUNT_BUDGET)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
 
 
-def _count_images(database: Any, sql: str) -> dict[tuple[int, int], int]:
-    return {(int(ds), int(state)): int(n)
-            for ds, state, n in database.execute_sql(sql).fetchall() if state is not None}
+def _max_oid() -> int:
+    return ImageRow.select(peewee.fn.MAX(ImageRow.oid)).scalar() or 0
+
+
+def _count_images(database: Any, sql: str, low: int,
+                  high: int) -> tuple[dict[tuple[int, int], int], float]:
+    started = time.perf_counter()
+    rows = database.execute_sql(sql, (low, high)).fetchall()
+    counts = {(int(ds), int(state)): int(n) for ds, state, n in rows if state is not None}
+    return counts, time.perf_counter() - started
 
 
 def _state_name(state: int) -> str:

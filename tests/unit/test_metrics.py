@@ -108,17 +108,20 @@ def _images(metrics) -> dict:
 def test_image_counts_are_shared_cached_and_survive_a_failed_count():
     from twisted.internet import defer
 
-    from oned_images.metrics import MIN_REFRESH_SECONDS, Metrics
+    from oned_images.metrics import COUNT_BUDGET, MIN_REFRESH_SECONDS, Metrics
 
     now = [100.0]
     metrics = Metrics(clock=lambda: now[0])
     db = _FakeDb()
     first = defer.ensureDeferred(metrics.refresh(db))
     second = defer.ensureDeferred(metrics.refresh(db))
-    assert len(db.pending) == 1 and not first.called and not second.called
-    db.pending.pop().callback({(1, 1): 3, (1, 4): 1, (100, 8): 2})
-    assert first.called and second.called
-    assert _images(metrics) == {(("datastore", "1"), ("state", "READY")): 3.0,
+    assert len(db.pending) == 1  # one count for both scrapes: the highest id first
+    db.pending.pop().callback(1500)
+    db.pending.pop().callback(({(1, 1): 3, (1, 4): 1}, 0.001))      # ids 0-999
+    assert not first.called and not second.called
+    db.pending.pop().callback(({(1, 1): 2, (100, 8): 2}, 0.001))    # ids 1000-1999
+    assert first.called and second.called and not db.pending
+    assert _images(metrics) == {(("datastore", "1"), ("state", "READY")): 5.0,
                                 (("datastore", "1"), ("state", "LOCKED")): 1.0,
                                 (("datastore", "100"), ("state", "USED_PERS")): 2.0}
     now[0] += MIN_REFRESH_SECONDS / 2
@@ -127,4 +130,14 @@ def test_image_counts_are_shared_cached_and_survive_a_failed_count():
     third = defer.ensureDeferred(metrics.refresh(db))
     db.pending.pop().errback(RuntimeError("database is locked"))
     assert third.called
-    assert _images(metrics)[(("datastore", "1"), ("state", "READY"))] == 3.0
+    assert _images(metrics)[(("datastore", "1"), ("state", "READY"))] == 5.0
+    # a count that kept the database busy for 1 s is reused for 1 s / COUNT_BUDGET
+    fourth = defer.ensureDeferred(metrics.refresh(db))
+    db.pending.pop().callback(10)
+    db.pending.pop().callback(({(1, 1): 9}, 1.0))
+    assert fourth.called
+    now[0] += 1.0 / COUNT_BUDGET - 0.1
+    assert defer.ensureDeferred(metrics.refresh(db)).called and not db.pending
+    now[0] += 0.2
+    defer.ensureDeferred(metrics.refresh(db))
+    assert len(db.pending) == 1
