@@ -109,8 +109,8 @@ class Metrics:
             "(success, failure: oned's error array, fault: an XML-RPC fault)",
             ["method", "result"], registry=reg)
         self.call_seconds = Histogram(
-            PREFIX + "xmlrpc_call_duration_seconds", "Time from a parsed request body "
-            "to the reply payload, by method", ["method"], buckets=CALL_BUCKETS,
+            PREFIX + "xmlrpc_call_duration_seconds", "Time from the received request "
+            "body (parsing included) to the reply payload, by method", ["method"], buckets=CALL_BUCKETS,
             registry=reg)
         self.login_failures = Counter(
             PREFIX + "login_failures", "Calls refused because the session did not "

@@ -141,3 +141,26 @@ def test_image_counts_are_shared_cached_and_survive_a_failed_count():
     now[0] += 0.2
     defer.ensureDeferred(metrics.refresh(db))
     assert len(db.pending) == 1
+
+
+def test_every_metric_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from oned_images.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.read_state(lambda: {"driver_queued_actions": 0, "driver_running_actions": 0,
+                                "cached_sessions": 0})
+    metrics.snapshot()
+    text = generate_latest(metrics.registry).decode()
+    names = {f.name + ("_total" if f.type == "counter" else "")
+             for f in text_string_to_metric_families(text)}
+    assert len(names) == 11, names
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = {line.split("`")[1] for line in section.splitlines()
+                  if line.startswith("| `oned_images_")}
+    assert documented == names
