@@ -135,3 +135,100 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
                          timeout=60)
     # unknown keys and bad values are only warnings: require silence
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+SANDBOX = """#!/bin/sh
+# What the unit's hardening does to the file system and privileges, in a private mount
+# namespace: read-only system and home directories, /tmp and /var/tmp read-only (no
+# PrivateTmp), the state directory writable, no new privileges, no capabilities.
+set -e
+mount --make-rprivate /
+for dir in /usr /etc /opt /home /root /tmp /var/tmp; do
+    [ -d "$dir" ] || continue
+    mount --bind "$dir" "$dir"
+    mount -o remount,bind,ro "$dir"
+done
+mount --bind "$STATE_DIR" "$STATE_DIR"
+mount -o remount,bind,rw "$STATE_DIR"
+exec setpriv --no-new-privs --bounding-set=-all --inh-caps=-all "$@"
+"""
+
+
+def _can_sandbox() -> bool:
+    if not (shutil.which("unshare") and shutil.which("setpriv")):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c",
+                            "mount --bind /usr /usr && mount -o remount,bind,ro /usr"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+def test_fs_driver_works_under_the_units_hardening(fresh_daemon, tmp_path, monkeypatch):
+    """ProtectSystem=strict + ReadWritePaths (state dir), ProtectHome=read-only, no
+    PrivateTmp (a read-only /var/tmp to import from), TMPDIR in the state directory,
+    NoNewPrivileges, no capabilities: copy, clone, mkfs, an http download and rm work."""
+    import functools
+    import http.server
+
+    if not _can_sandbox():
+        pytest.skip("needs unshare -m and setpriv (root in a mount namespace)")
+    if not (shutil.which("qemu-img") and shutil.which("mkfs.ext4")):
+        pytest.skip("needs qemu-img and mkfs.ext4")
+    inputs = Path("/var/tmp") / f"oned-images-sandbox-{os.getpid()}"
+    inputs.mkdir(exist_ok=True)
+    raw = inputs / "disk.raw"
+    raw.write_bytes(b"\x01" * 4096 + b"\x00" * (2 * 1024 * 1024 - 4096))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(inputs)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state_dir = tmp_path / "d0"
+    (state_dir / "tmp").mkdir(parents=True)
+    sandbox = tmp_path / "sandbox.sh"
+    sandbox.write_text(SANDBOX)
+    sandbox.chmod(0o755)
+    d = fresh_daemon(start=False)
+    d.env.update(STATE_DIR=str(state_dir), TMPDIR=str(state_dir / "tmp"))
+    real_popen = subprocess.Popen
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(subprocess, "Popen", lambda argv, **kw: real_popen(
+                ["unshare", "-m", str(sandbox), *argv], **kw))
+            d.start()
+        # the daemon really runs confined (unshare, sh and setpriv exec'd into it)
+        status = Path(f"/proc/{d.proc.pid}/status").read_text()
+        assert "NoNewPrivs:\t1" in status and "CapBnd:\t0000000000000000" in status
+        mounts = [line.split() for line in
+                  Path(f"/proc/{d.proc.pid}/mountinfo").read_text().splitlines()]
+        options = {m[4]: m[5].split(",") for m in mounts}
+        assert "ro" in options["/var/tmp"] and "ro" in options["/usr"]
+        assert "rw" in options[str(state_dir)]
+        one = d.client()
+
+        def settled(iid: int):
+            return wait_for(lambda: (lambda img: img if img.STATE != 4 else None)(
+                one.image.info(iid)), timeout=60)
+
+        copy = settled(one.image.allocate(f'NAME="c"\nPATH="{raw}"', 1))
+        assert (copy.STATE, copy.FORMAT, copy.SIZE) == (1, "raw", 2), copy.TEMPLATE
+        assert Path(copy.SOURCE).read_bytes() == raw.read_bytes()
+        url = f"http://127.0.0.1:{server.server_address[1]}/disk.raw"
+        download = settled(one.image.allocate(f'NAME="h"\nPATH="{url}"', 1))
+        assert download.STATE == 1, download.TEMPLATE
+        assert Path(download.SOURCE).read_bytes() == raw.read_bytes()
+        clone = settled(one.image.clone(copy.ID, "c2"))
+        assert clone.STATE == 1, clone.TEMPLATE
+        blank = settled(one.image.allocate('NAME="b"\nTYPE="DATABLOCK"\nSIZE="8"\n'
+                                           'FS="ext4"', 1))
+        assert blank.STATE == 1, blank.TEMPLATE
+        for img in (copy, download, clone, blank):
+            if img is copy:
+                wait_for(lambda: one.image.info(copy.ID).STATE == 1)
+            one.image.delete(img.ID)
+        for img in (copy, download, clone, blank):
+            wait_for(lambda img=img: not Path(img.SOURCE).exists(), timeout=60)
+        # scripts (the monitors the removals ask for too) clean their TMPDIR files up
+        wait_for(lambda: list((state_dir / "tmp").iterdir()) == [], timeout=30)
+    finally:
+        server.shutdown()
+        shutil.rmtree(inputs, ignore_errors=True)
