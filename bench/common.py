@@ -21,6 +21,28 @@ def start_daemon(extra: str = "LOG = [ SYSTEM = \"std\", DEBUG_LEVEL = 1 ]\n") -
     return d.start()
 
 
+def metrics_config(mode: str) -> str:
+    """The METRICS switch for a benchmark daemon ("off": no instruments at all)."""
+    return f'METRICS = "{mode}"\n'
+
+
+def scrape_time(d: Daemon, reps: int) -> list[float]:
+    """GET /metrics to last byte over a kept-alive connection."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
+
+    def once() -> None:
+        conn.request("GET", "/metrics")
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == 200, reply.status
+
+    out = timed(once, reps)
+    conn.close()
+    return out
+
+
 def proxy(d: Daemon) -> xmlrpc.client.ServerProxy:
     return xmlrpc.client.ServerProxy(d.url)
 

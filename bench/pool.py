@@ -1,11 +1,13 @@
 """Image pool at scale: allocate throughput, full listings, a page, daemon memory.
 
-Usage: python bench/pool.py [--big 100000]
+Usage: python -m bench.pool [--big 100000] [--metrics on|off]
   * allocate throughput (SOURCE-given images, no copy): sequential, then 8 clients,
     measured at the start and again around 10,000 images;
   * one.imagepool.info(-2,-1,-1) at 1,000 and 10,000 images, one page of 200 at
     1,000 / 10,000 (and --big N, rows inserted straight into the database);
-  * daemon resident memory at 10,000 images and after 100 full listings.
+  * daemon resident memory at 10,000 images and after 100 full listings;
+  * with metrics on, at 1,000 and 10,000 images: the image count's database time, a
+    scrape that counts, one.image.info while a client scrapes in a loop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ import threading
 import time
 import xmlrpc.client
 
-from bench.common import SESSION, proxy, rss_mb, start_daemon, summary, timed
+from bench.common import (
+    SESSION,
+    metrics_config,
+    proxy,
+    rss_mb,
+    scrape_time,
+    start_daemon,
+    summary,
+    timed,
+)
 
 TEMPLATE = 'NAME="img-{n}"\nSOURCE="/var/tmp/src/{n}"\nFORMAT="raw"\nSIZE="1"\nDESCRIPTION="b"'
 
@@ -42,6 +53,51 @@ def allocate_range(d, start: int, count: int, clients: int) -> float:
     elapsed = time.perf_counter() - t0
     assert not errors, errors[:3]
     return count / elapsed
+
+
+def scrape(d, p, n: int, metrics: str) -> None:
+    """With metrics on: what the image count costs the database (all its chunks, read
+    beside the daemon on SQLite), a scrape that counts, and one.image.info while a
+    client scrapes as fast as it can (counts are then reused, see README Metrics)."""
+    if metrics != "on":
+        return
+    if d.pg_db is None:
+        print(summary(f"image count at {n} [DB, all chunks]", count_time(d, 5)))
+    time.sleep(30)  # let the reuse window of the last count pass
+    print(summary(f"GET /metrics at {n} [a scrape that counts]", scrape_time(d, 1)))
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            scrape_time(d, 1)
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        print(summary(f"one.image.info at {n} while scraping in a loop",
+                      timed(lambda: p.one.image.info(SESSION, 0), 300)))
+    finally:
+        stop.set()
+        flooder.join()
+    print(summary(f"one.image.info at {n} without scrapes",
+                  timed(lambda: p.one.image.info(SESSION, 0), 300)))
+
+
+def count_time(d, reps: int) -> list[float]:
+    import sqlite3
+
+    from oned_images.metrics import _COUNT_SQLITE, COUNT_CHUNK
+
+    con = sqlite3.connect(d.var / "one.db")
+    top = con.execute("SELECT MAX(oid) FROM image_pool").fetchone()[0]
+
+    def once() -> None:
+        for low in range(0, top + 1, COUNT_CHUNK):
+            con.execute(_COUNT_SQLITE, (low, low + COUNT_CHUNK)).fetchall()
+
+    out = timed(once, reps)
+    con.close()
+    return out
 
 
 def listing(d, p, n: int) -> None:
@@ -104,20 +160,24 @@ def bulk_insert(d, upto: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--big", type=int, default=100000)
+    ap.add_argument("--metrics", choices=("on", "off"), default="on")
     args = ap.parse_args()
-    d = start_daemon()
+    d = start_daemon('LOG = [ SYSTEM = "std", DEBUG_LEVEL = 1 ]\n'
+                     + metrics_config(args.metrics))
     try:
         p = proxy(d)
         print(f"daemon RSS at start: {rss_mb(d):.1f} MB")
         print(f"allocate sequential (0-500): {allocate_range(d, 0, 500, 1):.0f}/s")
         print(f"allocate 8 clients (500-1000): {allocate_range(d, 500, 500, 8):.0f}/s")
         listing(d, p, 1000)
+        scrape(d, p, 1000, args.metrics)
         print(f"allocate 8 clients (1000-9000): {allocate_range(d, 1000, 8000, 8):.0f}/s")
         print(f"allocate sequential (9000-9504): {allocate_range(d, 9000, 504, 1):.0f}/s")
         print(f"allocate 8 clients (9504-10000): {allocate_range(d, 9504, 496, 8):.0f}/s")
         n = len(p.one.imagepool.info(SESSION, -2, -1, -1)[1].split("<IMAGE>")) - 1
         assert n == 10000, n
         listing(d, p, 10000)
+        scrape(d, p, 10000, args.metrics)
         print(f"daemon RSS at 10,000 images: {rss_mb(d):.1f} MB")
         for _ in range(100):
             p.one.imagepool.info(SESSION, -2, -1, -1)

@@ -90,6 +90,14 @@ def _text(value: str) -> str:
     return value
 
 
+def _metrics(value: str) -> str:
+    v = value.strip().lower()
+    v = {"yes": "on", "no": "off"}.get(v, v)
+    if v not in ("on", "off", "loopback"):
+        raise ValueError("expected on, off or loopback")
+    return v
+
+
 @dataclass(frozen=True)
 class DsMadConf:
     name: str
@@ -169,6 +177,8 @@ class DaemonConfig:
     tm_mad_conf: tuple[TmMadConf, ...] = ()
     log_system: str = "file"
     log_debug_level: int = 3
+    #: GET /metrics: "on", "off" or "loopback" (127.0.0.0/8 and ::1 peers only).
+    metrics: str = "loopback"
     source_file: str = ""
     #: why source_file was read (--config, $ONE_LOCATION, /etc/one, packaged default).
     source_why: str = ""
@@ -214,6 +224,7 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "DEFAULT_IMAGE_PERSISTENT": ("default_image_persistent", _text),
     "DEFAULT_IMAGE_PERSISTENT_NEW": ("default_image_persistent_new", _text),
     "DRIVER_STALL_TIMEOUT": ("driver_stall_timeout", _int),
+    "METRICS": ("metrics", _metrics),
 }
 MULTI = ("IMAGE_RESTRICTED_ATTR",)
 

@@ -26,6 +26,8 @@ from oned_images.domain.images import ImageManager
 from oned_images.driver import reaper
 from oned_images.driver.checks import check_drivers
 from oned_images.driver.runner import DriverRunner
+from oned_images.metrics import Metrics
+from oned_images.rpc.metrics import MetricsResource
 from oned_images.rpc.resource import RpcSite
 from oned_images.store import schema
 from oned_images.store.database import (
@@ -36,6 +38,7 @@ from oned_images.store.database import (
 )
 from oned_images.store.lock import DatabaseLock
 from oned_images.store.models import DatastoreRow
+from oned_images.systemd import Notifier
 
 log = Logger(namespace="OnM")
 
@@ -106,6 +109,8 @@ class App:
     drivers: DriverRunner
     #: the bound TCP port (PORT may be 0), for documents that name the endpoint.
     port: int = 0
+    #: the Prometheus instruments (oned_images.metrics); None only in bare tests.
+    metrics: Metrics | None = None
 
     async def datastores_ids(self) -> list[int]:
         return await self.db.run(
@@ -127,6 +132,7 @@ class Daemon:
     #: held while the daemon runs: db restore / fsck --repair refuse a database in use.
     db_lock: DatabaseLock | None = None
     ready: defer.Deferred = field(default_factory=defer.Deferred)
+    systemd: Notifier | None = None
 
     def open_database_settings(self) -> DbSettings:
         cfg = self.config
@@ -202,12 +208,16 @@ class Daemon:
         images = ImageManager(db, cfg, identity, datastores, drivers, self.reactor)
         datastores.on_created = images.monitor_soon
         self.app = App(cfg, db, identity, datastores, images, drivers)
+        if cfg.metrics != "off":  # off: no instruments either, not only no endpoint
+            self.app.metrics = instrument(self.app)
         return self.app
 
     async def start(self) -> None:
         cfg = self.config
         app = self.app or self.prepare()
         app.db.start()
+        self.systemd = Notifier(self.reactor)
+        self.systemd.starting("Reconciling interrupted driver actions, monitoring datastores")
         log.info("oned-images starting: config {conf} ({why}), database {db}, datastores {ds}, "
                  "drivers {drv}", conf=cfg.source_file, why=cfg.source_why or "given",
                  db=(app.db.settings.path if cfg.db.backend == "sqlite"
@@ -217,7 +227,9 @@ class Daemon:
         await app.images.reconcile()
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
-        port = self._serve_on(RpcSite(app, cfg.message_size, limits=cfg.http_limits).guarded())
+        site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
+        site.metrics = MetricsResource(app, cfg.metrics)
+        port = self._serve_on(site.guarded())
         app.port = port
         if self.port_file:
             tmp = self.port_file + ".tmp"
@@ -233,8 +245,11 @@ class Daemon:
             self._flush.clock = self.reactor
             self._flush.start(1.0, now=False)
         self.ready.callback(port)
+        self.systemd.ready(f"Listening on http://{cfg.listen_address}:{port}/RPC2")
 
     async def stop(self) -> None:
+        if self.systemd is not None:
+            self.systemd.stopping()
         if self._listening is not None:
             await self._listening.stopListening()
         for loop in (self._monitor, self._flush):
@@ -248,3 +263,18 @@ class Daemon:
         if self.observer is not None:
             self.observer.flush()
 
+
+def instrument(app: App) -> Metrics:
+    """The daemon's private metrics registry, hooked to the DB, the runner and the
+    in-memory state that gauges read at scrape time."""
+    metrics = Metrics()
+    app.db.observe = metrics.db_done
+    app.drivers.observe = metrics.driver_done
+
+    def state() -> dict[str, float]:
+        queued, running = app.drivers.load()
+        return {"driver_queued_actions": queued, "driver_running_actions": running,
+                "cached_sessions": len(app.identity._sessions)}
+
+    metrics.read_state(state)
+    return metrics

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,8 @@ class DriverRunner:
         self._stopping = False
         #: actions started in total, for tests and the log
         self.started = 0
+        #: called with (ds_mad, drv_action_b64, DriverResult, seconds) per ended action.
+        self.observe: Callable[[str, str, DriverResult, float], None] | None = None
 
     # -------------------------------------------------------------- plumbing
     def script(self, ds_mad: str, action: str) -> str | None:
@@ -139,13 +142,17 @@ class DriverRunner:
         try:
             await self.semaphore.acquire()
             try:
-                return await self._spawn(action, ds_mad, oid, drv_action_b64, key, mode, env)
+                started = time.monotonic()
+                result = await self._spawn(action, ds_mad, oid, drv_action_b64, key, mode, env)
             finally:
                 self.semaphore.release()
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(key, None)
+        if self.observe is not None:
+            self.observe(ds_mad, drv_action_b64, result, time.monotonic() - started)
+        return result
 
     async def _spawn(self, action: str, ds_mad: str, oid: int, b64: str,
                      key: tuple[str, int], mode: str,
@@ -267,3 +274,9 @@ class DriverRunner:
     def running_keys(self) -> list[tuple[str, int]]:
         return list(self._running)
 
+    def load(self) -> tuple[int, int]:
+        """(queued, running) actions: queued wait for a slot (-t) or for the action
+        before them on the same image or datastore."""
+        queued = len(self.semaphore.waiting) + sum(len(lock.waiting)
+                                                   for lock in self._locks.values())
+        return queued, len(self._running)

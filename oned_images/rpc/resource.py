@@ -9,6 +9,7 @@ itself rejects becomes a Fault.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 from twisted.internet import defer
@@ -18,8 +19,10 @@ from twisted.web import http, resource, server
 
 from oned_images import errors
 from oned_images.logs import MASK, redact
+from oned_images.metrics import UNKNOWN_METHOD
 from oned_images.rpc import wire
 from oned_images.rpc.limits import ConnectionLimits, DeadlineProtocol, Limits
+from oned_images.rpc.metrics import METRICS_PATH
 from oned_images.rpc.registry import TABLE, Method
 from oned_images.xmldoc.served import Served
 
@@ -199,6 +202,15 @@ class RpcResource(resource.Resource):
             request.loseConnection()  # a reply cut short must not hold the connection
 
     async def dispatch(self, body: bytes, peer: str) -> bytes:
+        """Answer one call; counted and timed for /metrics (oned_images.metrics)."""
+        started, named = time.perf_counter(), [UNKNOWN_METHOD]
+        payload = await self._answer(body, peer, named)
+        if self.app.metrics is not None:
+            self.app.metrics.call_done(named[-1], payload, time.perf_counter() - started)
+        return payload
+
+    async def _answer(self, body: bytes, peer: str, named: list[str]) -> bytes:
+        """The call's reply; appends the method's name to ``named`` once it is known."""
         try:
             if len(body) > PARSE_IN_THREAD:
                 name, values = await deferToThread(wire.parse_call, body)
@@ -214,6 +226,7 @@ class RpcResource(resource.Resource):
         method = TABLE.get(name)
         if method is None:
             return wire.fault(-506, f"Method '{name}' not defined")
+        named.append(name)
         params = wire.Params(values)
         try:
             session = params.str(0)
@@ -266,6 +279,9 @@ class RpcResource(resource.Resource):
 class RpcSite(server.Site):
     """A Site whose requests are capped at ``max_body`` bytes (listen on ``guarded()``)."""
 
+    #: the /metrics resource (rpc/metrics.py), set by the daemon.
+    metrics: resource.IResource | None = None
+
     def __init__(self, app: Any, max_body: int, timeout: float = 15,
                  limits: Limits | None = None) -> None:
         super().__init__(RpcResource(app), timeout=timeout)
@@ -279,6 +295,8 @@ class RpcSite(server.Site):
         return ConnectionLimits(self, self.limits)
 
     def getResourceFor(self, request: server.Request) -> resource.IResource:  # noqa: N802
+        if request.path == METRICS_PATH and self.metrics is not None:
+            return self.metrics
         return self.resource
 
     def log(self, request: server.Request) -> None:
