@@ -158,6 +158,8 @@ class Followup:
     ds_mad: str
     b64: str
     mode: str = "stdin"
+    #: whose share of the driver slots the action takes (the image owner)
+    owner: int | None = None
 
 
 @dataclass
@@ -197,7 +199,7 @@ class ImageManager:
     async def _run_action(self, follow: Followup) -> None:
         result = await self.drivers.run(follow.action, follow.ds_mad, follow.image_id,
                                         follow.b64, key=("image", follow.image_id),
-                                        mode=follow.mode)
+                                        mode=follow.mode, owner=follow.owner)
         if result.cancelled:
             # Killed on purpose: by a forced delete, which already settled the image, or
             # by a daemon stop, after which reconcile() runs the action again.  Applying
@@ -333,7 +335,7 @@ class ImageManager:
         if ds.type not in (DsType.IMAGE_DS, DsType.FILE_DS):
             raise errors.allocate(
                 "New images can only be allocated in a files or image datastore.")
-        size = await self._probe_size(tmpl, ds)
+        size = await self._probe_size(tmpl, ds, caller.uid)
         if _capacity_error(self.config, ds, size) and not (caller.is_admin and no_check_capacity):
             raise errors.action("Not enough space in datastore")
         tmpl.set("SIZE", str(size))
@@ -366,7 +368,7 @@ class ImageManager:
         self._start(follow)
         return image_id
 
-    async def _probe_size(self, tmpl: Template, ds: Datastore) -> int:
+    async def _probe_size(self, tmpl: Template, ds: Datastore, owner: int) -> int:
         """oned's ImageAllocate size probe (api.md §6.4), STAT through the driver."""
         type_text = (tmpl.get("TYPE") or "").upper() or self.config.default_image_type
         itype = _type_of(type_text) or ImageType.OS
@@ -387,7 +389,7 @@ class ImageManager:
             request_id = _next_stat_id()
             result = await self.drivers.run(
                 "stat", ds.ds_mad, request_id, drv_action.stat_data(path, ds),
-                key=("stat", request_id), mode=self._mode(ds.ds_mad))
+                key=("stat", request_id), mode=self._mode(ds.ds_mad), owner=owner)
             if result.timed_out:
                 raise errors.internal("Cannot parse image SIZE: Request timeout")
             if not result.ok:
@@ -485,7 +487,7 @@ class ImageManager:
         follow = None
         if action:
             follow = Followup(action, img.id, ds.ds_mad, self._drv_data(img, ds),
-                              self._mode(ds.ds_mad))
+                              self._mode(ds.ds_mad), img.uid)
         return img.id, follow
 
     # ---------------------------------------------------------------- clone
@@ -557,7 +559,7 @@ class ImageManager:
             replies.set_state(src, new_state)
         write_image(src)
         return img.id, Followup("clone", img.id, target.ds_mad, self._drv_data(img, target),
-                                self._mode(target.ds_mad))
+                                self._mode(target.ds_mad), img.uid)
 
     # --------------------------------------------------------------- delete
     async def delete(self, caller: Caller, oid: int, force: bool) -> int:
@@ -605,7 +607,7 @@ class ImageManager:
         img.cloning_id = -1
         write_image(img)
         return ("rm", Followup("rm", img.id, ds.ds_mad, self._drv_data(img, ds),
-                               self._mode(ds.ds_mad)), locked)
+                               self._mode(ds.ds_mad), img.uid), locked)
 
     def _delete_refusal(self, caller: Caller, img: Image, op: Op) -> errors.OneError | None:
         """Authorization, then the state rules of api.md §2.3 step 5."""
@@ -826,7 +828,7 @@ class ImageManager:
             img.target_snapshot = sid
             data = self._drv_data(img, ds)  # serialised before the state is LOCKED
             replies.set_state(img, next_state("snapshot_start", img.state))
-            return Followup(action, img.id, ds.ds_mad, data, self._mode(ds.ds_mad))
+            return Followup(action, img.id, ds.ds_mad, data, self._mode(ds.ds_mad), img.uid)
 
         await self._mutate(apply, caller, oid)
         return sid
@@ -944,7 +946,8 @@ class ImageManager:
                         report.append((img.id, "error"))
                     else:
                         actions.append(Followup(action, img.id, ds.ds_mad,
-                                                self._drv_data(img, ds), self._mode(ds.ds_mad)))
+                                                self._drv_data(img, ds), self._mode(ds.ds_mad),
+                                                img.uid))
                         report.append((img.id, action))
             elif state == S.DELETE:
                 if ds is None:
@@ -952,7 +955,7 @@ class ImageManager:
                     report.append((img.id, "removed"))
                     continue
                 actions.append(Followup("rm", img.id, ds.ds_mad, self._drv_data(img, ds),
-                                        self._mode(ds.ds_mad)))
+                                        self._mode(ds.ds_mad), img.uid))
                 report.append((img.id, "rm"))
                 continue
             elif state in (S.CLONE, S.USED) and img.running_vms == 0:

@@ -327,3 +327,82 @@ def test_full_disk_leaves_error_and_no_partial_file(tmp_path, fresh_daemon):
     finally:
         src.unlink(missing_ok=True)
         subprocess.run(["umount", str(base)], capture_output=True)
+
+
+# A cp that is slow for PATHs under /var/tmp/slow/, quick for the others.
+SHARE_CP = """#!/usr/bin/env bash
+data=$(cat -)
+path=$(printf '%s' "$data" | base64 -d | sed -n 's:.*<PATH><!\\[CDATA\\[\\([^]]*\\)\\]\\]></PATH>.*:\\1:p')
+case "$path" in /var/tmp/slow/*) sleep 59.0417 & wait ;; esac
+echo "/share/$1 raw"
+"""
+
+
+def test_one_user_cannot_starve_the_others(tmp_path, fresh_daemon):
+    """-t 4 (a user's share: 2): user A's six stalled copies hold two slots; user B's
+    copy and oneadmin's finish at once."""
+    remotes = make_remotes(tmp_path / "remotes", {"share": {
+        "cp": SHARE_CP, "monitor": MONITOR, "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 4 -d dummy,fs,share"))
+    one = d.client()
+    dsid = ds_allocate(one, "share", "share")
+    one.datastore.chmod(dsid, 1, 1, 0, 1, 0, 0, 1, 0, 0)
+    one.user.allocate("usera", "pw", "", [])
+    one.user.allocate("userb", "pw", "", [])
+    a, b = d.client("usera", "pw"), d.client("userb", "pw")
+    slow = [a.image.allocate(f'NAME="s{i}"\nPATH="/var/tmp/slow/{i}"', dsid) for i in range(6)]
+    wait_for(lambda: len(processes_with("sleep 59.0417")) == 2)
+    t0 = time.monotonic()
+    quick = b.image.allocate('NAME="q"\nPATH="/var/tmp/quick"', dsid)
+    admin = one.image.allocate('NAME="adm"\nPATH="/var/tmp/admin"', dsid)
+    wait_states(one, [quick, admin], timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert [one.image.info(i).SOURCE for i in (quick, admin)] == [f"/share/{quick}",
+                                                                  f"/share/{admin}"]
+    assert [one.image.info(i).STATE for i in slow] == [4] * 6
+    assert len(processes_with("sleep 59.0417")) == 2  # A still holds only his share
+    for i in slow:
+        one.image.delete(i, True)
+    wait_for(lambda: not processes_with("sleep 59.0417"), timeout=20)
+
+
+LOGGING_CP = """#!/bin/sh
+cat >/dev/null
+echo "INFO: fetching the first half" >&2
+while [ ! -e {gate} ]; do sleep 0.05; done
+echo "INFO: done" >&2
+echo "/live/$1 raw"
+"""
+
+
+def test_driver_log_lines_are_live_and_pid_records_go(tmp_path, fresh_daemon):
+    """An INFO line is in oned.log while the script still runs; run/drivers ends empty.
+    RUBYLIB/GEM_PATH/GEM_HOME reach the script (OpenNebula's Ruby drivers need them)."""
+    gate = tmp_path / "gate"
+    remotes = make_remotes(tmp_path / "remotes", {"live": {
+        "cp": LOGGING_CP.format(gate=gate), "monitor": MONITOR, "stat": STAT,
+        "mkfs": '#!/bin/sh\ncat >/dev/null\necho "/env/$RUBYLIB/$GEM_PATH/$GEM_HOME"\n'}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,live"),
+                     env={"RUBYLIB": "/one/lib/ruby", "GEM_PATH": "/one/gems:/usr/gems",
+                          "GEM_HOME": "/one/gems"})
+    one = d.client()
+    dsid = ds_allocate(one, "live", "live")
+    iid = one.image.allocate('NAME="l"\nPATH="/var/tmp/live"', dsid)
+    line = wait_for(lambda: [ln for ln in d.log_text().splitlines()
+                             if "fetching the first half" in ln], timeout=20)
+    assert line[0].endswith(f"[ImM][I]: image {iid} cp: fetching the first half")
+    assert one.image.info(iid).STATE == 4
+    assert f"image {iid} cp: done" not in d.log_text()
+    gate.touch()
+    wait_states(one, [iid])
+    assert one.image.info(iid).SOURCE == f"/live/{iid}"
+    assert f"[ImM][I]: image {iid} cp: done" in d.log_text()
+    blk = one.image.allocate('NAME="b"\nTYPE="DATABLOCK"\nSIZE="1"', dsid)
+    wait_states(one, [blk])
+    assert one.image.info(blk).SOURCE == "/env//one/lib/ruby//one/gems:/usr/gems//one/gems"
+    for i in range(5):
+        one.image.allocate(f'NAME="n{i}"\nPATH="/var/tmp/n{i}"', dsid)
+    gate.touch()
+    wait_for(lambda: all(one.image.info(i).STATE == 1 for i in one.imagepool.info(-2, -1, -1)
+                         .IMAGE and [i.ID for i in one.imagepool.info(-2, -1, -1).IMAGE]))
+    wait_for(lambda: os.listdir(d.var / "run" / "drivers") == [], timeout=10)
