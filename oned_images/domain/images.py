@@ -25,7 +25,7 @@ from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import driver_replies as replies
 from oned_images.domain import snapshots as snap
-from oned_images.domain.datastores import Datastores, read_ds
+from oned_images.domain.datastores import Datastores, read_ds, write_ds
 from oned_images.domain.identity import Identity, group_auth, user_auth
 from oned_images.domain.names import name_error
 from oned_images.domain.objects import Datastore, Image, Lock, Permissions
@@ -136,7 +136,14 @@ def _yes(value: str | None) -> bool:
     return (value or "").strip().upper() == "YES"
 
 
-def _capacity_error(config: DaemonConfig, ds: Datastore, size: int) -> bool:
+def _capacity_error(config: DaemonConfig, ds: Datastore, size: int,
+                    reserved: bool = False) -> bool:
+    """oned's check of ``size`` MB against the datastore's monitored space.
+
+    With ``reserved`` (inside the transaction that holds the datastore's row lock)
+    the sizes of the copies still running in it are taken off first, so concurrent
+    allocates and clones cannot together promise more than there is.
+    """
     check = ds.template.get("DATASTORE_CAPACITY_CHECK")
     enabled = _yes(check) if check else config.datastore_capacity_check
     if not enabled:
@@ -146,7 +153,37 @@ def _capacity_error(config: DaemonConfig, ds: Datastore, size: int) -> bool:
         avail = int(float(limit)) - ds.used_mb if limit else ds.free_mb
     except ValueError:
         avail = ds.free_mb
+    if reserved:
+        avail -= reserved_mb(ds.id)
     return size > max(avail, 0)
+
+
+def _copying(img: Image) -> bool:
+    """A CP, MKFS or CLONE is running for the image (a snapshot operation is not)."""
+    return img.state == S.LOCKED and img.target_snapshot < 0
+
+
+def reserved_mb(ds_id: int) -> int:
+    """The space promised to the copies running in datastore ``ds_id``: derived from
+    the image rows (LOCKED), so it is right after a restart and for several daemons
+    on one database.  The LIKE only narrows the rows; each body is then read."""
+    query = (ImageRow.select(ImageRow.body)
+             .where((ImageRow.datastore_id == ds_id)
+                    & ImageRow.body.contains(f"<STATE>{int(S.LOCKED)}</STATE>")))
+    total = 0
+    for (body,) in query.tuples():
+        img = image_from(body)
+        if _copying(img):
+            total += max(img.size, 0)
+    return total
+
+
+def _charge(ds: Datastore, size: int) -> None:
+    """A finished copy's space is taken off FREE_MB at once, in the transaction that
+    ends its reservation; the next monitor then measures the real figures."""
+    ds.free_mb = max(ds.free_mb - size, 0)
+    ds.used_mb += size
+    write_ds(ds)
 
 
 @dataclass
@@ -172,6 +209,10 @@ class ImageManager:
     reactor: Any
     pending: set[defer.Deferred] = field(default_factory=set)
     _monitoring: set[int] = field(default_factory=set)
+    #: monitors asked for while one of the datastore ran: run once more after it
+    _monitor_again: set[int] = field(default_factory=set)
+    #: MB taken off FREE_MB by copies that ended in this process, per datastore
+    _charged: dict[int, int] = field(default_factory=dict)
 
     # -------------------------------------------------------------- helpers
     @property
@@ -205,15 +246,32 @@ class ImageManager:
             # by a daemon stop, after which reconcile() runs the action again.  Applying
             # it as a failure would leave an ERROR image that reconciliation skips.
             return
-        ds_id = await self.db.run(self._apply_reply, follow.action, follow.image_id, result)
+        ds_id, charged = await self.db.run(self._apply_reply, follow.action, follow.image_id,
+                                           result)
+        if charged:
+            self._charged[ds_id] = self._charged.get(ds_id, 0) + charged
         if ds_id is not None and follow.action in ("cp", "mkfs", "clone", "rm"):
             self.monitor_soon(ds_id)
 
-    def _apply_reply(self, action: str, oid: int, result: DriverResult) -> int | None:
+    def _apply_reply(self, action: str, oid: int,
+                     result: DriverResult) -> tuple[int | None, int]:
+        """Store a driver result; returns the image's datastore and the MB charged to
+        it (a copy that ended well)."""
+        ds = None
+        if action in ("cp", "mkfs", "clone") and result.ok:
+            # The datastore's row before the image's, as allocate and clone take them.
+            peek = pools.body(ImageRow, oid)
+            if peek is None:
+                return None, 0
+            try:
+                ds = read_ds(image_from(peek).datastore_id, lock=True)
+            except errors.OneError:
+                ds = None
         body = pools.body(ImageRow, oid, lock=True)
         if body is None:
-            return None
+            return None, 0
         img = image_from(body)
+        copying = _copying(img)
         if action in ("cp", "mkfs"):
             replies.copy_done(img, result, action)
         elif action == "clone":
@@ -227,11 +285,15 @@ class ImageManager:
         elif action == "rm":
             if replies.rm_done(img, result):
                 delete_row(img)
-                return img.datastore_id
+                return img.datastore_id, 0
         elif action.startswith("snap_"):
             replies.snapshot_done(img, result, action)
+        charged = 0
+        if ds is not None and copying and img.state == S.READY:
+            charged = max(img.size, 0)
+            _charge(ds, charged)
         write_image(img)
-        return img.datastore_id
+        return img.datastore_id, charged
 
     # ------------------------------------------------------------- monitor
     def monitor_soon(self, ds_id: int) -> None:
@@ -245,10 +307,18 @@ class ImageManager:
                                  consumeErrors=True)
 
     async def monitor(self, ds_id: int) -> None:
-        """One MONITOR per datastore at a time; a request during one is dropped."""
+        """One MONITOR per datastore at a time; requests during one make one more run.
+
+        A copy that ends while the script runs may be missing from what it measured,
+        although its space is already taken off FREE_MB (``_charge``): so the space
+        charged meanwhile is taken off the measured figures too, and the run that
+        follows measures again.
+        """
         if ds_id in self._monitoring:
+            self._monitor_again.add(ds_id)
             return
         self._monitoring.add(ds_id)
+        charged = self._charged.get(ds_id, 0)
         try:
             try:
                 ds = await self.db.run(read_ds, ds_id)
@@ -263,10 +333,15 @@ class ImageManager:
                 return
             values = parse_monitor(result.stdout)
             if {"TOTAL_MB", "FREE_MB", "USED_MB"} <= set(values):
+                late = self._charged.get(ds_id, 0) - charged
                 await self.datastores.record_monitor(ds_id, values["TOTAL_MB"],
-                                                     values["FREE_MB"], values["USED_MB"])
+                                                     max(values["FREE_MB"] - late, 0),
+                                                     values["USED_MB"] + late)
         finally:
             self._monitoring.discard(ds_id)
+            if ds_id in self._monitor_again:
+                self._monitor_again.discard(ds_id)
+                self.monitor_soon(ds_id)
 
     # ------------------------------------------------------------------ info
     async def info(self, caller: Caller, oid: int) -> Served:
@@ -363,8 +438,10 @@ class ImageManager:
             raise errors.allocate("This Datastore only accepts persistent images.")
         perms = new_object_perms(caller.uid, caller.gid, self.identity.umask_for(caller),
                                  self.config.enable_other_permissions)
+        check = not (caller.is_admin and no_check_capacity)
         image_id, follow = await self.db.run(
-            self._insert_allocate, caller, tmpl, ds_id, size, persistent, type_text, perms)
+            self._insert_allocate, caller, tmpl, ds_id, size, persistent, type_text, perms,
+            check)
         self._start(follow)
         return image_id
 
@@ -413,9 +490,13 @@ class ImageManager:
                 "under the datastore SAFE_DIRS and is under its RESTRICTED_DIRS")
 
     def _insert_allocate(self, caller: Caller, tmpl: Template, ds_id: int, size: int,
-                         persistent: bool, type_text: str,
-                         perms: Permissions) -> tuple[int, Followup | None]:
-        ds = read_ds(ds_id)
+                         persistent: bool, type_text: str, perms: Permissions,
+                         check_capacity: bool) -> tuple[int, Followup | None]:
+        # The datastore's row lock serialises the capacity checks of concurrent
+        # allocates and clones with the inserts of their LOCKED images (reservations).
+        ds = read_ds(ds_id, lock=True)
+        if check_capacity and _capacity_error(self.config, ds, size, reserved=True):
+            raise errors.action("Not enough space in datastore")
         name = tmpl.get("NAME") or ""
         name = name.rstrip()
         err = name_error(name)
@@ -503,13 +584,20 @@ class ImageManager:
 
     def _clone_txn(self, caller: Caller, oid: int, name: str, ds_id: int, perms: Permissions,
                    default_persistent: str) -> tuple[int, Followup]:
+        # Row locks in one order everywhere: the datastore's, then the images'.
+        peek = read_image(oid, lock=False)
+        target_id = peek.datastore_id if ds_id == -1 else ds_id
+        try:
+            target: Datastore | None = read_ds(target_id, lock=True)
+        except errors.OneError:
+            target = None
         src = read_image(oid)
         if src.type not in DISK_TYPES:
             raise errors.action("KERNEL, RAMDISK, BACKUP and CONTEXT cannot be cloned.")
         if snap.count(src.snapshots):
             raise errors.action("Cannot clone images with snapshots")
-        target_id = src.datastore_id if ds_id == -1 else ds_id
-        target = read_ds(target_id)
+        if target is None:
+            raise errors.no_exists("datastore", target_id)
         if target.type != DsType.IMAGE_DS:
             raise errors.action("Clone only supported for IMAGE_DS Datastores")
         src_ds = target
@@ -519,7 +607,7 @@ class ImageManager:
                 raise errors.action("Clone only supported for IMAGE_DS Datastores")
             if src_ds.ds_mad != target.ds_mad:
                 raise errors.action("Clone only supported to same DS_MAD Datastores")
-        if _capacity_error(self.config, target, src.size):
+        if _capacity_error(self.config, target, src.size, reserved=True):
             raise errors.action("Not enough space in datastore")
         req = self._auth(caller)
         req.add(Op.CREATE, ObjectAuth("IMAGE", -1))
