@@ -300,3 +300,19 @@ def test_slots_wake_the_owner_with_fewest_running_first():
     slots.release(a)
     assert order[-1] == "a4"
     assert Slots(limit=1, shares={"user": 5}).shares == {"user": 1}
+
+
+def test_user_share_configuration():
+    from oned_images.config import ConfigError, parse
+    from oned_images.driver.runner import shares
+
+    cfg = parse('DATASTORE_MAD = [ ARGUMENTS = "-t 9", USER_SHARE = 3 ]\n'
+                'DRIVER_TIMEOUT = [ CP = 10 ]\n')
+    assert (cfg.driver.user_share, cfg.driver.timeouts["cp"]) == (3, 10)
+    assert shares(cfg.driver) == {"user": 3, "stat": 2}
+    assert shares(parse('DATASTORE_MAD = [ ARGUMENTS = "-t 15" ]\n').driver) == {
+        "user": 7, "stat": 3}
+    assert shares(parse('DATASTORE_MAD = [ ARGUMENTS = "-t 1" ]\n').driver) == {
+        "user": 1, "stat": 1}
+    with pytest.raises(ConfigError, match="USER_SHARE expects a number of actions"):
+        parse('DATASTORE_MAD = [ USER_SHARE = "many" ]\n', "x.conf")
