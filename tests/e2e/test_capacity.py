@@ -122,6 +122,9 @@ def test_concurrent_datablocks_reserve_their_size(capd):
     reply = d.raw().one.image.allocate(d.session(), 'NAME="big"\nTYPE="DATABLOCK"\n'
                                        'SIZE="201"', ds)
     assert reply == [False, "[one.image.allocate] Not enough space in datastore", 2048, -1, -1]
+    # an image registered by SOURCE copies nothing: only the measured space counts
+    ok(d, "one.image.allocate", 'NAME="reg"\nSOURCE="/elsewhere/r"\nFORMAT="raw"\n'
+       'SIZE="400"', ds)
     # a copy that ended stays counted until the monitor has measured its file
     (d.gates / "monitor-pause").write_text("3")
     for i in accepted:
@@ -173,3 +176,20 @@ def test_concurrent_clones_reserve_their_size(capd):
     third = ok(d, "one.image.clone", src, unique("c"), -1)
     (d.gates / str(third)).touch()
     wait_for(lambda: image_state(d, third) == 1, timeout=30)
+
+
+def test_reservations_survive_a_restart(capd):
+    d, ds = capd, cap_datastore(capd)
+    running = [ok(d, "one.image.allocate", f'NAME="{unique("r")}"\nTYPE="DATABLOCK"\n'
+                  'SIZE="450"', ds) for _ in range(2)]
+    d.kill9()
+    d.start()
+    wait_for(lambda: "Reconciling image" in d.log_text())
+    assert [image_state(d, i) for i in running] == [4, 4]
+    reply = d.raw().one.image.allocate(d.session(), 'NAME="after"\nTYPE="DATABLOCK"\n'
+                                       'SIZE="101"', ds)
+    assert reply == [False, "[one.image.allocate] Not enough space in datastore", 2048, -1, -1]
+    for i in running:
+        (d.gates / str(i)).touch()
+    wait_for(lambda: [image_state(d, i) for i in running] == [1, 1], timeout=30)
+    wait_for(lambda: free_mb(d, ds) == 100, timeout=30)
