@@ -268,11 +268,12 @@ class ImageManager:
         ds = None
         if action in ("cp", "mkfs", "clone") and result.ok:
             # The datastore's row before the image's, as allocate and clone take them.
-            peek = pools.body(ImageRow, oid)
-            if peek is None:
+            row = (ImageRow.select(ImageRow.datastore_id).where(ImageRow.oid == oid)
+                   .tuples().first())
+            if row is None:
                 return None, 0
             try:
-                ds = read_ds(image_from(peek).datastore_id, lock=True)
+                ds = read_ds(row[0], lock=True)
             except errors.OneError:
                 ds = None
         body = pools.body(ImageRow, oid, lock=True)

@@ -256,6 +256,7 @@ class DriverRunner:
         else:
             argv = [*prefix, script, str(oid)]
             stdin = b64.encode("ascii")
+
         def emit(level: str, msg: str) -> None:
             log.emit(LOG_LEVELS.get(level, LogLevel.debug), "{kind} {oid} {action}: {msg}",
                      kind=key[0], oid=oid, action=action, msg=msg)

@@ -208,7 +208,7 @@ printf 'ERROR: %s' "$(head -c 10000 /dev/zero | tr '\\0' x)" >&2
 echo >&2
 echo "plain text" >&2
 printf 'WARN: no newline' >&2
-sleep 1.5
+sleep 4
 touch {tmp_path}/ended
 """
         runner = make_runner(tmp_path, {"cp": script})
@@ -219,8 +219,8 @@ touch {tmp_path}/ended
                     if e.get("log_namespace") == "ImM" and e.get("action") == "cp"
                     and "msg" in e]
 
-        for _ in range(100):
-            if lines():
+        for _ in range(200):
+            if len(lines()) >= 2:
                 break
             await task.deferLater(reactor, 0.02, lambda: None)
         assert not (tmp_path / "ended").exists()
