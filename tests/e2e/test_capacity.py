@@ -5,8 +5,8 @@ keeps its space counted until the next monitor measures it.
 
 The driver here keeps real files: mkfs/clone write BASE_PATH/<image id> holding the
 size in MB and wait for a gate, monitor reports 1000 MB minus what the files hold
-(after a pause, so a test can look between a copy's end and the refresh), rm
-removes the file."""
+(after a pause, so a test can look between a copy's end and the refresh; it can also
+hold its figures a while after measuring), rm removes the file."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ gates = {gates!r}
 if action == "monitor":
     time.sleep(float(open(os.path.join(gates, "monitor-pause")).read()))
     used = sum(int(open(os.path.join(base, f)).read()) for f in os.listdir(base))
+    with open(os.path.join(gates, "measured"), "a") as f:
+        f.write("m")
+    time.sleep(float(open(os.path.join(gates, "monitor-hold")).read()))
     print("USED_MB=%d\\nFREE_MB=%d\\nTOTAL_MB=1000" % (used, 1000 - used))
 elif action == "stat":
     print(400)
@@ -57,6 +60,7 @@ def capd(tmp_path_factory):
     gates = tmp / "gates"
     gates.mkdir()
     (gates / "monitor-pause").write_text("0")
+    (gates / "monitor-hold").write_text("0")
     script = DRIVER.format(python=sys.executable, gates=str(gates))
     remotes = make_remotes(tmp / "remotes", {"cap": {
         a: script for a in ("cp", "mkfs", "clone", "rm", "stat", "monitor")}})
@@ -193,3 +197,27 @@ def test_reservations_survive_a_restart(capd):
         (d.gates / str(i)).touch()
     wait_for(lambda: [image_state(d, i) for i in running] == [1, 1], timeout=30)
     wait_for(lambda: free_mb(d, ds) == 100, timeout=30)
+
+
+def test_a_copy_ending_during_a_monitor_run_stays_counted(capd):
+    """The monitor measured before the copy's file existed and reports after the copy
+    ended: its figures must not give the copy's space back."""
+    d, ds = capd, cap_datastore(capd)
+    big = ok(d, "one.image.allocate", 'NAME="big"\nTYPE="DATABLOCK"\nSIZE="400"', ds)
+    measured = d.gates / "measured"
+    try:
+        (d.gates / "monitor-hold").write_text("4")
+        small = ok(d, "one.image.allocate", 'NAME="small"\nTYPE="DATABLOCK"\nSIZE="10"', ds)
+        measured.unlink(missing_ok=True)
+        (d.gates / str(small)).touch()  # its end starts a monitor run, which measures
+        wait_for(lambda: measured.exists(), timeout=30)
+        (d.gates / str(big)).touch()  # ... then the big copy ends while it holds
+        wait_for(lambda: image_state(d, big) == 1, timeout=30)
+        assert free_mb(d, ds) == 590
+        # the held run reports 990 free; the next run starts once it is recorded
+        wait_for(lambda: measured.read_text() == "mm", timeout=30)
+        assert free_mb(d, ds) == 590
+    finally:
+        (d.gates / "monitor-hold").write_text("0")
+    wait_for(lambda: num(ok(d, "one.datastore.info", ds), "USED_MB") == 410, timeout=30)
+    assert free_mb(d, ds) == 590
