@@ -248,7 +248,7 @@ async def test_one_user_cannot_hold_every_slot(tmp_path):
     script = f"""#!/bin/sh
 cat >/dev/null
 echo "start $1 $(date +%s%N)" >> {log}
-sleep 0.6
+sleep 1.5
 echo "end $1 $(date +%s%N)" >> {log}
 """
     runner = make_runner(tmp_path, {"cp": script}, concurrency=4, user_share=2)
