@@ -185,6 +185,8 @@ class DriverRunner:
         self._locks: dict[tuple[str, int], defer.DeferredLock] = {}
         self._running: dict[tuple[str, int], _Running] = {}
         self._stopping = False
+        #: keys whose queued action was cancelled before it could start
+        self._dropped: set[tuple[str, int]] = set()
         #: actions started in total, for tests and the log
         self.started = 0
 
@@ -230,6 +232,10 @@ class DriverRunner:
         try:
             await self.slots.acquire(bucket)
             try:
+                if key in self._dropped:
+                    self._dropped.discard(key)
+                    return DriverResult(action, oid, 255, "", "", cancelled=True,
+                                        error="Action cancelled")
                 return await self._spawn(action, ds_mad, oid, drv_action_b64, key, mode)
             finally:
                 self.slots.release(bucket)
@@ -332,10 +338,16 @@ class DriverRunner:
         self._terminate(running)
 
     def cancel(self, key: tuple[str, int]) -> defer.Deferred | None:
-        """Kill the action running for ``key``; the Deferred fires once it has ended."""
+        """Kill the action running for ``key``; the Deferred fires once it has ended.
+
+        An action still queued for ``key`` (a user beyond their share) never starts.
+        """
         running = self._running.get(key)
         if running is None:
-            return None
+            if key not in self._locks:
+                return None
+            self._dropped.add(key)
+            return defer.succeed(None)
         running.cancelled = True
         self._terminate(running)
         d: defer.Deferred = defer.Deferred()

@@ -375,6 +375,28 @@ def test_one_user_cannot_starve_the_others(tmp_path, fresh_daemon):
     wait_for(lambda: not processes_with("sleep 59.0417"), timeout=20)
 
 
+def test_forced_delete_of_a_queued_copy_never_runs_it(tmp_path, fresh_daemon):
+    remotes = make_remotes(tmp_path / "remotes", {"share": {
+        "cp": SHARE_CP, "monitor": MONITOR, "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 4 -d dummy,fs,share",
+                                   "DATASTORE_MAD = [ USER_SHARE = 1 ]\n"))
+    one = d.client()
+    dsid = ds_allocate(one, "share", "share")
+    one.datastore.chmod(dsid, 1, 1, 0, 1, 0, 0, 1, 0, 0)
+    one.user.allocate("usera", "pw", "", [])
+    a = d.client("usera", "pw")
+    running = a.image.allocate('NAME="r"\nPATH="/var/tmp/slow/r"', dsid)
+    queued = a.image.allocate('NAME="q"\nPATH="/var/tmp/slow/q"', dsid)
+    wait_for(lambda: len(processes_with("sleep 59.0417")) == 1)
+    assert one.image.delete(queued, True) == queued
+    assert one.image.delete(running, True) == running
+    wait_for(lambda: not processes_with("sleep 59.0417"), timeout=20)
+    time.sleep(1)
+    assert not processes_with("sleep 59.0417")  # the queued copy never started
+    assert f"cp for image {queued}" not in d.log_text()
+    assert one.imagepool.info(-2, -1, -1).IMAGE == []
+
+
 LOGGING_CP = """#!/bin/sh
 cat >/dev/null
 echo "INFO: fetching the first half" >&2

@@ -316,3 +316,25 @@ def test_user_share_configuration():
         "user": 1, "stat": 1}
     with pytest.raises(ConfigError, match="USER_SHARE expects a number of actions"):
         parse('DATASTORE_MAD = [ USER_SHARE = "many" ]\n', "x.conf")
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_of_a_queued_action(tmp_path):
+    """A forced delete of an image whose copy still waits for a slot: it never runs."""
+    from twisted.internet import defer
+
+    ran = tmp_path / "ran"
+    runner = make_runner(tmp_path, {"cp": f"#!/bin/sh\ncat >/dev/null\nsleep 0.5\n"
+                                          f"echo $1 >> {ran}\necho src raw\n"},
+                         user_share=1)  # user 5 may run one action: image 2 waits
+    first = defer.ensureDeferred(runner.run("cp", "t", 1, "", key=("image", 1), owner=5))
+    queued = defer.ensureDeferred(runner.run("cp", "t", 2, "", key=("image", 2), owner=5))
+    assert runner.slots.queued == 1
+    await runner.cancel(("image", 2))
+    result = await queued
+    assert (result.cancelled, result.error) == (True, "Action cancelled")
+    assert (await first).ok
+    assert ran.read_text() == "1\n"
+    assert runner.cancel(("image", 2)) is None
+    again = await runner.run("cp", "t", 2, "", key=("image", 2), owner=5)
+    assert again.ok and ran.read_text() == "1\n2\n"
