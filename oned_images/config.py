@@ -12,7 +12,7 @@ import dataclasses
 import os
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from oned_images.rpc.limits import Limits
@@ -146,6 +146,8 @@ class DriverSettings:
     #: nice level of driver scripts (oned's defaultrc PRIORITY): copies must not
     #: starve the daemon that answers the API.
     priority: int = 19
+    #: actions one user may run at once (0: half of ``concurrency``, at least 1)
+    user_share: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ MULTI = ("IMAGE_RESTRICTED_ATTR",)
 
 DB_KEYS = {"BACKEND", "SERVER", "PORT", "USER", "PASSWD", "DB_NAME", "CONNECTIONS", "TIMEOUT", "PATH"}
 LOG_KEYS = {"SYSTEM", "DEBUG_LEVEL"}
-DRIVER_KEYS = {"EXECUTABLE", "ARGUMENTS", "REMOTES", "KILL_GRACE", "PRIORITY"}
+DRIVER_KEYS = {"EXECUTABLE", "ARGUMENTS", "REMOTES", "KILL_GRACE", "PRIORITY", "USER_SHARE"}
 HTTP_LIMIT_KEYS = {"HEADER_TIMEOUT": "header_timeout", "BODY_TIMEOUT": "body_timeout",
                    "BODY_MIN_RATE": "body_min_rate", "MAX_CONN_PER_PEER": "max_per_peer",
                    "MAX_CONN": "max_total"}
@@ -292,7 +294,13 @@ def _driver_settings(src: str, attr: Attribute, vec: dict[str, str],
         priority = 99
     if not 0 <= priority <= 19:
         raise _fail(src, attr, "PRIORITY expects a nice level 0-19")
-    return DriverSettings(concurrency, allowed, timeouts, remotes, grace, priority)
+    try:
+        share = int(vec.get("USER_SHARE", str(base.user_share)) or "0")
+    except ValueError:
+        share = -1
+    if share < 0:
+        raise _fail(src, attr, "USER_SHARE expects a number of actions (0 = half of -t)")
+    return DriverSettings(concurrency, allowed, timeouts, remotes, grace, priority, share)
 
 
 def find_config(path: str | os.PathLike | None = None) -> tuple[Path, str]:
@@ -399,8 +407,7 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
                     timeouts.pop(key.lower(), None)
                 else:
                     timeouts[key.lower()] = secs
-            driver = DriverSettings(driver.concurrency, driver.allowed, timeouts,
-                                    driver.remotes, driver.kill_grace, driver.priority)
+            driver = replace(driver, timeouts=timeouts)
         elif name == "DS_MAD_CONF":
             vec = _vector(src, attr, DS_MAD_KEYS)
             if not vec.get("NAME"):

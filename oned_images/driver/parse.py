@@ -35,6 +35,12 @@ class DriverResult:
         return self.stdout.strip().splitlines()[0].strip() if self.stdout.strip() else ""
 
 
+def log_line(line: str) -> tuple[str, str] | None:
+    """``(LEVEL, message)`` of an ``ERROR|INFO|WARN|DEBUG: …`` line, else None."""
+    m = LOG_LINE.match(line.rstrip())
+    return (m.group(1), m.group(3)) if m else None
+
+
 def split_stderr(stderr: str) -> tuple[list[tuple[str, str]], list[str]]:
     logs: list[tuple[str, str]] = []
     plain: list[str] = []
@@ -42,12 +48,53 @@ def split_stderr(stderr: str) -> tuple[list[tuple[str, str]], list[str]]:
         line = line.rstrip()
         if not line.strip():
             continue
-        m = LOG_LINE.match(line)
-        if m:
-            logs.append((m.group(1), m.group(3)))
+        entry = log_line(line)
+        if entry:
+            logs.append(entry)
         else:
             plain.append(line.strip())
     return logs, plain
+
+
+class LineBuffer:
+    """Cuts a byte stream into lines as it arrives, none longer than ``limit`` characters.
+
+    A driver's INFO/ERROR lines are logged while it runs (a copy can take hours), so
+    stderr is read line by line; the rest of an overlong line is dropped, so a script
+    that never prints a newline cannot make the daemon hold an unbounded line.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._partial = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes) -> list[str]:
+        lines: list[str] = []
+        parts = data.split(b"\n")
+        for i, part in enumerate(parts):
+            if not self._skipping:
+                room = self.limit - len(self._partial)
+                self._partial += part[:room]
+                if len(part) > room:
+                    lines.append(self._take())
+                    self._skipping = True
+            if i < len(parts) - 1:  # a newline ends this part
+                if not self._skipping:
+                    lines.append(self._take())
+                self._skipping = False
+        return [line for line in lines if line.strip()]
+
+    def flush(self) -> list[str]:
+        """The last line, if the script ended without a newline."""
+        line = "" if self._skipping else self._take()
+        self._skipping = False
+        return [line] if line.strip() else []
+
+    def _take(self) -> str:
+        line = self._partial.decode("utf-8", "replace")
+        self._partial.clear()
+        return line
 
 
 def failure_text(stderr: str, exit_code: int) -> str:

@@ -4,9 +4,10 @@ The contract is OpenNebula 7.0's (drivers.md §3, §6.2): argv
 ``[script, oid]``, the base64 DRV_ACTION on stdin then EOF, the result on
 stdout, failure by exit code and stderr.  Each action runs in its own process
 group (``setsid``) so a timeout or a cancel kills the script *and* its
-children (TERM, then KILL after a grace period).  A global semaphore caps
-concurrent actions (oned's ``-t``), queueing the rest, and a per-key lock keeps
-one action per image (and one monitor per datastore) at a time.
+children (TERM, then KILL after a grace period).  ``Slots`` caps concurrent
+actions (oned's ``-t``), queueing the rest, and caps each user's share of them,
+so one user's stalled copies cannot hold every slot; a per-key lock keeps one
+action per image (and one monitor per datastore) at a time.
 """
 
 from __future__ import annotations
@@ -16,34 +17,134 @@ import os
 import shutil
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, error, protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from oned_images.domain.restricted import protected_paths
 from oned_images.driver import reaper
-from oned_images.driver.parse import DriverResult, failure_text, split_stderr
+from oned_images.driver.parse import (
+    DriverResult,
+    LineBuffer,
+    failure_text,
+    log_line,
+    split_stderr,
+)
 
 log = Logger(namespace="ImM")
 _tmp_ids = itertools.count(1)
+LOG_LEVELS = {"ERROR": LogLevel.error, "INFO": LogLevel.info, "WARN": LogLevel.warn}
 
 MAX_STDOUT = 1 << 20
 MAX_STDERR = 1 << 16
+#: RUBYLIB/GEM_*: OpenNebula's own Ruby drivers in a self-contained layout need them.
 ENV_PASSTHROUGH = ("ONE_LOCATION", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY",
-                   "HTTPS_PROXY", "NO_PROXY", "SSH_AUTH_SOCK", "TMPDIR")
+                   "HTTPS_PROXY", "NO_PROXY", "SSH_AUTH_SOCK", "TMPDIR", "RUBYLIB",
+                   "GEM_PATH", "GEM_HOME")
+#: longest stderr line logged; the rest of a longer one is dropped
+MAX_LOG_LINE = 4096
+#: a bucket of slots: ("user", uid) for a user's actions, ("stat", uid) for the STAT
+#: probes of their allocate calls; None for oneadmin's actions and monitors (no share)
+Bucket = tuple[str, int] | None
+
+
+class Slots:
+    """oned's ``-t`` limit with per-user shares: a queue that is fair between users.
+
+    At most ``limit`` actions run.  A user's actions take at most ``shares["user"]``
+    of them and the STATs of their allocate calls at most ``shares["stat"]`` more,
+    so whatever one user queues (15 URL imports from a server that never answers)
+    other users' actions still start, and a user's own running copies never hold up
+    the STAT of their next allocate.  Bucket ``None`` (oneadmin, monitors) is bounded
+    by ``limit`` only.  When a slot frees, the waiting bucket with the fewest running
+    actions goes first (first come first served among equals), so a user with one
+    action is not queued behind another user's hundred.
+    """
+
+    def __init__(self, limit: int, shares: dict[str, int]) -> None:
+        self.limit = limit
+        self.shares = {kind: max(1, min(n, limit)) for kind, n in shares.items()}
+        self.running: dict[Bucket, int] = {}
+        self._waiting: dict[Bucket, deque[defer.Deferred[None]]] = {}
+        self._arrival = 0
+        self._order: dict[defer.Deferred[None], int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.running.values())
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    def _may_start(self, bucket: Bucket) -> bool:
+        return self.total < self.limit and (
+            bucket is None or self.running.get(bucket, 0) < self.shares[bucket[0]])
+
+    def acquire(self, bucket: Bucket) -> defer.Deferred[None]:
+        if self._may_start(bucket) and not self._waiting.get(bucket):
+            self.running[bucket] = self.running.get(bucket, 0) + 1
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._arrival += 1
+        self._order[d] = self._arrival
+        self._waiting.setdefault(bucket, deque()).append(d)
+        return d
+
+    def release(self, bucket: Bucket) -> None:
+        count = self.running.get(bucket, 0) - 1
+        if count > 0:
+            self.running[bucket] = count
+        else:
+            self.running.pop(bucket, None)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.total < self.limit:
+            ready = [b for b, q in self._waiting.items() if q and self._may_start(b)]
+            if not ready:
+                return
+            bucket = min(ready, key=lambda b: (self.running.get(b, 0),
+                                               self._order[self._waiting[b][0]]))
+            queue = self._waiting[bucket]
+            d = queue.popleft()
+            if not queue:
+                del self._waiting[bucket]
+            del self._order[d]
+            self.running[bucket] = self.running.get(bucket, 0) + 1
+            d.callback(None)
+
+
+def shares(settings: Any) -> dict[str, int]:
+    """USER_SHARE (default half of -t) and the STAT share (a quarter of -t), at least 1."""
+    limit = settings.concurrency
+    return {"user": settings.user_share or max(1, limit // 2), "stat": max(1, limit // 4)}
 
 
 class _Collector(protocol.ProcessProtocol):
-    """Buffers output; fires ``done`` with the exit code once every pipe closed."""
+    """Buffers output; fires ``done`` with the exit code once every pipe closed.
 
-    def __init__(self, stdin: bytes | None) -> None:
+    stderr's ``INFO:``/``ERROR:`` … lines go to ``on_log`` as they arrive, so the
+    log tells what a long copy is doing while it runs.
+    """
+
+    def __init__(self, stdin: bytes | None, on_log=None) -> None:
         self.stdin = stdin
         self.out = bytearray()
         self.err = bytearray()
         self.done: defer.Deferred[int] = defer.Deferred()
+        self.on_log = on_log
+        self.lines = LineBuffer(MAX_LOG_LINE)
+
+    def _log(self, lines: list[str]) -> None:
+        for line in lines:
+            entry = log_line(line)
+            if entry is not None and self.on_log is not None:
+                self.on_log(*entry)
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         if self.stdin is not None:
@@ -58,8 +159,10 @@ class _Collector(protocol.ProcessProtocol):
         self.err += data
         if len(self.err) > MAX_STDERR:
             del self.err[: len(self.err) - MAX_STDERR]
+        self._log(self.lines.feed(data))
 
     def processEnded(self, reason) -> None:  # noqa: N802
+        self._log(self.lines.flush())
         value = reason.value
         if isinstance(value, error.ProcessDone):
             code = 0
@@ -83,10 +186,12 @@ class DriverRunner:
         self.reactor = reactor
         self.settings = settings
         self.config = config
-        self.semaphore = defer.DeferredSemaphore(settings.concurrency)
+        self.slots = Slots(settings.concurrency, shares(settings))
         self._locks: dict[tuple[str, int], defer.DeferredLock] = {}
         self._running: dict[tuple[str, int], _Running] = {}
         self._stopping = False
+        #: keys whose queued action was cancelled before it could start
+        self._dropped: set[tuple[str, int]] = set()
         #: actions started in total, for tests and the log
         self.started = 0
         #: called with (ds_mad, drv_action_b64, DriverResult, seconds) per ended action.
@@ -134,18 +239,30 @@ class DriverRunner:
     # ----------------------------------------------------------------- run
     async def run(self, action: str, ds_mad: str, oid: int, drv_action_b64: str,
                   key: tuple[str, int] | None = None, mode: str = "stdin",
-                  env: dict[str, str] | None = None) -> DriverResult:
-        """Run one action; always returns a DriverResult (never raises for script trouble)."""
+                  env: dict[str, str] | None = None,
+                  owner: int | None = None) -> DriverResult:
+        """Run one action; always returns a DriverResult (never raises for script trouble).
+
+        ``env`` is added to the script's environment (ONED_URL_POLICY of a cp/stat);
+        ``owner`` is the user the action works for, whose share of ``-t`` it takes;
+        None (monitors) and 0 (oneadmin) have no share.
+        """
         key = key or ("image", oid)
+        bucket: Bucket = None if owner in (None, 0) else \
+            ("stat" if action == "stat" else "user", owner)
         lock = self._lock(key)
         await lock.acquire()
         try:
-            await self.semaphore.acquire()
+            await self.slots.acquire(bucket)
             try:
+                if key in self._dropped:
+                    self._dropped.discard(key)
+                    return DriverResult(action, oid, 255, "", "", cancelled=True,
+                                        error="Action cancelled")
                 started = time.monotonic()
                 result = await self._spawn(action, ds_mad, oid, drv_action_b64, key, mode, env)
             finally:
-                self.semaphore.release()
+                self.slots.release(bucket)
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
@@ -173,7 +290,12 @@ class DriverRunner:
         else:
             argv = [*prefix, script, str(oid)]
             stdin = b64.encode("ascii")
-        collector = _Collector(stdin)
+
+        def emit(level: str, msg: str) -> None:
+            log.emit(LOG_LEVELS.get(level, LogLevel.debug), "{kind} {oid} {action}: {msg}",
+                     kind=key[0], oid=oid, action=action, msg=msg)
+
+        collector = _Collector(stdin, emit)
         started = time.monotonic()
         env, tmpdir = self._action_env(action, oid, extra_env)
         try:
@@ -183,30 +305,29 @@ class DriverRunner:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
         self.started += 1
-        reaper.record(self.config.var_location, transport.pid, script)
-        running = _Running(transport.pid, collector)
+        # Twisted clears transport.pid once the process is reaped: keep our own copy
+        # for forget(), or the record outlives the action.
+        pid = transport.pid
+        reaper.record(self.config.var_location, pid, script)
+        running = _Running(pid, collector)
         self._running[key] = running
         timeout = self.settings.timeouts.get(action)
         timer = None
         if timeout:
             timer = self.reactor.callLater(timeout, self._expire, running)
         log.debug("Running {action} for {kind} {oid} with {script} (pid {pid})", action=action,
-                  kind=key[0], oid=oid, script=script, pid=transport.pid)
+                  kind=key[0], oid=oid, script=script, pid=pid)
         try:
             code = await collector.done
         finally:
             if timer is not None and timer.active():
                 timer.cancel()
             self._running.pop(key, None)
-            reaper.forget(self.config.var_location, transport.pid)
+            reaper.forget(self.config.var_location, pid)
             shutil.rmtree(tmpdir, ignore_errors=True)
         stdout = collector.out.decode("utf-8", "replace")
         stderr = collector.err.decode("utf-8", "replace")
         logs, _ = split_stderr(stderr)
-        for level, msg in logs:
-            emit = log.error if level == "ERROR" else log.info if level == "INFO" else \
-                log.warn if level == "WARN" else log.debug
-            emit("{kind} {oid} {action}: {msg}", kind=key[0], oid=oid, action=action, msg=msg)
         result = DriverResult(action, oid, code, stdout, stderr, running.timed_out,
                               running.cancelled, logs)
         elapsed = time.monotonic() - started
@@ -250,10 +371,16 @@ class DriverRunner:
         self._terminate(running)
 
     def cancel(self, key: tuple[str, int]) -> defer.Deferred | None:
-        """Kill the action running for ``key``; the Deferred fires once it has ended."""
+        """Kill the action running for ``key``; the Deferred fires once it has ended.
+
+        An action still queued for ``key`` (a user beyond their share) never starts.
+        """
         running = self._running.get(key)
         if running is None:
-            return None
+            if key not in self._locks:
+                return None
+            self._dropped.add(key)
+            return defer.succeed(None)
         running.cancelled = True
         self._terminate(running)
         d: defer.Deferred = defer.Deferred()
@@ -277,6 +404,6 @@ class DriverRunner:
     def load(self) -> tuple[int, int]:
         """(queued, running) actions: queued wait for a slot (-t) or for the action
         before them on the same image or datastore."""
-        queued = len(self.semaphore.waiting) + sum(len(lock.waiting)
+        queued = self.slots.queued + sum(len(lock.waiting)
                                                    for lock in self._locks.values())
         return queued, len(self._running)

@@ -96,7 +96,7 @@ def test_fifty_copies_with_limit_fifteen(tmp_path, fresh_daemon):
     state = tmp_path / "state"
     state.mkdir()
     remotes = make_remotes(tmp_path / "remotes", {"count": {
-        "cp": COUNTING_CP.format(state=state, pause=1.0), "monitor": MONITOR, "stat": STAT}})
+        "cp": COUNTING_CP.format(state=state, pause=2.5), "monitor": MONITOR, "stat": STAT}})
     d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,count"))
     one = d.client()
     dsid = ds_allocate(one, "count", "count")
@@ -281,6 +281,12 @@ printf 'USED_MB=%s\\nFREE_MB=100000\\nTOTAL_MB=100100\\n' "$(cat "$dir/mcount")"
 """
 
 
+def counter(path: Path) -> int:
+    """A number a driver script keeps in a file (-1 while it is being rewritten)."""
+    text = path.read_text().strip()
+    return int(text) if text else -1
+
+
 def test_monitor_after_each_action_and_one_per_datastore(tmp_path, fresh_daemon):
     state = tmp_path / "state"
     state.mkdir()
@@ -291,14 +297,17 @@ def test_monitor_after_each_action_and_one_per_datastore(tmp_path, fresh_daemon)
     one = d.client()
     dsid = ds_allocate(one, "mon", "mon")
     wait_for(lambda: (state / "mcount").exists())
-    before = int((state / "mcount").read_text())
+    before = counter(state / "mcount")
     ids = [one.image.allocate(f'NAME="m{i}"\nPATH="/var/tmp/m{i}"', dsid) for i in range(6)]
     wait_states(one, ids)
-    wait_for(lambda: int((state / "mnow").read_text()) == 0, timeout=10)
-    after = int((state / "mcount").read_text())
+    wait_for(lambda: counter(state / "mnow") == 0, timeout=10)
+    after = counter(state / "mcount")
     assert after > before  # capacity refreshed after the copies
-    assert int((state / "mmax").read_text()) == 1  # never two monitors of one datastore
-    wait_for(lambda: one.datastore.info(dsid).USED_MB == after, timeout=10)
+    assert counter(state / "mmax") == 1  # never two monitors of one datastore
+    # the last measurement is what the datastore shows (a request during a run made
+    # one more run)
+    wait_for(lambda: counter(state / "mnow") == 0 and one.datastore.info(dsid)
+             .USED_MB == counter(state / "mcount"), timeout=10)
 
 
 def test_full_disk_leaves_error_and_no_partial_file(tmp_path, fresh_daemon):
@@ -328,3 +337,104 @@ def test_full_disk_leaves_error_and_no_partial_file(tmp_path, fresh_daemon):
     finally:
         src.unlink(missing_ok=True)
         subprocess.run(["umount", str(base)], capture_output=True)
+
+
+# A cp that is slow for PATHs under /var/tmp/slow/, quick for the others.
+SHARE_CP = """#!/usr/bin/env bash
+data=$(cat -)
+path=$(printf '%s' "$data" | base64 -d | sed -n 's:.*<PATH><!\\[CDATA\\[\\([^]]*\\)\\]\\]></PATH>.*:\\1:p')
+case "$path" in /var/tmp/slow/*) sleep 59.0417 & wait ;; esac
+echo "/share/$1 raw"
+"""
+
+
+def test_one_user_cannot_starve_the_others(tmp_path, fresh_daemon):
+    """-t 4 (a user's share: 2): user A's six stalled copies hold two slots; user B's
+    copy and oneadmin's finish at once."""
+    remotes = make_remotes(tmp_path / "remotes", {"share": {
+        "cp": SHARE_CP, "monitor": MONITOR, "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 4 -d dummy,fs,share"))
+    one = d.client()
+    dsid = ds_allocate(one, "share", "share")
+    one.datastore.chmod(dsid, 1, 1, 0, 1, 0, 0, 1, 0, 0)
+    one.user.allocate("usera", "pw", "", [])
+    one.user.allocate("userb", "pw", "", [])
+    a, b = d.client("usera", "pw"), d.client("userb", "pw")
+    slow = [a.image.allocate(f'NAME="s{i}"\nPATH="/var/tmp/slow/{i}"', dsid) for i in range(6)]
+    wait_for(lambda: len(processes_with("sleep 59.0417")) == 2)
+    t0 = time.monotonic()
+    quick = b.image.allocate('NAME="q"\nPATH="/var/tmp/quick"', dsid)
+    admin = one.image.allocate('NAME="adm"\nPATH="/var/tmp/admin"', dsid)
+    wait_states(one, [quick, admin], timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert [one.image.info(i).SOURCE for i in (quick, admin)] == [f"/share/{quick}",
+                                                                  f"/share/{admin}"]
+    assert [one.image.info(i).STATE for i in slow] == [4] * 6
+    assert len(processes_with("sleep 59.0417")) == 2  # A still holds only his share
+    for i in slow:
+        one.image.delete(i, True)
+    wait_for(lambda: not processes_with("sleep 59.0417"), timeout=20)
+
+
+def test_forced_delete_of_a_queued_copy_never_runs_it(tmp_path, fresh_daemon):
+    remotes = make_remotes(tmp_path / "remotes", {"share": {
+        "cp": SHARE_CP, "monitor": MONITOR, "stat": STAT}})
+    d = fresh_daemon(driver_config(remotes, "-t 4 -d dummy,fs,share",
+                                   "DATASTORE_MAD = [ USER_SHARE = 1 ]\n"))
+    one = d.client()
+    dsid = ds_allocate(one, "share", "share")
+    one.datastore.chmod(dsid, 1, 1, 0, 1, 0, 0, 1, 0, 0)
+    one.user.allocate("usera", "pw", "", [])
+    a = d.client("usera", "pw")
+    running = a.image.allocate('NAME="r"\nPATH="/var/tmp/slow/r"', dsid)
+    queued = a.image.allocate('NAME="q"\nPATH="/var/tmp/slow/q"', dsid)
+    wait_for(lambda: len(processes_with("sleep 59.0417")) == 1)
+    assert one.image.delete(queued, True) == queued
+    assert one.image.delete(running, True) == running
+    wait_for(lambda: not processes_with("sleep 59.0417"), timeout=20)
+    time.sleep(1)
+    assert not processes_with("sleep 59.0417")  # the queued copy never started
+    assert f"cp for image {queued}" not in d.log_text()
+    assert one.imagepool.info(-2, -1, -1).IMAGE == []
+
+
+LOGGING_CP = """#!/bin/sh
+cat >/dev/null
+echo "INFO: fetching the first half" >&2
+while [ ! -e {gate} ]; do sleep 0.05; done
+echo "INFO: done" >&2
+echo "/live/$1 raw"
+"""
+
+
+def test_driver_log_lines_are_live_and_pid_records_go(tmp_path, fresh_daemon):
+    """An INFO line is in oned.log while the script still runs; run/drivers ends empty.
+    RUBYLIB/GEM_PATH/GEM_HOME reach the script (OpenNebula's Ruby drivers need them)."""
+    gate = tmp_path / "gate"
+    remotes = make_remotes(tmp_path / "remotes", {"live": {
+        "cp": LOGGING_CP.format(gate=gate), "monitor": MONITOR, "stat": STAT,
+        "mkfs": '#!/bin/sh\ncat >/dev/null\necho "/env/$RUBYLIB/$GEM_PATH/$GEM_HOME"\n'}})
+    d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,live"),
+                     env={"RUBYLIB": "/one/lib/ruby", "GEM_PATH": "/one/gems:/usr/gems",
+                          "GEM_HOME": "/one/gems"})
+    one = d.client()
+    dsid = ds_allocate(one, "live", "live")
+    iid = one.image.allocate('NAME="l"\nPATH="/var/tmp/live"', dsid)
+    line = wait_for(lambda: [ln for ln in d.log_text().splitlines()
+                             if "fetching the first half" in ln], timeout=20)
+    assert line[0].endswith(f"[ImM][I]: image {iid} cp: fetching the first half")
+    assert one.image.info(iid).STATE == 4
+    assert f"image {iid} cp: done" not in d.log_text()
+    gate.touch()
+    wait_states(one, [iid])
+    assert one.image.info(iid).SOURCE == f"/live/{iid}"
+    assert f"[ImM][I]: image {iid} cp: done" in d.log_text()
+    blk = one.image.allocate('NAME="b"\nTYPE="DATABLOCK"\nSIZE="1"', dsid)
+    wait_states(one, [blk])
+    assert one.image.info(blk).SOURCE == "/env//one/lib/ruby//one/gems:/usr/gems//one/gems"
+    for i in range(5):
+        one.image.allocate(f'NAME="n{i}"\nPATH="/var/tmp/n{i}"', dsid)
+    gate.touch()
+    wait_for(lambda: all(one.image.info(i).STATE == 1 for i in one.imagepool.info(-2, -1, -1)
+                         .IMAGE and [i.ID for i in one.imagepool.info(-2, -1, -1).IMAGE]))
+    wait_for(lambda: os.listdir(d.var / "run" / "drivers") == [], timeout=10)
