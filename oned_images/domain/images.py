@@ -687,7 +687,7 @@ class ImageManager:
             replies.set_state(src, new_state)
         write_image(src)
         return img.id, Followup("clone", img.id, target.ds_mad, self._drv_data(img, target),
-                                self._mode(target.ds_mad), img.uid)
+                                self._mode(target.ds_mad), owner=img.uid)
 
     # --------------------------------------------------------------- delete
     async def delete(self, caller: Caller, oid: int, force: bool) -> int:
@@ -735,7 +735,7 @@ class ImageManager:
         img.cloning_id = -1
         write_image(img)
         return ("rm", Followup("rm", img.id, ds.ds_mad, self._drv_data(img, ds),
-                               self._mode(ds.ds_mad), img.uid), locked)
+                               self._mode(ds.ds_mad), owner=img.uid), locked)
 
     def _delete_refusal(self, caller: Caller, img: Image, op: Op) -> errors.OneError | None:
         """Authorization, then the state rules of api.md §2.3 step 5."""
@@ -959,7 +959,7 @@ class ImageManager:
             img.target_snapshot = sid
             data = self._drv_data(img, ds)  # serialised before the state is LOCKED
             replies.set_state(img, next_state("snapshot_start", img.state))
-            return Followup(action, img.id, ds.ds_mad, data, self._mode(ds.ds_mad), img.uid)
+            return Followup(action, img.id, ds.ds_mad, data, self._mode(ds.ds_mad), owner=img.uid)
 
         await self._mutate(apply, caller, oid)
         return sid
@@ -1089,7 +1089,7 @@ class ImageManager:
                     report.append((img.id, "removed"))
                     continue
                 actions.append(Followup("rm", img.id, ds.ds_mad, self._drv_data(img, ds),
-                                        self._mode(ds.ds_mad), img.uid))
+                                        self._mode(ds.ds_mad), owner=img.uid))
                 report.append((img.id, "rm"))
                 continue
             elif state in (S.CLONE, S.USED) and img.running_vms == 0:
