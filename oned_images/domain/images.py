@@ -1030,8 +1030,8 @@ class ImageManager:
         await deferToThread(reaper.clear_action_tmp, self.config.var_location)
         actions, report = await self.db.run(self._reconcile_txn)
         local = await self.db.run(_local_sources)
-        for base_path, sources in local.items():
-            await deferToThread(reaper.sweep_orphans, base_path, sources)
+        for base_path, (ds_id, sources) in local.items():
+            await deferToThread(reaper.sweep_orphans, base_path, ds_id, sources)
         for follow in actions:
             log.info("Reconciling image {i}: running {a} again", i=follow.image_id,
                      a=follow.action)
@@ -1120,19 +1120,19 @@ def _next_stat_id() -> int:
     return next(_stat_counter)
 
 
-def _local_sources() -> dict[str, set[str]]:
-    """BASE_PATH of each fs datastore -> the SOURCEs its images still reference."""
-    out: dict[str, set[str]] = {}
+def _local_sources() -> dict[str, tuple[int, set[str]]]:
+    """BASE_PATH of each fs datastore -> (its id, the SOURCEs its images still reference)."""
+    out: dict[str, tuple[int, set[str]]] = {}
     ids: dict[int, str] = {}
     for (body,) in DatastoreRow.select(DatastoreRow.body).tuples():
         ds = read_ds_body(body)
         if ds.ds_mad == "fs":
             ids[ds.id] = ds.base_path
-            out[ds.base_path] = set()
+            out[ds.base_path] = (ds.id, set())
     for (body,) in ImageRow.select(ImageRow.body).tuples().iterator():
         img = image_from(body)
         if img.datastore_id in ids and img.source:
-            out[ids[img.datastore_id]].add(img.source)
+            out[ids[img.datastore_id]][1].add(img.source)
     return out
 
 

@@ -116,13 +116,40 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def sweep_orphans(base_path: str, referenced: set[str]) -> list[str]:
-    """Remove driver files in ``base_path`` that belong to no image SOURCE."""
-    removed: list[str] = []
+#: what an interrupted action leaves half-written: always safe to delete.
+PARTIAL_SUFFIXES = (".tmp", ".download", ".tmp.conv")
+LOST_FOUND = "lost+found"
+
+
+def lost_found(base_path: str, ds_id: int) -> str:
+    """Where files no image references are kept: beside the datastore directories, so a
+    datastore's monitor never counts them and its driver never sees them."""
+    base = os.path.normpath(base_path)
+    return os.path.join(os.path.dirname(base), LOST_FOUND, str(ds_id))
+
+
+def free_name(path: str) -> str:
+    """``path``, or ``path.N`` for the first N that does not exist yet."""
+    candidate, n = path, 0
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f"{path}.{n}"
+    return candidate
+
+
+def sweep_orphans(base_path: str, ds_id: int, referenced: set[str]) -> list[str]:
+    """Clean driver files in ``base_path`` that belong to no image SOURCE.
+
+    Partial files of an interrupted copy are deleted.  A complete file is moved to
+    lost+found, never deleted: an image row may be missing for reasons other than an
+    interrupted action (a restored older backup, a hand edit), and then the file is the
+    only copy of someone's image.  ``db fsck`` reports what lost+found holds.
+    """
+    handled: list[str] = []
     try:
         names = os.listdir(base_path)
     except OSError:
-        return removed
+        return handled
     keep = {os.path.basename(s) for s in referenced if s}
     for name in names:
         m = DRIVER_FILE.match(name)
@@ -130,18 +157,20 @@ def sweep_orphans(base_path: str, referenced: set[str]) -> list[str]:
             continue
         path = os.path.join(base_path, name)
         try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                for root, dirs, files in os.walk(path, topdown=False):
-                    for f in files:
-                        os.unlink(os.path.join(root, f))
-                    for sub in dirs:
-                        os.rmdir(os.path.join(root, sub))
-                os.rmdir(path)
+            if (m.group(2) or "") in PARTIAL_SUFFIXES:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+                log.warn("Removed {path}: a partial file of an interrupted action", path=path)
             else:
-                os.unlink(path)
-        except OSError:
+                dest = free_name(os.path.join(lost_found(base_path, ds_id), name))
+                os.makedirs(os.path.dirname(dest), mode=0o750, exist_ok=True)
+                os.rename(path, dest)
+                log.warn("Moved {path} to {dest}: no image references it", path=path,
+                         dest=dest)
+        except OSError as exc:
+            log.warn("Cannot clean {path}: {error}", path=path, error=str(exc))
             continue
-        removed.append(path)
-        log.warn("Removed {path}: no image references it (left by an interrupted action)",
-                 path=path)
-    return removed
+        handled.append(path)
+    return handled

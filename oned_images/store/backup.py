@@ -267,9 +267,9 @@ def restore(settings: DbSettings, path: str, force: bool = False) -> tuple[Backu
         else:
             _restore_postgresql(settings, path, force)
     # The datastores' files are not in a backup: files of images made after it are
-    # referenced by no restored image, and the daemon's start removes such driver files.
-    fsck = ("run oned-images db fsck before serve (--repair moves datastore files that no "
-            "restored image references to lost+found; serve would delete them)")
+    # referenced by no restored image (the daemon's start moves them to lost+found).
+    fsck = ("run oned-images db fsck before serve (it lists datastore files that no "
+            "restored image references; --repair and serve move them to lost+found)")
     if info.version is not None and info.version < schema.CURRENT:
         nxt = (f"the restored database has schema version {info.version}: run "
                f"oned-images db upgrade, then {fsck[4:]}")

@@ -70,7 +70,6 @@ LOCKED = (S.LOCKED, S.LOCKED_USED, S.LOCKED_USED_PERS)
 FILE_STATES = (S.READY, S.USED, S.USED_PERS, S.DISABLED, S.CLONE)
 #: states fsck may move to ERROR when the file is gone.
 TO_ERROR = (S.READY, S.USED, S.USED_PERS, S.DISABLED)
-LOST_FOUND = "lost+found"
 
 
 @dataclass
@@ -445,23 +444,15 @@ def _find_strays(st: _State) -> None:
             continue
         base = os.path.normpath(ds.base_path)
         keep = referenced.get(base, set())
-        lost = os.path.join(os.path.dirname(base), LOST_FOUND, str(ds.id))
+        lost = reaper.lost_found(base, ds.id)
         for name in sorted(os.listdir(base)):
             if name in keep or any(name.startswith(k + ".") for k in keep):
                 continue
             path = os.path.join(base, name)
-            dest = _free_name(os.path.join(lost, name))
+            dest = reaper.free_name(os.path.join(lost, name))
             st.add(f"datastore {ds.id}", f"{path} is referenced by no image",
                    f"moved to {dest}")
             st.strays.append((ds.id, path, dest))
-
-
-def _free_name(path: str) -> str:
-    candidate, n = path, 0
-    while os.path.lexists(candidate):
-        n += 1
-        candidate = f"{path}.{n}"
-    return candidate
 
 
 # ------------------------------------------------------------------ writing repairs

@@ -63,8 +63,8 @@ def sql(d, statement: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
-FSCK_HINT = ("oned-images db fsck before serve (--repair moves datastore files that no "
-             "restored image references to lost+found; serve would delete them)")
+FSCK_HINT = ("oned-images db fsck before serve (it lists datastore files that no "
+             "restored image references; --repair and serve move them to lost+found)")
 MONITORED = re.compile(r"<(TOTAL_MB|FREE_MB|USED_MB)>\d+</\1>")
 
 
