@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from oned_images.store import schema
 from tests.support.daemon import REPO, Daemon, _pg_admin, backend, wait_for
 from tests.support.remotes import driver_config, make_remotes
 
@@ -113,7 +114,8 @@ def test_serve_creates_missing_postgresql_database(tmp_path):
         assert f"Created PostgreSQL database {name}" in d.log_text()
         d.stop()
         status = run_cli(d, "db", "status")
-        assert (status.returncode, status.stdout) == (0, "schema version: 3; this release: 3\n")
+        assert (status.returncode, status.stdout) == (
+            0, f"schema version: {schema.CURRENT}; this release: {schema.CURRENT}\n")
     finally:
         d.stop()
         _pg_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
