@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import peewee
@@ -224,6 +224,7 @@ class Followup:
     ds_mad: str
     b64: str
     mode: str = "stdin"
+    _: KW_ONLY  # the optional extras are named: a positional mix-up must not type-check
     #: per-action environment of the script (ONED_URL_POLICY for cp)
     env: dict[str, str] | None = None
     #: whose share of the driver slots the action takes (the image owner)
