@@ -276,9 +276,18 @@ class ImageManager:
         return drv_action.action_data(img, ds)
 
     async def _run_action(self, follow: Followup) -> None:
-        result = await self.drivers.run(follow.action, follow.ds_mad, follow.image_id,
-                                        follow.b64, key=("image", follow.image_id),
-                                        mode=follow.mode, env=follow.env, owner=follow.owner)
+        try:
+            result = await self.drivers.run(follow.action, follow.ds_mad, follow.image_id,
+                                            follow.b64, key=("image", follow.image_id),
+                                            mode=follow.mode, env=follow.env,
+                                            owner=follow.owner)
+        except Exception as exc:
+            # A bug of ours must not leave the image LOCKED until the next restart: it
+            # fails like a script that could not run, with a text saying what broke.
+            log.failure("driver action {a} for image {i} could not run", a=follow.action,
+                        i=follow.image_id)
+            result = DriverResult(follow.action, follow.image_id, 255, "", "",
+                                  error=f"Internal error running the driver: {exc!r}")
         if result.cancelled:
             # Killed on purpose: by a forced delete, which already settled the image, or
             # by a daemon stop, after which reconcile() runs the action again.  Applying
