@@ -41,8 +41,8 @@ class Record:
 
     def rate(self, now: float) -> float:
         """Average bytes/s since the action started."""
-        elapsed = max(now - self.started, 1e-6)
-        return self.done / elapsed
+        elapsed = now - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
 
     def eta(self, now: float) -> float | None:
         rate = self.rate(now)

@@ -105,7 +105,10 @@ class Meter:
         self.last = time.monotonic()
 
     def add(self, n: int) -> None:
-        self.done += n
+        self.reach(self.done + n)
+
+    def reach(self, done: int) -> None:
+        self.done = done
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY:
             self.last = now
@@ -634,7 +637,7 @@ def _move(src: str, dst: str) -> bool:
     return True
 
 
-def _copy_fd_sparse(src: int, size: int, out: SparseWriter, meter: Meter) -> None:
+def _copy_fd_sparse(src: int, size: int, out: SparseWriter, meter: Meter | None = None) -> None:
     """Copy a regular file, skipping its holes (SEEK_DATA) and zero blocks."""
     pos = 0
     while pos < size:
@@ -654,7 +657,8 @@ def _copy_fd_sparse(src: int, size: int, out: SparseWriter, meter: Meter) -> Non
                 return
             out.write(data)
             pos += len(data)
-            meter.add(len(data))
+            if meter is not None:
+                meter.reach(pos)
     out.pos = max(out.pos, size)
 
 
