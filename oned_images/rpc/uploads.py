@@ -130,7 +130,10 @@ class BodyState:
     #: creation-with-upload: chunks received while the creation is decided
     early: list[bytes] = field(default_factory=list)
     creating: defer.Deferred | None = None
+    #: the body was settled (or is being): once only
     ended: bool = False
+    #: the connection closed before the body was in
+    lost: bool = False
 
 
 class _Sink:
@@ -214,6 +217,8 @@ async def _create(app: Any, request: Any, st: BodyState):
             early, st.early = st.early, []
             for chunk in early:
                 st.writer.write(chunk)
+            if st.lost:
+                body_lost(request)
     except Refused as refused:
         st.refused = refused
         st.early = []
@@ -226,7 +231,10 @@ async def _create(app: Any, request: Any, st: BodyState):
 def body_lost(request: Any) -> None:
     """The connection closed before the body was in: keep what reached the disk."""
     st = getattr(request, "upload_state", None)
-    if st is None or st.ended or st.writer is None:
+    if st is None or st.ended:
+        return
+    st.lost = True
+    if st.writer is None:   # (a creation still deciding settles it when it has)
         return
     st.ended = True
     d = defer.ensureDeferred(_settle(st.app, st))
@@ -327,6 +335,8 @@ class UploadResource(resource.Resource):
     async def _patched(self, request: server.Request, st: BodyState, caller: Any) -> None:
         """The body of a PATCH (or creation-with-upload) is in: settle it, answer the
         new offset, allocate the image after the last byte."""
+        if st.ended:   # (the connection was lost: body_lost settles it)
+            raise Refused(400, "Connection lost")
         st.ended = True
         keep, why = await _settle(self.app, st)
         upload = st.upload

@@ -392,3 +392,32 @@ def test_uploads_off_is_404(fresh_daemon):
     with pytest.raises(TusCommunicationError):
         tus.TusClient(endpoint(d), headers=ADMIN).uploader(
             __file__, metadata={"name": "x"}).create_url()
+
+
+def test_creation_with_upload(daemon, one):
+    body = os.urandom(300_000)
+    hdrs = {**TUS, **ADMIN, "Upload-Length": str(len(body) + 100),
+            "Upload-Metadata": meta(name="with-body", type="DATABLOCK"),
+            "Content-Type": "application/offset+octet-stream"}
+    reply = requests.post(endpoint(daemon), data=body, headers=hdrs, timeout=30)
+    assert (reply.status_code, reply.headers["Upload-Offset"]) == (201, str(len(body)))
+    assert "X-One-Image-Id" not in reply.headers
+    url = reply.headers["Location"]
+    reply = patch(url, len(body), b"\0" * 100)
+    assert (reply.status_code, reply.headers["Upload-Offset"]) == (204, str(len(body) + 100))
+    img = wait_ready(one, int(reply.headers["X-One-Image-Id"]))
+    assert Path(img.SOURCE).read_bytes() == body + b"\0" * 100
+    # all of it in the creation request: the image comes with the 201
+    hdrs.update({"Upload-Length": "1000", "Upload-Metadata": meta(name="in-one-go")})
+    reply = requests.post(endpoint(daemon), data=b"7" * 1000, headers=hdrs, timeout=30)
+    assert reply.status_code == 201
+    img = wait_ready(one, int(reply.headers["X-One-Image-Id"]))
+    assert (img.NAME, Path(img.SOURCE).read_bytes()) == ("in-one-go", b"7" * 1000)
+    # a refused creation stores nothing of its body
+    before = staged(daemon)
+    hdrs.update({"Upload-Metadata": meta(name="in-one-go")})
+    reply = requests.post(endpoint(daemon), data=b"7" * 1000, headers=hdrs, timeout=30)
+    assert (reply.status_code, reply.text) == (
+        400, f"[one.image.allocate] Error allocating a new IMAGE. NAME is already taken by "
+             f"IMAGE {img.ID}.\n")
+    assert staged(daemon) == before
