@@ -421,3 +421,44 @@ def test_creation_with_upload(daemon, one):
         400, f"[one.image.allocate] Error allocating a new IMAGE. NAME is already taken by "
              f"IMAGE {img.ID}.\n")
     assert staged(daemon) == before
+
+
+def test_restart_cleans_orphans_and_keeps_live_uploads(fresh_daemon):
+    d = fresh_daemon()
+    live = create(d, 100, meta(name="live")).headers["Location"]
+    patch(live, 0, b"l" * 30)
+    d.kill9()
+    (staging(d) / ("ab" * 16 + ".bin")).write_bytes(b"orphan data")     # no sidecar
+    (staging(d) / ("cd" * 16 + ".json")).write_text("{not json")        # broken sidecar
+    (staging(d) / "notes.txt").write_text("not ours: left alone")
+    d.start()
+    live_id = live.rsplit("/", 1)[1]
+    assert staged(d) == sorted([f"{live_id}.bin", f"{live_id}.json", "notes.txt"])
+    url = f"http://127.0.0.1:{d.port}/uploads/{live_id}"
+    assert head(url).headers["Upload-Offset"] == "30"
+
+
+def test_restart_during_the_copy_of_an_upload(fresh_daemon, tmp_path):
+    """The cp of an uploaded image, cut by a crash, runs again at start-up with the same
+    one-file allowance, and the staged file is removed once it ended."""
+    d = fresh_daemon()
+    one = d.client()
+    ds = one.datastore.allocate('NAME="slow-fs"\nDS_MAD="fs"\nTM_MAD="local"\n'
+                                'LIMIT_TRANSFER_BW="1m"', -1)
+    wait_for(lambda: one.datastore.info(ds).FREE_MB > 0, timeout=20)
+    src = source_file(tmp_path, 6 * MB)
+    up = tus.TusClient(endpoint(d), headers=ADMIN).uploader(
+        str(src), chunk_size=6 * MB, metadata={"name": "cut-copy", "datastore": "slow-fs"})
+    up.upload()
+    iid = int(head(up.url).headers["X-One-Image-Id"])
+    progress = f"http://127.0.0.1:{d.port}/api/progress"
+    wait_for(lambda: requests.get(progress, headers=ADMIN, timeout=10).json()
+             .get(str(iid), {}).get("done", 0) > 0, timeout=20)
+    d.kill9()
+    upload_id = up.url.rsplit("/", 1)[1]
+    assert f"{upload_id}.bin" in staged(d)
+    d.start()
+    img = wait_ready(d.client(), iid)
+    assert sha1(img.SOURCE) == sha1(src)
+    assert f"{upload_id}.bin" not in staged(d)
+    assert f"Reconciling image {iid}: running cp again" in d.log_text()
