@@ -181,6 +181,15 @@ class DaemonConfig:
     log_debug_level: int = 3
     #: GET /metrics: "on", "off" or "loopback" (127.0.0.0/8 and ::1 peers only).
     metrics: str = "loopback"
+    #: tus uploads at /uploads/ and GET /api/progress (README "Uploads and progress").
+    uploads: bool = True
+    #: where uploads are staged (empty: VAR_LOCATION/uploads); always protected.
+    upload_staging_dir: str = ""
+    #: largest upload, staging space per user and in total (MB); expiry (seconds).
+    upload_max_mb: int = 65536
+    upload_user_mb: int = 65536
+    upload_total_mb: int = 262144
+    upload_expiration: int = 86400
     source_file: str = ""
     #: why source_file was read (--config, $ONE_LOCATION, /etc/one, packaged default).
     source_why: str = ""
@@ -202,6 +211,10 @@ class DaemonConfig:
     @property
     def db_path(self) -> str:
         return self.db.path or os.path.join(self.var_location, "one.db")
+
+    @property
+    def staging_dir(self) -> str:
+        return self.upload_staging_dir or os.path.join(self.var_location, "uploads")
 
     @property
     def log_file(self) -> str:
@@ -227,6 +240,12 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "DEFAULT_IMAGE_PERSISTENT_NEW": ("default_image_persistent_new", _text),
     "DRIVER_STALL_TIMEOUT": ("driver_stall_timeout", _int),
     "METRICS": ("metrics", _metrics),
+    "UPLOADS": ("uploads", _yes_no),
+    "UPLOAD_STAGING_DIR": ("upload_staging_dir", _text),
+    "UPLOAD_MAX_MB": ("upload_max_mb", _positive),
+    "UPLOAD_USER_MB": ("upload_user_mb", _positive),
+    "UPLOAD_TOTAL_MB": ("upload_total_mb", _positive),
+    "UPLOAD_EXPIRATION": ("upload_expiration", _positive),
 }
 MULTI = ("IMAGE_RESTRICTED_ATTR",)
 

@@ -23,12 +23,14 @@ from oned_images.config import DaemonConfig
 from oned_images.domain.datastores import Datastores, bootstrap_datastores
 from oned_images.domain.identity import Identity, bootstrap_identity
 from oned_images.domain.images import ImageManager
+from oned_images.domain.uploads import UploadManager
 from oned_images.driver import reaper
 from oned_images.driver.checks import check_drivers
 from oned_images.driver.runner import DriverRunner
 from oned_images.metrics import Metrics
 from oned_images.rpc.metrics import MetricsResource
 from oned_images.rpc.resource import RpcSite
+from oned_images.rpc.uploads import ProgressResource, UploadResource
 from oned_images.store import schema
 from oned_images.store.database import (
     Database,
@@ -111,6 +113,8 @@ class App:
     port: int = 0
     #: the Prometheus instruments (oned_images.metrics); None only in bare tests.
     metrics: Metrics | None = None
+    #: tus uploads (domain/uploads.py); None when UPLOADS = "NO".
+    uploads: UploadManager | None = None
 
     async def datastores_ids(self) -> list[int]:
         return await self.db.run(
@@ -127,6 +131,7 @@ class Daemon:
     _listening: Any = None
     _monitor: task.LoopingCall | None = None
     _flush: task.LoopingCall | None = None
+    _expire: task.LoopingCall | None = None
     observer: Any = None
     bootstrap_note: str = ""
     #: held while the daemon runs: db restore / fsck --repair refuse a database in use.
@@ -225,10 +230,15 @@ class Daemon:
                           f"{cfg.db.db_name}"),
                  ds=cfg.datastore_location, drv=cfg.driver.remotes)
         await app.images.reconcile()
+        if cfg.uploads:
+            app.uploads = UploadManager(app)
+            await app.uploads.reconcile()
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
         site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
         site.metrics = MetricsResource(app, cfg.metrics)
+        if app.uploads is not None:
+            site.uploads, site.progress = UploadResource(app), ProgressResource(app)
         port = self._serve_on(site.guarded())
         app.port = port
         if self.port_file:
@@ -240,6 +250,12 @@ class Daemon:
         self._monitor.clock = self.reactor
         self._monitor.start(cfg.monitoring_interval_datastore, now=False).addErrback(
             lambda f: log.failure("datastore monitor stopped", f))
+        if app.uploads is not None:
+            self._expire = task.LoopingCall(
+                lambda: defer.ensureDeferred(app.uploads.expire()))
+            self._expire.clock = self.reactor
+            self._expire.start(min(60, cfg.upload_expiration), now=False).addErrback(
+                lambda f: log.failure("upload expiry stopped", f))
         if self.observer is not None:
             self._flush = task.LoopingCall(self.observer.flush)
             self._flush.clock = self.reactor
@@ -252,7 +268,7 @@ class Daemon:
             self.systemd.stopping()
         if self._listening is not None:
             await self._listening.stopListening()
-        for loop in (self._monitor, self._flush):
+        for loop in (self._monitor, self._flush, self._expire):
             if loop is not None and loop.running:
                 loop.stop()
         if self.app is not None:

@@ -9,6 +9,7 @@ with a concurrent call on the same image, on SQLite or PostgreSQL.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -39,7 +40,7 @@ from oned_images.domain.permissions import (
     acl_visible_terms,
     new_object_perms,
 )
-from oned_images.domain.restricted import path_allowed, protected_paths
+from oned_images.domain.restricted import path_allowed, protected_paths, staged_env
 from oned_images.domain.states import (
     DISK_TYPES,
     FILE_TYPES,
@@ -229,6 +230,12 @@ class Followup:
     env: dict[str, str] | None = None
     #: whose share of the driver slots the action takes (the image owner)
     owner: int | None = None
+    #: a file removed once the action ended (an upload's staged file)
+    cleanup: str | None = None
+
+
+class _DryRun(Exception):
+    """Rolls back check_allocate's transaction."""
 
 
 def url_policy(admin: bool) -> dict[str, str]:
@@ -288,6 +295,8 @@ class ImageManager:
                         i=follow.image_id)
             result = DriverResult(follow.action, follow.image_id, 255, "", "",
                                   error=f"Internal error running the driver: {exc!r}")
+        if follow.cleanup and not (result.cancelled and self.drivers.stopping):
+            await deferToThread(_remove, follow.cleanup)
         if result.cancelled:
             # Killed on purpose: by a forced delete, which already settled the image, or
             # by a daemon stop, after which reconcile() runs the action again.  Applying
@@ -457,11 +466,51 @@ class ImageManager:
             tmpl = Template.parse(text)
         except TemplateError as exc:
             raise errors.internal(exc.message) from None
+        args = await self._allocate_args(caller, tmpl, ds_id, no_check_capacity)
+        image_id, follow = await self.db.run(self._insert_allocate, *args)
+        self._start(follow)
+        return image_id
+
+    async def check_allocate(self, caller: Caller, tmpl: Template, ds_id: int,
+                             size: int) -> None:
+        """Every check of one.image.allocate for ``tmpl`` (with its PATH) of ``size`` MB,
+        nothing stored: an upload is refused by these rules before its first byte.
+        The insert runs and is rolled back, so the name, quota and datastore rules
+        are the very ones allocate applies."""
+        args = await self._allocate_args(caller, tmpl.copy(), ds_id, False, size)
+
+        def dry_run() -> None:
+            self._insert_allocate(*args)
+            raise _DryRun
+
+        try:
+            await self.db.run(dry_run)
+        except _DryRun:
+            pass
+
+    async def allocate_staged(self, caller: Caller, tmpl: Template, ds_id: int,
+                              size: int) -> int:
+        """allocate() of an upload's staged file (tmpl's PATH, ``size`` MB known): no
+        STAT probe; the cp may read exactly that file (restricted.staged_env) and the
+        file is removed once the cp ended (Followup.cleanup)."""
+        args = await self._allocate_args(caller, tmpl, ds_id, False, size)
+        image_id, follow = await self.db.run(self._insert_allocate, *args)
+        if follow is not None:
+            follow.env = {**(follow.env or {}), **staged_env(self.config, tmpl.get("PATH"))}
+            follow.cleanup = tmpl.get("PATH")
+        self._start(follow)
+        return image_id
+
+    async def _allocate_args(self, caller: Caller, tmpl: Template, ds_id: int,
+                             no_check_capacity: bool, size: int | None = None) -> tuple:
+        """allocate's checks before its transaction; the arguments of _insert_allocate.
+        ``size`` (MB) given: known already, no STAT probe of PATH."""
         ds = await self.db.run(read_ds, ds_id)
         if ds.type not in (DsType.IMAGE_DS, DsType.FILE_DS):
             raise errors.allocate(
                 "New images can only be allocated in a files or image datastore.")
-        size = await self._probe_size(tmpl, ds, caller)
+        if size is None:
+            size = await self._probe_size(tmpl, ds, caller)
         if _capacity_error(self.config, ds, size) and not (caller.is_admin and no_check_capacity):
             raise errors.action("Not enough space in datastore")
         tmpl.set("SIZE", str(size))
@@ -488,11 +537,7 @@ class ImageManager:
         perms = new_object_perms(caller.uid, caller.gid, self.identity.umask_for(caller),
                                  self.config.enable_other_permissions)
         check = not (caller.is_admin and no_check_capacity)
-        image_id, follow = await self.db.run(
-            self._insert_allocate, caller, tmpl, ds_id, size, persistent, type_text, perms,
-            check)
-        self._start(follow)
-        return image_id
+        return caller, tmpl, ds_id, size, persistent, type_text, perms, check
 
     async def _probe_size(self, tmpl: Template, ds: Datastore, caller: Caller) -> int:
         """oned's ImageAllocate size probe (api.md §6.4), STAT through the driver."""
@@ -1089,9 +1134,12 @@ class ImageManager:
                     else:
                         owner = self.identity.users.get(img.uid)
                         admin = img.uid == 0 or (owner is not None and 0 in owner.groups)
+                        staged = staged_env(self.config, img.path) if action == "cp" else {}
                         actions.append(Followup(action, img.id, ds.ds_mad,
                                                 self._drv_data(img, ds), self._mode(ds.ds_mad),
-                                                env=url_policy(admin), owner=img.uid))
+                                                env={**url_policy(admin), **staged},
+                                                owner=img.uid,
+                                                cleanup=staged.get("ONED_STAGED_FILE")))
                         report.append((img.id, action))
             elif state == S.DELETE:
                 if ds is None:
@@ -1121,6 +1169,13 @@ class ImageManager:
                 continue
             write_image(img)
         return actions, report
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 _stat_counter = iter(range(1, 2**31))

@@ -37,7 +37,8 @@ def protected_paths(config) -> tuple[str, ...]:
     from oned_images.service import one_auth_path  # (service builds on this module)
 
     db = config.db_path
-    paths = [config.var_location, db, db + "-journal", db + "-wal", db + "-shm",
+    paths = [config.var_location, config.staging_dir, db, db + "-journal", db + "-wal",
+             db + "-shm",
              config.log_file, os.path.join(config.var_location, ".one"), str(one_auth_path())]
     if config.source_file:
         paths += [config.source_file, os.path.dirname(config.source_file)]
@@ -55,3 +56,14 @@ def path_allowed(path: str, safe_dirs: str, restricted_dirs: str,
     if any(_under(resolved, d) for d in safe_dirs.split() if d):
         return True
     return not any(_under(resolved, d) for d in restricted_dirs.split() if d)
+
+
+def staged_env(config, path: str) -> dict[str, str]:
+    """The one allowance through the protection above: the copy of an uploaded image
+    may read (and move) exactly its own staged file, named by ONED_STAGED_FILE; any
+    other PATH under the staging directory stays refused (the file must sit directly
+    in it, as oned_images.store.staging names them)."""
+    staging = os.path.realpath(config.staging_dir)
+    if path and os.path.dirname(os.path.realpath(path)) == staging:
+        return {"ONED_STAGED_FILE": os.path.realpath(path)}
+    return {}

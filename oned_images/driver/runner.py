@@ -26,7 +26,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, LogLevel
 
 from oned_images.domain.restricted import protected_paths
-from oned_images.driver import reaper
+from oned_images.driver import progress, reaper
 from oned_images.driver.parse import (
     DriverResult,
     LineBuffer,
@@ -194,6 +194,8 @@ class DriverRunner:
         self._dropped: set[tuple[str, int]] = set()
         #: actions started in total, for tests and the log
         self.started = 0
+        #: bytes done/total of the running image actions (driver "progress" lines)
+        self.progress = progress.Progress()
         #: called with (ds_mad, drv_action_b64, DriverResult, seconds) per ended action.
         self.observe: Callable[[str, str, DriverResult, float], None] | None = None
 
@@ -292,6 +294,10 @@ class DriverRunner:
             stdin = b64.encode("ascii")
 
         def emit(level: str, msg: str) -> None:
+            if level == "INFO" and (done := progress.parse(msg)):
+                if key[0] == "image":   # (a STAT's measuring is not an image's progress)
+                    self.progress.update(oid, action, *done)
+                return
             log.emit(LOG_LEVELS.get(level, LogLevel.debug), "{kind} {oid} {action}: {msg}",
                      kind=key[0], oid=oid, action=action, msg=msg)
 
@@ -317,9 +323,13 @@ class DriverRunner:
             timer = self.reactor.callLater(timeout, self._expire, running)
         log.debug("Running {action} for {kind} {oid} with {script} (pid {pid})", action=action,
                   kind=key[0], oid=oid, script=script, pid=pid)
+        if key[0] == "image":
+            self.progress.start(oid, action)
         try:
             code = await collector.done
         finally:
+            if key[0] == "image":
+                self.progress.end(oid)
             if timer is not None and timer.active():
                 timer.cancel()
             self._running.pop(key, None)
@@ -397,6 +407,11 @@ class DriverRunner:
             waits.append(running.collector.done)
         if waits:
             await defer.DeferredList(waits, consumeErrors=True)
+
+    @property
+    def stopping(self) -> bool:
+        """stop() was called: cancelled actions are left to reconciliation."""
+        return self._stopping
 
     def running_keys(self) -> list[tuple[str, int]]:
         return list(self._running)

@@ -20,7 +20,7 @@ from twisted.web import http, resource, server
 from oned_images import errors
 from oned_images.logs import MASK, redact
 from oned_images.metrics import UNKNOWN_METHOD
-from oned_images.rpc import wire
+from oned_images.rpc import uploads, wire
 from oned_images.rpc.limits import ConnectionLimits, DeadlineProtocol, Limits
 from oned_images.rpc.metrics import METRICS_PATH
 from oned_images.rpc.registry import TABLE, Method
@@ -67,6 +67,11 @@ class RpcRequest(server.Request):
     def gotLength(self, length: int | None) -> None:  # noqa: N802 (Twisted API)
         if (deadline := self._deadline()) is not None:
             deadline.headers_received()
+        site = getattr(self.channel, "site", None)
+        if getattr(site, "uploads", None) is not None and uploads.is_upload_path(
+                self.channel._path):
+            uploads.got_length(site.uploads.app, self, length)  # streamed, not buffered
+            return
         if length is not None and length > self.max_body:
             self.too_large = length
             self.content = _Discard()  # type: ignore[assignment]
@@ -82,6 +87,10 @@ class RpcRequest(server.Request):
         if (deadline := self._deadline()) is not None:
             deadline.response_sent()
         super().finish()
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted API)
+        uploads.body_lost(self)
+        super().connectionLost(reason)
 
 
 #: a call line shows at most this many parameters (a call may carry a million).
@@ -281,6 +290,9 @@ class RpcSite(server.Site):
 
     #: the /metrics resource (rpc/metrics.py), set by the daemon.
     metrics: resource.IResource | None = None
+    #: /uploads/ and /api/progress (rpc/uploads.py), set by the daemon when UPLOADS.
+    uploads: uploads.UploadResource | None = None
+    progress: resource.IResource | None = None
 
     def __init__(self, app: Any, max_body: int, timeout: float = 15,
                  limits: Limits | None = None) -> None:
@@ -297,6 +309,10 @@ class RpcSite(server.Site):
     def getResourceFor(self, request: server.Request) -> resource.IResource:  # noqa: N802
         if request.path == METRICS_PATH and self.metrics is not None:
             return self.metrics
+        if self.uploads is not None and uploads.is_upload_path(request.path):
+            return self.uploads
+        if request.path == uploads.PROGRESS_PATH and self.progress is not None:
+            return self.progress
         return self.resource
 
     def log(self, request: server.Request) -> None:

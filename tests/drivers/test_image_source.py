@@ -180,3 +180,55 @@ def test_magic_formats():
     assert src.magic_format(bytes(64) + b"\x7f\x10\xda\xbe") == "vdi"
     assert src.magic_format(bytes(0x8001) + b"CD001") == "raw"   # ISO: raw for qemu too
     assert src.magic_format(b"") == "raw"
+
+
+def _copy_opts(**extra):
+    return {"safe_dirs": "", "restricted_dirs": "", "allowed_networks": "", "md5": "",
+            "sha1": "", "limit": "", "no_decompress": False, **extra}
+
+
+def test_staged_file_is_the_one_exception_and_is_moved(tmp_path, monkeypatch):
+    """ONED_STAGED_FILE admits exactly that file of the protected staging directory,
+    and the copy moves it (same file system) instead of copying it."""
+    staging = tmp_path / "var" / "uploads"
+    staging.mkdir(parents=True)
+    upload, other = staging / "a.bin", staging / "b.bin"
+    upload.write_bytes(b"uploaded" * 1000)
+    other.write_bytes(b"someone else's")
+    monkeypatch.setenv("HOME", "/nonexistent-home")
+    monkeypatch.setenv("ONED_PROTECTED_PATHS", f"{tmp_path / 'var'}\n{staging}")
+    monkeypatch.setenv("ONED_STAGED_FILE", str(upload))
+    dst = tmp_path / "ds" / "img"
+    dst.parent.mkdir()
+    with pytest.raises(src.Fail, match="a file of oned-images itself"):
+        src.copy(str(other), str(dst), _copy_opts())
+    inode = upload.stat().st_ino
+    src.copy(str(upload), str(dst), _copy_opts())
+    assert dst.read_bytes() == b"uploaded" * 1000
+    assert (dst.stat().st_ino, upload.exists()) == (inode, False)
+    assert other.read_bytes() == b"someone else's"
+    # with a checksum to verify it is read, not moved
+    upload.write_bytes(b"again")
+    sha = __import__("hashlib").sha1(b"again").hexdigest()
+    src.copy(str(upload), str(dst), _copy_opts(sha1=sha))
+    assert (dst.read_bytes(), upload.exists()) == (b"again", True)
+
+
+def test_copies_report_progress(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", "/nonexistent-home")
+    monkeypatch.setenv("ONED_PROTECTED_PATHS", "")
+    data = os.urandom(3 << 20)
+    (tmp_path / "in").write_bytes(data)
+    monkeypatch.setattr(src, "PROGRESS_EVERY", 0)   # (a line per block read)
+    src.copy(str(tmp_path / "in"), str(tmp_path / "out"), _copy_opts())
+    lines = [line for line in capsys.readouterr().err.splitlines() if " progress " in line]
+    assert lines[-1] == f"INFO: image_source: progress {3 << 20} {3 << 20}"
+    dones = [int(line.split()[-2]) for line in lines]
+    assert dones == sorted(dones) and {line.split()[-1] for line in lines} == {str(3 << 20)}
+    assert (tmp_path / "out").read_bytes() == data
+    # at most one a second otherwise
+    monkeypatch.setattr(src, "PROGRESS_EVERY", 1.0)
+    meter = src.Meter(10)
+    meter.add(4)
+    meter.add(4)
+    assert [line for line in capsys.readouterr().err.splitlines() if "progress" in line] == []

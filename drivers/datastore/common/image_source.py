@@ -20,6 +20,9 @@ Environment:
     ONED_URL_POLICY       "open" (the image owner is an admin) or "restricted" (the
                           default): then only public unicast addresses, or those in
                           URL_ALLOWED_NETWORKS, may be reached, on every connection
+    ONED_STAGED_FILE      an upload's staged file (under the protected staging directory):
+                          this one file may be read, and is moved rather than copied
+                          when it can be (same file system, no checksum/decompression)
     ONED_STALL_TIMEOUT    seconds without a byte before a transfer fails (60; 0 = never)
     FS_STAT_REMOTE_TIMEOUT  seconds for a size measurement that needs a full transfer (75)
     TMPDIR                where size probes keep their temporary files
@@ -37,7 +40,10 @@ each redirect hop included (at most 10, http/https only), and the connection goe
 the very address that was checked (no second name lookup).
 
 Exit status 0 on success; 1 with ONE error line on stderr (the driver's error text).
-Log lines on stderr start with "INFO: " or "DEBUG: ".  Python 3 standard library only.
+Log lines on stderr start with "INFO: " or "DEBUG: "; a copy, download or
+decompression reports "INFO: image_source: progress <done> <total>" (bytes of the
+source; total 0 when unknown) at most once a second, which the daemon shows as the
+image's progress.  Python 3 standard library only.
 """
 
 from __future__ import annotations
@@ -88,6 +94,25 @@ def log(level: str, text: str) -> None:
 
 
 SCRIPT_NAME = "image_source"
+PROGRESS_EVERY = 1.0
+
+
+class Meter:
+    """Bytes of the source read so far, reported at most every PROGRESS_EVERY seconds."""
+
+    def __init__(self, total: int = 0) -> None:
+        self.total, self.done = max(total, 0), 0
+        self.last = time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.reach(self.done + n)
+
+    def reach(self, done: int) -> None:
+        self.done = done
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            log("INFO", f"progress {self.done} {self.total}")
 
 
 # ------------------------------------------------------------ local paths --
@@ -107,8 +132,12 @@ class Rules:
         self.restricted = resolved(restricted.split() + [os.environ.get("HOME") or ""])
         self.protected = resolved(
             p for p in os.environ.get("ONED_PROTECTED_PATHS", "").split("\n") if p)
+        staged = os.environ.get("ONED_STAGED_FILE", "")
+        self.staged = os.path.realpath(staged) if staged.startswith("/") else None
 
     def check(self, real: str) -> None:
+        if self.staged is not None and real == self.staged:
+            return   # this action's upload, and nothing else of the daemon's
         for shown, d in self.protected:
             if _under(real, d) or _under(real, shown):
                 raise Fail(f"Not allowed to copy image file {real} (a file of oned-images "
@@ -501,6 +530,8 @@ class Body:
         self.fetcher, self.resp, self.hashes, self.rate = fetcher, resp, hashes, rate
         self.count = 0
         self.started = time.monotonic()
+        length = resp.getheader("Content-Length") if hasattr(resp, "getheader") else None
+        self.meter = Meter(int(length) if length and length.isdigit() else 0)
 
     def read(self, n: int = BLOCK) -> bytes:
         try:
@@ -517,6 +548,7 @@ class Body:
 
     def _account(self, data: bytes) -> None:
         self.count += len(data)
+        self.meter.add(len(data))
         for h in self.hashes:
             h.update(data)
         if self.rate:
@@ -531,9 +563,10 @@ class Body:
 class FileBody(Body):
     """A local descriptor read from its start: checksums; positional reads."""
 
-    def __init__(self, fd: int, hashes=()) -> None:
-        self.fd, self.hashes, self.rate, self.count = fd, hashes, 0, 0
+    def __init__(self, fd: int, hashes=(), rate: int = 0, total: int = 0) -> None:
+        self.fd, self.hashes, self.rate, self.count = fd, hashes, rate, 0
         self.started = time.monotonic()
+        self.meter = Meter(total)
 
     def read(self, n: int = BLOCK) -> bytes:
         data = os.pread(self.fd, n, self.count)
@@ -589,7 +622,22 @@ def _reflink(src: int, dst: int) -> bool:
     return True
 
 
-def _copy_fd_sparse(src: int, size: int, out: SparseWriter) -> None:
+def _move(src: str, dst: str) -> bool:
+    """rename() an upload's staged file onto ``dst`` (False: another file system).
+    The staged file is the daemon's (mode 0600): the image gets the usual mode."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return False
+        raise
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(dst, 0o666 & ~mask)
+    return True
+
+
+def _copy_fd_sparse(src: int, size: int, out: SparseWriter, meter: Meter | None = None) -> None:
     """Copy a regular file, skipping its holes (SEEK_DATA) and zero blocks."""
     pos = 0
     while pos < size:
@@ -609,6 +657,8 @@ def _copy_fd_sparse(src: int, size: int, out: SparseWriter) -> None:
                 return
             out.write(data)
             pos += len(data)
+            if meter is not None:
+                meter.reach(pos)
     out.pos = max(out.pos, size)
 
 
@@ -634,7 +684,9 @@ def copy(src: str, dst: str, opts: dict) -> None:
             fd, real, st = open_checked(src, rules,
                                         lambda why: f"Cannot read image file {src} ({why})")
             log("INFO", f"Copying {real} into {dst}")
-            body = FileBody(fd, hashes)
+            body = FileBody(fd, hashes, _rate(opts["limit"]), fd_size(fd, st))
+            if real == rules.staged:
+                opts = {**opts, "staged": real, "dst": dst}
     except FetchError as exc:
         raise Fail(f"Error downloading {src}: {exc}") from None
     try:
@@ -656,11 +708,15 @@ def _copy_body(src, body, out_fd, fd, st, opts, wanted) -> None:
         first = body.read(BLOCK)
         kind = "" if opts["no_decompress"] else compression_of(first)
         chunks = _chunks(first, body)
-        if not kind and fd is not None and not wanted and stat.S_ISREG(st.st_mode):
+        if not kind and fd is not None and not wanted and not body.rate \
+                and stat.S_ISREG(st.st_mode):
+            if opts.get("staged") and _move(opts["staged"], opts["dst"]):
+                log("INFO", "moved the uploaded file into the datastore")
+                return
             if _reflink(fd, out_fd):
                 log("DEBUG", "reflinked")
                 return
-            _copy_fd_sparse(fd, st.st_size, out)
+            _copy_fd_sparse(fd, st.st_size, out, body.meter)
         elif not kind:
             for data in chunks:
                 out.write(data)

@@ -1,0 +1,128 @@
+"""Upload throughput through /uploads/ (tus, tuspy) against plain `cp`, the daemon's
+RSS while it runs, and one.image.info latency while 4 uploads run.
+
+Usage: python bench/upload.py [SIZE_MB] [PARALLEL_MB]   (defaults 2048 and 512; files
+under /var/tmp; the upload goes over loopback in 64 MB PATCH requests)
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tusclient import client as tus
+
+from bench.common import SESSION, proxy, rss_mb, start_daemon, summary
+
+AUTH = {"Authorization": "Basic " + base64.b64encode(SESSION.encode()).decode()}
+CHUNK = 64 << 20
+
+
+def make_file(path: Path, size_mb: int) -> None:
+    subprocess.run(["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={size_mb}",
+                    "status=none"], check=True)
+
+
+def upload(d, path: Path, name: str) -> tuple[float, str]:
+    """(seconds until the last PATCH answered, upload URL)."""
+    up = tus.TusClient(f"http://127.0.0.1:{d.port}/uploads/", headers=AUTH).uploader(
+        str(path), chunk_size=CHUNK, metadata={"name": name, "type": "DATABLOCK"})
+    t0 = time.perf_counter()
+    up.upload()
+    return time.perf_counter() - t0, up.url
+
+
+def image_of(url: str) -> int:
+    import requests
+    reply = requests.head(url, headers={**AUTH, "Tus-Resumable": "1.0.0"}, timeout=30)
+    return int(reply.headers["X-One-Image-Id"])
+
+
+def wait_ready(p, oid: int, timeout: float = 1800) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        state = p.one.image.info(SESSION, oid)[1].split("<STATE>")[1].split("<")[0]
+        if state in ("1", "5"):
+            assert state == "1", state
+            return time.perf_counter() - t0
+        time.sleep(0.05)
+    raise TimeoutError
+
+
+def main() -> None:
+    size_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
+    parallel_mb = int(sys.argv[2]) if len(sys.argv) > 2 else 512
+    work = Path("/var/tmp") / f"oned-bench-upload-{os.getpid()}"
+    work.mkdir()
+    d = start_daemon('LOG = [ SYSTEM = "std", DEBUG_LEVEL = 1 ]\n')
+    try:
+        p = proxy(d)
+        src = work / "big.raw"
+        make_file(src, size_mb)
+        base = d.var / "datastores" / "1"
+        base.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        subprocess.run(["cp", str(src), str(base / "plain-copy")], check=True)
+        os.sync()
+        plain = time.perf_counter() - t0
+        (base / "plain-copy").unlink()
+
+        rss_idle = rss_mb(d)
+        peak = [rss_idle]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mb(d))
+                time.sleep(0.05)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        took, url = upload(d, src, "bench-upload")
+        ready = wait_ready(p, image_of(url))
+        done.set()
+        sampler.join()
+        print(f"file: {size_mb} MB")
+        print(f"cp (+sync): {plain:.2f} s, {size_mb / plain:.0f} MB/s")
+        print(f"upload over loopback (tuspy, {CHUNK >> 20} MB PATCHes): {took:.2f} s, "
+              f"{size_mb / took:.0f} MB/s, ratio upload/cp {took / plain:.2f}")
+        print(f"image READY {ready:.2f} s after the last PATCH (staged file moved)")
+        print(f"daemon RSS: {rss_idle:.0f} MB idle, {peak[0]:.0f} MB peak during the upload")
+
+        small = []
+        for i in range(4):
+            path = work / f"p{i}.raw"
+            make_file(path, parallel_mb)
+            small.append(path)
+        lat: list[float] = []
+        urls: list[str] = []
+        threads = [threading.Thread(target=lambda i=i: urls.append(
+            upload(d, small[i], f"bench-par-{i}")[1])) for i in range(4)]
+        idle = []
+        for _ in range(200):
+            t1 = time.perf_counter()
+            p.one.image.info(SESSION, 0)
+            idle.append(time.perf_counter() - t1)
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            t1 = time.perf_counter()
+            p.one.image.info(SESSION, 0)
+            lat.append(time.perf_counter() - t1)
+            time.sleep(0.005)
+        for t in threads:
+            t.join()
+        print(summary("image.info idle", idle))
+        print(summary(f"image.info during 4 uploads of {parallel_mb} MB", lat))
+    finally:
+        d.drop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Where uploads are staged: one data file and one JSON sidecar per upload.
+
+STAGING/<id>.bin holds the bytes received (its size is the upload's offset: a
+write is appended before the offset is trusted, so a crash can only lose what the
+client will send again); STAGING/<id>.json holds what the upload was created with
+(owner, length, template, datastore, times, the image once allocated).  A sidecar
+per upload rather than a table keeps the database schema as it is.  Every call
+here touches the disk: callers run them on a thread (deferToThread), never on the
+reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+ID = re.compile(r"^[0-9a-f]{32}$")
+#: mode of staged files: the daemon's only (the driver reads them as the same user)
+FILE_MODE = 0o600
+
+
+@dataclass
+class Upload:
+    id: str
+    uid: int
+    length: int
+    ds_id: int
+    #: the image template (NAME, TYPE, ..., PATH = the data file) allocate gets
+    template: str
+    #: MB charged against the datastore at allocation (ceil of length)
+    size_mb: int
+    #: the Upload-Metadata header as sent (tus: returned by HEAD)
+    metadata: str
+    created: float
+    touched: float
+    image_id: int = -1
+    #: bytes stored (not in the sidecar: the data file's size)
+    offset: int = field(default=0, compare=False)
+
+    def record(self) -> dict:
+        data = asdict(self)
+        data.pop("offset")
+        return data
+
+
+class Staging:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def data_path(self, upload_id: str) -> str:
+        return os.path.join(self.directory, f"{upload_id}.bin")
+
+    def _record_path(self, upload_id: str) -> str:
+        return os.path.join(self.directory, f"{upload_id}.json")
+
+    def prepare(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+
+    def create(self, upload: Upload) -> None:
+        fd = os.open(self.data_path(upload.id),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        os.close(fd)
+        self.save(upload)
+
+    def save(self, upload: Upload) -> None:
+        """Write the sidecar atomically (a crash leaves the old or the new one)."""
+        path = self._record_path(upload.id)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(upload.record(), out)
+        os.replace(tmp, path)
+
+    def remove_data(self, upload_id: str) -> None:
+        try:
+            os.unlink(self.data_path(upload_id))
+        except FileNotFoundError:
+            pass
+
+    def remove(self, upload_id: str) -> None:
+        self.remove_data(upload_id)
+        self.remove_record(upload_id)
+
+    def remove_record(self, upload_id: str) -> None:
+        for path in (self._record_path(upload_id), self._record_path(upload_id) + ".tmp"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def truncate(self, upload_id: str, offset: int) -> None:
+        os.truncate(self.data_path(upload_id), offset)
+
+    def load_all(self) -> tuple[list[Upload], list[str]]:
+        """(uploads found, names removed): a sidecar that cannot be read, and a data
+        file without a sidecar, are removed (the daemon stopped between the two)."""
+        uploads, removed = [], []
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return [], []
+        ids = {n.split(".", 1)[0] for n in names}
+        for upload_id in sorted(ids):
+            if not ID.match(upload_id):
+                continue
+            try:
+                with open(self._record_path(upload_id), encoding="utf-8") as src:
+                    upload = Upload(**json.load(src))
+            except (OSError, ValueError, TypeError):
+                self.remove(upload_id)
+                removed.append(upload_id)
+                continue
+            try:
+                upload.offset = os.stat(self.data_path(upload_id)).st_size
+            except FileNotFoundError:
+                upload.offset = upload.length if upload.image_id >= 0 else 0
+                if upload.image_id < 0:
+                    self.remove(upload_id)
+                    removed.append(upload_id)
+                    continue
+            uploads.append(upload)
+        return uploads, removed
+
+
+class Writer:
+    """Appends one PATCH body to a data file on a thread, one write at a time.
+
+    Chunks are queued as they arrive; the queue's size is bounded by pausing the
+    connection (``pause``/``resume``) above HIGH bytes, so a fast client and a slow
+    disk cost at most HIGH bytes of memory per upload and the reactor never waits
+    on the disk.  ``digest`` (hashlib object) sees the bytes in order.
+    """
+
+    HIGH = 8 << 20
+    LOW = 2 << 20
+
+    def __init__(self, path: str, offset: int, limit: int, digest, run, pause, resume) -> None:
+        self.path, self.offset, self.limit, self.digest = path, offset, limit, digest
+        self.run, self.pause, self.resume = run, pause, resume
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.busy = False
+        self.paused = False
+        self.written = 0
+        self.received = 0
+        self.error: str | None = None
+        self._idle: list = []
+        self._fd: int | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        self.received += len(data)
+        if self.received > self.limit:
+            self.error = "more bytes than Upload-Length leaves"
+            return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if not self.busy:
+            self._kick()
+        if self.pending_bytes > self.HIGH and not self.paused:
+            self.paused = True
+            self.pause()
+
+    def _kick(self) -> None:
+        chunk = b"".join(self.pending)
+        self.pending, self.pending_bytes, self.busy = [], 0, True
+        d = self.run(self._write_sync, chunk)
+        d.addCallbacks(self._done, self._failed)
+
+    def _write_sync(self, chunk: bytes) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        view, off = memoryview(chunk), self.offset + self.written
+        while view:
+            n = os.pwrite(self._fd, view, off)
+            view, off = view[n:], off + n
+        if self.digest is not None:
+            self.digest.update(chunk)
+        return len(chunk)
+
+    def _done(self, n: int) -> None:
+        self.written += n
+        self.busy = False
+        if self.pending:
+            self._kick()
+        elif self.paused and self.pending_bytes < self.LOW:
+            self.paused = False
+            self.resume()
+        self._maybe_idle()
+
+    def _failed(self, failure) -> None:
+        self.busy = False
+        self.error = str(failure.value)
+        self.pending, self.pending_bytes = [], 0
+        if self.paused:
+            self.paused = False
+            self.resume()
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if not self.busy and not self.pending:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def drained(self, deferred_factory):
+        """A Deferred firing once everything queued is on disk (then the file is closed
+        on a thread by the caller through close_sync)."""
+        d = deferred_factory()
+        self._idle.append(d)
+        self._maybe_idle()
+        return d
+
+    def close_sync(self, sync: bool) -> None:
+        if self._fd is not None:
+            if sync:
+                os.fdatasync(self._fd)
+            os.close(self._fd)
+            self._fd = None
