@@ -28,7 +28,6 @@ from oned_images.domain import snapshots as snap
 from oned_images.domain.datastores import Datastores, read_ds, write_ds
 from oned_images.domain.identity import Identity, group_auth, user_auth
 from oned_images.domain.names import name_error
-from oned_images.domain.objects import Datastore, Image, Lock, Permissions
 from oned_images.domain.ownership import chmod_plan
 from oned_images.domain.permissions import (
     AuthRequest,
@@ -52,6 +51,7 @@ from oned_images.domain.states import (
 )
 from oned_images.driver import reaper
 from oned_images.driver.parse import DriverResult, parse_monitor
+from oned_images.model.objects import Datastore, Image, Lock, Permissions
 from oned_images.store import pools
 from oned_images.store.models import DatastoreRow, ImageRow
 from oned_images.template import Template, TemplateError

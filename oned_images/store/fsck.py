@@ -42,9 +42,9 @@ from oned_images.domain import identity
 from oned_images.domain.datastores import ds_meta
 from oned_images.domain.images import _meta as image_meta
 from oned_images.domain.images import write_image
-from oned_images.domain.objects import Datastore, Group, Image, User
 from oned_images.domain.states import ImageState
 from oned_images.driver import reaper
+from oned_images.model.objects import Datastore, Group, Image, User
 from oned_images.store import pools, schema
 from oned_images.store.database import Database
 from oned_images.store.lock import DatabaseInUse, DatabaseLock
