@@ -62,7 +62,7 @@ def test_newer_database_is_refused(fresh_daemon):
     con.close()
     with pytest.raises(RuntimeError) as exc:
         d.start()
-    assert ("Database schema version 99 is newer than this oned-images knows (4). Run a newer "
+    assert ("Database schema version 99 is newer than this oned-images knows (5). Run a newer "
             "oned-images release.") in str(exc.value)
 
 

@@ -113,7 +113,10 @@ def test_serve_creates_missing_postgresql_database(tmp_path):
         assert f"Created PostgreSQL database {name}" in d.log_text()
         d.stop()
         status = run_cli(d, "db", "status")
-        assert (status.returncode, status.stdout) == (0, "schema version: 3; this release: 3\n")
+        from oned_images.store.schema import CURRENT
+
+        assert (status.returncode, status.stdout) == (
+            0, f"schema version: {CURRENT}; this release: {CURRENT}\n")
     finally:
         d.stop()
         _pg_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
