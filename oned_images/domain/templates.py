@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import locks
+from oned_images.domain.disks import datastore_disk_attribute, image_disk_attribute
 from oned_images.domain.identity import Identity, group_auth, user_auth
 from oned_images.domain.images import image_auth
 from oned_images.domain.names import name_error
@@ -34,8 +35,9 @@ from oned_images.domain.pool_query import info_row, pool_bodies, pool_filter
 from oned_images.model.objects import Permissions, VmTemplate
 from oned_images.store import pools
 from oned_images.store.database import Database
-from oned_images.store.models import ImageRow, TemplateRow
+from oned_images.store.models import DatastoreRow, ImageRow, TemplateRow
 from oned_images.template import Template, TemplateError
+from oned_images.xmldoc.datastore import datastore_from
 from oned_images.xmldoc.image import image_from
 from oned_images.xmldoc.served import Served, rpc_bytes
 from oned_images.xmldoc.template_doc import vmtemplate_from, vmtemplate_xml
@@ -171,11 +173,9 @@ def orphan_check_refs(bodies: Iterable[str]) -> tuple[set[int], set[tuple[str, s
 
 
 def referenced_image_ids() -> set[int]:
-    """The ids of the images ``oneimage orphans`` does not list (non-BACKUP images that
-    some template references by the rule of :func:`orphan_check_refs`).  Runs inside a
-    DB transaction."""
-    from oned_images.xmldoc.image import image_from
-
+    """The ids of the images some template references by the rule of
+    :func:`orphan_check_refs`: ``oneimage orphans`` lists every other image except
+    BACKUP ones.  Runs inside a DB transaction."""
     ids, names = orphan_check_refs(pools.bodies(TemplateRow))
     out = set()
     for body in pools.bodies(ImageRow):
@@ -262,14 +262,32 @@ class Templates:
         t = await self.get(oid)
         req = self._auth(caller)
         req.add(Op.USE, template_auth(t), check_lock=False)
-        # extended: USE (lock not checked) on every image the DISKs name, too
-        ids = await self.db.run(template_image_ids, t.template, caller.uid, self._uid_of)
-        for iid in ids:
-            img = await self.db.run(_image_or_none, iid)
-            if img is not None:
-                req.add(Op.USE, image_auth(img), check_lock=False)
+        # extended: USE (lock not checked) on every image the DISKs name, too, and the
+        # DISKs of the returned copy get the image's and datastore's attributes
+        images = await self.db.run(self._extend_disks, t, caller.uid)
+        for img in images:
+            req.add(Op.USE, image_auth(img), check_lock=False)
         req.check()
         return Served([rpc_bytes(vmtemplate_xml(t))])
+
+    def _extend_disks(self, t: VmTemplate, uid: int) -> list:
+        """ImagePool::disk_attribute on each DISK (no acquire): DISK_ID is its position,
+        IMAGE_STATE the image's current state.  Returns the images named."""
+        named = []
+        disks = t.template.remove("DISK")
+        for n, disk in enumerate(disks):
+            disk = dict(disk) if isinstance(disk, dict) else {}
+            iid = disk_image_id(disk, uid, self._uid_of, _image_named)
+            img = _image_or_none(iid) if iid is not None else None
+            if img is not None:
+                named.append(img)
+                image_disk_attribute(disk, img, self.config)
+                ds_body = pools.body(DatastoreRow, img.datastore_id)
+                if ds_body is not None:
+                    datastore_disk_attribute(disk, datastore_from(ds_body))
+            disk["DISK_ID"] = str(n)
+            t.template.add("DISK", disk)
+        return named
 
     async def pool_info(self, caller: Caller, flag: int, start: int, end: int) -> Served:
         if flag < -4:

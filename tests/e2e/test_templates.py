@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import wait_for
 from tests.support.seed import (
     call,
     dummy_datastore,
@@ -365,3 +366,38 @@ def test_referenced_images_for_orphans(daemon):
     ids, pairs = orphan_check_refs(bodies)
     assert by_id in ids and (names[by_uname], uname) in pairs
     assert (names[by_name], uname) not in pairs and by_uid not in ids
+
+
+def test_extended_info_adds_image_and_datastore_attributes(daemon):
+    """oned 7.0.2's reply (sample one.template.info.extended): DISKs get the image's and
+    the datastore's attributes, DISK_ID and the image's current state; no acquire."""
+    ds = ok(daemon, "one.datastore.allocate", 'NAME="vm_img"\nDS_MAD="fs"\nTM_MAD="dummy"', -1)
+    wait_for(lambda: num(ok(daemon, "one.datastore.info", ds), "FREE_MB") > 10)
+    os_id = register(daemon, ds, name="os", source="/var/tmp/vxs/os.qcow2", size=10,
+                     fmt="qcow2")
+    pers = register(daemon, ds, name="pers", source="/var/tmp/vxs/pers.raw", size=10,
+                    extra='PERSISTENT="YES"')
+    tid = ok(daemon, "one.template.allocate",
+             f'NAME="tmpl"\nCPU="0.5"\nMEMORY="128"\nDESCRIPTION="sample"\n'
+             f'DISK=[IMAGE_ID="{os_id}"]\nDISK=[IMAGE="pers"]\nCONTEXT=[NETWORK="YES"]')
+    plain = ok(daemon, "one.template.info", tid)
+    doc = ok(daemon, "one.template.info", tid, True)
+    sample = (xsd_dir().parent / "samples" / "one.template.info.extended.body.xml").read_text()
+    expected = (sample.strip().replace("<ID>0</ID>", f"<ID>{tid}</ID>", 1)
+                .replace("<REGTIME>1796032447</REGTIME>", f"<REGTIME>{regtime(doc)}</REGTIME>")
+                .replace("<DATASTORE_ID><![CDATA[101]]>", f"<DATASTORE_ID><![CDATA[{ds}]]>")
+                .replace("<IMAGE_ID><![CDATA[0]]>", f"<IMAGE_ID><![CDATA[{os_id}]]>")
+                .replace("<IMAGE_ID><![CDATA[1]]>", f"<IMAGE_ID><![CDATA[{pers}]]>"))
+    assert doc == expected
+    # the stored template is unchanged and the images are not acquired
+    assert ok(daemon, "one.template.info", tid) == plain
+    assert [num(info(daemon, i), "RUNNING_VMS") for i in (os_id, pers)] == [0, 0]
+    # extended needs USE on the images too
+    uid, session = user(daemon)
+    ok(daemon, "one.template.chmod", tid, -1, -1, -1, -1, -1, -1, 1, -1, -1)
+    assert ok(daemon, "one.template.info", tid, False, session=session) == ok(
+        daemon, "one.template.info", tid)
+    # (IMAGE="pers" resolves among the caller's images, where there is none)
+    assert fails(daemon, "one.template.info", tid, True, session=session) == (
+        f"[one.template.info] User [{uid}] : Not authorized to perform USE IMAGE [{os_id}].",
+        AUTHZ, -1)
