@@ -401,3 +401,71 @@ def test_extended_info_adds_image_and_datastore_attributes(daemon):
     assert fails(daemon, "one.template.info", tid, True, session=session) == (
         f"[one.template.info] User [{uid}] : Not authorized to perform USE IMAGE [{os_id}].",
         AUTHZ, -1)
+
+
+def test_wrong_types_are_faults_and_write_nothing(daemon):
+    tid = ok(daemon, "one.template.allocate", f'NAME="{unique("w")}"')
+    before = ok(daemon, "one.template.info", tid)
+    not_int = "Parameter that is supposed to be integer is not"
+    not_str = "Parameter that is supposed to be a string is not"
+    not_bool = "Parameter that is supposed to be boolean is not"
+    for method, args, text in (
+            ("one.template.info", ("0",), not_int),
+            ("one.template.info", (tid, 1), not_bool),
+            ("one.template.update", (tid, 5, 0), not_str),
+            ("one.template.update", (tid, "A=1", "1"), not_int),
+            ("one.template.delete", (tid, "yes"), not_bool),
+            ("one.template.clone", (tid, 7), not_str),
+            ("one.template.clone", (tid, "n", 1), not_bool),
+            ("one.template.chmod", (tid, 1, 1, 1, 1, 1, 1, 1, 1, "1"), not_int),
+            ("one.template.chmod", (tid, *[-1] * 9, "x"), not_bool),
+            ("one.template.chown", (tid, "0", 0), not_int),
+            ("one.template.rename", (tid, 3), not_str),
+            ("one.template.lock", (tid, "1"), not_int),
+            ("one.template.lock", (tid, 1, 0), not_bool),
+            ("one.template.unlock", ("0",), not_int),
+            ("one.templatepool.info", ("-2", -1, -1), not_int),
+            ("one.host.allocate", (1, "dummy", "dummy", -1), not_str),
+            ("one.host.status", (0, True), not_int),
+            ("one.cluster.info", ("0",), not_int)):
+        assert fault(daemon, method, *args) == (-501, text), (method, args)
+    assert ok(daemon, "one.template.info", tid) == before
+
+
+def test_concurrent_allocates_of_one_name_one_wins(daemon):
+    name = unique("race")
+    replies: list = []
+    start = threading.Barrier(8)
+
+    def allocate():
+        start.wait()
+        replies.append(call(daemon, "one.template.allocate", f'NAME="{name}"'))
+
+    workers = [threading.Thread(target=allocate) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    won = [r[1] for r in replies if r[0]]
+    assert len(won) == 1
+    assert sorted(r[1] for r in replies if not r[0]) == [
+        f"[one.template.allocate] NAME is already taken by TEMPLATE {won[0]}."] * 7
+    assert len(re.findall(rf"<NAME>{name}</NAME>",
+                          ok(daemon, "one.templatepool.info", -2, -1, -1))) == 1
+
+
+def test_recursive_chmod_reports_the_images_it_could_not_change(daemon):
+    uid, session = user(daemon)
+    mine = owned(daemon, 1, uid)
+    theirs = register(daemon, 1, name=unique("adm"))
+    ok(daemon, "one.image.chmod", theirs, -1, -1, -1, -1, -1, -1, 1, -1, -1)  # USE for all
+    tid = ok(daemon, "one.template.allocate",
+             f'NAME="{unique("rc")}"\nDISK=[IMAGE_ID="{mine}"]\nDISK=[IMAGE_ID="{theirs}"]',
+             session=session)
+    assert fails(daemon, "one.template.chmod", tid, -1, -1, -1, 1, -1, -1, -1, -1, -1, True,
+                 session=session) == (
+        f"[one.template.chmod] Cannot chmod image: {theirs}", ACTION, -1)
+    # the template and the caller's image changed all the same (as oned)
+    assert num(ok(daemon, "one.template.info", tid), "PERMISSIONS/GROUP_U") == 1
+    assert num(info(daemon, mine), "PERMISSIONS/GROUP_U") == 1
+    assert num(info(daemon, theirs), "PERMISSIONS/GROUP_U") == 0
