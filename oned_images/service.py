@@ -237,7 +237,7 @@ class Daemon:
         await app.images.reconcile()
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
-        await app.hosts.probe_all()
+        await app.hosts.start_monitoring()
         site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
         site.metrics = MetricsResource(app, cfg.metrics)
         port = self._serve_on(site.guarded())
@@ -267,6 +267,8 @@ class Daemon:
             if loop is not None and loop.running:
                 loop.stop()
         if self.app is not None:
+            if self.app.hosts is not None:
+                self.app.hosts.stop_monitoring()
             await self.app.drivers.stop()
             self.app.db.stop()
         if self.db_lock is not None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import peewee
+from twisted.internet import task
+from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 
 from oned_images import errors
@@ -40,6 +42,8 @@ HOST_PERMS = Permissions([1, 1, 0, 0, 0, 0, 0, 0, 0])
 #: seconds between allocate (or enable) and the dummy driver's first report; oned took
 #: 0.9-2.7 s (vms.md §6.3).
 FIRST_PROBE_DELAY = 1.0
+#: seconds between two host monitor messages of the dummy probe (vms.md §6.3)
+HOST_MONITOR_PERIOD = 120.0
 
 # The dummy probes' fixed figures (vms.md §6.3).
 DUMMY_CPU = 800
@@ -150,13 +154,35 @@ class Hosts:
     reactor: Any
     #: the dummy monitor's random usage figures
     rng: random.Random = field(default_factory=random.Random)
+    _loop: task.LoopingCall | None = None
+    _pending: list = field(default_factory=list)
 
     def _auth(self, caller: Caller) -> AuthRequest:
         return AuthRequest(caller, self.identity.acl)
 
     # ------------------------------------------------------------ monitoring
     def probe_soon(self, oid: int, delay: float = FIRST_PROBE_DELAY) -> None:
-        self.reactor.callLater(delay, self._probe_logged, oid)
+        self._pending = [c for c in self._pending if c.active()]
+        self._pending.append(self.reactor.callLater(delay, self._probe_logged, oid))
+
+    async def start_monitoring(self) -> None:
+        """Every dummy host reports now (a restart) and then every HOST_MONITOR_PERIOD."""
+        await self.probe_all()
+        self._loop = task.LoopingCall(self._probe_all_logged)
+        self._loop.clock = self.reactor
+        self._loop.start(HOST_MONITOR_PERIOD, now=False)
+
+    def stop_monitoring(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        for call in self._pending:
+            if call.active():
+                call.cancel()
+        self._pending = []
+
+    def _probe_all_logged(self):
+        return ensureDeferred(self.probe_all()).addErrback(
+            lambda f: log.failure("host monitoring failed", f))
 
     def _probe_logged(self, oid: int) -> None:
         self.db.run(self._probe_txn, oid).addErrback(lambda f: log.failure("host {oid} monitoring failed", f, oid=oid))

@@ -182,3 +182,19 @@ def test_cluster_default(daemon):
     assert fails(daemon, "one.cluster.info", 0, session=session) == (
         f"[one.cluster.info] User [{uid}] : Not authorized to perform USE CLUSTER [0].",
         AUTHZ, -1)
+
+
+def test_hosts_report_again_after_a_restart(fresh_daemon):
+    d = fresh_daemon()
+    hid = ok(d, "one.host.allocate", "r1", "dummy", "dummy", -1)
+    first = wait_host_state(d, hid, 2)
+    assert num(first, "PREV_STATE") == 0
+    off = ok(d, "one.host.allocate", "r2", "dummy", "dummy", -1)
+    ok(d, "one.host.status", off, 1)
+    d.stop()
+    time.sleep(1.1)
+    d.start()
+    again = ok(d, "one.host.info", hid)
+    assert (num(again, "STATE"), num(again, "PREV_STATE")) == (2, 2)
+    assert num(again, "MONITORING/TIMESTAMP") > num(first, "MONITORING/TIMESTAMP")
+    assert num(ok(d, "one.host.info", off), "STATE") == 4
