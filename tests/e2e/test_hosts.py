@@ -198,3 +198,18 @@ def test_hosts_report_again_after_a_restart(fresh_daemon):
     assert (num(again, "STATE"), num(again, "PREV_STATE")) == (2, 2)
     assert num(again, "MONITORING/TIMESTAMP") > num(first, "MONITORING/TIMESTAMP")
     assert num(ok(d, "one.host.info", off), "STATE") == 4
+
+
+def test_pyone_reads_hosts_and_clusters(daemon):
+    one = daemon.client()
+    hid = one.host.allocate(unique("py"), "dummy", "dummy", -1)
+    wait_host_state(daemon, hid, 2)
+    host = [h for h in one.hostpool.info().HOST if h.ID == hid][0]
+    assert (host.STATE, host.HOST_SHARE.TOTAL_CPU, host.HOST_SHARE.MAX_MEM,
+            host.CLUSTER) == (2, 800, 16777216, "default")
+    assert len(host.HOST_SHARE.NUMA_NODES.NODE) == 2
+    assert host.TEMPLATE["HYPERVISOR"] == "dummy"
+    assert hid in one.cluster.info(0).HOSTS.ID
+    assert one.clusterpool.info().CLUSTER[0].NAME == "default"
+    assert one.host.rename(hid, unique("py2")) == hid
+    assert one.host.delete(hid) == hid

@@ -469,3 +469,19 @@ def test_recursive_chmod_reports_the_images_it_could_not_change(daemon):
     assert num(ok(daemon, "one.template.info", tid), "PERMISSIONS/GROUP_U") == 1
     assert num(info(daemon, mine), "PERMISSIONS/GROUP_U") == 1
     assert num(info(daemon, theirs), "PERMISSIONS/GROUP_U") == 0
+
+
+def test_pyone_template_calls(daemon):
+    one = daemon.client()
+    name = unique("py")
+    tid = one.template.allocate(f'NAME="{name}"\nMEMORY="64"\nDISK=[IMAGE_ID="0"]')
+    t = one.template.info(tid)
+    assert (t.ID, t.NAME, t.TEMPLATE["MEMORY"], t.PERMISSIONS.OWNER_M) == (tid, name, "64", 1)
+    assert one.template.update(tid, 'CPU="1"', 1) == tid
+    copy = one.template.clone(tid, name + "-c")
+    assert one.template.lock(tid, 1) == tid
+    assert one.template.info(tid).LOCK.LOCKED == 1
+    assert one.template.unlock(tid) == tid
+    listed = {v.ID: v.NAME for v in one.templatepool.info(-2, -1, -1).VMTEMPLATE}
+    assert (listed[tid], listed[copy]) == (name, name + "-c")
+    assert one.template.delete(copy) == copy
