@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from oned_images.rpc.limits import Limits
-from oned_images.store.database import DbSettings
+from oned_images.model.settings import DbSettings, Limits
 from oned_images.template import Attribute, Template, TemplateError
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -20,9 +20,12 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from oned_images.config import DaemonConfig
+from oned_images.domain.clusters import Clusters
 from oned_images.domain.datastores import Datastores, bootstrap_datastores
+from oned_images.domain.hosts import Hosts
 from oned_images.domain.identity import Identity, bootstrap_identity
 from oned_images.domain.images import ImageManager
+from oned_images.domain.templates import Templates
 from oned_images.domain.uploads import UploadManager
 from oned_images.driver import reaper
 from oned_images.driver.checks import check_drivers
@@ -115,6 +118,10 @@ class App:
     metrics: Metrics | None = None
     #: tus uploads (domain/uploads.py); None when UPLOADS = "NO".
     uploads: UploadManager | None = None
+    #: clusters, hosts and VM templates (vms.md §4, §6); None only in bare tests.
+    clusters: Clusters | None = None
+    hosts: Hosts | None = None
+    templates: Templates | None = None
 
     async def datastores_ids(self) -> list[int]:
         return await self.db.run(
@@ -213,6 +220,9 @@ class Daemon:
         images = ImageManager(db, cfg, identity, datastores, drivers, self.reactor)
         datastores.on_created = images.monitor_soon
         self.app = App(cfg, db, identity, datastores, images, drivers)
+        self.app.clusters = Clusters(db, identity)
+        self.app.hosts = Hosts(db, identity, self.reactor)
+        self.app.templates = Templates(db, cfg, identity, images)
         if cfg.metrics != "off":  # off: no instruments either, not only no endpoint
             self.app.metrics = instrument(self.app)
         return self.app
@@ -235,6 +245,7 @@ class Daemon:
             await app.uploads.reconcile()
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
+        await app.hosts.start_monitoring()
         site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
         site.metrics = MetricsResource(app, cfg.metrics)
         if app.uploads is not None:
@@ -272,6 +283,8 @@ class Daemon:
             if loop is not None and loop.running:
                 loop.stop()
         if self.app is not None:
+            if self.app.hosts is not None:
+                self.app.hosts.stop_monitoring()
             await self.app.drivers.stop()
             self.app.db.stop()
         if self.db_lock is not None:

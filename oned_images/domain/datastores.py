@@ -15,7 +15,6 @@ from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain.identity import Identity, group_auth, user_auth
 from oned_images.domain.names import name_error
-from oned_images.domain.objects import Datastore, Permissions
 from oned_images.domain.ownership import chmod_plan
 from oned_images.domain.permissions import (
     AuthRequest,
@@ -24,6 +23,7 @@ from oned_images.domain.permissions import (
     Op,
     new_object_perms,
 )
+from oned_images.model.objects import Datastore, Permissions
 from oned_images.store import pools
 from oned_images.store.database import Database
 from oned_images.store.models import DatastoreRow, ImageRow

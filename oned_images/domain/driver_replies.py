@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 
 from oned_images.domain import snapshots as snap
-from oned_images.domain.objects import Image
 from oned_images.domain.states import ImageState, InvalidTransition, next_state
 from oned_images.driver.parse import DriverResult
+from oned_images.model.objects import Image
 
 
 def ctime(now: float | None = None) -> str:

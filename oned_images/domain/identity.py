@@ -23,7 +23,6 @@ from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import quotas
 from oned_images.domain.names import USER_FORBIDDEN, name_error
-from oned_images.domain.objects import Group, LoginToken, Permissions, User
 from oned_images.domain.permissions import (
     GROUP_ID,
     ID_MASK,
@@ -39,6 +38,7 @@ from oned_images.domain.permissions import (
     default_acl_rules,
     vdc_group_rules,
 )
+from oned_images.model.objects import Group, LoginToken, Permissions, User
 from oned_images.store import pools
 from oned_images.store.database import Database
 from oned_images.store.models import AclRow, GroupRow, UserRow

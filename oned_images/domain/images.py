@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
@@ -24,22 +23,20 @@ from twisted.logger import Logger
 from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import driver_replies as replies
-from oned_images.domain import quotas
+from oned_images.domain import locks, quotas
 from oned_images.domain import snapshots as snap
 from oned_images.domain.datastores import Datastores, read_ds, write_ds
 from oned_images.domain.identity import Identity, group_auth, user_auth
 from oned_images.domain.names import name_error
-from oned_images.domain.objects import Datastore, Image, Lock, Permissions
 from oned_images.domain.ownership import chmod_plan
 from oned_images.domain.permissions import (
     AuthRequest,
     Caller,
     ObjectAuth,
     Op,
-    acl_grants_all,
-    acl_visible_terms,
     new_object_perms,
 )
+from oned_images.domain.pool_query import info_row, pool_bodies, pool_filter
 from oned_images.domain.restricted import path_allowed, protected_paths, staged_env
 from oned_images.domain.states import (
     DISK_TYPES,
@@ -53,13 +50,14 @@ from oned_images.domain.states import (
 )
 from oned_images.driver import reaper
 from oned_images.driver.parse import DriverResult, parse_monitor
+from oned_images.model.objects import Datastore, Image, Permissions
 from oned_images.store import pools
 from oned_images.store.models import DatastoreRow, ImageRow
 from oned_images.template import Template, TemplateError
 from oned_images.xmldoc import drv_action
 from oned_images.xmldoc.datastore import datastore_from as read_ds_body
 from oned_images.xmldoc.image import image_from, image_xml
-from oned_images.xmldoc.served import Served, rpc_bytes
+from oned_images.xmldoc.served import Served
 
 log = Logger(namespace="ImM")
 
@@ -407,7 +405,7 @@ class ImageManager:
     async def info(self, caller: Caller, oid: int) -> Served:
         if oid < 0 and not caller.is_admin:
             raise errors.authorization("Not authorized to perform USE IMAGE")
-        row = await self.db.run(_info_row, oid)
+        row = await self.db.run(info_row, oid, ImageRow)
         if row is None:
             raise errors.no_exists("image", oid)
         body, uid, gid, owner_u, group_u, other_u = row
@@ -425,39 +423,12 @@ class ImageManager:
         where = self._pool_filter(caller, flag)
         order = self.identity.user_option(caller, "API_LIST_ORDER",
                                           self.config.api_list_order).upper()
-        bodies = await self.db.run(_pool_bodies, where, order != "ASC", start, end)
+        bodies = await self.db.run(pool_bodies, where, order != "ASC", start, end, ImageRow)
         return Served.pool("IMAGE_POOL", bodies)
 
     def _pool_filter(self, caller: Caller, flag: int) -> peewee.Expression | None:
-        T = ImageRow
-        groups = sorted(caller.groups)
-        unrestricted = caller.is_admin or acl_grants_all(caller, self.acl, "IMAGE", Op.USE)
+        return pool_filter(caller, self.acl, flag, ImageRow, "IMAGE")
 
-        def visible(*extra: peewee.Expression) -> peewee.Expression:
-            oids, gids = acl_visible_terms(caller, self.acl, "IMAGE", Op.USE)
-            cond = (T.other_u == 1) | ((T.gid.in_(groups)) & (T.group_u == 1))
-            for e in extra:
-                cond = cond | e
-            if oids:
-                cond = cond | T.oid.in_(sorted(oids))
-            if gids:
-                cond = cond | T.gid.in_(sorted(gids))
-            return cond
-
-        if flag == -3:
-            return T.uid == caller.uid
-        if flag == -4:
-            base = T.gid == caller.gid
-            return base if unrestricted else base & visible(T.uid == caller.uid)
-        if flag == -2:
-            return None if unrestricted else (T.uid == caller.uid) | visible()
-        if flag == -1:
-            grp = T.gid.in_(groups)
-            return (T.uid == caller.uid) | (grp if unrestricted else grp & visible())
-        base = T.uid == flag
-        if unrestricted or flag == caller.uid:
-            return base
-        return base & visible()
 
     # ------------------------------------------------------------- allocate
     async def allocate(self, caller: Caller, text: str, ds_id: int,
@@ -745,8 +716,12 @@ class ImageManager:
                                 self._mode(target.ds_mad), owner=img.uid)
 
     # --------------------------------------------------------------- delete
-    async def delete(self, caller: Caller, oid: int, force: bool) -> int:
-        kind, follow, cancel = await self.db.run(self._delete_txn, caller, oid, force)
+    async def delete(self, caller: Caller, oid: int, force: bool, *,
+                     from_template: bool = False) -> int:
+        """``from_template``: one.template.delete's recursive path, which skips the
+        "Image locked" refusal (vms.md §4.5 QUIRK) and needs only MANAGE."""
+        kind, follow, cancel = await self.db.run(self._delete_txn, caller, oid, force,
+                                                 from_template)
         if kind == "denied":
             raise follow
         if cancel:
@@ -757,11 +732,11 @@ class ImageManager:
         self._start(follow)
         return oid
 
-    def _delete_txn(self, caller: Caller, oid: int, force: bool):
+    def _delete_txn(self, caller: Caller, oid: int, force: bool, from_template: bool = False):
         img = read_image(oid)
         op = Op.MANAGE
         locked = img.state in LOCKED_STATES
-        if locked:
+        if locked and not from_template:
             op = Op.ADMIN
             if not force:
                 raise errors.internal("Image locked, use --force flag to remove the image. "
@@ -1046,15 +1021,7 @@ class ImageManager:
             req = self._auth(caller)
             req.add(Op.MANAGE, image_auth(img), check_lock=False)
             req.check()
-            stored = {1: 1, 2: 2, 3: 3, 4: 1}.get(level)
-            if stored is None:
-                raise errors.action("Wrong lock level specified")
-            if img.lock is not None:
-                if test:
-                    raise errors.action(str(img.lock.time))
-                if img.lock.owner != caller.uid and not caller.is_admin:
-                    raise errors.action("Error trying to lock the resource.")
-            img.lock = Lock(stored, caller.uid, int(time.time()), secrets.randbelow(10000))
+            img.lock = locks.locked(caller, img.lock, level, test)
 
         return await self._mutate(apply, caller, oid)
 
@@ -1063,10 +1030,7 @@ class ImageManager:
             req = self._auth(caller)
             req.add(Op.MANAGE, image_auth(img), check_lock=False)
             req.check()
-            owner = img.lock.owner if img.lock else -1
-            if not caller.is_admin and owner != caller.uid:
-                raise errors.action("Cannot unlock: Lock is owned by another user")
-            img.lock = None
+            img.lock = locks.unlocked(caller, img.lock)
 
         return await self._mutate(apply, caller, oid)
 
@@ -1199,57 +1163,3 @@ def _local_sources() -> dict[str, tuple[int, set[str]]]:
         if img.datastore_id in ids and img.source:
             out[ids[img.datastore_id]][1].add(img.source)
     return out
-
-
-def _served_body(body: str, served: str | bytes | None) -> bytes:
-    """The stored escaped body (bytes on SQLite, text on PostgreSQL, see pools.insert);
-    rows written by other tools may lack it (NULL)."""
-    if served is None:
-        return rpc_bytes(body)
-    return served.encode("utf-8") if isinstance(served, str) else bytes(served)
-
-
-def _info_row(oid: int):
-    row = (ImageRow.select(ImageRow.body, ImageRow.body_rpc, ImageRow.uid, ImageRow.gid,
-                           ImageRow.owner_u, ImageRow.group_u, ImageRow.other_u)
-           .where(ImageRow.oid == oid).tuples().first())
-    if row is None:
-        return None
-    return (_served_body(row[0], row[1]), *row[2:])
-
-
-def _pool_bodies(where, desc: bool, start: int, end: int) -> list[str]:
-    T = ImageRow
-    conds = []
-    if where is not None:
-        conds.append(where)
-    offset, limit = 0, None
-    if end < -1:
-        offset, limit = max(start, 0), -end
-    elif start != -1:
-        conds.append(T.oid >= start)
-        if end != -1:
-            conds.append(T.oid <= end)
-    query = T.select(T.body_rpc)
-    for cond in conds:
-        query = query.where(cond)
-    query = query.order_by(T.oid.desc() if desc else T.oid.asc())
-    if limit is not None:
-        if offset > 0:
-            # Skip rows on the id alone, then read only the page's bodies: a deep page
-            # does not walk the bodies it skips.
-            ids = [r[0] for r in query.clone().select(T.oid).limit(limit).offset(offset)
-                   .tuples()]
-            if not ids:
-                return []
-            query = (T.select(T.body_rpc).where(T.oid.in_(ids))
-                     .order_by(T.oid.desc() if desc else T.oid.asc()))
-        else:
-            query = query.limit(limit)
-    rows = [r[0] for r in query.tuples()]
-    if any(r is None for r in rows):
-        # Rare: rows without the escaped copy; fetch their bodies by position.
-        bodies = [r[0] for r in query.clone().select(T.body).tuples()]
-        return [_served_body(b, r) for b, r in zip(bodies, rows, strict=True)]
-    return [r.encode("utf-8") if isinstance(r, str) else r for r in rows]
-

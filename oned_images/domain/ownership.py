@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from oned_images import errors
-from oned_images.domain.objects import Permissions
 from oned_images.domain.permissions import AuthRequest, Caller, ObjectAuth, Op
+from oned_images.model.objects import Permissions
 
 
 def chmod_plan(caller: Caller, auth: AuthRequest, obj: ObjectAuth, current: Permissions,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from oned_images.domain.objects import Permissions
 from oned_images.errors import OneError, authorization
+from oned_images.model.objects import Permissions
 
 
 class Op(IntEnum):

@@ -20,22 +20,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.protocols import policies
 
+from oned_images.model.settings import Limits
+
 log = Logger(namespace="ReM")
-
-
-@dataclass(frozen=True)
-class Limits:
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    body_min_rate: int = 65536
-    max_per_peer: int = 64
-    max_total: int = 512
 
 
 class DeadlineProtocol(policies.ProtocolWrapper, policies.TimeoutMixin):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from oned_images.rpc import datastores, images, stubs, system, users
+from oned_images.rpc import datastores, hosts, images, stubs, system, templates, users
 
 
 @dataclass(frozen=True)
@@ -114,11 +114,34 @@ METHODS: tuple[Method, ...] = (
     # what clients call around images
     M("one.vmpool.info", "A:siiii", "Returns the virtual machine pool", "virtual machine",
       stubs.vmpool_info),
-    M("one.templatepool.info", "A:siii", "Returns the template pool",
-      "virtual machine template", stubs.templatepool_info),
     M("one.zonepool.info", "A:s", "Returns the zone pool", "zone", stubs.zonepool_info),
+    # clusters and hosts (vms.md §6)
+    M("one.cluster.info", "A:sib", "Returns cluster information", "cluster",
+      hosts.cluster_info),
     M("one.clusterpool.info", "A:s", "Returns the cluster pool", "cluster",
-      stubs.clusterpool_info),
+      hosts.cluster_pool_info),
+    M("one.host.allocate", "A:ssssi", "Allocates a new host", "host", hosts.allocate),
+    M("one.host.delete", "A:si", "Deletes a host", "host", hosts.delete),
+    M("one.host.status", "A:sii", "Sets the status of the host", "host", hosts.status),
+    M("one.host.update", "A:sisi", "Updates a host template", "host", hosts.update),
+    M("one.host.rename", "A:sis", "Renames a host", "host", hosts.rename),
+    M("one.host.info", "A:sib", "Returns host information", "host", hosts.info),
+    M("one.hostpool.info", "A:s", "Returns the host pool", "host", hosts.pool_info),
+    # VM templates (vms.md §4; instantiate needs VMs and is not declared)
+    M("one.template.allocate", "A:ss", "Allocates a new template", "virtual machine template", templates.allocate),
+    M("one.template.info", "A:sibb", "Returns template information", "virtual machine template", templates.info),
+    M("one.template.update", "A:sisi", "Updates a template", "virtual machine template", templates.update),
+    M("one.template.delete", "A:sib", "Deletes a template", "virtual machine template", templates.delete),
+    M("one.template.clone", "A:sisb", "Clones an existing template", "virtual machine template", templates.clone),
+    M("one.template.chmod", "A:siiiiiiiiiib", "Changes permission bits of a template", "virtual machine template",
+      templates.chmod),
+    M("one.template.chown", "A:siii", "Changes ownership of a template", "virtual machine template",
+      templates.chown),
+    M("one.template.rename", "A:sis", "Renames a template", "virtual machine template", templates.rename),
+    M("one.template.lock", "A:siib", "Locks a template", "virtual machine template", templates.lock),
+    M("one.template.unlock", "A:si", "Unlocks a template", "virtual machine template", templates.unlock),
+    M("one.templatepool.info", "A:siii", "Returns the template pool", "virtual machine template",
+      templates.pool_info),
 )
 
 TABLE: dict[str, Method] = {m.name: m for m in METHODS}

@@ -10,15 +10,6 @@ from oned_images.domain.permissions import Caller
 from oned_images.errors import api
 from oned_images.rpc.wire import Params
 
-
-def _filter(p: Params) -> None:
-    flag = p.int(1)
-    p.int(2)
-    p.int(3)
-    if flag < -4:
-        raise api("Incorrect filter_flag")
-
-
 #: VirtualMachinePoolInfo's state argument: -2 (any) .. CLONING_FAILURE (11).
 VM_STATES = range(-2, 12)
 
@@ -37,10 +28,6 @@ async def vmpool_info(app, caller: Caller, p: Params) -> str:
     return "<VM_POOL></VM_POOL>"
 
 
-async def templatepool_info(app, caller: Caller, p: Params) -> str:
-    _filter(p)
-    return "<VMTEMPLATE_POOL></VMTEMPLATE_POOL>"
-
 
 async def zonepool_info(app, caller: Caller, p: Params) -> str:
     port = app.port or app.config.port
@@ -50,12 +37,3 @@ async def zonepool_info(app, caller: Caller, p: Params) -> str:
         "<SERVER_POOL></SERVER_POOL></ZONE></ZONE_POOL>"
     )
 
-
-async def clusterpool_info(app, caller: Caller, p: Params) -> str:
-    ds_ids = "".join(f"<ID>{i}</ID>" for i in await app.datastores_ids())
-    return (
-        "<CLUSTER_POOL><CLUSTER><ID>0</ID><NAME>default</NAME><HOSTS></HOSTS>"
-        f"<DATASTORES>{ds_ids}</DATASTORES><VNETS></VNETS><TEMPLATE>"
-        "<RESERVED_CPU><![CDATA[]]></RESERVED_CPU><RESERVED_MEM><![CDATA[]]></RESERVED_MEM>"
-        "</TEMPLATE></CLUSTER></CLUSTER_POOL>"
-    )

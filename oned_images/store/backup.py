@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import peewee
 
+from oned_images.model.settings import DbSettings
 from oned_images.store import schema
-from oned_images.store.database import DbSettings, open_database
+from oned_images.store.database import open_database
 from oned_images.store.lock import DatabaseLock
 from oned_images.store.models import ALL_MODELS, BaseModel, ServedText, database_proxy
 from oned_images.xmldoc.served import escape

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,22 +19,10 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from oned_images.model.settings import DbSettings
 from oned_images.store.models import database_proxy
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DbSettings:
-    backend: str = "sqlite"
-    path: str = ""
-    server: str = "localhost"
-    port: int = 5432
-    user: str = "oneadmin"
-    passwd: str = ""
-    db_name: str = "opennebula"
-    connections: int = 4
-    timeout_ms: int = 2500
 
 
 #: one.db holds password hashes and login tokens.

@@ -38,30 +38,37 @@ import peewee
 from lxml import etree
 
 from oned_images.domain import driver_replies as replies
-from oned_images.domain import identity
+from oned_images.domain import hosts, identity, templates
+from oned_images.domain.clusters import CLUSTER_PERMS
 from oned_images.domain.datastores import ds_meta
 from oned_images.domain.images import _meta as image_meta
 from oned_images.domain.images import write_image
-from oned_images.domain.objects import Datastore, Group, Image, User
 from oned_images.domain.states import ImageState
 from oned_images.driver import reaper
+from oned_images.model.objects import Datastore, Group, Image, User
 from oned_images.store import pools, schema
 from oned_images.store.database import Database
 from oned_images.store.lock import DatabaseInUse, DatabaseLock
 from oned_images.store.models import (
     ALL_MODELS,
+    ClusterRow,
     DatastoreRow,
     GroupRow,
+    HostRow,
     ImageRow,
     PoolControl,
     PoolObject,
+    TemplateRow,
     UserRow,
     database_proxy,
 )
+from oned_images.xmldoc.cluster import cluster_from, cluster_xml
 from oned_images.xmldoc.common import parse
 from oned_images.xmldoc.datastore import datastore_from, datastore_xml
+from oned_images.xmldoc.host import host_from, host_xml
 from oned_images.xmldoc.image import image_from
 from oned_images.xmldoc.served import escape
+from oned_images.xmldoc.template_doc import vmtemplate_from, vmtemplate_xml
 from oned_images.xmldoc.user import group_from, group_xml, user_from, user_xml
 
 S = ImageState
@@ -98,6 +105,8 @@ class _Kind:
     parse: Callable[[str], object]
     meta: Callable[[object], pools.RowMeta]
     extra: Callable[[object], dict] = lambda _obj: {}
+    #: the document of an object; set for kinds written back by _write_back's generic path
+    xml: Callable[[object], str] | None = None
 
 
 KINDS: dict[type[PoolObject], _Kind] = {
@@ -106,6 +115,11 @@ KINDS: dict[type[PoolObject], _Kind] = {
     DatastoreRow: _Kind("datastore", datastore_from, ds_meta),
     UserRow: _Kind("user", user_from, identity._meta),
     GroupRow: _Kind("group", group_from, identity._group_meta),
+    ClusterRow: _Kind("cluster", cluster_from, lambda cl: pools.RowMeta(
+        cl.name, 0, 0, CLUSTER_PERMS), xml=cluster_xml),
+    HostRow: _Kind("host", host_from, hosts._meta,
+                   lambda h: {"state": h.state, "cid": h.cluster_id}, xml=host_xml),
+    TemplateRow: _Kind("template", vmtemplate_from, templates._meta, xml=vmtemplate_xml),
 }
 
 
@@ -121,6 +135,8 @@ class _State:
     daemon: bool
     findings: list[Finding] = field(default_factory=list)
     images: dict[int, Image] = field(default_factory=dict)
+    #: clusters, hosts, templates: (label, id) -> (model, object), for write-back only
+    others: dict[tuple[str, int], tuple] = field(default_factory=dict)
     datastores: dict[int, Datastore] = field(default_factory=dict)
     users: dict[int, User] = field(default_factory=dict)
     groups: dict[int, Group] = field(default_factory=dict)
@@ -274,8 +290,11 @@ def _check_rows(st: _State) -> None:
 
 def _register(st: _State, model: type[PoolObject], obj) -> None:
     table = {ImageRow: st.images, DatastoreRow: st.datastores, UserRow: st.users,
-             GroupRow: st.groups}[model]
-    table[obj.id] = obj
+             GroupRow: st.groups}.get(model)
+    if table is None:
+        st.others[(KINDS[model].label, obj.id)] = (model, obj)
+    else:
+        table[obj.id] = obj
 
 
 # ------------------------------------------------------------------ references
@@ -469,3 +488,7 @@ def _write_back(st: _State) -> None:
         elif label == "group":
             group = st.groups[oid]
             pools.update(GroupRow, oid, identity._group_meta(group), group_xml(group))
+        elif (label, oid) in st.others:
+            model, obj = st.others[(label, oid)]
+            kind = KINDS[model]
+            pools.update(model, oid, kind.meta(obj), kind.xml(obj), **kind.extra(obj))

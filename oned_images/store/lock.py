@@ -20,7 +20,7 @@ import fcntl
 import os
 import socket
 
-from oned_images.store.database import DbSettings
+from oned_images.model.settings import DbSettings
 from oned_images.store.schema import SchemaError
 
 #: "onedimg1" as a bigint: the advisory lock key of an oned-images database.

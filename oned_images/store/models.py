@@ -124,6 +124,32 @@ class SystemAttributeRow(BaseModel):
         table_name = "system_attributes"
 
 
+class ClusterRow(PoolObject):
+    class Meta:
+        table_name = "cluster_pool"
+        indexes = ((("name",), True),)
+
+
+class HostRow(PoolObject):
+    """oned's host_pool: STATE and CID are columns too (the scheduler's filters)."""
+
+    state = peewee.IntegerField(default=0)
+    cid = peewee.IntegerField(default=0)
+
+    class Meta:
+        table_name = "host_pool"
+        indexes = ((("name",), True),)
+
+
+class TemplateRow(PoolObject):
+    #: the body escaped for an XML-RPC <string>, as image_pool.body_rpc.
+    body_rpc = ServedText(null=True)
+
+    class Meta:
+        table_name = "template_pool"
+        indexes = ((("name", "uid"), True), (("uid",), False), (("gid",), False))
+
+
 class SchemaVersion(BaseModel):
     version = peewee.IntegerField(primary_key=True)
     applied = peewee.BigIntegerField()
@@ -143,4 +169,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     UserQuotasRow,
     GroupQuotasRow,
     SystemAttributeRow,
+    ClusterRow,
+    HostRow,
+    TemplateRow,
 ]

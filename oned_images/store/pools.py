@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import peewee
 
-from oned_images.domain.objects import Permissions
+from oned_images.model.objects import Permissions
 from oned_images.store.models import PoolControl, PoolObject, database_proxy
 from oned_images.xmldoc.served import escape
 

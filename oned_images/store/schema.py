@@ -73,12 +73,29 @@ def _v4_datastore_quotas(db: peewee.Database) -> None:
         quotas.count(uid, gid, ds_id, size, images)
 
 
+def _v5_hosts_templates(db: peewee.Database) -> None:
+    """cluster_pool (with cluster 0 ``default``), host_pool and template_pool: the
+    tables oned keeps for clusters, hosts and VM templates."""
+    from oned_images.model.objects import Permissions
+    from oned_images.store import pools
+    from oned_images.store.models import ClusterRow, HostRow, TemplateRow
+    from oned_images.xmldoc.cluster import cluster_xml, default_cluster
+
+    db.create_tables([ClusterRow, HostRow, TemplateRow])
+    if not ClusterRow.select().where(ClusterRow.oid == 0).exists():
+        cluster = default_cluster()
+        meta = pools.RowMeta(cluster.name, 0, 0, Permissions([1, 1, 0, 0, 0, 0, 0, 0, 0]))
+        pools.insert(ClusterRow, 0, meta, cluster_xml(cluster))
+        pools.next_oid("cluster_pool", 100 - 1)
+
+
 #: version -> migration taking the schema from version-1 to version.
 MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     1: _v1_initial,
     2: _v2_served_bodies,
     3: _v3_served_bodies_as_text,
     4: _v4_datastore_quotas,
+    5: _v5_hosts_templates,
 }
 CURRENT = max(MIGRATIONS)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from oned_images.domain.objects import PERM_NAMES, Permissions
+from oned_images.model.objects import PERM_NAMES, Permissions
 from oned_images.template import Template, cdata
 
 PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oned_images.domain.objects import Datastore
+from oned_images.model.objects import Datastore
 from oned_images.xmldoc.common import (
     c,
     ids_from,

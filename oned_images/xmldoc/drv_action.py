@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import re
 
-from oned_images.domain.objects import Datastore, Image
+from oned_images.model.objects import Datastore, Image
 from oned_images.template import cdata
 from oned_images.xmldoc.datastore import datastore_xml
 from oned_images.xmldoc.image import image_xml

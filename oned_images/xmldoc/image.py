@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from oned_images.domain.objects import Image, Lock
+from oned_images.model.objects import Image, Lock
 from oned_images.xmldoc.common import (
     c,
     ids_from,

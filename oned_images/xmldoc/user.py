@@ -8,7 +8,7 @@ with its quota rows (which exist for every user and group) does.
 
 from __future__ import annotations
 
-from oned_images.domain.objects import Group, LoginToken, User
+from oned_images.model.objects import Group, LoginToken, User
 from oned_images.xmldoc.common import c, ids_from, ids_xml, num, parse, template_from, text
 
 EMPTY_QUOTAS = (

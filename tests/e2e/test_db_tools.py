@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import xmlrpc.client
 from pathlib import Path
 
@@ -279,6 +280,25 @@ def test_backup_default_path_and_cross_backend_restore(fresh_daemon, tmp_path):
     assert 'database "oned_no_such_db" does not exist' in out.stderr
 
 
+def test_fsck_repairs_template_and_host_columns(fresh_daemon):
+    d = fresh_daemon()
+    proxy, session = d.raw(), d.session()
+    tid = proxy.one.template.allocate(session, 'NAME="cols"')[1]
+    hid = proxy.one.host.allocate(session, "cols-h", "kvm", "kvm", -1)[1]
+    d.stop()
+    sql(d, "UPDATE template_pool SET name = 'edited' WHERE oid = ?", (tid,))
+    sql(d, "UPDATE host_pool SET state = 5 WHERE oid = ?", (hid,))
+    out = db(d, "fsck", "--repair")
+    assert out.returncode == 1, out.stdout
+    assert (f"template {tid}: columns disagree with the body: name is 'edited', the body says "
+            "'cols' -> columns rewritten from the body") in out.stdout
+    assert (f"host {hid}: columns disagree with the body: state is 5, the body says 0 -> "
+            "columns rewritten from the body") in out.stdout
+    assert db(d, "fsck").stdout == ""
+    d.start()
+    assert "<NAME>cols</NAME>" in d.raw().one.template.info(d.session(), tid)[1]
+
+
 # ------------------------------------------------------------------ upgrade from every version
 def _undo_v2(d) -> None:
     """Back to schema 1: no served copies, no oid index."""
@@ -299,9 +319,17 @@ def _undo_v4(d) -> None:
         sql(d, f"DROP TABLE {table}")
 
 
+def _undo_v5(d) -> None:
+    """Back to schema 4: no cluster, host or template tables."""
+    for table in ("cluster_pool", "host_pool", "template_pool"):
+        sql(d, f"DROP TABLE {table}")
+    sql(d, "DELETE FROM pool_control WHERE tablename IN "
+           "('cluster_pool', 'host_pool', 'template_pool')")
+
+
 #: migration N -> how a test turns a schema-N database back into schema N-1. A new
 #: migration needs its entry here, or test_upgrade_from_every_version fails.
-UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4}
+UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5}
 
 
 @pytest.mark.slow
@@ -352,6 +380,15 @@ def fs_image(d, name: str) -> tuple[int, Path]:
 def test_fsck_clean_database(fresh_daemon):
     d = fresh_daemon()
     fs_image(d, "clean")
+    # hosts (one monitored) and templates are clean too
+    proxy, session = d.raw(), d.session()
+    hid = proxy.one.host.allocate(session, "fsck-h", "dummy", "dummy", -1)[1]
+    proxy.one.host.allocate(session, "fsck-kvm", "kvm", "kvm", 0)
+    proxy.one.template.allocate(session, 'NAME="fsck-t"\nDISK=[IMAGE_ID="0"]')
+    deadline = time.monotonic() + 10
+    while "<STATE>2</STATE>" not in proxy.one.host.info(session, hid)[1]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     running = db(d, "fsck")
     assert running.returncode == 0, running.stdout
     assert re.fullmatch(r"note: The database .* is in use by oned-images serve \(pid \d+ on "

@@ -33,16 +33,16 @@ def test_v1_database_is_refused_then_upgraded(fresh_daemon):
 
     with pytest.raises(RuntimeError) as exc:
         d.start()
-    assert ("Database schema version 1 is older than this oned-images needs (4). Back up the "
+    assert ("Database schema version 1 is older than this oned-images needs (5). Back up the "
             "database, then run: oned-images db upgrade") in str(exc.value)
 
     conf = d.tmp / "oned-images.conf"
     status = subprocess.run([sys.executable, "-m", "oned_images", "db", "status", "--config",
                              str(conf)], capture_output=True, text=True, timeout=60)
-    assert status.stdout.strip() == "schema version: 1; this release: 4"
+    assert status.stdout.strip() == "schema version: 1; this release: 5"
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(conf)], capture_output=True, text=True, timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2, 3, 4]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2, 3, 4, 5]")
 
     d.start()
     assert d.raw().one.image.info(d.session(), iid)[1] == expected
@@ -62,7 +62,7 @@ def test_newer_database_is_refused(fresh_daemon):
     con.close()
     with pytest.raises(RuntimeError) as exc:
         d.start()
-    assert ("Database schema version 99 is newer than this oned-images knows (4). Run a newer "
+    assert ("Database schema version 99 is newer than this oned-images knows (5). Run a newer "
             "oned-images release.") in str(exc.value)
 
 
@@ -111,7 +111,7 @@ def test_postgresql_v2_bytea_bodies_are_migrated(fresh_daemon):
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
                         timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [3, 4]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [3, 4, 5]")
     d.start()
     assert d.raw().one.image.info(d.session(), iid)[1] == expected
 
@@ -140,12 +140,12 @@ def test_v3_database_gets_quota_tables_with_the_usage_of_its_images(fresh_daemon
     conn.close()
 
     with pytest.raises(RuntimeError, match=r"version 3 is older than this oned-images needs "
-                                           r"\(4\)"):
+                                           r"\(5\)"):
         d.start()
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
                         timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [4]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [4, 5]")
     d.start()
     assert ok(d, "one.imagepool.info", -2, -1, -1) == expected
     used = (f"<DATASTORE_QUOTA><DATASTORE><ID><![CDATA[{ds}]]></ID><IMAGES><![CDATA[-1]]>"
@@ -160,3 +160,41 @@ def test_v3_database_gets_quota_tables_with_the_usage_of_its_images(fresh_daemon
     reply = d.raw().one.image.allocate("old:pw", 'NAME="c"\nTYPE="DATABLOCK"\nSIZE="1"', ds)
     assert reply[1] == (f"[one.image.allocate] User [{uid}] : user [{uid}] limit of 2 reached "
                         f"for IMAGES quota in DATASTORE with ID: {ds}.")
+
+
+def test_v4_database_gets_cluster_host_and_template_tables(fresh_daemon):
+    """Schema 5 adds oned's cluster_pool (with cluster 0 ``default``), host_pool and
+    template_pool to a v4 database; its images are kept and the new pools work."""
+    from tests.support.seed import _connect, fails, ok
+
+    d = fresh_daemon()
+    iid = ok(d, "one.image.allocate", 'NAME="v4"\nSOURCE="/var/tmp/v4"\nFORMAT="raw"\n'
+                                      'SIZE="1"', 1)
+    images = ok(d, "one.imagepool.info", -2, -1, -1)
+    cluster = ok(d, "one.cluster.info", 0)
+    d.stop()
+    conn, _ = _connect(d)
+    cur = conn.cursor()
+    for table in ("cluster_pool", "host_pool", "template_pool"):
+        cur.execute(f"DROP TABLE {table}")
+    cur.execute("DELETE FROM pool_control WHERE tablename = 'cluster_pool'")
+    cur.execute("DELETE FROM schema_version WHERE version > 4")
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(RuntimeError, match=r"version 4 is older than this oned-images needs "
+                                           r"\(5\)"):
+        d.start()
+    up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
+                         str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
+                        timeout=60)
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [5]")
+    d.start()
+    assert ok(d, "one.imagepool.info", -2, -1, -1) == images
+    assert ok(d, "one.cluster.info", 0) == cluster
+    assert ok(d, "one.hostpool.info") == "<HOST_POOL></HOST_POOL>"
+    assert ok(d, "one.templatepool.info", -2, -1, -1) == "<VMTEMPLATE_POOL></VMTEMPLATE_POOL>"
+    assert ok(d, "one.host.allocate", "h0", "dummy", "dummy", -1) == 0
+    assert ok(d, "one.template.allocate", f'NAME="t"\nDISK=[IMAGE_ID="{iid}"]') == 0
+    assert fails(d, "one.template.info", 1) == (
+        "[one.template.info] Error getting virtual machine template [1].", 1024, 1)

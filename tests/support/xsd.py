@@ -22,6 +22,8 @@ ROOTS = {
     "ACL_POOL": "acl_pool.xsd", "OPENNEBULA_CONFIGURATION": "opennebula_configuration.xsd",
     "VM_POOL": "vm_pool.xsd", "VMTEMPLATE_POOL": "vmtemplate_pool.xsd",
     "ZONE_POOL": "zone_pool.xsd", "CLUSTER_POOL": "cluster_pool.xsd",
+    "CLUSTER": "cluster.xsd", "HOST": "host.xsd", "HOST_POOL": "host_pool.xsd",
+    "VMTEMPLATE": "vmtemplate.xsd",
 }
 
 

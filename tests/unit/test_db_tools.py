@@ -10,8 +10,8 @@ import sqlite3
 import pytest
 
 from oned_images.cli import build_parser
+from oned_images.model.settings import DbSettings
 from oned_images.store.backup import BackupError, check_file
-from oned_images.store.database import DbSettings
 from oned_images.store.fsck import Finding
 from oned_images.store.lock import DatabaseInUse, DatabaseLock, daemon_running
 

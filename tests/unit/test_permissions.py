@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from oned_images.domain.objects import Permissions
 from oned_images.domain.permissions import (
     ALL,
     CLUSTER_ID,
@@ -26,6 +25,7 @@ from oned_images.domain.permissions import (
     vdc_group_rules,
 )
 from oned_images.errors import ErrorCode, OneError
+from oned_images.model.objects import Permissions
 
 ADMIN = Caller(0, 0, frozenset({0}), "oneadmin", "oneadmin")
 ALICE = Caller(2, 1, frozenset({1}), "alice", "users")

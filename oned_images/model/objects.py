@@ -145,3 +145,64 @@ class Group:
     template: Template = field(default_factory=Template)
     users: list[int] = field(default_factory=list)
     admins: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Cluster:
+    """oned's cluster: only cluster 0 ``default`` exists here (hosts and datastores
+    name it); HOSTS and DATASTORES are served from the rows that name it."""
+
+    id: int
+    name: str
+    hosts: list[int] = field(default_factory=list)
+    datastores: list[int] = field(default_factory=list)
+    vnets: list[int] = field(default_factory=list)
+    template: Template = field(default_factory=Template)
+
+
+@dataclass
+class Host:
+    """A host's HOST document.  PCI_DEVICES, NUMA_NODES and MONITORING nest deeper than
+    a Template holds, so they are kept as the XML text the monitor produced."""
+
+    id: int
+    name: str
+    state: int = 0
+    prev_state: int = 0
+    im_mad: str = ""
+    vm_mad: str = ""
+    cluster_id: int = 0
+    cluster: str = "default"
+    mem_usage: int = 0
+    cpu_usage: int = 0
+    total_mem: int = 0
+    total_cpu: int = 0
+    max_mem: int = 0
+    max_cpu: int = 0
+    running_vms: int = 0
+    vms_thread: int = 1
+    disk_usage: int = 0
+    free_disk: int = 0
+    max_disk: int = 0
+    used_disk: int = 0
+    pci_xml: str = "<PCI_DEVICES></PCI_DEVICES>"
+    numa_xml: str = "<NUMA_NODES></NUMA_NODES>"
+    vms: list[int] = field(default_factory=list)
+    template: Template = field(default_factory=Template)
+    monitoring_xml: str = "<MONITORING/>"
+
+
+@dataclass
+class VmTemplate:
+    """A VM template (VMTEMPLATE document): the user's template minus NAME."""
+
+    id: int
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+    name: str
+    lock: Lock | None = None
+    perms: Permissions = field(default_factory=Permissions)
+    regtime: int = 0
+    template: Template = field(default_factory=Template)

@@ -1,0 +1,101 @@
+"""Pool listings shared by every pool with owners (images, VM templates): the filter
+flag's row filter and the page of served bodies, in one place."""
+
+from __future__ import annotations
+
+import peewee
+
+from oned_images.domain.permissions import Caller, Op, acl_grants_all, acl_visible_terms
+from oned_images.store.models import PoolObject
+from oned_images.xmldoc.served import rpc_bytes
+
+
+def pool_filter(caller: Caller, acl, flag: int, T: type[PoolObject],
+            kind: str) -> peewee.Expression | None:
+    """The row filter of one.<pool>.info's filter flag (api.md §3): -4 the caller's
+    primary group, -3 the caller's, -2 all visible, -1 the caller's and the caller's
+    groups', >= 0 one user's; visibility by the USE bits and ACL rules of ``kind``."""
+    groups = sorted(caller.groups)
+    unrestricted = caller.is_admin or acl_grants_all(caller, acl, kind, Op.USE)
+
+    def visible(*extra: peewee.Expression) -> peewee.Expression:
+        oids, gids = acl_visible_terms(caller, acl, kind, Op.USE)
+        cond = (T.other_u == 1) | ((T.gid.in_(groups)) & (T.group_u == 1))
+        for e in extra:
+            cond = cond | e
+        if oids:
+            cond = cond | T.oid.in_(sorted(oids))
+        if gids:
+            cond = cond | T.gid.in_(sorted(gids))
+        return cond
+
+    if flag == -3:
+        return T.uid == caller.uid
+    if flag == -4:
+        base = T.gid == caller.gid
+        return base if unrestricted else base & visible(T.uid == caller.uid)
+    if flag == -2:
+        return None if unrestricted else (T.uid == caller.uid) | visible()
+    if flag == -1:
+        grp = T.gid.in_(groups)
+        return (T.uid == caller.uid) | (grp if unrestricted else grp & visible())
+    base = T.uid == flag
+    if unrestricted or flag == caller.uid:
+        return base
+    return base & visible()
+
+
+def served_body(body: str, served: str | bytes | None) -> bytes:
+    """The stored escaped body (bytes on SQLite, text on PostgreSQL, see pools.insert);
+    rows written by other tools may lack it (NULL)."""
+    if served is None:
+        return rpc_bytes(body)
+    return served.encode("utf-8") if isinstance(served, str) else bytes(served)
+
+
+def info_row(oid: int, T: type[PoolObject]):
+    """(served body, uid, gid, owner_u, group_u, other_u) of one row, or None."""
+    row = (T.select(T.body, T.body_rpc, T.uid, T.gid, T.owner_u, T.group_u, T.other_u)
+           .where(T.oid == oid).tuples().first())
+    if row is None:
+        return None
+    return (served_body(row[0], row[1]), *row[2:])
+
+
+def pool_bodies(where, desc: bool, start: int, end: int,
+                T: type[PoolObject]) -> list[bytes]:
+    """One page of served bodies (``start``/``end`` as api.md §3: an id range, or
+    ``end < -1`` a page of ``-end`` rows from offset ``start``)."""
+    conds = []
+    if where is not None:
+        conds.append(where)
+    offset, limit = 0, None
+    if end < -1:
+        offset, limit = max(start, 0), -end
+    elif start != -1:
+        conds.append(T.oid >= start)
+        if end != -1:
+            conds.append(T.oid <= end)
+    query = T.select(T.body_rpc)
+    for cond in conds:
+        query = query.where(cond)
+    query = query.order_by(T.oid.desc() if desc else T.oid.asc())
+    if limit is not None:
+        if offset > 0:
+            # Skip rows on the id alone, then read only the page's bodies: a deep page
+            # does not walk the bodies it skips.
+            ids = [r[0] for r in query.clone().select(T.oid).limit(limit).offset(offset)
+                   .tuples()]
+            if not ids:
+                return []
+            query = (T.select(T.body_rpc).where(T.oid.in_(ids))
+                     .order_by(T.oid.desc() if desc else T.oid.asc()))
+        else:
+            query = query.limit(limit)
+    rows = [r[0] for r in query.tuples()]
+    if any(r is None for r in rows):
+        # Rare: rows without the escaped copy; fetch their bodies by position.
+        bodies = [r[0] for r in query.clone().select(T.body).tuples()]
+        return [served_body(b, r) for b, r in zip(bodies, rows, strict=True)]
+    return [r.encode("utf-8") if isinstance(r, str) else r for r in rows]
+

@@ -1,0 +1,31 @@
+"""Settings read from the configuration and handed to the layers that use them.
+
+config.py builds them; store/ (the database) and rpc/ (HTTP limits) consume them.
+Keeping them here lets config.py depend only on this package, not on store/ or rpc/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DbSettings:
+    backend: str = "sqlite"
+    path: str = ""
+    server: str = "localhost"
+    port: int = 5432
+    user: str = "oneadmin"
+    passwd: str = ""
+    db_name: str = "opennebula"
+    connections: int = 4
+    timeout_ms: int = 2500
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_min_rate: int = 65536
+    max_per_peer: int = 64
+    max_total: int = 512
