@@ -53,6 +53,7 @@ from oned_images.domain.states import (
 from oned_images.driver import reaper
 from oned_images.driver.parse import DriverResult, parse_monitor
 from oned_images.store import pools
+from oned_images.store.compiled import Compiled
 from oned_images.store.models import DatastoreRow, ImageRow
 from oned_images.template import Template, TemplateError
 from oned_images.xmldoc import drv_action
@@ -1144,12 +1145,17 @@ def _served_body(body: str, served: str | bytes | None) -> bytes:
     return served.encode("utf-8") if isinstance(served, str) else bytes(served)
 
 
+_INFO_FIELDS = (ImageRow.body, ImageRow.body_rpc, ImageRow.uid, ImageRow.gid,
+                ImageRow.owner_u, ImageRow.group_u, ImageRow.other_u)
+_INFO = Compiled(lambda oid: ImageRow.select(*_INFO_FIELDS).where(ImageRow.oid == oid)
+                 .limit(1), -(2**62) + 7)
+
+
 def _info_row(oid: int):
-    row = (ImageRow.select(ImageRow.body, ImageRow.body_rpc, ImageRow.uid, ImageRow.gid,
-                           ImageRow.owner_u, ImageRow.group_u, ImageRow.other_u)
-           .where(ImageRow.oid == oid).tuples().first())
+    row = _INFO.first(oid)
     if row is None:
         return None
+    row = [f.python_value(v) for f, v in zip(_INFO_FIELDS, row, strict=True)]
     return (_served_body(row[0], row[1]), *row[2:])
 
 
