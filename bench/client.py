@@ -56,9 +56,12 @@ class Client:
 
     def __post_init__(self) -> None:
         u = urlparse(self.endpoint.url)
-        self._addr = (u.hostname or "127.0.0.1", u.port or 80)
+        # Resolved once: a per-call getaddrinfo would be the client's cost, not the server's.
+        info = socket.getaddrinfo(u.hostname or "127.0.0.1", u.port or 80, 0,
+                                  socket.SOCK_STREAM)[0]
+        self._family, self._addr = info[0], info[4]
         self._path = u.path or "/RPC2"
-        self._host = f"{self._addr[0]}:{self._addr[1]}"
+        self._host = u.netloc
 
     def request(self, method: str, *params) -> bytes:
         """The HTTP request of one call with the session as first parameter (built once
@@ -72,7 +75,9 @@ class Client:
         """One call: the reply's body, read to its last byte (not parsed)."""
         c0 = time.thread_time()
         if self.sock is None:
-            self.sock = socket.create_connection(self._addr, timeout=self.timeout)
+            self.sock = socket.socket(self._family)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(self._addr)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = self.sock
         sock.sendall(request)

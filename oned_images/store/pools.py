@@ -67,20 +67,51 @@ def _served(model: type[PoolObject], body: str, extra: dict) -> dict:
 
 def insert(model: type[PoolObject], oid: int, meta: RowMeta, body: str, **extra) -> None:
     extra = _served(model, body, extra)
-    model.insert(
+    _write("insert", model, dict(
         oid=oid, name=meta.name, body=body, uid=meta.uid, gid=meta.gid,
         owner_u=meta.perms.owner_u, group_u=meta.perms.group_u, other_u=meta.perms.other_u,
-        **extra,
-    ).execute()
+        **extra))
 
 
 def update(model: type[PoolObject], oid: int, meta: RowMeta, body: str, **extra) -> None:
     extra = _served(model, body, extra)
-    model.update(
+    _write("update", model, dict(
         name=meta.name, body=body, uid=meta.uid, gid=meta.gid,
         owner_u=meta.perms.owner_u, group_u=meta.perms.group_u, other_u=meta.perms.other_u,
-        **extra,
-    ).where(model.oid == oid).execute()
+        **extra), oid)
+
+
+def _write(verb: str, model: type[PoolObject], columns: dict, oid: int | None = None) -> None:
+    """model.insert(**columns) or model.update(**columns).where(oid), its SQL compiled
+    once (store/compiled.py); values go through each field's db_value, as peewee does."""
+    names = tuple(columns)
+    key = (verb, model, names)
+    if (query := _WRITES.get(key)) is None:
+        fields = [model._meta.fields[n] for n in names]
+        markers = [_marker(f, i) for i, f in enumerate(fields)]
+        if verb == "update":
+            markers.append(_marker(model.oid, len(markers)))
+
+        def build(*values, model=model, names=names) -> peewee.Query:
+            cols = dict(zip(names, values, strict=False))
+            if verb == "insert":
+                return model.insert(**cols)
+            return model.update(**cols).where(model.oid == values[-1])
+        query = _WRITES[key] = Compiled(build, *markers)
+    values = [model._meta.fields[n].db_value(v) for n, v in columns.items()]
+    if oid is not None:
+        values.append(model.oid.db_value(oid))
+    query.execute(*values)
+
+
+def _marker(field: peewee.Field, i: int) -> int | str:
+    """A value no row holds that the field's db_value leaves as it is."""
+    if isinstance(field, peewee.IntegerField):
+        return -(2**62) + 1000 + i
+    return f"\x00marker{i}"
+
+
+_WRITES: dict[tuple, Compiled] = {}
 
 
 def body(model: type[PoolObject], oid: int, *, lock: bool = False) -> str | None:
