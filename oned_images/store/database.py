@@ -205,16 +205,18 @@ class Workers:
         return d
 
     def _work(self) -> None:
-        get, call_from_thread = self.queue.get, self.reactor.callFromThread
+        get = self.queue.get
         while (item := get()) is not self._STOP:
-            d, fn, args = item
-            try:
-                result = fn(*args)
-            except BaseException:  # noqa: BLE001 — the caller's Deferred carries it
-                call_from_thread(d.errback, Failure())
-            else:
-                call_from_thread(d.callback, result)
-            del item, d, fn, args
+            self._answer(*item)
+            del item  # an idle thread holds nothing (a listing's rows are megabytes)
+
+    def _answer(self, d: Deferred, fn: Callable[..., Any], args: tuple) -> None:
+        try:
+            result = fn(*args)
+        except BaseException:  # noqa: BLE001 — the caller's Deferred carries it
+            self.reactor.callFromThread(d.errback, Failure())
+        else:
+            self.reactor.callFromThread(d.callback, result)
 
 
 class Database:
