@@ -12,6 +12,7 @@ benchmark's own daemon (bench.common.start_daemon).
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import xmlrpc.client
@@ -26,11 +27,20 @@ class Endpoint:
     session: str
     #: the server's pid when it runs on this machine (resident memory), else None.
     pid: int | None = None
+    #: the server's CPU time over the last allocate run's wall time (bench.figures).
+    busy: float | None = None
 
     @classmethod
     def from_args(cls, url: str, auth_file: str | None, pid: int | None = None) -> Endpoint:
         session = Path(auth_file).read_text().strip().splitlines()[0] if auth_file else ""
         return cls(url, session, pid)
+
+    def cpu_seconds(self) -> float | None:
+        """The server's user + system CPU time so far (its threads together)."""
+        if self.pid is None:
+            return None
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float | None:
         if self.pid is None:

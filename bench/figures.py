@@ -65,7 +65,8 @@ def latency(ep: Endpoint, mode: str, name: str, method: str, params: tuple, n: i
 
 
 def allocate(ep: Endpoint, mode: str, first: int, count: int, clients: int) -> float:
-    """SOURCE images allocated by ``clients`` threads; images per second."""
+    """SOURCE images allocated by ``clients`` threads; images per second (``ep.busy``:
+    the server's CPU time over the run's wall time, 1.0 = one core, when known)."""
     errors: list[str] = []
     shares = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
     starts = [first + sum(shares[:i]) for i in range(clients)]
@@ -81,12 +82,14 @@ def allocate(ep: Endpoint, mode: str, first: int, count: int, clients: int) -> f
         c.close()
 
     threads = [threading.Thread(target=work, args=a) for a in zip(starts, shares, strict=True)]
-    t0 = time.perf_counter()
+    cpu0, t0 = ep.cpu_seconds(), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    cpu1 = ep.cpu_seconds()
+    ep.busy = None if cpu0 is None else (cpu1 - cpu0) / elapsed
     assert not errors, errors[:3]
     return count / elapsed
 
@@ -188,8 +191,10 @@ def main() -> None:
                     for _ in range(2):
                         rate = allocate(ep, mode, next_n, 500, clients)
                         next_n += 500
+                        busy = (f"  server cpu {ep.busy:.2f} cores" if ep.busy is not None
+                                else "")
                         print(f"{'allocate (SOURCE), ' + str(clients) + ' client(s)':<34} "
-                              f"[{mode:<4}] 500 images: {rate:7.0f} /s", flush=True)
+                              f"[{mode:<4}] 500 images: {rate:7.0f} /s{busy}", flush=True)
         if "pool" in only or "rss" in only:
             have = pool_size(ep)
             if have < args.images:
