@@ -121,7 +121,8 @@ def wait_ready(c: Client, iid: int, timeout: float = 600) -> None:
 def copy_figures(ep: Endpoint, size_mb: int, runs: int) -> None:
     """An image from PATH to READY (allocate to the first info that says READY, polled
     every millisecond on a kept-alive connection) against `cp` of the same file, both
-    with the source in the page cache (the same file read again)."""
+    with the source in the page cache (the same file read again); then an empty 1 GiB
+    datablock (the mkfs action), raw and ext4."""
     work = Path(tempfile.mkdtemp(prefix="oned-bench-fig-", dir="/var/tmp"))
     try:
         for size in (size_mb, 1):
@@ -144,6 +145,19 @@ def copy_figures(ep: Endpoint, size_mb: int, runs: int) -> None:
             c.close()
             line(f"{size} MiB from PATH to READY", "keep", ours)
             line(f"{size} MiB plain cp", "-", plain)
+        c = Client(ep, "keep")
+        for fs in ("", "ext4"):
+            times = []
+            for r in range(runs):
+                t0 = time.perf_counter()
+                extra = f'\nFS="{fs}"' if fs else ""
+                res = c.call("one.image.allocate", f'NAME="{TAG}-mkfs{fs}-{r}"\n'
+                             f'TYPE="DATABLOCK"\nSIZE="1024"{extra}', 1)
+                assert res[0], res
+                wait_ready(c, res[1])
+                times.append(time.perf_counter() - t0)
+            line(f"1 GiB empty datablock {fs or 'raw'} (mkfs)", "keep", times)
+        c.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
