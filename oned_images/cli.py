@@ -254,6 +254,9 @@ def _serve(config, port_file: str | None) -> None:
 
     Path(config.var_location).mkdir(parents=True, exist_ok=True)
     observer = start_logging(config.log_system, config.log_file, config.log_debug_level)
+    from oned_images.memory import keep_large_buffers_off_the_heap
+
+    keep_large_buffers_off_the_heap()
     daemon = Daemon(reactor, config, port_file=port_file)
     daemon.observer = observer
     # logrotate: SIGHUP reopens oned.log (on the reactor, not inside a write).

@@ -208,7 +208,14 @@ class OnedLogObserver:
         log.info("Log file {path} reopened", path=self.path)
 
 
+#: whether debug lines reach the log (DEBUG_LEVEL 3 and up): the call log skips building
+#: the two lines of every call (parameters, masked result) that the filter would drop.
+debug_enabled = True
+
+
 def start_logging(system: str, path: str, level: int) -> OnedLogObserver:
+    global debug_enabled
+    debug_enabled = LEVELS.get(level, LogLevel.debug) <= LogLevel.debug
     if system == "std":
         observer = OnedLogObserver(sys.stderr, flush_each=True)
     else:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import peewee
 
 from oned_images.domain.permissions import Caller, Op, acl_grants_all, acl_visible_terms
-from oned_images.store.models import PoolObject
+from oned_images.store.compiled import Compiled
+from oned_images.store.models import PoolObject, database_proxy
 from oned_images.xmldoc.served import rpc_bytes
 
 
@@ -53,13 +54,33 @@ def served_body(body: str, served: str | bytes | None) -> bytes:
     return served.encode("utf-8") if isinstance(served, str) else bytes(served)
 
 
+def _info_fields(T: type[PoolObject]) -> tuple:
+    return (T.body, T.body_rpc, T.uid, T.gid, T.owner_u, T.group_u, T.other_u)
+
+
+#: per pool model: its info query, compiled once (store/compiled.py: peewee's query
+#: building cost 30 times what SQLite takes to run it).
+_INFO: dict[type[PoolObject], Compiled] = {}
+
+
 def info_row(oid: int, T: type[PoolObject]):
     """(served body, uid, gid, owner_u, group_u, other_u) of one row, or None."""
-    row = (T.select(T.body, T.body_rpc, T.uid, T.gid, T.owner_u, T.group_u, T.other_u)
-           .where(T.oid == oid).tuples().first())
+    query = _INFO.get(T)
+    if query is None:
+        query = _INFO[T] = Compiled(lambda marker: T.select(*_info_fields(T))
+                                    .where(T.oid == marker).limit(1), -(2**62) + 7)
+    row = query.first(oid)
     if row is None:
         return None
+    row = [f.python_value(v) for f, v in zip(_info_fields(T), row, strict=True)]
     return (served_body(row[0], row[1]), *row[2:])
+
+
+def _rows(query: peewee.Query) -> list[tuple]:
+    """The query's rows as the driver returns them: its columns (oid, body_rpc) need
+    no conversion, and peewee's cursor wrapper adds a Python step per row (10,000
+    rows in memory: 87-120 ms through .tuples(), 26-58 ms straight)."""
+    return database_proxy.obj.execute_sql(*query.sql()).fetchall()
 
 
 def pool_bodies(where, desc: bool, start: int, end: int,
@@ -84,15 +105,15 @@ def pool_bodies(where, desc: bool, start: int, end: int,
         if offset > 0:
             # Skip rows on the id alone, then read only the page's bodies: a deep page
             # does not walk the bodies it skips.
-            ids = [r[0] for r in query.clone().select(T.oid).limit(limit).offset(offset)
-                   .tuples()]
+            ids = [r[0] for r in _rows(query.clone().select(T.oid).limit(limit)
+                                       .offset(offset))]
             if not ids:
                 return []
             query = (T.select(T.body_rpc).where(T.oid.in_(ids))
                      .order_by(T.oid.desc() if desc else T.oid.asc()))
         else:
             query = query.limit(limit)
-    rows = [r[0] for r in query.tuples()]
+    rows = [r[0] for r in _rows(query)]
     if any(r is None for r in rows):
         # Rare: rows without the escaped copy; fetch their bodies by position.
         bodies = [r[0] for r in query.clone().select(T.body).tuples()]

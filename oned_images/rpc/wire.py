@@ -70,7 +70,8 @@ def parse_call(body: bytes) -> tuple[str, list]:
     so memory follows the values, not the element tree, and nothing recurses.
     """
     try:
-        return _parse(body)
+        fast = _fast(body)
+        return fast if fast is not None else _parse(body)
     except _Bad as exc:
         raise Fault(-503, _PREFIX + str(exc)) from None
     except Fault:
@@ -78,6 +79,47 @@ def parse_call(body: bytes) -> tuple[str, list]:
     except Exception as exc:  # noqa: BLE001 — whatever a body does, the reply is a fault
         log.failure("Parsing a call failed unexpectedly")  # a bug here, not in the body
         raise Fault(-503, _PREFIX + type(exc).__name__) from None
+
+
+_WS = rb"[ \t\n]*"
+_KINDS = rb"string|int|i4|i8|boolean"
+#: a character of a scalar's text that needs no XML processing (no markup, entity,
+#: CR or control character: each of those takes the full parser).
+_PLAIN = rb"[^<>&\r\x00-\x08\x0b\x0c\x0e-\x1f]*"
+_VALUE = rb"<value><(" + _KINDS + rb")>(" + _PLAIN + rb")</\1></value>"
+_FAST = re.compile(
+    rb"(?:<\?xml version=(?:\"1\.0\"|'1\.0')(?: encoding=(?:\"[Uu][Tt][Ff]-8\"|'[Uu][Tt][Ff]-8'))?"
+    rb" ?\?>" + _WS + rb")?<methodCall>" + _WS + rb"<methodName>([A-Za-z0-9_.]+)</methodName>"
+    + _WS + rb"(?:<params>(" + _WS + rb"(?:<param>" + _WS + rb"<value><(?:" + _KINDS + rb")>"
+    + _PLAIN + rb"</(?:" + _KINDS + rb")></value>" + _WS + rb"</param>" + _WS + rb")*)</params>"
+    + _WS + rb")?</methodCall>" + _WS)
+_FAST_VALUE = re.compile(_VALUE)
+
+
+def _fast(body: bytes) -> tuple[str, list] | None:
+    """The call of a plain body (what pyone, the Ruby CLI and Sunstone send: scalar
+    parameters, no entity, comment or attribute), read with two regular expressions;
+    None for any other body, which the full parser reads.  Where it answers, the
+    answer is the full parser's: the same values from the same _scalar, the same
+    fault for the first bad scalar (a plain body has no other fault to come first)."""
+    match = _FAST.fullmatch(body)
+    if match is None:
+        return None
+    block = match.group(2) or b""
+    values = list(_FAST_VALUE.finditer(block))
+    if len(values) != block.count(b"<param>"):
+        return None  # <int>1</string>: not well-formed, the full parser says how
+    params = []
+    for value in values:
+        kind, raw = value.group(1), value.group(2)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if "\ufffe" in text or "\uffff" in text:
+            return None
+        params.append(_scalar(kind.decode(), text))
+    return match.group(1).decode(), params
 
 
 def _parse(body: bytes) -> tuple[str, list]:

@@ -155,3 +155,58 @@ def test_a_million_levels_fail_fast_and_without_recursion():
     started = time.monotonic()
     assert fault_of(body) == (-503, P + "Nested data structure too deep.")
     assert time.monotonic() - started < 5
+
+
+# --- the fast path of plain bodies (wire._fast) answers exactly as the full parser
+
+def _outcome(parse, body: bytes):
+    try:
+        return ("ok", parse(body))
+    except wire._Bad as exc:
+        return ("fault", str(exc))
+
+
+PLAIN_VALUES = [
+    "<string>oneadmin:pw</string>", "<string></string>", "<string>a b \u00e9 \u4e2d</string>",
+    "<int>5</int>", "<i4>-1</i4>", "<int>+7</int>", "<int> 5</int>", "<int>5x</int>",
+    "<int>99999999999</int>", "<int></int>", "<i8>-1</i8>", "<i8>9223372036854775808</i8>",
+    "<boolean>1</boolean>", "<boolean>0</boolean>", "<boolean>true</boolean>",
+    "<string>tab\there</string>", "<string>a\nb</string>",
+]
+OTHER_BODIES = [
+    call(param("<int>1</string>")), call(param("<string>a&amp;b</string>")),
+    call(param("<string>a\rb</string>")), call(param("<string>a\x01b</string>")),
+    call(param("<string>]]></string>")), call(param("<double>1.5</double>")),
+    call(param("plain")), call(param("<string>a</string><string>b</string>")),
+    call(param("<array><data><value><i4>1</i4></value></data></array>")),
+    b"<?xml version='1.0' encoding='ISO-8859-1'?><methodCall><methodName>x</methodName>"
+    b"</methodCall>",
+    b"<methodCall><methodName>one.system.version</methodName></methodCall>",
+    b'<?xml version="1.0" ?><methodCall><methodName>a.b</methodName><params></params>'
+    b"</methodCall>\n",
+    b"<methodCall><methodName>x</methodName></methodCall>junk",
+    b"<methodCall><methodName>x</methodName><params><param><value><string>\xff</string>"
+    b"</value></param></params></methodCall>",
+    call(param("<string>\ufffe</string>")),
+]
+
+
+@pytest.mark.parametrize("value", PLAIN_VALUES)
+def test_plain_bodies_take_the_fast_path_with_the_full_parsers_answer(value):
+    for body in (call(param(value)), call(param("<string>s:p</string>") + param(value))):
+        assert _outcome(wire._fast, body) == _outcome(wire._parse, body), body
+    # white space inside <value> takes the full parser
+    body = call(param(value)).replace(b"><", b">\n<")
+    assert _outcome(wire._fast, body) in (("ok", None), _outcome(wire._parse, body))
+
+
+@pytest.mark.parametrize("body", OTHER_BODIES)
+def test_other_bodies_get_the_full_parsers_answer(body):
+    fast = _outcome(wire._fast, body)
+    assert fast == ("ok", None) or fast == _outcome(wire._parse, body), body
+    full = _outcome(wire._parse, body)
+    try:
+        got = ("ok", wire.parse_call(body))
+    except Fault as fault:
+        got = ("fault", fault.text.removeprefix(P))
+    assert got == full, body
