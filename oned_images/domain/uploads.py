@@ -15,6 +15,7 @@ same rules after a restart.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ def _one_error(exc: errors.OneError, caller: Caller) -> Refused:
     return Refused(status, text)
 
 
+#: characters outside XML 1.0's Char production (\t, \n and \r are allowed)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def parse_metadata(header: str) -> dict[str, str]:
     """tus Upload-Metadata: "key base64value, key2 base64value2" (a value may be absent)."""
     out: dict[str, str] = {}
@@ -75,6 +80,11 @@ def parse_metadata(header: str) -> dict[str, str]:
         except (ValueError, UnicodeDecodeError):
             raise Refused(400, f"Upload-Metadata value of {key!r} is not base64 of UTF-8 "
                           "text") from None
+        if _NOT_XML.search(out[key]):
+            # what XML-RPC cannot carry must not reach a template: the image document
+            # would stop being XML
+            raise Refused(400, f"Upload-Metadata value of {key!r} holds a character XML "
+                          "cannot carry (a control character, U+FFFE or U+FFFF)")
     unknown = sorted(set(out) - set(METADATA))
     if unknown:
         raise Refused(400, f"Unknown Upload-Metadata key {unknown[0]!r}; known keys: "

@@ -397,7 +397,10 @@ def test_to_text_round_trip(items: list[tuple[str, object]]) -> None:
     assert Template.parse(t.to_text(), replace_mode=False) == t
 
 
-XML_VALUES = st.text(st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("\t\n"),
+# XML 1.0 cannot carry U+FFFE/U+FFFF (nor Cs/Cc): no XML-RPC string, so no template, holds them
+XML_VALUES = st.text(st.characters(blacklist_categories=("Cs", "Cc"),
+                                   blacklist_characters="\ufffe\uffff")
+                     | st.sampled_from("\t\n"),
                      max_size=30).filter(lambda v: "]]>" not in v)
 
 

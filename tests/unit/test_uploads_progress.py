@@ -49,3 +49,13 @@ def test_progress_lines_and_records():
     assert list(prog.snapshot({8})) == ["8"]
     prog.end(7)
     assert list(prog.snapshot()) == ["8"]
+
+
+@pytest.mark.parametrize("text", ["a\ufffeb", "x\uffff", "nul\x00", "esc\x1b[31m"])
+def test_metadata_xml_cannot_carry_is_refused(text):
+    header = "name " + base64.b64encode(text.encode("utf-8", "surrogatepass")).decode()
+    with pytest.raises(Refused) as exc:
+        parse_metadata(header)
+    assert (exc.value.status, str(exc.value)) == (
+        400, "Upload-Metadata value of 'name' holds a character XML cannot carry (a control "
+             "character, U+FFFE or U+FFFF)")
