@@ -185,10 +185,13 @@ echo "$dst raw"
 
 
 def test_kill9_during_copies_then_restart_reconciles(tmp_path, fresh_daemon):
+    # a pause no other run of this test on the machine uses: the check below looks at
+    # every process of the machine
+    pause = f"30.{os.getpid()}"
     base = tmp_path / "store"
     base.mkdir()
     remotes = make_remotes(tmp_path / "remotes", {"slow": {
-        "cp": SLOW_CP.format(base=base, pause=30), "monitor": MONITOR, "stat": STAT,
+        "cp": SLOW_CP.format(base=base, pause=pause), "monitor": MONITOR, "stat": STAT,
         "rm": "#!/bin/sh\ncat >/dev/null\nexit 0\n"}})
     d = fresh_daemon(driver_config(remotes, "-t 15 -d dummy,fs,slow"))
     one = d.client()
@@ -202,7 +205,7 @@ def test_kill9_during_copies_then_restart_reconciles(tmp_path, fresh_daemon):
     d.start()
     one = d.client()
     assert not processes_with(str(remotes / "datastore" / "slow" / "cp")) or \
-        wait_for(lambda: len(processes_with("sleep 30")) == 0, timeout=10)
+        wait_for(lambda: len(processes_with(f"sleep {pause}")) == 0, timeout=10)
     wait_states(one, ids)
     imgs = [one.image.info(i) for i in ids]
     assert [i.STATE for i in imgs] == [1] * 5
