@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
-from oned_images.domain.identity import Identity, group_auth, user_auth
+from oned_images.domain.identity import Identity
 from oned_images.domain.names import name_error
-from oned_images.domain.ownership import chmod_plan
+from oned_images.domain.ownership import chmod_plan, chown_plan
 from oned_images.domain.permissions import (
     AuthRequest,
     Caller,
@@ -353,17 +353,8 @@ class Datastores:
         user = self.identity.user(uid) if uid > -1 else None
         group = self.identity.group(gid) if gid > -1 else None
         ds = await self.get(oid)
-        if user is not None and user.id == ds.uid:
-            user = None
-        if group is not None and group.id == ds.gid:
-            group = None
-        req = AuthRequest(caller, self.identity.acl)
-        req.add(Op.MANAGE, ds_auth(ds))
-        if user is not None:
-            req.add(Op.MANAGE, user_auth(user))
-        if group is not None:
-            req.add(Op.USE, group_auth(group))
-        req.check()
+        user, group = chown_plan(AuthRequest(caller, self.identity.acl), ds_auth(ds), ds.uid,
+                                 ds.gid, user, group)
 
         def txn() -> None:
             current = read_ds(oid, lock=True)

@@ -26,9 +26,9 @@ from oned_images.domain import driver_replies as replies
 from oned_images.domain import locks, quotas
 from oned_images.domain import snapshots as snap
 from oned_images.domain.datastores import Datastores, read_ds, write_ds
-from oned_images.domain.identity import Identity, group_auth, user_auth
+from oned_images.domain.identity import Identity
 from oned_images.domain.names import name_error
-from oned_images.domain.ownership import chmod_plan
+from oned_images.domain.ownership import chmod_plan, chown_plan
 from oned_images.domain.permissions import (
     AuthRequest,
     Caller,
@@ -916,15 +916,8 @@ class ImageManager:
         group = self.identity.group(gid) if gid > -1 else None
 
         def apply(caller: Caller, img: Image) -> None:
-            new_user = user if user is not None and user.id != img.uid else None
-            new_group = group if group is not None and group.id != img.gid else None
-            req = self._auth(caller)
-            req.add(Op.MANAGE, image_auth(img))
-            if new_user is not None:
-                req.add(Op.MANAGE, user_auth(new_user))
-            if new_group is not None:
-                req.add(Op.USE, group_auth(new_group))
-            req.check()
+            new_user, new_group = chown_plan(self._auth(caller), image_auth(img), img.uid,
+                                             img.gid, user, group)
             old_owner = (img.uid, img.gid)
             if new_user is not None:
                 other = pools.oid_by_name(ImageRow, img.name, new_user.id)

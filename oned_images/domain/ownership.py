@@ -1,10 +1,11 @@
-"""chmod and chown rules shared by images and datastores (api.md §2.8-2.9)."""
+"""chmod and chown rules shared by images, datastores and templates (api.md §2.8-2.9)."""
 
 from __future__ import annotations
 
 from oned_images import errors
+from oned_images.domain.identity import group_auth, user_auth
 from oned_images.domain.permissions import AuthRequest, Caller, ObjectAuth, Op
-from oned_images.model.objects import Permissions
+from oned_images.model.objects import Group, Permissions, User
 
 
 def chmod_plan(caller: Caller, auth: AuthRequest, obj: ObjectAuth, current: Permissions,
@@ -28,3 +29,21 @@ def chmod_plan(caller: Caller, auth: AuthRequest, obj: ObjectAuth, current: Perm
         raise errors.internal("New permission values must be -1, 0 or 1")
     bits = [cur if v == -1 else v for cur, v in zip(current.bits, vals, strict=True)]
     return Permissions(bits)
+
+
+def chown_plan(auth: AuthRequest, obj: ObjectAuth, uid: int, gid: int, user: User | None,
+               group: Group | None) -> tuple[User | None, Group | None]:
+    """Check a chown request; returns the new owner and group, None where nothing changes.
+
+    oned asks MANAGE on the object, MANAGE on a new owner and USE on a new group; a
+    "new" owner or group equal to the current one is no change and asks nothing.
+    """
+    new_user = user if user is not None and user.id != uid else None
+    new_group = group if group is not None and group.id != gid else None
+    auth.add(Op.MANAGE, obj)
+    if new_user is not None:
+        auth.add(Op.MANAGE, user_auth(new_user))
+    if new_group is not None:
+        auth.add(Op.USE, group_auth(new_group))
+    auth.check()
+    return new_user, new_group

@@ -20,10 +20,10 @@ from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import locks
 from oned_images.domain.disks import datastore_disk_attribute, image_disk_attribute
-from oned_images.domain.identity import Identity, group_auth, user_auth
+from oned_images.domain.identity import Identity
 from oned_images.domain.images import image_auth
 from oned_images.domain.names import name_error
-from oned_images.domain.ownership import chmod_plan
+from oned_images.domain.ownership import chmod_plan, chown_plan
 from oned_images.domain.permissions import (
     AuthRequest,
     Caller,
@@ -358,15 +358,8 @@ class Templates:
         group = self.identity.group(gid) if gid > -1 else None
 
         def apply(t: VmTemplate) -> None:
-            new_user = user if user is not None and user.id != t.uid else None
-            new_group = group if group is not None and group.id != t.gid else None
-            req = self._auth(caller)
-            req.add(Op.MANAGE, template_auth(t))
-            if new_user is not None:
-                req.add(Op.MANAGE, user_auth(new_user))
-            if new_group is not None:
-                req.add(Op.USE, group_auth(new_group))
-            req.check()
+            new_user, new_group = chown_plan(self._auth(caller), template_auth(t), t.uid,
+                                             t.gid, user, group)
             if new_user is not None:
                 other = pools.oid_by_name(TemplateRow, t.name, new_user.id)
                 if other is not None:
