@@ -21,6 +21,7 @@ from oned_images import errors, logs
 from oned_images.logs import MASK, redact
 from oned_images.metrics import UNKNOWN_METHOD
 from oned_images.rpc import uploads, wire
+from oned_images.rpc.bodies import NullBody
 from oned_images.rpc.limits import ConnectionLimits, DeadlineProtocol, Limits
 from oned_images.rpc.metrics import METRICS_PATH
 from oned_images.rpc.registry import TABLE, Method
@@ -32,25 +33,6 @@ RPC_PATH = b"/RPC2"
 #: bodies above this size are parsed on a thread, not on the reactor.
 PARSE_IN_THREAD = 256 * 1024
 _request_ids = itertools.count(1)
-
-
-class _Discard:
-    """A sink for the body of a request we already refused."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def seek(self, *args: Any) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return 0
-
-    def read(self, *args: Any) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
 
 
 class RpcRequest(server.Request):
@@ -74,7 +56,7 @@ class RpcRequest(server.Request):
             return
         if length is not None and length > self.max_body:
             self.too_large = length
-            self.content = _Discard()  # type: ignore[assignment]
+            self.content = NullBody()  # type: ignore[assignment]  # refused: dropped
             return
         super().gotLength(length)
 

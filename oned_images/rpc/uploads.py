@@ -32,6 +32,7 @@ from twisted.web import resource, server
 
 from oned_images import errors
 from oned_images.domain.uploads import Refused
+from oned_images.rpc.bodies import NullBody
 from oned_images.store.staging import ID, Writer
 
 log = Logger(namespace="UpM")
@@ -136,7 +137,7 @@ class BodyState:
     lost: bool = False
 
 
-class _Sink:
+class _Sink(NullBody):
     """request.content of an upload request: chunks to the writer (or held, or dropped)."""
 
     def __init__(self, state: BodyState) -> None:
@@ -148,18 +149,6 @@ class _Sink:
             st.writer.write(data)
         elif st.creating is not None and st.refused is None:
             st.early.append(data)
-
-    def seek(self, *args: Any) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return 0
-
-    def read(self, *args: Any) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
 
 
 def _transport(request: Any):
@@ -258,7 +247,9 @@ async def _settle(app: Any, st: BodyState) -> tuple[bool, str | None]:
     return keep, why
 
 
-class UploadResource(resource.Resource):
+class _AsyncResource(resource.Resource):
+    """A resource answered by ``_answer`` (a coroutine); whatever escapes it is a 500."""
+
     isLeaf = True
 
     def __init__(self, app: Any) -> None:
@@ -267,9 +258,15 @@ class UploadResource(resource.Resource):
 
     def render(self, request: server.Request) -> int:
         d = defer.ensureDeferred(self._answer(request))
-        d.addErrback(self._failed, request)
+        d.addErrback(UploadResource._failed, request)
         request.notifyFinish().addErrback(lambda _: None)
         return server.NOT_DONE_YET
+
+    async def _answer(self, request: server.Request) -> None:
+        raise NotImplementedError
+
+
+class UploadResource(_AsyncResource):
 
     def _expires(self, upload: Any) -> bytes:
         return formatdate(self.app.uploads.expires(upload), usegmt=True).encode()
@@ -378,21 +375,9 @@ class UploadResource(resource.Resource):
         UploadResource._end(request, 500, "Internal error")
 
 
-class ProgressResource(resource.Resource):
+class ProgressResource(_AsyncResource):
     """GET /api/progress: {"<image id>": {"action", "done", "total", "rate", "eta"}} of
     the images being copied that the caller may USE (rate bytes/s, eta seconds)."""
-
-    isLeaf = True
-
-    def __init__(self, app: Any) -> None:
-        super().__init__()
-        self.app = app
-
-    def render(self, request: server.Request) -> int:
-        d = defer.ensureDeferred(self._answer(request))
-        d.addErrback(UploadResource._failed, request)
-        request.notifyFinish().addErrback(lambda _: None)
-        return server.NOT_DONE_YET
 
     async def _answer(self, request: server.Request) -> None:
         try:
