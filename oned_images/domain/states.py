@@ -69,6 +69,16 @@ def _in_use(running_vms: int, persistent: int) -> ImageState:
     return S.READY
 
 
+def _released(ctx: dict, free: ImageState, held: ImageState, persistent: bool) -> ImageState:
+    """ImageManager::release_image: the last VM gone (and, for a non-persistent image,
+    no clone running) frees the image; a persistent one that a failed VM held is ERROR."""
+    if persistent and ctx.get("failed"):
+        return S.ERROR
+    if ctx["running_vms"] > 0 or (not persistent and ctx.get("cloning_ops", 0) > 0):
+        return held
+    return free
+
+
 # event -> {from state -> to state | "same" | callable(ctx) -> state}
 TRANSITIONS: dict[str, dict[ImageState, object]] = {
     "register_source": {S.INIT: S.READY},
@@ -99,6 +109,24 @@ TRANSITIONS: dict[str, dict[ImageState, object]] = {
         S.DELETE: S.DELETE, S.LOCKED: S.DELETE,
     },
     "rm_failure": {S.DELETE: S.ERROR},
+    # A VM takes the image (vms.md §1.2); the refusals (type, persistent in use, locked
+    # on attach, other states) are decided by domain/vm_disks.py before this is consulted.
+    "acquire": {
+        S.READY: lambda ctx: S.USED_PERS if ctx["persistent"] else S.USED,
+        S.USED: "same",
+        S.USED_PERS: "same",
+        S.LOCKED: lambda ctx: S.LOCKED_USED_PERS if ctx["persistent"] else S.LOCKED_USED,
+        S.LOCKED_USED: "same",
+        S.LOCKED_USED_PERS: "same",
+    },
+    # A VM lets it go (vms.md §1.4), ``running_vms`` counted after the VM left VMS;
+    # ``failed`` only matters to persistent images (USED ignores it).
+    "release": {
+        S.USED_PERS: lambda ctx: _released(ctx, S.READY, S.USED_PERS, True),
+        S.LOCKED_USED_PERS: lambda ctx: _released(ctx, S.LOCKED, S.LOCKED_USED_PERS, True),
+        S.USED: lambda ctx: _released(ctx, S.READY, S.USED, False),
+        S.LOCKED_USED: lambda ctx: _released(ctx, S.LOCKED, S.LOCKED_USED, False),
+    },
 }
 
 
