@@ -166,3 +166,24 @@ def test_released_image_is_usable_again(daemon, used):
     assert ok(daemon, "one.image.persistent", used["free"], True) == used["free"]
     assert ok(daemon, "one.image.enable", used["free"], False) == used["free"]
     assert num(info(daemon, used["free"]), "STATE") == 3
+
+
+def test_image_only_vms_use_is_an_orphan(daemon, used):
+    """``oneimage orphans`` reads imagepool and templatepool only (vms.md §4.10): an image
+    that VMs use but no template names is an orphan, as with the Ruby CLI against oned;
+    one named by a template's IMAGE_ID is not."""
+    import re
+
+    from oned_images.domain.templates import orphan_check_refs
+
+    ok(daemon, "one.template.allocate", f'NAME="uses-np"\nDISK=[IMAGE_ID="{used["np"]}"]')
+    images = ok(daemon, "one.imagepool.info", -2, -1, -1)
+    bodies = re.findall(r"<VMTEMPLATE>.*?</VMTEMPLATE>",
+                        ok(daemon, "one.templatepool.info", -2, -1, -1))
+    ids, pairs = orphan_check_refs(bodies)
+    orphans = [int(i) for i, uname, name, itype in re.findall(
+        r"<IMAGE><ID>(\d+)</ID><UID>\d+</UID><GID>\d+</GID><UNAME>([^<]*)</UNAME>"
+        r"<GNAME>[^<]*</GNAME><NAME>([^<]*)</NAME>.*?<TYPE>(\d+)</TYPE>", images)
+        if itype != "6" and int(i) not in ids and (name, uname) not in pairs]
+    assert used["np2"] in orphans and used["p"] in orphans  # only VMs use them
+    assert used["np"] not in orphans
