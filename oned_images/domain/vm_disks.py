@@ -542,7 +542,10 @@ def release_disks(vm_id: int, tmpl: Template, *, failed: bool,
     is the image's own, unchanged while the VM held it.  A disk without a list (or with
     PERSISTENT_SNAPSHOTS=NO) clears the image's (``<SNAPSHOTS></SNAPSHOTS>``, QUIRK).
     Datastore quotas of SELF disks are the VM core's, with the rest of its quotas."""
-    for disk in _disks(tmpl):
+    disks = _disks(tmpl)
+    for iid in sorted({i for d in disks if (i := _vector_int(d.get("IMAGE_ID"))) is not None}):
+        pools.body(ImageRow, iid, lock=True)  # the order acquire locks in: no deadlock
+    for disk in disks:
         iid = _vector_int(disk.get("IMAGE_ID"))
         if iid is None:
             continue
