@@ -4,6 +4,8 @@ resolves to, and bison's syntax-error texts with flex's locations (vms.md §3.1)
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oned_images.domain.file_vars import FileVarError, parse_file_refs
 
@@ -46,3 +48,16 @@ def test_semantic_error_of_the_first_reference_comes_first():
     with pytest.raises(FileVarError) as info:
         parse_file_refs("$FILE[IMAGE_ID=1]$FILE[", resolve)
     assert info.value.message == "no such image"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='$FILEIMAGE_ID=,[] "\\\n\tab1-é', max_size=40))
+def test_any_value_parses_or_gets_a_message(value):
+    """Whatever a template holds, the parser ends with references or oned's error text
+    (never another exception, never a loop)."""
+    try:
+        out = refs(value)
+    except FileVarError as exc:
+        assert exc.message
+    else:
+        assert out and all(r[0] for r in out)
