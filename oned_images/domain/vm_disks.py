@@ -590,3 +590,38 @@ def disk_snapshots_xml(tmpl: Template) -> str:
         copy.set("DISK_ID", disk.get("DISK_ID", ""))
         out.append(copy.to_xml("SNAPSHOTS"))
     return "".join(out)
+
+
+# ------------------------------------------------------------------ CLONING VMs
+def cloning_check(tmpl: Template) -> str:
+    """LifeCycleManager::trigger_disk_lock_success's question for a CLONING VM (vms.md
+    §5.3 step 7), asked when one of its images leaves LOCKED_USED(_PERS): ``"ready"``
+    when every image of a CLONING=YES DISK is USED/USED_PERS (then call
+    :func:`clear_cloning` for each), ``"failed"`` when one is ERROR (CLONING_FAILURE),
+    else ``"cloning"``.  Runs inside a DB transaction."""
+    states = []
+    for disk in _disks(tmpl):
+        if (disk.get("CLONING") or "").upper() != "YES":
+            continue
+        iid = _vector_int(disk.get("IMAGE_ID"))
+        img = _image(iid) if iid is not None else None
+        states.append(S(img.state) if img is not None else S.ERROR)
+    if any(s == S.ERROR for s in states):
+        return "failed"
+    if all(s in (S.USED, S.USED_PERS) for s in states):
+        return "ready"
+    return "cloning"
+
+
+def clear_cloning(tmpl: Template, img: Image) -> None:
+    """VirtualMachineDisks::clear_cloning_image_id: the first DISK of ``img`` loses
+    CLONING and gets its SOURCE and, when known, DRIVER/FORMAT; IMAGE_STATE is not
+    refreshed (verified on oned 7.0.2: it stays 9)."""
+    for disk in _disks(tmpl):
+        if _vector_int(disk.get("IMAGE_ID")) == img.id:
+            disk.pop("CLONING", None)
+            disk["SOURCE"] = img.source
+            if img.format:
+                disk["DRIVER"] = img.format
+                disk["FORMAT"] = img.format
+            return

@@ -660,3 +660,50 @@ def test_concurrent_acquires_of_a_persistent_image(db):
                for k, v in results.items() if k not in winners)
     img = image(db, 0)
     assert (img.state, img.vms, img.running_vms) == (S.USED_PERS, winners, 1)
+
+
+def test_cloning_vm_disks_after_the_copy(db):
+    """vms.md §5.3 step 7: a DISK acquired LOCKED is CLONING with no SOURCE; when the copy
+    ends the VM core asks cloning_check and refreshes the DISK with clear_cloning."""
+    from oned_images.domain import driver_replies as replies
+    from oned_images.driver.parse import DriverResult
+
+    oid = add_image(db, "copying", state=S.LOCKED, fmt="")
+
+    def empty_source() -> None:
+        img = read_image(oid)
+        img.source = ""
+        write_image(img)
+
+    db.run_sync(empty_source)
+    tmpl, _ = acquire(db, 4, 'DISK=[IMAGE_ID="0"]\nDISK=[TYPE="swap",SIZE="1"]')
+    d = disk(tmpl)
+    assert (d["CLONING"], d["SOURCE"], d["IMAGE_STATE"]) == ("YES", "", "9")
+    assert "DRIVER" not in d and "FORMAT" not in d
+    assert db.run_sync(vm_disks.cloning_check, tmpl) == "cloning"
+
+    def copy(ok: bool) -> None:
+        img = read_image(oid)
+        replies.copy_done(img, DriverResult("cp", oid, 0 if ok else 1,
+                                            "/ds/1/abc qcow2\n" if ok else "", ""), "cp")
+        write_image(img)
+
+    db.run_sync(copy, True)
+    assert db.run_sync(vm_disks.cloning_check, tmpl) == "ready"
+    vm_disks.clear_cloning(tmpl, image(db, oid))
+    d = disk(tmpl)
+    assert "CLONING" not in d
+    assert (d["SOURCE"], d["DRIVER"], d["FORMAT"], d["IMAGE_STATE"]) == (
+        "/ds/1/abc", "qcow2", "qcow2", "9")
+    other, _ = acquire(db, 5, 'DISK=[IMAGE_ID="0"]')  # USED now: no CLONING
+    assert "CLONING" not in disk(other)
+    add_image(db, "failing", state=S.LOCKED)
+    t2, _ = acquire(db, 6, 'DISK=[IMAGE_ID="1"]')
+
+    def fail() -> None:
+        img = read_image(1)
+        replies.copy_done(img, DriverResult("cp", 1, 1, "", "x", error="x"), "cp")
+        write_image(img)
+
+    db.run_sync(fail)
+    assert db.run_sync(vm_disks.cloning_check, t2) == "failed"
