@@ -333,10 +333,11 @@ function ImageRow({ image, progress, act, onAsk, onDetails }) {
       <td class="image-persistent">{image.persistent ? "yes" : "no"}</td>
       <td class="image-state">
         <span class={`state state-${image.state}`}>{image.state}</span>
-        {p && p.total > 0 && (
+        {p && (
           <span class="copy-progress">
-            <progress max={p.total} value={p.done} />
-            {p.action} {humanBytes(p.done)}/{humanBytes(p.total)}
+            {/* total 0: the driver does not know it (mkfs): an indeterminate bar */}
+            {p.total > 0 ? <progress max={p.total} value={p.done} /> : <progress />}
+            {p.action} {humanBytes(p.done)}{p.total > 0 ? `/${humanBytes(p.total)}` : ""}
             {p.eta != null ? ` · ${Math.round(p.eta)} s left` : ""}
           </span>
         )}
