@@ -21,6 +21,8 @@ import "./style.css";
 const SESSION_KEY = "oned-images.session";
 const SESSION_SECONDS = 8 * 3600;
 const REFRESH_MS = 3000;
+/** oned's AUTHENTICATION error code: the token expired or was revoked */
+const AUTHENTICATION = 256;
 
 function loadSession() {
   try {
@@ -39,10 +41,10 @@ function message(err) {
   return String((err && err.message) || err);
 }
 
-function SignIn({ onSignedIn }) {
+function SignIn({ onSignedIn, reason }) {
   const [user, setUser] = useState("");
   const [password, setPassword] = useState("");
-  const [error, setError] = useState("");
+  const [error, setError] = useState(reason || "");
   const [busy, setBusy] = useState(false);
   const submit = async (e) => {
     e.preventDefault();
@@ -370,7 +372,7 @@ function ImageRow({ image, progress, act, onAsk, onDetails }) {
   );
 }
 
-function Images({ session, onSignOut }) {
+function Images({ session, onSignOut, onExpired }) {
   const [images, setImages] = useState(null);
   const [datastores, setDatastores] = useState([]);
   const [progress, setProgress] = useState({});
@@ -394,7 +396,8 @@ function Images({ session, onSignOut }) {
         setProgress({});
       }
     } catch (err) {
-      setError(message(err));
+      if (err.code === AUTHENTICATION) onExpired(message(err));
+      else setError(message(err));
     }
   }, [session]);
 
@@ -491,6 +494,12 @@ function Images({ session, onSignOut }) {
 
 function App() {
   const [session, setSession] = useState(loadSession);
+  const [reason, setReason] = useState("");
+  const expired = (text) => {
+    sessionStorage.removeItem(SESSION_KEY);
+    setReason(text);
+    setSession(null);
+  };
   const signOut = async () => {
     const s = session;
     sessionStorage.removeItem(SESSION_KEY);
@@ -499,8 +508,8 @@ function App() {
     await call("one.user.login", secret(s), s.user, s.token, 0, -1).catch(() => {});
   };
   return session
-    ? <Images session={session} onSignOut={signOut} />
-    : <SignIn onSignedIn={setSession} />;
+    ? <Images session={session} onSignOut={signOut} onExpired={expired} />
+    : <SignIn onSignedIn={(s) => { setReason(""); setSession(s); }} reason={reason} />;
 }
 
 render(<App />, document.getElementById("app"));
