@@ -26,8 +26,9 @@ import subprocess
 import sys
 import threading
 
-import image_source
-from image_source import Meter
+sys.dont_write_bytecode = True   # no __pycache__ in the driver tree (often read-only)
+import image_source  # noqa: E402  (this directory: the script's own)
+from image_source import Meter  # noqa: E402
 
 POLL = 0.1
 #: qemu-img convert -p writes "    (12.34/100%)\r"
