@@ -31,6 +31,8 @@ def shipped(name: str) -> Path:
 
 DEFAULT_CONFIG_FILE = shipped("etc/oned-images.conf")
 SHIPPED_DRIVERS = shipped("drivers")
+#: the built Images page (web/dist, README "The Images page")
+WEB_ROOT = shipped("web/dist")
 SYSTEM_CONFIG_FILE = Path("/etc/one/oned-images.conf")
 
 
@@ -189,6 +191,8 @@ class DaemonConfig:
     upload_user_mb: int = 65536
     upload_total_mb: int = 262144
     upload_expiration: int = 86400
+    #: the Images page at / (rpc/web.py); NO: / answers as before (405/404).
+    web_page: bool = True
     source_file: str = ""
     #: why source_file was read (--config, $ONE_LOCATION, /etc/one, packaged default).
     source_why: str = ""
@@ -245,6 +249,7 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "UPLOAD_USER_MB": ("upload_user_mb", _positive),
     "UPLOAD_TOTAL_MB": ("upload_total_mb", _positive),
     "UPLOAD_EXPIRATION": ("upload_expiration", _positive),
+    "WEB_PAGE": ("web_page", _yes_no),
 }
 MULTI = ("IMAGE_RESTRICTED_ATTR",)
 

@@ -19,7 +19,7 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from oned_images.config import DaemonConfig
+from oned_images.config import WEB_ROOT, DaemonConfig
 from oned_images.domain.clusters import Clusters
 from oned_images.domain.datastores import Datastores, bootstrap_datastores
 from oned_images.domain.hosts import Hosts
@@ -34,6 +34,7 @@ from oned_images.metrics import Metrics
 from oned_images.rpc.metrics import MetricsResource
 from oned_images.rpc.resource import RpcSite
 from oned_images.rpc.uploads import ProgressResource, UploadResource
+from oned_images.rpc.web import WebResource
 from oned_images.store import schema
 from oned_images.store.database import (
     Database,
@@ -250,6 +251,8 @@ class Daemon:
         site.metrics = MetricsResource(app, cfg.metrics)
         if app.uploads is not None:
             site.uploads, site.progress = UploadResource(app), ProgressResource(app)
+        if cfg.web_page:
+            site.web = WebResource(WEB_ROOT)
         port = self._serve_on(site.guarded())
         app.port = port
         if self.port_file:

@@ -25,6 +25,7 @@ from oned_images.rpc.bodies import NullBody
 from oned_images.rpc.limits import ConnectionLimits, DeadlineProtocol, Limits
 from oned_images.rpc.metrics import METRICS_PATH
 from oned_images.rpc.registry import TABLE, Method
+from oned_images.rpc.web import WebResource
 from oned_images.xmldoc.served import Served
 
 log = Logger(namespace="ReM")
@@ -281,6 +282,8 @@ class RpcSite(server.Site):
     #: /uploads/ and /api/progress (rpc/uploads.py), set by the daemon when UPLOADS.
     uploads: uploads.UploadResource | None = None
     progress: resource.IResource | None = None
+    #: the Images page at / (rpc/web.py), set by the daemon when WEB_PAGE.
+    web: WebResource | None = None
 
     def __init__(self, app: Any, max_body: int, timeout: float = 15,
                  limits: Limits | None = None) -> None:
@@ -306,6 +309,8 @@ class RpcSite(server.Site):
             return self.uploads
         if request.path == uploads.PROGRESS_PATH and self.progress is not None:
             return self.progress
+        if self.web is not None and self.web.serves(request.path):
+            return self.web
         return self.resource
 
     def log(self, request: server.Request) -> None:

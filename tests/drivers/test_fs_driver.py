@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -1005,3 +1006,86 @@ def test_snap_delete_qcow2_missing(drv):
     failed(snap_image(drv, "snap_delete", src, 9, "qcow2"), "Snapshot 9 does not exist")
     ok(snap_image(drv, "snap_delete", src, 2, "qcow2"))
     assert sorted(p.name for p in Path(f"{src}.snap").iterdir()) == ["0", "1"]
+
+
+# -------------------------------------------------------------- progress --
+# Long steps report "INFO: <tool>: progress <done> <total>" (common/progress_run.py),
+# which the daemon's runner reads live (tests/e2e/test_progress.py).
+
+PROGRESS_RUN = ROOT / "drivers" / "datastore" / "common" / "progress_run.py"
+PROGRESS_RE = re.compile(r"^INFO: (\S+): progress (\d+) (\d+)$")
+
+
+def progress_lines(err: str) -> list[tuple[str, int, int]]:
+    return [(m[1], int(m[2]), int(m[3])) for m in map(PROGRESS_RE.match, err.splitlines()) if m]
+
+
+def run_progress(tmp: Path, total: int, watch: str, *cmd: str) -> tuple[int, str, str]:
+    """progress_run.py as libfs.sh's run_progress calls it: fd 3 = the driver's stderr
+    (captured in a file here), the command's output on stdout and stderr."""
+    report = tmp / "fd3"
+    script = f'exec "$@" 3>"{report}"'
+    proc = subprocess.run(["bash", "-c", script, "-", sys.executable, str(PROGRESS_RUN),
+                           str(total), watch, "--", *cmd], capture_output=True, timeout=30)
+    return proc.returncode, proc.stdout.decode() + proc.stderr.decode(), report.read_text()
+
+
+@pytest.mark.timeout(60)
+def test_progress_of_qemu_img_percentages(tmp_path):
+    fake = tmp_path / "qemu-img"   # what qemu-img convert -p writes, slowly
+    fake.write_text("#!/bin/sh\nprintf '    (0.00/100%%)\\r'; sleep 0.3\n"
+                    "printf '    (50.00/100%%)\\r'; sleep 1.7\n"
+                    "printf '    (100.00/100%%)\\r'; echo 'a warning' >&2\n")
+    fake.chmod(0o755)
+    rc, output, report = run_progress(tmp_path, 1000, "qemu", str(fake), "convert", "-p")
+    assert (rc, output) == (0, "a warning\n")   # the percentages are read, not passed on
+    lines = progress_lines(report)
+    assert report.count("\n") == len(lines) and {(n, t) for n, _, t in lines} == {
+        ("qemu-img", 1000)}
+    dones = [d for _, d, _ in lines]
+    assert dones[-1] == 1000 and dones == sorted(dones) and 500 in dones, report
+
+
+@pytest.mark.timeout(60)
+def test_progress_of_a_growing_file_and_a_failure(tmp_path):
+    out = tmp_path / "grows"
+    writer = ("import sys, time\nwith open(sys.argv[1], 'wb', buffering=0) as f:\n"
+              "    for _ in range(6):\n        f.write(bytes(1 << 20)); time.sleep(0.3)\n")
+    rc, output, report = run_progress(tmp_path, 6 * MiB, str(out), sys.executable, "-c",
+                                      writer, str(out))
+    assert (rc, output) == (0, "")
+    dones = [d for _, d, _ in progress_lines(report)]
+    assert dones[-1] == 6 * MiB and dones == sorted(dones) and 0 < dones[0] < 6 * MiB, report
+    # a failing command: its exit status and its text (for the error), no last line
+    rc, output, report = run_progress(tmp_path, 10, str(out), "sh", "-c", "echo bad >&2; exit 3")
+    assert (rc, output, report) == (3, "bad\n", "")
+    rc, output, report = run_progress(tmp_path, 10, str(out), str(tmp_path / "nothing"))
+    assert (rc, output, report) == (127, f"{tmp_path / 'nothing'}: No such file or directory\n", "")
+
+
+@pytest.mark.timeout(60)
+def test_clone_and_mkfs_report_progress(drv):
+    src = put_image(drv, "d" * 32)
+    res = ok(drv.run("clone", {"PATH": str(src), "FORMAT": "raw"}))
+    assert progress_lines(res.err)[-1] == ("cp", 4 * MiB, 4 * MiB)
+    res = ok(drv.run("clone", {"PATH": str(src), "FORMAT": "raw"},
+                     ds_template={"DRIVER": "qcow2"}))
+    assert progress_lines(res.err)[-1] == ("qemu-img", 4 * MiB, 4 * MiB)
+    res = ok(mkfs(drv, 32, "qcow2", "ext4"))
+    (mkfs_tool, written, unknown), converted = progress_lines(res.err)
+    assert (mkfs_tool, unknown) == ("mkfs", 0) and 0 < written < 32 * MiB
+    assert converted == ("qemu-img", 32 * MiB, 32 * MiB)
+    # a failing step still ends with its one error line (Driver.run checks it)
+    if shutil.which("mkfs.xfs") is None:
+        return
+    res = failed(mkfs(drv, 10, "raw", "xfs"), "Error creating xfs file system: ")
+    assert "too small" in res.error
+
+
+@pytest.mark.timeout(60)
+def test_cp_conversion_reports_progress(drv):
+    src = drv.inp / "disk.raw"
+    sparse_raw(src, size=4 * MiB, data_at=MiB)
+    res = drv.cp(src, ds_template={"DRIVER": "qcow2"})
+    cp_result(drv, res)
+    assert progress_lines(res.err)[-1] == ("qemu-img", 4 * MiB, 4 * MiB)

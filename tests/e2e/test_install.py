@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 import pyone
 import pytest
@@ -22,8 +23,8 @@ from tests.support.daemon import REPO, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only, pytest.mark.timeout(300)]
 
-SOURCES = ("oned_images", "drivers", "etc", "man", "setup.py", "setup.cfg", "pyproject.toml",
-           "MANIFEST.in", "README.md")
+SOURCES = ("oned_images", "drivers", "etc", "man", "web", "setup.py", "setup.cfg",
+           "pyproject.toml", "MANIFEST.in", "README.md")
 
 
 def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
@@ -37,7 +38,7 @@ def venv(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("install")
     src = tmp / "src"
     src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "_data")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "_data", "node_modules")
     for name in SOURCES:
         path = REPO / name
         if path.is_dir():
@@ -140,6 +141,9 @@ def test_installed_daemon_copies_and_creates_images(venv, tmp_path):
         assert Path(img.SOURCE).parent == one_location / "var" / "datastores" / "1"
         assert (blk.STATE, blk.SIZE) == (1, 5), log_path.read_text()
         assert Path(blk.SOURCE).stat().st_size == 5 * 1024 * 1024
+        # the Images page, from the wheel's package data (no checkout, no node)
+        page = urlopen(f"http://127.0.0.1:{port_file.read_text()}/", timeout=30)
+        assert page.read() == (REPO / "web" / "dist" / "index.html").read_bytes()
     finally:
         proc.terminate()
         proc.wait(timeout=30)

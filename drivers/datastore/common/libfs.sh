@@ -99,6 +99,7 @@ PATH=${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}
 LIBFS_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 DRV_ACTION_PY="$LIBFS_DIR/drv_action.py"
 IMAGE_SOURCE_PY="$LIBFS_DIR/image_source.py"
+PROGRESS_RUN_PY="$LIBFS_DIR/progress_run.py"
 DRV_PYTHON=${DRV_PYTHON:-python3}
 SCRIPT_NAME=${0##*/}
 
@@ -225,6 +226,16 @@ run() {
     [ "$_r_rc" -ne 0 ] || return 0
     _r_sum=$(err_summary "$_r_log")
     fail "$_r_msg: ${_r_sum:-exit code $_r_rc}"
+}
+
+# run_progress "error text" TOTAL WATCH CMD [ARG...]: like run, and while CMD runs
+# "INFO: progress <done> <total>" lines (bytes) go to stderr at most once a second,
+# read live by the daemon: WATCH "qemu" (CMD is qemu-img convert -p: its percentage
+# of TOTAL), a FILE (its size so far) or +FILE (its allocated bytes).  TOTAL 0 = unknown.
+run_progress() {
+    local _rp_msg=$1 _rp_total=$2 _rp_watch=$3
+    shift 3
+    run "$_rp_msg" "$DRV_PYTHON" "$PROGRESS_RUN_PY" "$_rp_total" "$_rp_watch" -- "$@" 3>&2
 }
 
 # capture VAR "error text" CMD [ARG...]: like run, stdout stored in VAR.
