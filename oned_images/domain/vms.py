@@ -305,6 +305,10 @@ class Vms:
                 raise errors.internal(err)
         vm_t, user_t = _split(tmpl)
         _check_capacity_attrs(vm_t)
+        for single in ("CPU", "MEMORY", "VCPU"):  # insert replaces them by one value each
+            value = vm_t.get(single)
+            if value is not None:
+                vm_t.set(single, value)
         vm_t.set("VMID", str(oid))
         os_vec = vm_t.get_vector("OS")
         if os_vec is None:
