@@ -488,7 +488,7 @@ def test_huge_template_and_many_disks_do_not_stall_the_daemon(daemon):
         assert time.monotonic() - t0 < 1.0
     t.join(60)
     assert result["big"][0] is True
-    disks = "\n".join(f'DISK=[TYPE="fs",SIZE="1"]' for _ in range(300))
+    disks = "\n".join('DISK=[TYPE="fs",SIZE="1"]' for _ in range(300))
     reply = xmlrpc.client.ServerProxy(daemon.url).one.vm.allocate(daemon.session(),
                                                                   f"{SMALL}\n{disks}", True)
     assert reply[0] is True or reply[2] in (INTERNAL, ACTION)
