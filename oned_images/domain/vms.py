@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
-from oned_images.domain import vm_disks
+from oned_images.domain import locks, vm_disks
 from oned_images.domain import vm_states as vs
 from oned_images.domain.datastores import ds_auth
 from oned_images.domain.hosts import OFFLINE, host_auth, read_host, write_host
@@ -477,6 +477,26 @@ class Vms:
                 vm.uid, vm.uname = new_user.id, new_user.name
             if new_group is not None:
                 vm.gid, vm.gname = new_group.id, new_group.name
+
+        await self._mutate(oid, apply)
+        return oid
+
+    async def lock(self, caller: Caller, oid: int, level: int, test: bool) -> int:
+        def apply(vm: Vm) -> None:
+            req = self._auth(caller)
+            req.add(Op.MANAGE, vm_auth(vm), check_lock=False)
+            req.check()
+            vm.lock = locks.locked(caller, vm.lock, level, test)
+
+        await self._mutate(oid, apply)
+        return oid
+
+    async def unlock(self, caller: Caller, oid: int) -> int:
+        def apply(vm: Vm) -> None:
+            req = self._auth(caller)
+            req.add(Op.MANAGE, vm_auth(vm), check_lock=False)
+            req.check()
+            vm.lock = locks.unlocked(caller, vm.lock)
 
         await self._mutate(oid, apply)
         return oid

@@ -152,6 +152,8 @@ METHODS: tuple[Method, ...] = (
       "virtual machine", vms.chmod),
     M("one.vm.chown", "A:siii", "Changes ownership of a virtual machine", "virtual machine",
       vms.chown),
+    M("one.vm.lock", "A:siib", "Locks a virtual machine", "virtual machine", vms.lock),
+    M("one.vm.unlock", "A:si", "Unlocks a virtual machine", "virtual machine", vms.unlock),
     M("one.vm.deploy", "A:siibis", "Deploys a virtual machine", "virtual machine", vms.deploy),
     M("one.vm.action", "A:ssi", "Performs an action on a virtual machine", "virtual machine",
       vms.action),

@@ -32,6 +32,15 @@ async def chown(app, caller: Caller, p: Params) -> int:
     return await app.vms.chown(caller, p.int(1), p.int(2), p.int(3))
 
 
+async def lock(app, caller: Caller, p: Params) -> int:
+    oid, level = p.int(1), p.int(2)
+    return await app.vms.lock(caller, oid, level, p.opt_bool(3, False))
+
+
+async def unlock(app, caller: Caller, p: Params) -> int:
+    return await app.vms.unlock(caller, p.int(1))
+
+
 async def deploy(app, caller: Caller, p: Params) -> int:
     oid, hid = p.int(1), p.int(2)
     enforce = p.opt_bool(3, False)

@@ -228,6 +228,24 @@ def test_rename_chmod_chown(daemon):
     assert fails(daemon, "one.vm.chown", 99999, 0, 0)[1] == NO_EXISTS
 
 
+def test_locked_vm_refuses_manage_operations(daemon):
+    uid, session = user(daemon)
+    oid = ok(daemon, "one.vm.allocate", SMALL, True, session=session)
+    ok(daemon, "one.vm.lock", oid, 2, False, session=session)
+    doc = ok(daemon, "one.vm.info", oid, session=session)
+    assert num(doc, "LOCK/LOCKED") == 2
+    assert "<LOCK><LOCKED>2</LOCKED></LOCK><TEMPLATE>" in ok(
+        daemon, "one.vmpool.info", -2, oid, oid, -2)
+    assert fails(daemon, "one.vm.rename", oid, "x", session=session) == (
+        f"[one.vm.rename] User [{uid}] : Not authorized to perform MANAGE VM [{oid}].",
+        AUTHZ, -1)
+    assert fails(daemon, "one.vm.action", "terminate", oid)[0] == (
+        f"[one.vm.action] User [0] : VM is locked. [{oid}].")
+    ok(daemon, "one.vm.unlock", oid, session=session)
+    ok(daemon, "one.vm.action", "terminate", oid, session=session)
+    assert num(ok(daemon, "one.vm.info", oid), "STATE") == 6
+
+
 # ------------------------------------------------------------------ actions
 def test_action_refusals(daemon):
     oid = ok(daemon, "one.vm.allocate", SMALL, True)
