@@ -35,8 +35,11 @@ log = Logger(namespace="SCH")
 WINDOW = 1.0
 #: seconds between two passes (oned retries unplaced VMs every 60 s)
 RETRY = 5.0
-#: VMs considered per pass (the next pass follows at once when more are waiting)
-BATCH = 200
+#: VMs considered per pass: a pass is one transaction, and SQLite has one writer, so
+#: a long pass would hold every other call back; more waiting VMs get the next pass
+#: PAUSE seconds later
+BATCH = 50
+PAUSE = 0.1
 
 
 # ------------------------------------------------------------------ requirements
@@ -191,7 +194,7 @@ class Scheduler:
             self._running = False
             if self._again:
                 self._again = False
-                self.reactor.callLater(0, self.trigger)
+                self.reactor.callLater(PAUSE, self.trigger)
 
         d.addBoth(done)
 

@@ -508,10 +508,13 @@ class Vms:
             await self.parse(extra)
 
         def txn() -> None:
-            h = read_host(hid, lock=True)
+            h = read_host(hid)
             if h.state == OFFLINE:
                 raise errors.action("Host is offline, cannot use it to deploy VM")
+            # rows are locked VM first, then host, everywhere (the driver answers too),
+            # so two transactions never wait for each other on PostgreSQL
             vm = read_vm(oid, lock=True)
+            h = read_host(hid, lock=True)
             target = ds_id
             if target == -1 and vm.state in (V.STOPPED, V.UNDEPLOYED) and vm.history:
                 target = vm.history[-1].ds_id
