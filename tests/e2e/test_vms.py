@@ -545,3 +545,16 @@ def test_concurrent_actions_on_one_vm_leave_it_whole(daemon, host):
         ok(daemon, "one.vm.action", "terminate-hard", oid)
         doc = wait_vm(daemon, oid, 6)
     assert share(daemon, hid) == before
+
+
+def test_persistent_instantiate_clones_the_template_first(daemon):
+    tname = unique("ptpl")
+    tid = ok(daemon, "one.template.allocate", f'NAME="{tname}"\n{SMALL}')
+    oid = ok(daemon, "one.template.instantiate", tid, "", True, 'DESCRIPTION="e"', True)
+    doc = ok(daemon, "one.vm.info", oid)
+    clone = num(doc, "TEMPLATE/TEMPLATE_ID")
+    assert clone != tid and num(doc, "TEMPLATE/CLONING_TEMPLATE_ID") == tid
+    copy = ok(daemon, "one.template.info", clone)
+    assert field(copy, "NAME") == f"{tname}-copy"
+    assert field(copy, "TEMPLATE/DESCRIPTION") == "e"  # the extra went into the clone
+    assert field(doc, "NAME") == f"{tname}-copy-{oid}"
