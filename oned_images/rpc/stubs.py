@@ -1,7 +1,5 @@
-"""Pools the image clients read but this daemon has nothing in (api.md §8.2).
-
-The CLI's ``oneimage show`` lists VMs, ``oneimage orphans`` lists templates and
-FireEdge reads the zone endpoint; empty but well-formed answers keep them working.
+"""Pools the image clients read but this daemon has nothing in (api.md §8.2):
+FireEdge reads the zone endpoint; a well-formed answer keeps it working.
 """
 
 from __future__ import annotations
