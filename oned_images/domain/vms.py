@@ -661,7 +661,8 @@ class Vms:
             if vm.lcm_state in (L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY):
                 h.petime = now
                 h.rstime = now
-            elif lcm == L.RUNNING and not vm.deploy_id:
+            elif lcm == L.RUNNING and step.op == "deploy":
+                # the dummy VMM's deploy answer (a restore keeps the domain it had)
                 vm.deploy_id = f"{h.hostname}:{vm.name}:dummy"
             if lcm in (L.EPILOG, L.EPILOG_STOP, L.EPILOG_UNDEPLOY):
                 h.retime = h.retime or now
