@@ -558,3 +558,19 @@ def test_persistent_instantiate_clones_the_template_first(daemon):
     assert field(copy, "NAME") == f"{tname}-copy"
     assert field(copy, "TEMPLATE/DESCRIPTION") == "e"  # the extra went into the clone
     assert field(doc, "NAME") == f"{tname}-copy-{oid}"
+
+
+def test_a_vm_caught_between_driver_answers_goes_on_after_a_restart(fresh_daemon):
+    d = fresh_daemon()
+    hid = ok(d, "one.host.allocate", "rh", "dummy", "dummy", -1)
+    wait_host(d, hid)
+    oid = ok(d, "one.vm.allocate", nowhere(), True)
+    ok(d, "one.vm.deploy", oid, hid)
+    d.kill9()  # at once: the VM is in PROLOG or BOOT, its driver answer never came
+    d.start()
+    doc = wait_vm(d, oid, 3, 3)
+    assert field(doc, "DEPLOY_ID") == f"rh:one-{oid}:dummy"
+    assert host_vms(d, hid) == [oid]
+    ok(d, "one.vm.action", "terminate", oid)
+    wait_vm(d, oid, 6)
+    assert host_vms(d, hid) == []
