@@ -4,9 +4,11 @@ with room, on their own, a moment after they became PENDING.
 oned collects PENDING VMs for a window (10 s or 7 VMs), asks its rank scheduler for
 a plan and runs it as internal deploys (oneadmin, enforce, host and cluster default
 system DS); VMs it cannot place get USER_TEMPLATE/SCHED_MESSAGE and are retried.  Here
-a pass runs WINDOW seconds after a VM became PENDING and every RETRY seconds; a VM the
-last pass could not place is not read again until hosts or datastores change, so a
-pool of 10,000 unplaceable VMs costs one id query per pass.
+a pass runs WINDOW seconds after a VM became PENDING and every RETRY seconds.  While
+hosts and datastores stay as they were, a pass only looks at the VMs that became PENDING
+since the last one (the VMs it could not place would fail again); when they change, it
+looks at every PENDING VM.  So an instantiate costs the same with 10,000 unplaced VMs in
+the pool as with none.
 """
 
 from __future__ import annotations
@@ -163,8 +165,10 @@ class Scheduler:
     _soon: Any = None
     _running: bool = False
     _again: bool = False
-    #: VM id -> the world (hosts, datastores) in which the last pass could not place it
-    _unplaced: dict[int, tuple] = field(default_factory=dict)
+    #: the hosts and datastores as the last full look at the pending VMs saw them
+    _world: tuple | None = None
+    #: VMs that became PENDING since the last pass looked at them
+    _fresh: set[int] = field(default_factory=set)
 
     def start(self) -> None:
         self._loop = task.LoopingCall(self.trigger)
@@ -177,8 +181,9 @@ class Scheduler:
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
 
-    def pending(self) -> None:
+    def pending(self, oid: int) -> None:
         """A VM became PENDING: a pass runs once the window closes."""
+        self._fresh.add(oid)
         if self._soon is None or not self._soon.active():
             self._soon = self.reactor.callLater(WINDOW, self.trigger)
 
@@ -199,7 +204,15 @@ class Scheduler:
         d.addBoth(done)
 
     async def run_pass(self) -> None:
-        plan, more = await self.db.run(self._plan)
+        # the pass owns this set (the reactor adds new ids to a new one meanwhile)
+        fresh, self._fresh = self._fresh, set()
+        try:
+            plan, left = await self.db.run(self._plan, fresh)
+        except Exception:
+            self._fresh |= fresh
+            raise
+        self._fresh |= left
+        more = bool(left)
         for oid, hid in plan:
             try:
                 await self.vms.deploy(ONEADMIN, oid, hid, True, -1, "", scheduled=True)
@@ -209,32 +222,37 @@ class Scheduler:
         if more:
             self._again = True
 
-    def _plan(self) -> tuple[list[tuple[int, int]], bool]:
+    def _plan(self, fresh: set[int]) -> tuple[list[tuple[int, int]], set[int]]:
         hosts = [host_from(b) for b in pools.bodies(HostRow)]
         dss = system_datastores()
         world = (tuple((h.id, h.state, h.cpu_usage, h.mem_usage) for h in hosts),
                  tuple((d.id, d.state) for d in dss))
-        ids = [r[0] for r in VmRow.select(VmRow.oid).where(VmRow.state == vs.V.PENDING)
-               .order_by(VmRow.oid).tuples()]
-        pending = set(ids)
-        self._unplaced = {k: v for k, v in self._unplaced.items() if k in pending}
-        todo = [i for i in ids if self._unplaced.get(i) != world]
-        more = len(todo) > BATCH
+        if world != self._world:
+            # hosts or datastores changed: every PENDING VM gets another chance
+            fresh.update(r[0] for r in VmRow.select(VmRow.oid).where(
+                VmRow.state == vs.V.PENDING).tuples())
+            self._world = world
+        todo = sorted(fresh)[:BATCH]
+        left = fresh.difference(todo)
         usable = [h for h in hosts if h.state == MONITORED]
         free = {h.id: [h.max_cpu - h.cpu_usage, h.max_mem - h.mem_usage] for h in usable}
         plan = []
-        for oid in todo[:BATCH]:
-            vm = read_vm(oid, lock=True)
+        for oid in todo:
+            try:
+                vm = read_vm(oid, lock=True)
+            except errors.OneError:
+                continue
+            if vm.state != vs.V.PENDING:
+                continue
             hid, text = self._place(vm, usable, dss, free)
             if hid is None:
-                self._unplaced[oid] = world
                 self._note(oid, text, vm)
                 continue
             cpu, mem = capacity(vm)
             free[hid][0] -= cpu
             free[hid][1] -= mem
             plan.append((oid, hid))
-        return plan, more
+        return plan, left
 
     @staticmethod
     def _place(vm, hosts: list[Host], dss, free) -> tuple[int | None, str]:

@@ -245,8 +245,8 @@ class Vms:
     reactor: Any
     #: the VM templates (instantiate reads and clones them)
     templates: Any = None
-    #: called when a VM becomes PENDING (the scheduler's trigger)
-    on_pending: Callable[[], None] | None = None
+    #: called with a VM's id when it becomes PENDING (the scheduler's trigger)
+    on_pending: Callable[[int], None] | None = None
     _pending_calls: list = field(default_factory=list)
 
     def _auth(self, caller: Caller) -> AuthRequest:
@@ -333,7 +333,7 @@ class Vms:
 
     def _placed(self, oid: int) -> None:
         if self.on_pending is not None:
-            self.on_pending()
+            self.on_pending(oid)
 
     # -------------------------------------------------------------- instantiate
     async def instantiate(self, caller: Caller, tid: int, name: str, hold: bool, extra: str,
