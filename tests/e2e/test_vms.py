@@ -574,3 +574,40 @@ def test_a_vm_caught_between_driver_answers_goes_on_after_a_restart(fresh_daemon
     ok(d, "one.vm.action", "terminate", oid)
     wait_vm(d, oid, 6)
     assert host_vms(d, hid) == []
+
+
+def test_a_vm_waiting_for_a_host_is_placed_when_one_appears(daemon):
+    name = unique("late")
+    oid = ok(daemon, "one.vm.allocate", pinned(name), False)
+    deadline = time.monotonic() + 15
+    while "SCHED_MESSAGE" not in (doc := ok(daemon, "one.vm.info", oid)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert num(doc, "STATE") == 1
+    hid = ok(daemon, "one.host.allocate", name, "dummy", "dummy", -1)
+    doc = wait_vm(daemon, oid, 3, 3, timeout=20)
+    assert history(doc)[-1]["HID"] == str(hid)
+    # SCHED_MESSAGE stays after a successful placement (as oned)
+    assert "Cannot dispatch VM" in field(doc, "USER_TEMPLATE/SCHED_MESSAGE")
+    ok(daemon, "one.vm.action", "terminate-hard", oid)
+    wait_vm(daemon, oid, 6)
+
+
+def test_concurrent_instantiates_get_distinct_ids(daemon):
+    tid = ok(daemon, "one.template.allocate", f'NAME="{unique("cc")}"\n{SMALL}')
+    got: list = []
+
+    def work():
+        proxy = xmlrpc.client.ServerProxy(daemon.url)
+        for _ in range(10):
+            got.append(proxy.one.template.instantiate(daemon.session(), tid, "", True, "",
+                                                      False))
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r[0] for r in got) and len({r[1] for r in got}) == 60
+    for oid in (r[1] for r in got):
+        assert num(ok(daemon, "one.vm.info", oid), "TEMPLATE/TEMPLATE_ID") == tid
