@@ -611,3 +611,28 @@ def test_concurrent_instantiates_get_distinct_ids(daemon):
     assert all(r[0] for r in got) and len({r[1] for r in got}) == 60
     for oid in (r[1] for r in got):
         assert num(ok(daemon, "one.vm.info", oid), "TEMPLATE/TEMPLATE_ID") == tid
+
+
+def test_wrong_parameter_types_are_faults_and_change_nothing(daemon):
+    from oned_images.errors import Fault
+
+    oid = ok(daemon, "one.vm.allocate", SMALL, True)
+    before = ok(daemon, "one.vm.info", oid)
+    tid = ok(daemon, "one.template.allocate", f'NAME="{unique("ty")}"\n{SMALL}')
+    for method, args, text in (
+            ("one.vm.allocate", (SMALL, "yes"), Fault.NOT_BOOL),
+            ("one.vm.info", ("0",), Fault.NOT_INT),
+            ("one.vm.rename", (oid, 5), Fault.NOT_STRING),
+            ("one.vm.chmod", (oid, 1, 1, 1, 1, 1, 1, 1, 1, "1"), Fault.NOT_INT),
+            ("one.vm.chown", (oid, "0", 0), Fault.NOT_INT),
+            ("one.vm.action", (7, oid), Fault.NOT_STRING),
+            ("one.vm.action", ("hold", "x"), Fault.NOT_INT),
+            ("one.vm.deploy", (oid, "0"), Fault.NOT_INT),
+            ("one.vm.deploy", (oid, 0, "no"), Fault.NOT_BOOL),
+            ("one.vm.deploy", (oid, 0, False, -1, 4), Fault.NOT_STRING),
+            ("one.vmpool.info", (-2, -1, -1, "x"), Fault.NOT_INT),
+            ("one.vmpool.infoextended", (-2, -1, -1, -2, 3), Fault.NOT_STRING),
+            ("one.template.instantiate", (tid, "", "no", "", False), Fault.NOT_BOOL),
+            ("one.template.instantiate", (tid, 3, False, "", False), Fault.NOT_STRING)):
+        assert fault(daemon, method, *args) == (-501, text), (method, args)
+    assert ok(daemon, "one.vm.info", oid) == before
