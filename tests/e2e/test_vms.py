@@ -107,6 +107,9 @@ def test_allocate_on_hold_documents_in_every_form(daemon):
     one = daemon.client()
     vm = one.vm.info(oid)
     assert (vm.NAME, vm.STATE, vm.TEMPLATE["MEMORY"]) == ("doc", 2, "64")
+    listed = {v.ID: v for v in one.vmpool.info(-2, -1, -1, -1).VM}
+    assert (listed[oid].NAME, listed[oid].STATE) == ("doc", 2)
+    assert oid in {v.ID for v in one.vmpool.infoextended(-2, -1, -1, -1).VM}
 
 
 def test_allocate_defaults_and_short_form_of_an_empty_user_template(daemon):
