@@ -107,8 +107,6 @@ FAILURES = frozenset({
     L.BOOT_UNDEPLOY_FAILURE, L.BOOT_STOPPED_FAILURE, L.PROLOG_RESUME_FAILURE,
     L.PROLOG_UNDEPLOY_FAILURE, L.PROLOG_MIGRATE_UNKNOWN_FAILURE,
 })
-#: the VM states in which the VM still holds its host's capacity
-ON_HOST = frozenset({V.ACTIVE, V.POWEROFF, V.SUSPENDED})
 
 
 def state_str(state: int, lcm: int) -> str:
