@@ -25,8 +25,10 @@ from oned_images.domain.datastores import Datastores, bootstrap_datastores
 from oned_images.domain.hosts import Hosts
 from oned_images.domain.identity import Identity, bootstrap_identity
 from oned_images.domain.images import ImageManager
+from oned_images.domain.scheduler import Scheduler
 from oned_images.domain.templates import Templates
 from oned_images.domain.uploads import UploadManager
+from oned_images.domain.vms import Vms
 from oned_images.driver import reaper
 from oned_images.driver.checks import check_drivers
 from oned_images.driver.runner import DriverRunner
@@ -123,6 +125,9 @@ class App:
     clusters: Clusters | None = None
     hosts: Hosts | None = None
     templates: Templates | None = None
+    #: virtual machines and their placement (vms.md §5); None only in bare tests.
+    vms: Vms | None = None
+    scheduler: Scheduler | None = None
 
     async def datastores_ids(self) -> list[int]:
         return await self.db.run(
@@ -224,6 +229,9 @@ class Daemon:
         self.app.clusters = Clusters(db, identity)
         self.app.hosts = Hosts(db, identity, self.reactor)
         self.app.templates = Templates(db, cfg, identity, images)
+        self.app.vms = Vms(db, cfg, identity, self.reactor, self.app.templates)
+        self.app.scheduler = Scheduler(db, self.app.vms, self.reactor)
+        self.app.vms.on_pending = self.app.scheduler.pending
         if cfg.metrics != "off":  # off: no instruments either, not only no endpoint
             self.app.metrics = instrument(self.app)
         return self.app
@@ -247,6 +255,8 @@ class Daemon:
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
         await app.hosts.start_monitoring()
+        await app.vms.resume_drivers()
+        app.scheduler.start()
         site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
         site.metrics = MetricsResource(app, cfg.metrics)
         if app.uploads is not None:
@@ -288,6 +298,9 @@ class Daemon:
         if self.app is not None:
             if self.app.hosts is not None:
                 self.app.hosts.stop_monitoring()
+            if self.app.scheduler is not None:
+                self.app.scheduler.stop()
+                self.app.vms.stop()
             await self.app.drivers.stop()
             self.app.db.stop()
         if self.db_lock is not None:

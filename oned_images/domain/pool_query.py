@@ -84,9 +84,12 @@ def _rows(query: peewee.Query) -> list[tuple]:
 
 
 def pool_bodies(where, desc: bool, start: int, end: int,
-                T: type[PoolObject]) -> list[bytes]:
+                T: type[PoolObject], column: peewee.Field | None = None) -> list[bytes]:
     """One page of served bodies (``start``/``end`` as api.md §3: an id range, or
-    ``end < -1`` a page of ``-end`` rows from offset ``start``)."""
+    ``end < -1`` a page of ``-end`` rows from offset ``start``); ``column`` names
+    another served column than ``body_rpc`` (the VM pool's short and extended forms,
+    never NULL)."""
+    served = column if column is not None else T.body_rpc
     conds = []
     if where is not None:
         conds.append(where)
@@ -97,7 +100,7 @@ def pool_bodies(where, desc: bool, start: int, end: int,
         conds.append(T.oid >= start)
         if end != -1:
             conds.append(T.oid <= end)
-    query = T.select(T.body_rpc)
+    query = T.select(served)
     for cond in conds:
         query = query.where(cond)
     query = query.order_by(T.oid.desc() if desc else T.oid.asc())
@@ -109,7 +112,7 @@ def pool_bodies(where, desc: bool, start: int, end: int,
                                        .offset(offset))]
             if not ids:
                 return []
-            query = (T.select(T.body_rpc).where(T.oid.in_(ids))
+            query = (T.select(served).where(T.oid.in_(ids))
                      .order_by(T.oid.desc() if desc else T.oid.asc()))
         else:
             query = query.limit(limit)

@@ -2,8 +2,7 @@
 (recursive), chmod (recursive), chown, rename, lock, unlock and the pool listing, plus
 the image references of templates' DISKs (recursive verbs, ``oneimage orphans``).
 
-Instantiate needs virtual machines and is not here: one.template.instantiate is not in
-the method table, so it answers like any undefined method.
+Instantiate creates a virtual machine: it is Vms.instantiate (domain/vms.py).
 """
 
 from __future__ import annotations

@@ -206,3 +206,59 @@ class VmTemplate:
     perms: Permissions = field(default_factory=Permissions)
     regtime: int = 0
     template: Template = field(default_factory=Template)
+
+
+@dataclass
+class History:
+    """One HISTORY record of a VM (History::to_xml): a stay on one host, its times
+    and the action that ended it."""
+
+    oid: int
+    seq: int
+    hostname: str
+    hid: int
+    cid: int
+    stime: int = 0
+    etime: int = 0
+    vm_mad: str = ""
+    tm_mad: str = ""
+    ds_id: int = 0
+    plan_id: int = -1
+    action_id: int = -1
+    pstime: int = 0
+    petime: int = 0
+    rstime: int = 0
+    retime: int = 0
+    estime: int = 0
+    eetime: int = 0
+    action: int = 0
+    uid: int = -1
+    gid: int = -1
+    request_id: int = -1
+
+
+@dataclass
+class Vm:
+    """A virtual machine (VM document): the VM attributes in ``template``, the rest of
+    what the user wrote in ``user_template``, every history record in SEQ order."""
+
+    id: int
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+    name: str
+    perms: Permissions = field(default_factory=Permissions)
+    last_poll: int = 0
+    state: int = 0
+    lcm_state: int = 0
+    prev_state: int = 0
+    prev_lcm_state: int = 0
+    resched: int = 0
+    stime: int = 0
+    etime: int = 0
+    deploy_id: str = ""
+    lock: Lock | None = None
+    template: Template = field(default_factory=Template)
+    user_template: Template = field(default_factory=Template)
+    history: list[History] = field(default_factory=list)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from oned_images.rpc import datastores, hosts, images, stubs, system, templates, users
+from oned_images.rpc import datastores, hosts, images, stubs, system, templates, users, vms
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,6 @@ METHODS: tuple[Method, ...] = (
     M("one.image.info", "A:si", "Returns image information", "image", images.info),
     M("one.imagepool.info", "A:siii", "Returns the image pool", "image", images.pool_info),
     # what clients call around images
-    M("one.vmpool.info", "A:siiii", "Returns the virtual machine pool", "virtual machine",
-      stubs.vmpool_info),
     M("one.zonepool.info", "A:s", "Returns the zone pool", "zone", stubs.zonepool_info),
     # clusters and hosts (vms.md §6)
     M("one.cluster.info", "A:sib", "Returns cluster information", "cluster",
@@ -127,7 +125,7 @@ METHODS: tuple[Method, ...] = (
     M("one.host.rename", "A:sis", "Renames a host", "host", hosts.rename),
     M("one.host.info", "A:sib", "Returns host information", "host", hosts.info),
     M("one.hostpool.info", "A:s", "Returns the host pool", "host", hosts.pool_info),
-    # VM templates (vms.md §4; instantiate needs VMs and is not declared)
+    # VM templates (vms.md §4)
     M("one.template.allocate", "A:ss", "Allocates a new template", "virtual machine template", templates.allocate),
     M("one.template.info", "A:sibb", "Returns template information", "virtual machine template", templates.info),
     M("one.template.update", "A:sisi", "Updates a template", "virtual machine template", templates.update),
@@ -142,6 +140,27 @@ METHODS: tuple[Method, ...] = (
     M("one.template.unlock", "A:si", "Unlocks a template", "virtual machine template", templates.unlock),
     M("one.templatepool.info", "A:siii", "Returns the template pool", "virtual machine template",
       templates.pool_info),
+    M("one.template.instantiate", "A:sisbsb", "Instantiates a new virtual machine from a template",
+      "virtual machine template", vms.instantiate),
+    # virtual machines (vms.md §5)
+    M("one.vm.allocate", "A:ssb", "Allocates a new virtual machine", "virtual machine",
+      vms.allocate),
+    M("one.vm.info", "A:sib", "Returns virtual machine instance information", "virtual machine",
+      vms.info),
+    M("one.vm.rename", "A:sis", "Renames a virtual machine", "virtual machine", vms.rename),
+    M("one.vm.chmod", "A:siiiiiiiiii", "Changes permission bits of a virtual machine",
+      "virtual machine", vms.chmod),
+    M("one.vm.chown", "A:siii", "Changes ownership of a virtual machine", "virtual machine",
+      vms.chown),
+    M("one.vm.lock", "A:siib", "Locks a virtual machine", "virtual machine", vms.lock),
+    M("one.vm.unlock", "A:si", "Unlocks a virtual machine", "virtual machine", vms.unlock),
+    M("one.vm.deploy", "A:siibis", "Deploys a virtual machine", "virtual machine", vms.deploy),
+    M("one.vm.action", "A:ssi", "Performs an action on a virtual machine", "virtual machine",
+      vms.action),
+    M("one.vmpool.info", "A:siiiis", "Returns the virtual machine pool", "virtual machine",
+      vms.pool_info),
+    M("one.vmpool.infoextended", "A:siiiis", "Returns the virtual machine pool",
+      "virtual machine", vms.pool_info_extended),
 )
 
 TABLE: dict[str, Method] = {m.name: m for m in METHODS}

@@ -1,8 +1,5 @@
-"""one.template.* and one.templatepool.info adapters (vms.md §4.1).
-
-one.template.instantiate creates virtual machines, which this daemon does not have yet:
-it is left out of the method table (an undefined method), not half-built.
-"""
+"""one.template.* and one.templatepool.info adapters (vms.md §4.1); instantiate creates
+a virtual machine and is in rpc/vms.py."""
 
 from __future__ import annotations
 

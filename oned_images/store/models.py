@@ -150,6 +150,24 @@ class TemplateRow(PoolObject):
         indexes = ((("name", "uid"), True), (("uid",), False), (("gid",), False))
 
 
+class VmRow(PoolObject):
+    """oned's vm_pool: STATE and LCM_STATE are columns (pool state filter, scheduler).
+    ``body`` is the full document (every HISTORY record); ``ext_rpc`` the extended
+    form (current record only, one.vmpool.infoextended) and ``short_rpc`` the short
+    form (one.vmpool.info), both escaped for XML-RPC as image_pool.body_rpc is (not
+    called body_rpc: they are not the body's escaped copy)."""
+
+    state = peewee.IntegerField(default=0)
+    lcm_state = peewee.IntegerField(default=0)
+    ext_rpc = ServedText(null=True)
+    short_rpc = ServedText(null=True)
+
+    class Meta:
+        table_name = "vm_pool"
+        indexes = ((("uid",), False), (("gid",), False), (("state",), False),
+                   (("oid",), False))
+
+
 class SchemaVersion(BaseModel):
     version = peewee.IntegerField(primary_key=True)
     applied = peewee.BigIntegerField()
@@ -172,4 +190,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     ClusterRow,
     HostRow,
     TemplateRow,
+    VmRow,
 ]

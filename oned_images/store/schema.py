@@ -89,6 +89,13 @@ def _v5_hosts_templates(db: peewee.Database) -> None:
         pools.next_oid("cluster_pool", 100 - 1)
 
 
+def _v6_vms(db: peewee.Database) -> None:
+    """vm_pool: virtual machines (vms.md §5)."""
+    from oned_images.store.models import VmRow
+
+    db.create_tables([VmRow])
+
+
 #: version -> migration taking the schema from version-1 to version.
 MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     1: _v1_initial,
@@ -96,6 +103,7 @@ MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     3: _v3_served_bodies_as_text,
     4: _v4_datastore_quotas,
     5: _v5_hosts_templates,
+    6: _v6_vms,
 }
 CURRENT = max(MIGRATIONS)
 

@@ -80,6 +80,7 @@ def pools(d) -> dict[str, str]:
         "users": proxy.one.userpool.info(s)[1],
         "groups": proxy.one.grouppool.info(s)[1],
         "acl": proxy.one.acl.info(s)[1],
+        "vms": proxy.one.vmpool.infoextended(s, -2, -1, -1, -2)[1],
     }
 
 
@@ -241,6 +242,8 @@ def test_backup_default_path_and_cross_backend_restore(fresh_daemon, tmp_path):
     ds = dummy_datastore(d, "x-ds")
     register(d, ds, name="travels")
     user(d, "traveller")
+    assert d.raw().one.vm.allocate(d.session(), 'NAME="vm-travels"\nCPU="1"\nMEMORY="8"',
+                                   True)[0]
     out = db(d, "backup")
     assert out.returncode == 0, out.stderr
     made = sorted((d.var / "backups").iterdir())
@@ -327,9 +330,15 @@ def _undo_v5(d) -> None:
            "('cluster_pool', 'host_pool', 'template_pool')")
 
 
+def _undo_v6(d) -> None:
+    """Back to schema 5: no VM table."""
+    sql(d, "DROP TABLE vm_pool")
+    sql(d, "DELETE FROM pool_control WHERE tablename = 'vm_pool'")
+
+
 #: migration N -> how a test turns a schema-N database back into schema N-1. A new
 #: migration needs its entry here, or test_upgrade_from_every_version fails.
-UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5}
+UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5, 6: _undo_v6}
 
 
 @pytest.mark.slow
@@ -387,6 +396,12 @@ def test_fsck_clean_database(fresh_daemon):
     proxy.one.template.allocate(session, 'NAME="fsck-t"\nDISK=[IMAGE_ID="0"]')
     deadline = time.monotonic() + 10
     while "<STATE>2</STATE>" not in proxy.one.host.info(session, hid)[1]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # and a VM running on the host
+    vid = proxy.one.vm.allocate(session, 'CPU="1"\nMEMORY="8"', True)[1]
+    proxy.one.vm.deploy(session, vid, hid, False, -1, "")
+    while "<LCM_STATE>3</LCM_STATE>" not in proxy.one.vm.info(session, vid)[1]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     running = db(d, "fsck")

@@ -23,7 +23,7 @@ ROOTS = {
     "VM_POOL": "vm_pool.xsd", "VMTEMPLATE_POOL": "vmtemplate_pool.xsd",
     "ZONE_POOL": "zone_pool.xsd", "CLUSTER_POOL": "cluster_pool.xsd",
     "CLUSTER": "cluster.xsd", "HOST": "host.xsd", "HOST_POOL": "host_pool.xsd",
-    "VMTEMPLATE": "vmtemplate.xsd",
+    "VMTEMPLATE": "vmtemplate.xsd", "VM": "vm.xsd",
 }
 
 

@@ -1,0 +1,704 @@
+"""Virtual machine verbs (vms.md §5): allocate, instantiate (§4.7), info, pool info,
+rename, chmod, chown, deploy and the one.vm.action life cycle with the dummy drivers.
+
+What may happen to a VM is declared in domain/vm_states.py; this module checks the
+rights, applies a rule inside one DB transaction (the VM row and its host's row locked
+together, so concurrent calls never leave either half-written) and then plays the dummy
+drivers' answers: each transient LCM state becomes the next one a moment later, in its
+own transaction, scheduled on the reactor (never blocking it).  Images are acquired and
+released only through domain/vm_disks.py.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee
+from twisted.internet import threads
+from twisted.logger import Logger
+
+from oned_images import errors
+from oned_images.config import DaemonConfig
+from oned_images.domain import locks, vm_disks
+from oned_images.domain import vm_states as vs
+from oned_images.domain.datastores import ds_auth
+from oned_images.domain.hosts import OFFLINE, host_auth, read_host, write_host
+from oned_images.domain.identity import Identity
+from oned_images.domain.names import name_error
+from oned_images.domain.ownership import chmod_plan, chown_plan
+from oned_images.domain.permissions import (
+    AuthRequest,
+    Caller,
+    ObjectAuth,
+    Op,
+    new_object_perms,
+)
+from oned_images.domain.pool_query import pool_bodies, pool_filter
+from oned_images.domain.templates import read_template, restricted_attr, template_auth
+from oned_images.model.objects import Datastore, History, Host, Permissions, Vm
+from oned_images.store import pools
+from oned_images.store.database import Database
+from oned_images.store.models import DatastoreRow, HostRow, VmRow, database_proxy
+from oned_images.template import Template, TemplateError
+from oned_images.xmldoc.datastore import datastore_from
+from oned_images.xmldoc.host import host_from
+from oned_images.xmldoc.served import Served, escape, rpc_bytes
+from oned_images.xmldoc.vm import vm_from, vm_short_xml, vm_xml
+
+log = Logger(namespace="DiM")
+
+OBJ = "virtual machine"
+TEMPLATE_OBJ = "virtual machine template"
+V, L = vs.VmState, vs.Lcm
+ONEADMIN = Caller(0, 0, frozenset({0}), "oneadmin", "oneadmin")
+#: seconds the dummy VMM/TM driver takes to answer one operation (oned: ~0.06 s)
+DRIVER_DELAY = 0.05
+#: templates longer than this are parsed off the reactor thread
+PARSE_IN_THREAD = 64 * 1024
+#: attributes VirtualMachine::insert keeps in TEMPLATE (vms.md §5.3); every other
+#: attribute the user wrote stays in USER_TEMPLATE
+VM_ATTRS = frozenset({
+    "VMID", "TEMPLATE_ID", "MEMORY", "CPU", "VCPU", "CPU_COST", "MEMORY_COST", "DISK_COST",
+    "OS", "RAW", "PCI", "NIC_DEFAULT", "NIC", "NIC_ALIAS", "CONTEXT", "DISK",
+    "SUBMIT_ON_HOLD", "GRAPHICS", "VIDEO", "EMULATOR", "INPUT", "FEATURES",
+    "CLONING_TEMPLATE_ID", "TOPOLOGY", "NUMA_NODE", "HYPERV_OPTIONS", "SPICE_OPTIONS", "TPM",
+    "TM_MAD_SYSTEM", "AUTOMATIC_REQUIREMENTS", "AUTOMATIC_DS_REQUIREMENTS",
+    "AUTOMATIC_NIC_REQUIREMENTS", "MEMORY_MAX", "VCPU_MAX", "MEMORY_SLOTS",
+    "MEMORY_RESIZE_MODE", "CPU_MODEL", "SECURITY_GROUP_RULE", "VMGROUP", "IMPORTED",
+})
+
+
+# ------------------------------------------------------------------ row access
+def vm_auth(vm: Vm) -> ObjectAuth:
+    return ObjectAuth("VM", vm.id, vm.uid, vm.gid, vm.perms, vm.lock.locked if vm.lock else 0)
+
+
+def _meta(vm: Vm) -> pools.RowMeta:
+    return pools.RowMeta(vm.name, vm.uid, vm.gid, vm.perms)
+
+
+def _columns(vm: Vm) -> dict:
+    """The filter columns and the two served forms of a VM row (see models.VmRow)."""
+    ext, short = escape(vm_xml(vm, all_history=False)), escape(vm_short_xml(vm))
+    if isinstance(database_proxy.obj, peewee.SqliteDatabase):
+        ext, short = ext.encode("utf-8"), short.encode("utf-8")
+    return {"state": vm.state, "lcm_state": vm.lcm_state, "ext_rpc": ext, "short_rpc": short}
+
+
+def read_vm(oid: int, lock: bool = False) -> Vm:
+    body = pools.body(VmRow, oid, lock=lock)
+    if body is None:
+        raise errors.no_exists(OBJ, oid)
+    return vm_from(body)
+
+
+def write_vm(vm: Vm) -> None:
+    """VirtualMachinePool::update: PREV_STATE/PREV_LCM_STATE take the state written."""
+    vm.prev_state, vm.prev_lcm_state = vm.state, vm.lcm_state
+    pools.update(VmRow, vm.id, _meta(vm), vm_xml(vm), **_columns(vm))
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _request_id() -> int:
+    return secrets.randbelow(10000)
+
+
+def _positive_int(value: str | None) -> bool:
+    try:
+        return value is not None and int(value.strip()) > 0
+    except ValueError:
+        return False
+
+
+def _positive_float(value: str | None) -> bool:
+    try:
+        return value is not None and float(value.strip()) > 0
+    except ValueError:
+        return False
+
+
+def capacity(vm: Vm) -> tuple[int, int]:
+    """(CPU×100, MEMORY in KB): what the VM takes from its host."""
+    try:
+        cpu = int(float(vm.template.get("CPU") or 0) * 100)
+    except ValueError:
+        cpu = 0
+    try:
+        mem = int(vm.template.get("MEMORY") or 0) * 1024
+    except ValueError:
+        mem = 0
+    return cpu, mem
+
+
+def system_datastores() -> list[Datastore]:
+    """The enabled SYSTEM_DS datastores, by id."""
+    out = []
+    for body in pools.bodies(DatastoreRow):
+        ds = datastore_from(body)
+        if ds.type == 1:
+            out.append(ds)
+    return out
+
+
+def _host_join(h: Host, vm: Vm) -> None:
+    if vm.id in h.vms:
+        return
+    cpu, mem = capacity(vm)
+    h.cpu_usage += cpu
+    h.mem_usage += mem
+    h.running_vms += 1
+    h.vms.append(vm.id)
+
+
+def _host_leave(vm: Vm) -> None:
+    """Give the host back what the VM took (once: STOPPED VMs have left already)."""
+    if not vm.history:
+        return
+    body = pools.body(HostRow, vm.history[-1].hid, lock=True)
+    if body is None:
+        return
+    h = host_from(body)
+    if vm.id not in h.vms:
+        return
+    cpu, mem = capacity(vm)
+    h.cpu_usage = max(h.cpu_usage - cpu, 0)
+    h.mem_usage = max(h.mem_usage - mem, 0)
+    h.running_vms = max(h.running_vms - 1, 0)
+    h.vms.remove(vm.id)
+    write_host(h)
+
+
+# ------------------------------------------------------------------ building a VM
+def _split(tmpl: Template) -> tuple[Template, Template]:
+    """VirtualMachine::insert's two templates: VM attributes and the user's others."""
+    vm_t, user_t = Template(), Template()
+    for attr in tmpl:
+        (vm_t if attr.name in VM_ATTRS else user_t).add(attr.name, attr.copy().value)
+    return vm_t, user_t
+
+
+def _check_capacity_attrs(t: Template) -> None:
+    if not _positive_int(t.get("MEMORY")):
+        raise errors.internal("MEMORY attribute must be a positive integer value.")
+    if not _positive_float(t.get("CPU")):
+        raise errors.internal("CPU attribute must be a positive float or integer value.")
+    if t.has("VCPU") and not _positive_int(t.get("VCPU")):
+        raise errors.internal("VCPU attribute must be a positive integer value.")
+    for cost in ("CPU_COST", "MEMORY_COST", "DISK_COST"):
+        value = t.get(cost)
+        if value is not None:
+            try:
+                ok = float(value.strip()) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise errors.internal(f"{cost} attribute must be a positive float or "
+                                      "integer value.")
+
+
+def _automatic_requirements(t: Template) -> None:
+    """AUTOMATIC_*REQUIREMENTS from the clusters of the DISKs' datastores (vms.md §5.3)."""
+    clusters: list[str] = []
+    for disk in t.get_all("DISK"):
+        if isinstance(disk, dict) and disk.get("CLUSTER_ID"):
+            for cid in disk["CLUSTER_ID"].split(","):
+                cid = cid.strip()
+                if cid and cid not in clusters:
+                    clusters.append(cid)
+    if not clusters:
+        t.set("AUTOMATIC_REQUIREMENTS", "!(PIN_POLICY = PINNED)")
+        return
+    hosts = " | ".join(f"CLUSTER_ID = {cid}" for cid in clusters)
+    ds = " | ".join(f'"CLUSTERS/ID" @> {cid}' for cid in clusters)
+    t.set("AUTOMATIC_REQUIREMENTS", f"({hosts}) & !(PIN_POLICY = PINNED)")
+    tm_system = t.get("TM_MAD_SYSTEM")
+    t.set("AUTOMATIC_DS_REQUIREMENTS",
+          f"({ds})" + (f' & (TM_MAD = "{tm_system}")' if tm_system else ""))
+    t.set("AUTOMATIC_NIC_REQUIREMENTS", f"({ds})")
+
+
+@dataclass
+class NewVm:
+    """What allocate/instantiate hand to the insert transaction."""
+
+    caller: Caller
+    tmpl: Template
+    hold: bool
+    perms: Permissions
+    path: str  # "allocate" | "instantiate"
+
+
+# ------------------------------------------------------------------ the verbs
+@dataclass
+class Vms:
+    db: Database
+    config: DaemonConfig
+    identity: Identity
+    reactor: Any
+    #: the VM templates (instantiate reads and clones them)
+    templates: Any = None
+    #: called with a VM's id when it becomes PENDING (the scheduler's trigger)
+    on_pending: Callable[[int], None] | None = None
+    _pending_calls: list = field(default_factory=list)
+
+    def _auth(self, caller: Caller) -> AuthRequest:
+        return AuthRequest(caller, self.identity.acl)
+
+    def _perms(self, caller: Caller) -> Permissions:
+        return new_object_perms(caller.uid, caller.gid, self.identity.umask_for(caller),
+                                self.config.enable_other_permissions)
+
+    async def parse(self, text: str, context: str = "") -> Template:
+        """oned's template parser; long texts off the reactor thread."""
+        def parse() -> Template:
+            try:
+                return Template.parse(text, replace_mode=False)
+            except TemplateError as exc:
+                raise errors.internal(context + exc.message) from None
+
+        if len(text) > PARSE_IN_THREAD:
+            return await threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                                   parse)
+        return parse()
+
+    # -------------------------------------------------------------- allocate
+    async def allocate(self, caller: Caller, text: str, hold: bool) -> int:
+        tmpl = await self.parse(text)
+        if not caller.is_admin:
+            attr = restricted_attr(tmpl)
+            if attr:
+                raise errors.authorization(f"VM Template includes a restricted attribute {attr}")
+        req = self._auth(caller)
+        req.add(Op.CREATE, ObjectAuth("VM", -1))
+        req.check()
+        new = NewVm(caller, tmpl, hold, self._perms(caller), "allocate")
+        oid = await self.db.run(self._insert_authorized, new)
+        self._placed(oid)
+        return oid
+
+    def _insert_authorized(self, new: NewVm) -> int:
+        vm_disks.authorize_disks(new.caller, new.tmpl, self.config)
+        return self._insert(new)
+
+    def _insert(self, new: NewVm) -> int:
+        """VirtualMachinePool::allocate + VirtualMachine::insert in one transaction: a
+        failure rolls back the id, every acquired image and the row together."""
+        caller, tmpl = new.caller, new.tmpl
+        oid = pools.next_oid("vm_pool")
+        name = tmpl.get("NAME")
+        prefix = tmpl.get("TEMPLATE_NAME") or "one"
+        tmpl.remove("NAME")
+        tmpl.remove("TEMPLATE_NAME")
+        if name is None or name == "":
+            name = f"{prefix}-{oid}"
+        else:
+            err = name_error(name)
+            if err:
+                raise errors.internal(err)
+        vm_t, user_t = _split(tmpl)
+        _check_capacity_attrs(vm_t)
+        for single in ("CPU", "MEMORY", "VCPU"):  # insert replaces them by one value each
+            value = vm_t.get(single)
+            if value is not None:
+                vm_t.set(single, value)
+        vm_t.set("VMID", str(oid))
+        os_vec = vm_t.get_vector("OS")
+        if os_vec is None:
+            vm_t.set("OS", {})
+            os_vec = vm_t.get_vector("OS")
+        os_vec["UUID"] = str(uuid.uuid4())
+        vm_disks.acquire_disks(oid, caller.uid, caller.gid, vm_t, self.config, path=new.path)
+        hold = new.hold or (vm_t.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
+        if new.hold:
+            vm_t.set("SUBMIT_ON_HOLD", "YES")
+        deploy_id = user_t.get("DEPLOY_ID") or ""
+        if deploy_id.startswith("one-") and deploy_id[4:].isdigit():
+            raise errors.internal(f"Trying to import an OpenNebula VM: '{deploy_id}'.")
+        _automatic_requirements(vm_t)
+        state = V.HOLD if hold else V.PENDING
+        vm = Vm(oid, caller.uid, caller.gid, caller.uname, caller.gname, name,
+                perms=new.perms, state=state, stime=_now(), template=vm_t,
+                user_template=user_t)
+        vm.prev_state = state
+        pools.insert(VmRow, oid, _meta(vm), vm_xml(vm), **_columns(vm))
+        return oid
+
+    def _placed(self, oid: int) -> None:
+        if self.on_pending is not None:
+            self.on_pending(oid)
+
+    # -------------------------------------------------------------- instantiate
+    async def instantiate(self, caller: Caller, tid: int, name: str, hold: bool, extra: str,
+                          persistent: bool) -> int:
+        t = await self.db.run(read_template, tid)
+        if (t.template.get("VROUTER") or "").upper() == "YES":
+            raise errors.action("Virtual router templates cannot be instantiated")
+        extra_t = await self.parse(extra) if extra else Template()
+        if persistent:
+            clone_name = name or f"{t.name}-copy"
+            new_tid = await self.templates.clone(caller, tid, clone_name, True)
+            await self._persistent_clones(caller, new_tid)
+            if extra:
+                await self.templates.update(caller, new_tid, extra, 1)
+            return await self.instantiate(caller, new_tid, name, hold,
+                                          f"CLONING_TEMPLATE_ID={tid}", False)
+        if not caller.is_admin and len(extra_t):
+            for attr in extra_t:
+                if restricted_attr(Template([attr])):
+                    raise errors.authorization(
+                        f"User Template includes a restricted attribute {attr.name}")
+        tmpl = t.template.copy()
+        tmpl.merge(extra_t)
+        for attr in ("NAME", "TEMPLATE_NAME", "TEMPLATE_ID"):
+            tmpl.remove(attr)
+        tmpl.set("TEMPLATE_NAME", t.name)
+        tmpl.set("TEMPLATE_ID", str(tid))
+        if name:
+            tmpl.set("NAME", name)
+        req = self._auth(caller)
+        req.add(Op.USE, template_auth(t))
+        if extra:
+            req.add(Op.CREATE, ObjectAuth("TEMPLATE", -1))
+        req.add(Op.CREATE, ObjectAuth("VM", -1))
+        req.check()
+        new = NewVm(caller, tmpl, hold, self._perms(caller), "instantiate")
+
+        def txn() -> int:
+            vm_disks.authorize_disks(caller, tmpl, self.config)
+            try:
+                return self._insert(new)
+            except errors.OneError as exc:
+                if exc.code in (errors.ErrorCode.INTERNAL, errors.ErrorCode.ACTION):
+                    raise errors.allocate(exc.detail, TEMPLATE_OBJ) from None
+                raise
+
+        oid = await self.db.run(txn)
+        self._placed(oid)
+        return oid
+
+    async def _persistent_clones(self, caller: Caller, tid: int) -> None:
+        """The images a persistent instantiate cloned become persistent (vms.md §4.7)."""
+        t = await self.db.run(read_template, tid)
+        for disk in t.template.get_all("DISK"):
+            if isinstance(disk, dict) and disk.get("IMAGE_ID", "").isdigit():
+                try:
+                    await self.templates.images.persistent(caller, int(disk["IMAGE_ID"]), True)
+                except errors.OneError as exc:
+                    log.warn("image {iid} of template {tid} stays non-persistent: {e!r}",
+                             iid=disk["IMAGE_ID"], tid=tid, e=exc)
+
+    # -------------------------------------------------------------- reading
+    async def info(self, caller: Caller, oid: int) -> Served:
+        row = await self.db.run(info_row_vm, oid)
+        if row is None:
+            raise errors.no_exists(OBJ, oid)
+        body, uid, gid, owner_u, group_u, other_u = row
+        if not caller.is_admin:
+            req = self._auth(caller)
+            req.add(Op.USE, ObjectAuth("VM", oid, uid, gid, Permissions(
+                [owner_u, 0, 0, group_u, 0, 0, other_u, 0, 0])), check_lock=False)
+            req.check()
+        return Served([body])
+
+    async def pool_info(self, caller: Caller, flag: int, start: int, end: int, state: int,
+                        query: str, extended: bool) -> Served:
+        if state < -2 or state > 11:
+            raise errors.api("Incorrect filter_flag, state")
+        if flag < -4:
+            raise errors.api("Incorrect filter_flag")
+        if query:
+            raise errors.internal("JSON query search is not supported by the SQL backend")
+        where = pool_filter(caller, self.identity.acl, flag, VmRow, "VM")
+        if state == -1:
+            cond = VmRow.state != V.DONE
+            where = cond if where is None else where & cond
+        elif state >= 0:
+            cond = VmRow.state == state
+            where = cond if where is None else where & cond
+        order = self.identity.user_option(caller, "API_LIST_ORDER",
+                                          self.config.api_list_order).upper()
+        column = VmRow.ext_rpc if extended else VmRow.short_rpc
+        bodies = await self.db.run(pool_bodies, where, order != "ASC", start, end, VmRow,
+                                   column)
+        return Served.pool("VM_POOL", bodies)
+
+    # -------------------------------------------------------------- owner verbs
+    async def _mutate(self, oid: int, fn: Callable[[Vm], bool | None]) -> None:
+        def txn() -> None:
+            vm = read_vm(oid, lock=True)
+            if fn(vm) is not False:
+                write_vm(vm)
+
+        await self.db.run(txn)
+
+    def _manage(self, caller: Caller, vm: Vm, op: Op = Op.MANAGE) -> None:
+        req = self._auth(caller)
+        req.add(op, vm_auth(vm))
+        req.check()
+
+    async def rename(self, caller: Caller, oid: int, name: str) -> int:
+        def apply(vm: Vm) -> bool:
+            if name == vm.name:
+                return False
+            self._manage(caller, vm)
+            err = name_error(name)
+            if err:
+                raise errors.action(err)
+            vm.name = name
+            return True
+
+        await self._mutate(oid, apply)
+        return oid
+
+    async def chmod(self, caller: Caller, oid: int, values: list[int]) -> int:
+        def apply(vm: Vm) -> None:
+            vm.perms = chmod_plan(caller, self._auth(caller), vm_auth(vm), vm.perms, values,
+                                  self.config.enable_other_permissions)
+
+        await self._mutate(oid, apply)
+        return oid
+
+    async def chown(self, caller: Caller, oid: int, uid: int, gid: int) -> int:
+        user = self.identity.user(uid) if uid > -1 else None
+        group = self.identity.group(gid) if gid > -1 else None
+
+        def apply(vm: Vm) -> None:
+            new_user, new_group = chown_plan(self._auth(caller), vm_auth(vm), vm.uid, vm.gid,
+                                             user, group)
+            if new_user is not None:
+                vm.uid, vm.uname = new_user.id, new_user.name
+            if new_group is not None:
+                vm.gid, vm.gname = new_group.id, new_group.name
+
+        await self._mutate(oid, apply)
+        return oid
+
+    async def lock(self, caller: Caller, oid: int, level: int, test: bool) -> int:
+        def apply(vm: Vm) -> None:
+            req = self._auth(caller)
+            req.add(Op.MANAGE, vm_auth(vm), check_lock=False)
+            req.check()
+            vm.lock = locks.locked(caller, vm.lock, level, test)
+
+        await self._mutate(oid, apply)
+        return oid
+
+    async def unlock(self, caller: Caller, oid: int) -> int:
+        def apply(vm: Vm) -> None:
+            req = self._auth(caller)
+            req.add(Op.MANAGE, vm_auth(vm), check_lock=False)
+            req.check()
+            vm.lock = locks.unlocked(caller, vm.lock)
+
+        await self._mutate(oid, apply)
+        return oid
+
+    # -------------------------------------------------------------- deploy
+    async def deploy(self, caller: Caller, oid: int, hid: int, enforce: bool, ds_id: int,
+                     extra: str, *, scheduled: bool = False) -> int:
+        if extra:
+            await self.parse(extra)
+
+        def txn() -> None:
+            h = read_host(hid)
+            if h.state == OFFLINE:
+                raise errors.action("Host is offline, cannot use it to deploy VM")
+            # rows are locked VM first, then host, everywhere (the driver answers too),
+            # so two transactions never wait for each other on PostgreSQL
+            vm = read_vm(oid, lock=True)
+            h = read_host(hid, lock=True)
+            target = ds_id
+            if target == -1 and vm.state in (V.STOPPED, V.UNDEPLOYED) and vm.history:
+                target = vm.history[-1].ds_id
+            if target == -1:
+                candidates = [d for d in system_datastores() if h.cluster_id in d.clusters]
+                if not candidates:
+                    raise errors.action(f"cluster [{h.cluster_id}] does not have any "
+                                        "datastore of type SYSTEM_DS.")
+                ds = candidates[0]
+            else:
+                body = pools.body(DatastoreRow, target)
+                if body is None:
+                    raise errors.no_exists("datastore", target)
+                ds = datastore_from(body)
+                if ds.type != 1:
+                    raise errors.internal(f"Trying to use datastore [{target}] to deploy the "
+                                          "VM, but it is not of type system datastore.")
+                if h.cluster_id not in ds.clusters:
+                    raise errors.action(f"datastore [{target}] and host [{hid}] are not in the "
+                                        f"same cluster [{h.cluster_id}].")
+            req = self._auth(caller)
+            req.add(Op.ADMIN, vm_auth(vm))
+            req.add(Op.MANAGE, host_auth(h))
+            req.add(Op.USE, ds_auth(ds))
+            req.check()
+            first = vs.DEPLOY_FROM.get(vm.state)
+            if first is None:
+                raise errors.action("Deploy action is not available for state "
+                                    f"{vs.state_str(vm.state, vm.lcm_state)}")
+            if enforce:
+                cpu, mem = capacity(vm)
+                free_cpu, free_mem = h.max_cpu - h.cpu_usage, h.max_mem - h.mem_usage
+                if cpu > free_cpu:
+                    raise errors.action(f"virtual machine [{oid}] does not fit in host "
+                                        f"[{hid}]. Not enough CPU: {cpu}/{free_cpu}")
+                if mem > free_mem:
+                    raise errors.action(f"virtual machine [{oid}] does not fit in host "
+                                        f"[{hid}]. Not enough memory: {mem}/{free_mem}")
+            if h.vm_mad != "dummy":
+                raise errors.action(f"Cannot find vmm driver: {h.vm_mad}")
+            now = _now()
+            vm.history.append(History(
+                oid=vm.id, seq=len(vm.history), hostname=h.name, hid=h.id, cid=h.cluster_id,
+                stime=now, vm_mad=h.vm_mad, tm_mad=ds.tm_mad, ds_id=ds.id,
+                plan_id=-1 if scheduled else -2, action_id=0 if scheduled else -1,
+                pstime=now))
+            if not vm.template.has("TM_MAD_SYSTEM"):
+                vm.template.set("TM_MAD_SYSTEM", ds.tm_mad)
+            vm.state, vm.lcm_state = V.ACTIVE, first
+            _host_join(h, vm)
+            write_host(h)
+            write_vm(vm)
+
+        await self.db.run(txn)
+        self._drive(oid, V.ACTIVE, 0)
+        return oid
+
+    # -------------------------------------------------------------- actions
+    async def action(self, caller: Caller, name: str, oid: int) -> int:
+        def txn() -> tuple[int, int] | None:
+            vm = read_vm(oid, lock=True)
+            act = vs.ACTIONS.get(name)
+            op = Op.ADMIN if name in vs.ADMIN_ACTIONS else Op.MANAGE
+            self._manage(caller, vm, op)
+            if act is None:
+                raise errors.action(f'Action "{name}" is not supported')
+            rule = vs.rule_for(act, vm.state, vm.lcm_state)
+            if rule is None:
+                text = act.refusal.format(id=oid, state=vs.state_str(vm.state, vm.lcm_state))
+                raise errors.action(f'Error performing action "{name}": {text}')
+            if name in ("resched", "unresched"):
+                vm.resched = 1 if name == "resched" else 0
+                write_vm(vm)
+                return None
+            if rule.to is None:
+                return None
+            now = _now()
+            h = vm.history[-1] if vm.history else None
+            if rule.history and h is not None:
+                h.action, h.uid, h.gid, h.request_id = (rule.history, caller.uid, caller.gid,
+                                                        _request_id())
+            state, lcm = rule.to
+            if (state, lcm) == vs.DONE_NOW:
+                vm_disks.release_disks(vm.id, vm.template, failed=False)
+                vm.etime = now
+            elif (vm.state in (V.POWEROFF, V.SUSPENDED) and state == V.ACTIVE
+                  and lcm in (L.BOOT_POWEROFF, L.BOOT_SUSPENDED) and h is not None):
+                # resume from POWEROFF/SUSPENDED closes the record and opens SEQ+1
+                h.etime = h.retime = now
+                vm.history.append(History(
+                    oid=vm.id, seq=h.seq + 1, hostname=h.hostname, hid=h.hid, cid=h.cid,
+                    stime=now, vm_mad=h.vm_mad, tm_mad=h.tm_mad, ds_id=h.ds_id,
+                    plan_id=h.plan_id, action_id=h.action_id, rstime=now))
+            elif lcm in (L.EPILOG, L.EPILOG_STOP, L.EPILOG_UNDEPLOY) and h is not None:
+                if vm.state in (V.POWEROFF, V.SUSPENDED, V.ACTIVE):
+                    h.retime = h.retime or now
+                h.estime = now
+            elif lcm == L.CLEANUP_DELETE and h is not None:
+                h.petime = h.petime or now
+            vm.state, vm.lcm_state = state, lcm
+            write_vm(vm)
+            return state, lcm
+
+        moved = await self.db.run(txn)
+        if moved is not None:
+            state, lcm = moved
+            if state == V.PENDING:
+                self._placed(oid)
+            elif state == V.ACTIVE:
+                self._drive(oid, state, lcm)
+        return oid
+
+    # -------------------------------------------------------------- the dummy drivers
+    def _drive(self, oid: int, state: int, lcm: int) -> None:
+        """The dummy driver answers the operation of ``lcm`` after DRIVER_DELAY."""
+        if state != V.ACTIVE:
+            return
+        self._pending_calls = [c for c in self._pending_calls if c.active()]
+        self._pending_calls.append(self.reactor.callLater(DRIVER_DELAY, self._answer, oid))
+
+    def _answer(self, oid: int) -> None:
+        d = self.db.run(self._step, oid)
+
+        def next_step(moved: tuple[int, int] | None) -> None:
+            if moved is not None:
+                self._drive(oid, *moved)
+
+        d.addCallback(next_step)
+        d.addErrback(lambda f: log.failure("VM {oid}: driver answer failed", f, oid=oid))
+
+    def _step(self, oid: int) -> tuple[int, int] | None:
+        """One dummy driver answer: the VM's transient LCM state becomes the next one."""
+        body = pools.body(VmRow, oid, lock=True)
+        if body is None:
+            return None
+        vm = vm_from(body)
+        step = vs.STEPS.get(vm.lcm_state) if vm.state == V.ACTIVE else None
+        if step is None:
+            return None
+        now = _now()
+        h = vm.history[-1] if vm.history else None
+        state, lcm = step.to
+        if h is not None:
+            if vm.lcm_state in (L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY):
+                h.petime = now
+                h.rstime = now
+            elif lcm == L.RUNNING and step.op == "deploy":
+                # the dummy VMM's deploy answer (a restore keeps the domain it had)
+                vm.deploy_id = f"{h.hostname}:{vm.name}:dummy"
+            if lcm in (L.EPILOG, L.EPILOG_STOP, L.EPILOG_UNDEPLOY):
+                h.retime = h.retime or now
+                h.estime = now
+            if step.leaves_host:
+                h.eetime = now if vm.lcm_state != L.CLEANUP_DELETE else h.eetime
+                h.etime = h.etime or now
+        if step.leaves_host:
+            _host_leave(vm)
+        if step.done:
+            vm_disks.release_disks(vm.id, vm.template,
+                                   failed=vm.lcm_state == L.CLEANUP_DELETE)
+            vm.etime = now
+        vm.state, vm.lcm_state = state, lcm
+        write_vm(vm)
+        return state, lcm
+
+    async def resume_drivers(self) -> None:
+        """At start: VMs left in a transient LCM state get their driver answer."""
+        ids = await self.db.run(lambda: [r[0] for r in VmRow.select(VmRow.oid).where(
+            (VmRow.state == V.ACTIVE) & VmRow.lcm_state.in_(list(vs.STEPS))).tuples()])
+        for oid in ids:
+            self._drive(oid, V.ACTIVE, 0)
+
+    def stop(self) -> None:
+        for call in self._pending_calls:
+            if call.active():
+                call.cancel()
+        self._pending_calls = []
+
+
+def info_row_vm(oid: int):
+    """(full body escaped, uid, gid, owner_u, group_u, other_u) of one VM, or None."""
+    row = (VmRow.select(VmRow.body, VmRow.uid, VmRow.gid, VmRow.owner_u, VmRow.group_u,
+                        VmRow.other_u).where(VmRow.oid == oid).limit(1).tuples().first())
+    if row is None:
+        return None
+    return (rpc_bytes(row[0]), *row[1:])
+
