@@ -173,11 +173,14 @@ def test_every_action_has_an_executable_script():
 def test_shellcheck_clean():
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck missing")
-    for tm in ("shared", "qcow2"):
-        scripts = [a for a in ACTIONS] + ["../common/tm_common.sh"]
-        res = subprocess.run(["shellcheck", "-x", "-P", "SCRIPTDIR", *scripts],
-                             cwd=TM_DIR / tm, capture_output=True, check=False)
-        assert res.returncode == 0, res.stdout.decode()
+    # the library with what it sources; the action scripts (a few lines each) alone
+    res = subprocess.run(["shellcheck", "-x", "-P", "SCRIPTDIR", "tm_common.sh"],
+                         cwd=TM_DIR / "common", capture_output=True, check=False)
+    assert res.returncode == 0, res.stdout.decode()
+    scripts = [f"{tm}/{a}" for tm in ("shared", "qcow2") for a in ACTIONS]
+    res = subprocess.run(["shellcheck", "-e", "SC1091", *scripts], cwd=TM_DIR,
+                         capture_output=True, check=False)
+    assert res.returncode == 0, res.stdout.decode()
     res = subprocess.run(["shellcheck", *ACTIONS], cwd=TM_DIR / "dummy",
                          capture_output=True, check=False)
     assert res.returncode == 0, res.stdout.decode()
