@@ -329,3 +329,21 @@ echo "end $3 $(date +%s%N)" >> {log}
         assert per_vm[vm] <= 1
         both = both or (per_vm["7"] == 1 and per_vm["8"] == 1)
     assert both                       # different VMs do run at the same time
+
+
+def test_tm_tools_are_checked_at_start(tmp_path):
+    from oned_images.driver.checks import missing_tm_tools
+
+    remotes = tmp_path / "remotes"
+    (remotes / "tm" / "x").mkdir(parents=True)
+    (remotes / "tm" / "x" / "tools").write_text(
+        "# comment\nsh dash scripts\nno-such-command-here some-pkg snapshots of x\n")
+    settings = DriverSettings(remotes=str(remotes))
+    missing = missing_tm_tools(settings, "/usr/bin:/bin")
+    assert [(tm_mad, t.command, t.package, t.needed_for) for tm_mad, t in missing] == \
+        [("x", "no-such-command-here", "some-pkg", "snapshots of x")]
+    shipped = DriverSettings(remotes=str(ROOT / "drivers"))
+    assert [t.command for _, t in missing_tm_tools(shipped, "/nonexistent")] == \
+        [t.split()[0] for tm_mad in ("qcow2", "shared")
+         for t in (ROOT / "drivers/tm" / tm_mad / "tools").read_text().splitlines()
+         if t.strip() and not t.startswith("#")]
