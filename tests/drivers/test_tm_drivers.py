@@ -419,8 +419,12 @@ def test_context_iso(lay, tm):
     other = lay.vms / str(VM + 1)
     other.mkdir()
     (other / "context.sh").write_text("X=1\n")
-    for path, why in (("/etc/passwd", "outside the datastores and the VM's directory"),
-                      (other / "context.sh", "outside the datastores and the VM's directory"),
+    nowhere = "not an image file of a datastore nor in the VM's directory"
+    other_disk = lay.system / str(VM + 1) / "disk.0"      # another VM's disk
+    other_disk.parent.mkdir(parents=True)
+    other_disk.write_bytes(b"their data")
+    for path, why in (("/etc/passwd", nowhere), (other / "context.sh", nowhere),
+                      (other_disk, nowhere),
                       (vmdir / "missing", "No such file or directory"),
                       ("relative.sh", "not an absolute path")):
         lay.failed(tm, "context", path, host(lay.disk(10)), VM, 0,
@@ -429,7 +433,7 @@ def test_context_iso(lay, tm):
     # a symlink planted in the VM's directory does not open the rest of the disk
     (vmdir / "leak").symlink_to("/etc/passwd")
     lay.failed(tm, "context", vmdir / "leak", host(lay.disk(10)), VM, 0,
-               text=f"Not allowed to use context file {vmdir / 'leak'}: outside")
+               text=f"Not allowed to use context file {vmdir / 'leak'}: {nowhere}")
 
 
 # ---------------------------------------------------------------- failures --
@@ -525,3 +529,18 @@ def test_mv_on_this_machine(lay):
     lay.ok("shared", "mv", host(lay.sysdir()), host(f"{lay.location}/100/{VM}"), VM, 100)
     assert (lay.real / "100" / str(VM) / "disk.0").exists()
     assert lay.system_files() == []
+
+
+def test_a_datastore_directory_may_be_a_symlink(lay, tmp_path):
+    """An operator's datastores/0 -> /elsewhere/0 (another disk) works; a VM directory
+    that is itself a link out is refused (test_failures_missing_source_and_paths_outside)."""
+    src = make_image(lay, "qcow2")
+    elsewhere = tmp_path / "big" / "0"
+    elsewhere.mkdir(parents=True)
+    lay.real.joinpath("0").symlink_to(elsewhere)
+    lay.ok("qcow2", "clone", fe(src), host(lay.disk(0)), VM, 1)
+    lay.ok("qcow2", "snap_create", host(lay.disk(0)), 0, VM, 1)
+    lay.ok("qcow2", "cpds", host(lay.disk(0)), lay.images / ("c" * 32), 0, VM, 1)
+    assert sorted(p.name for p in (elsewhere / str(VM)).iterdir()) == ["disk.0", "disk.0.snap"]
+    lay.ok("qcow2", "delete", host(lay.sysdir()), VM, 0)
+    assert list(elsewhere.iterdir()) == []

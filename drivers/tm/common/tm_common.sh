@@ -62,7 +62,8 @@
 #            Cannot revert to snapshot <s>: it is the active disk state
 #            Cannot delete snapshot <s>: it has more than one child
 #   mkimage  Invalid image size '<size>' | Unsupported image format <fmt>
-#   context  Not allowed to use context file <path>: <why>
+#   context  Not allowed to use context file <path>: <why> (only image files
+#            directly in a datastore directory and <ONED_VMS_LOCATION>/<vmid>/ files)
 #            Cannot build the context ISO: <tool error>
 # ---------------------------------------------------------------------------
 
@@ -71,6 +72,9 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/../../datastore/common/libfs.sh"
 
 DS_LOCATION=
 DS_LOCATION_REAL=
+# the real directories datastores live in: DS_LOCATION's, and those of datastore
+# directories that are symbolic links (an operator's datastores/0 -> /mnt/big/0)
+TM_ROOTS=()
 
 # tm_location: DS_LOCATION (normalised) and DS_LOCATION_REAL from the environment.
 tm_location() {
@@ -80,6 +84,13 @@ tm_location() {
     DS_LOCATION=$(norm_path "$loc")
     [ "$DS_LOCATION" != / ] || fail "ONED_DATASTORE_LOCATION must not be /"
     DS_LOCATION_REAL=$(realpath -m -- "$DS_LOCATION")
+    TM_ROOTS=("$DS_LOCATION_REAL")
+    local d
+    for d in "$DS_LOCATION"/*; do
+        if [[ ${d##*/} =~ ^[0-9]+$ ]] && [ -L "$d" ]; then
+            TM_ROOTS+=("$(realpath -m -- "$d")")
+        fi
+    done
 }
 
 # tm_args N "$@": fail unless exactly N arguments were given.
@@ -110,15 +121,21 @@ tm_arg_path() {
     printf -v "$1" '%s' "$(norm_path "$_ap")"
 }
 
-# tm_real_under PATH ROOT: fail unless the real path of PATH's directory is ROOT
-# or below it (symbolic links in the directories are followed).
+# tm_real_under PATH ROOT...: fail unless the real path of PATH's directory is one
+# of the ROOTs or below it (symbolic links in the directories are followed).
 tm_real_under() {
-    local dir
-    dir=$(realpath -m -- "${1%/*}")
-    case $dir/ in
-        "$2"/*) ;;
-        *) fail "Not allowed to use $1: its directory resolves to $dir, outside $2" ;;
-    esac
+    local dir root path=$1
+    shift
+    dir=$(realpath -m -- "${path%/*}")
+    for root in "$@"; do
+        case $dir/ in "$root"/*) return 0 ;; esac
+    done
+    fail "Not allowed to use $path: its directory resolves to $dir, outside $*"
+}
+
+# tm_in_datastores PATH: tm_real_under the datastores' real directories.
+tm_in_datastores() {
+    tm_real_under "$1" "${TM_ROOTS[@]}"
 }
 
 # tm_sys_path VAR ARG [SYS_DS]: ARG must name <DS_LOCATION>/<system ds>/<VMID>
@@ -168,6 +185,22 @@ tm_image_arg() {
     tm_real_under "$_ia" "$(realpath -m -- "$_base")"
     [ ! -L "$_ia" ] || fail "Not allowed to use $_ia: it is a symbolic link"
     printf -v "$1" '%s' "$_ia"
+}
+
+# tm_image_file REAL: true when the real path REAL is a file directly inside a
+# datastore directory (<DS_LOCATION>/<id>/<name>, or a symlinked datastore's).
+tm_image_file() {
+    local root rest
+    for root in "${TM_ROOTS[@]}"; do
+        [[ $1 == "$root"/* ]] || continue
+        rest=${1#"$root"/}
+        if [ "$root" = "$DS_LOCATION_REAL" ]; then
+            [[ $rest =~ ^[0-9]+/[^/]+$ ]] && return 0
+        else
+            [[ $rest != */* ]] && return 0
+        fi
+    done
+    return 1
 }
 
 # tm_snap_id ID: check a snapshot id; sets SNAP_ID.
@@ -238,9 +271,9 @@ tm_disk_state() {
     fi
     DISK_LINK=$DISK_PATH
     [ ! -L "$DISK_PATH" ] || tm_link DISK_LINK "$DISK_PATH"
-    tm_real_under "$DISK_LINK" "$DS_LOCATION_REAL"
+    tm_in_datastores "$DISK_LINK"
     DISK_REAL=$(realpath -e -- "$DISK_PATH")
-    tm_real_under "$DISK_REAL" "$DS_LOCATION_REAL"
+    tm_in_datastores "$DISK_REAL"
     image_info "$DISK_REAL" || fail "Cannot read disk $DISK_PATH: $IMG_INFO_ERR"
     DISK_FORMAT=$IMG_FORMAT
     local dir=${DISK_LINK%/*} name=${DISK_LINK##*/}
@@ -371,7 +404,7 @@ tm_cpds() {
         tm_snap_id "$snap"
         file="$SNAP_DIR/$SNAP_ID"
         [ -e "$file" ] || fail "Snapshot $SNAP_ID does not exist ($file)"
-        tm_real_under "$file" "$DS_LOCATION_REAL"
+        tm_in_datastores "$file"
         image_info "$file" || fail "Cannot read snapshot $file: $IMG_INFO_ERR"
     fi
     cleanup_on_fail "$dst.tmp"
@@ -502,14 +535,10 @@ tm_context() {
             fail "Not allowed to use context file name '$name'"
         real=$(realpath -e -- "$f" 2>/dev/null) ||
             fail "Not allowed to use context file $f: $(access_error "$f")"
-        case $real in
-            "$DS_LOCATION_REAL"/*) ;;
-            *)
-                if [ -z "$vms" ] || [[ $real != "$vms"/* ]]; then
-                    fail "Not allowed to use context file $f: outside the datastores and the VM's directory"
-                fi
-                ;;
-        esac
+        # an image file (directly inside a datastore directory) or the VM's own files
+        if ! tm_image_file "$real" && { [ -z "$vms" ] || [[ $real != "$vms"/* ]]; }; then
+            fail "Not allowed to use context file $f: not an image file of a datastore nor in the VM's directory"
+        fi
         if [ ! -f "$real" ] || [ ! -r "$real" ]; then
             fail "Not allowed to use context file $f: $(access_error "$real")"
         fi
