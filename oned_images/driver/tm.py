@@ -264,6 +264,35 @@ class _Transfer:
     done: defer.Deferred = field(default_factory=defer.Deferred)
 
 
+#: what a TM script killed with KILL can leave half-written (our scripts write these
+#: names and rename them when complete; TERM makes them delete their own)
+_PARTIAL = re.compile(r"^(disk\.\d+|\d+)\.tmp(\.conv)?$")
+
+
+def sweep_partial_files(datastore_location: str) -> list[str]:
+    """Delete the partial files of TM actions a dead daemon left: ``disk.<n>.tmp`` in VM
+    directories and ``<id>.tmp`` in ``.snap`` directories of every datastore.  Call it
+    at start, after reaper.kill_leftover_groups and before any transfer runs (the
+    image datastores' ``<hash>.tmp`` are reaper.sweep_orphans' job)."""
+    removed = []
+    root = Path(datastore_location)
+    for ds in root.iterdir() if root.is_dir() else []:
+        if not ds.name.isdigit() or not ds.is_dir():
+            continue
+        for entry in ds.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and \
+                    (entry.name.isdigit() or entry.name.endswith(".snap")):
+                dirs = [entry, *(d for d in entry.glob("disk.*.snap") if d.is_dir())]
+                for directory in dirs:
+                    for f in directory.iterdir():
+                        if _PARTIAL.match(f.name) and not f.is_dir():
+                            f.unlink(missing_ok=True)
+                            removed.append(str(f))
+    for path in removed:
+        log.warn("Removed {path}: a partial file of an interrupted TM action", path=path)
+    return removed
+
+
 def _executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 

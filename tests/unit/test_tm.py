@@ -347,3 +347,20 @@ def test_tm_tools_are_checked_at_start(tmp_path):
         [t.split()[0] for tm_mad in ("qcow2", "shared")
          for t in (ROOT / "drivers/tm" / tm_mad / "tools").read_text().splitlines()
          if t.strip() and not t.startswith("#")]
+
+
+def test_sweep_partial_files_after_a_kill(tmp_path):
+    loc = tmp_path / "datastores"
+    vm = loc / "0" / "7"
+    (vm / "disk.1.snap").mkdir(parents=True)
+    img_snap = loc / "1" / ("a" * 32 + ".snap")
+    img_snap.mkdir(parents=True)
+    keep = [vm / "disk.0", vm / "disk.1.snap" / "0", img_snap / "0", loc / "1" / ("a" * 32),
+            vm / "notes.tmp"]
+    partial = [vm / "disk.0.tmp", vm / "disk.2.tmp.conv", vm / "disk.1.snap" / "1.tmp",
+               img_snap / "3.tmp"]
+    for f in keep + partial:
+        f.write_bytes(b"x")
+    assert sorted(tm.sweep_partial_files(str(loc))) == sorted(map(str, partial))
+    assert all(f.exists() for f in keep) and not any(f.exists() for f in partial)
+    assert tm.sweep_partial_files(str(tmp_path / "none")) == []

@@ -472,6 +472,7 @@ tm_mkimage() {
     dst=$DISK_PATH
     case $fmt in raw | qcow2 | swap) ;; *) fail "Unsupported image format $2" ;; esac
     fs=${fs,,}
+    [ "$fmt" != swap ] || fs=
     case $fs in "" | ext2 | ext3 | ext4 | xfs) ;; *) fail "Unsupported file system type $fs" ;; esac
     run "Cannot create directory $VM_DIR" mkdir -p -- "$VM_DIR"
     cleanup_on_fail "$dst.tmp" "$dst.tmp.conv"
