@@ -66,6 +66,18 @@ def missing_tools(settings: DriverSettings, path: str) -> list[tuple[str, Tool]]
     return missing
 
 
+def missing_tm_tools(settings: DriverSettings, path: str) -> list[tuple[str, Tool]]:
+    """(TM_MAD, tool) for every command a transfer-manager driver under
+    ``<REMOTES>/tm`` declares and ``path`` lacks (driver/tm.py runs them)."""
+    missing = []
+    tm_root = Path(settings.remotes) / "tm"
+    for directory in sorted(tm_root.iterdir()) if tm_root.is_dir() else []:
+        for tool in read_tools(directory / TOOLS_FILE):
+            if shutil.which(tool.command, path=path) is None:
+                missing.append((directory.name, tool))
+    return missing
+
+
 def _restore_modes(directory: Path) -> None:
     """Give shipped scripts (``#!`` files) back the execute bits an installer dropped."""
     for entry in directory.rglob("*"):
@@ -92,6 +104,8 @@ def check_drivers(settings: DriverSettings, path: str) -> None:
         raise ConfigError(f"DATASTORE_MAD REMOTES {remotes} is not a readable directory")
     if remotes.resolve() == SHIPPED_DRIVERS.resolve():
         _restore_modes(remotes / "datastore")
+        if (remotes / "tm").is_dir():
+            _restore_modes(remotes / "tm")
     for ds_mad in settings.allowed:
         directory = remotes / "datastore" / ds_mad
         present = [a for a in ACTIONS if (directory / a).is_file()]
@@ -108,4 +122,8 @@ def check_drivers(settings: DriverSettings, path: str) -> None:
     for ds_mad, tool in missing_tools(settings, path):
         log.warn("{command} not found in the drivers' PATH: {ds_mad} {needed} will fail; "
                  "install Debian package {package}", command=tool.command, ds_mad=ds_mad,
+                 needed=tool.needed_for, package=tool.package)
+    for tm_mad, tool in missing_tm_tools(settings, path):
+        log.warn("{command} not found in the drivers' PATH: TM {tm_mad} {needed} will fail; "
+                 "install Debian package {package}", command=tool.command, tm_mad=tm_mad,
                  needed=tool.needed_for, package=tool.package)

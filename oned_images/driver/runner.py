@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,12 +242,19 @@ class DriverRunner:
     async def run(self, action: str, ds_mad: str, oid: int, drv_action_b64: str,
                   key: tuple[str, int] | None = None, mode: str = "stdin",
                   env: dict[str, str] | None = None,
-                  owner: int | None = None) -> DriverResult:
+                  owner: int | None = None, *, script: str | None = None,
+                  args: Sequence[str] | None = None,
+                  timeouts: dict[str, int] | None = None) -> DriverResult:
         """Run one action; always returns a DriverResult (never raises for script trouble).
 
         ``env`` is added to the script's environment (ONED_URL_POLICY of a cp/stat);
         ``owner`` is the user the action works for, whose share of ``-t`` it takes;
         None (monitors) and 0 (oneadmin) have no share.
+
+        Other kinds of driver (transfer-manager scripts, driver/tm.py) share the slots,
+        locks, process groups, timeouts and records: they pass the ``script`` they
+        resolved, its ``args`` (argv after the script, stdin closed at once, no
+        DRV_ACTION) and their own ``timeouts`` table by action name.
         """
         key = key or ("image", oid)
         bucket: Bucket = None if owner in (None, 0) else \
@@ -262,21 +269,24 @@ class DriverRunner:
                     return DriverResult(action, oid, 255, "", "", cancelled=True,
                                         error="Action cancelled")
                 started = time.monotonic()
-                result = await self._spawn(action, ds_mad, oid, drv_action_b64, key, mode, env)
+                result = await self._spawn(action, ds_mad, oid, drv_action_b64, key, mode, env,
+                                           script, args, timeouts)
             finally:
                 self.slots.release(bucket)
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(key, None)
-        if self.observe is not None:
+        if self.observe is not None and args is None:
             self.observe(ds_mad, drv_action_b64, result, time.monotonic() - started)
         return result
 
     async def _spawn(self, action: str, ds_mad: str, oid: int, b64: str,
                      key: tuple[str, int], mode: str,
-                     extra_env: dict[str, str] | None = None) -> DriverResult:
-        script = self.script(ds_mad, action)
+                     extra_env: dict[str, str] | None = None, script: str | None = None,
+                     args: Sequence[str] | None = None,
+                     timeouts: dict[str, int] | None = None) -> DriverResult:
+        script = script or self.script(ds_mad, action)
         if script is None:
             return DriverResult(action, oid, 255, "", "",
                                 error=f"Datastore driver '{ds_mad}' not available")
@@ -286,7 +296,10 @@ class DriverRunner:
         # setsid: a process group of its own (pgid == pid) for group kills; nice: as
         # oned, copies run below the daemon's priority.
         prefix = ["setsid", "nice", "-n", str(self.settings.priority)]
-        if mode == "argv":
+        if args is not None:
+            argv = [*prefix, script, *args]
+            stdin = None
+        elif mode == "argv":
             argv = [*prefix, script, b64, str(oid)]
             stdin = None
         else:
@@ -317,7 +330,7 @@ class DriverRunner:
         reaper.record(self.config.var_location, pid, script)
         running = _Running(pid, collector)
         self._running[key] = running
-        timeout = self.settings.timeouts.get(action)
+        timeout = (self.settings.timeouts if timeouts is None else timeouts).get(action)
         timer = None
         if timeout:
             timer = self.reactor.callLater(timeout, self._expire, running)
@@ -342,7 +355,8 @@ class DriverRunner:
                               running.cancelled, logs)
         elapsed = time.monotonic() - started
         if running.timed_out:
-            result.error = f"Timeout executing {script} {oid}"
+            called = " ".join(args) if args is not None else str(oid)
+            result.error = f"Timeout executing {script} {called}"
             result.exit_code = 255
         elif running.cancelled:
             result.error = "Action cancelled"

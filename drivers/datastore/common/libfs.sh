@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # ---------------------------------------------------------------------------
 # libfs.sh - helpers shared by the oned-images datastore driver scripts.
-# Sourced (never executed) by drivers/datastore/<DS_MAD>/<action>.
+# Sourced (never executed) by drivers/datastore/<DS_MAD>/<action>, and by
+# drivers/tm/common/tm_common.sh for the TM drivers' logging, failures and clean-up.
 #
 # Requires Debian packages: bash coreutils findutils util-linux python3 e2fsprogs xfsprogs
 # Optional: qemu-utils (qemu-img: needed for qcow2 & co; raw images work without it),
