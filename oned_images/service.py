@@ -32,6 +32,7 @@ from oned_images.domain.vms import Vms
 from oned_images.driver import reaper
 from oned_images.driver.checks import check_drivers
 from oned_images.driver.runner import DriverRunner
+from oned_images.driver.tm import TransferManager
 from oned_images.metrics import Metrics
 from oned_images.rpc.metrics import MetricsResource
 from oned_images.rpc.resource import RpcSite
@@ -128,6 +129,8 @@ class App:
     #: virtual machines and their placement (vms.md §5); None only in bare tests.
     vms: Vms | None = None
     scheduler: Scheduler | None = None
+    #: transfer-manager actions of VM disks (driver/tm.py, vms.md §7); None only in bare tests.
+    tms: TransferManager | None = None
 
     async def datastores_ids(self) -> list[int]:
         return await self.db.run(
@@ -227,6 +230,7 @@ class Daemon:
         datastores.on_created = images.monitor_soon
         self.app = App(cfg, db, identity, datastores, images, drivers)
         self.app.clusters = Clusters(db, identity)
+        self.app.tms = TransferManager(drivers, cfg)
         self.app.hosts = Hosts(db, identity, self.reactor)
         self.app.templates = Templates(db, cfg, identity, images)
         self.app.vms = Vms(db, cfg, identity, self.reactor, self.app.templates)
