@@ -189,6 +189,10 @@ class DaemonConfig:
     upload_user_mb: int = 65536
     upload_total_mb: int = 262144
     upload_expiration: int = 86400
+    #: this daemon's name among those on one database (empty: host name:port).
+    daemon_name: str = ""
+    #: seconds a dead daemon's driver work waits before another daemon takes it over.
+    daemon_lease: int = 30
     source_file: str = ""
     #: why source_file was read (--config, $ONE_LOCATION, /etc/one, packaged default).
     source_why: str = ""
@@ -245,6 +249,8 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "UPLOAD_USER_MB": ("upload_user_mb", _positive),
     "UPLOAD_TOTAL_MB": ("upload_total_mb", _positive),
     "UPLOAD_EXPIRATION": ("upload_expiration", _positive),
+    "DAEMON_NAME": ("daemon_name", _text),
+    "DAEMON_LEASE": ("daemon_lease", _positive),
 }
 MULTI = ("IMAGE_RESTRICTED_ATTR",)
 
