@@ -223,8 +223,8 @@ class Daemon:
         me = daemons.Me(cfg.daemon_name or daemons.default_name(
             self._listening.getHost().port), socket.gethostname(), os.getpid(),
             os.path.abspath(cfg.var_location), float(cfg.daemon_lease))
-        db.run_sync(daemons.register, me)
         daemons.set_current(me)
+        db.run_sync(daemons.register, me)
         logs.set_daemon_name(me.name)
         identity = Identity(db, cfg)
         versions = CacheVersions(db, enabled=db.is_postgres)

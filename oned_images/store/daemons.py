@@ -14,7 +14,6 @@ seconds of the daemons' clocks: their hosts must keep time (NTP), as any lease n
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -69,13 +68,21 @@ def serialise_takeovers() -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is an oned-images process of this host (a pid can be reused)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
         return False
-    except PermissionError:
+    return b"oned_images" in cmdline or b"oned-images" in cmdline
+
+
+def _gone(host: str, pid: int, lease_until: float, now: float) -> bool:
+    """A daemon is gone when its lease ran out, or at once when it ran on this host and
+    its process has ended (a kill -9 then restart need not wait for the lease)."""
+    if lease_until < now:
         return True
+    me = _current
+    return me is not None and host == me.host and pid != me.pid and not _pid_alive(pid)
 
 
 def register(me: Me) -> None:
@@ -121,10 +128,14 @@ def leave(name: str) -> None:
     DaemonRow.delete().where(DaemonRow.name == name).execute()
 
 
+def _rows() -> list[tuple[str, str, int, float, str]]:
+    return list(DaemonRow.select(DaemonRow.name, DaemonRow.host, DaemonRow.pid,
+                                 DaemonRow.lease_until, DaemonRow.var_location).tuples())
+
+
 def live_names(now: float | None = None) -> set[str]:
     now = time.time() if now is None else now
-    return {r[0] for r in DaemonRow.select(DaemonRow.name)
-            .where(DaemonRow.lease_until >= now).tuples()}
+    return {n for n, h, p, lease, _v in _rows() if not _gone(h, p, lease, now)}
 
 
 @dataclass(frozen=True)
@@ -139,20 +150,20 @@ class Dead:
 def bury_dead() -> list[Dead]:
     """Remove the rows of daemons whose lease ran out; their claims become ownerless."""
     now = time.time()
-    rows = list(DaemonRow.select(DaemonRow.name, DaemonRow.host, DaemonRow.var_location)
-                .where(DaemonRow.lease_until < now).tuples())
-    if rows:
-        DaemonRow.delete().where(DaemonRow.name.in_([r[0] for r in rows])).execute()
-    return [Dead(*r) for r in rows]
+    dead = [Dead(n, h, v) for n, h, p, lease, v in _rows() if _gone(h, p, lease, now)]
+    if dead:
+        DaemonRow.delete().where(DaemonRow.name.in_([d.name for d in dead])).execute()
+    return dead
 
 
 def orphaned_work() -> bool:
     """Whether a claim has no live owner, or a daemon's lease ran out (cheap: the tick
     asks it before it runs the full reconciliation)."""
     now = time.time()
-    if DaemonRow.select().where(DaemonRow.lease_until < now).exists():
+    rows = _rows()
+    live = {n for n, h, p, lease, _v in rows if not _gone(h, p, lease, now)}
+    if len(live) < len(rows):
         return True
-    live = live_names(now)
     return DriverClaimRow.select().where(DriverClaimRow.owner.not_in(list(live) or [""])).exists()
 
 
@@ -204,10 +215,8 @@ def status() -> list[tuple[str, str, int, float, list[str]]]:
             DriverClaimRow.kind, DriverClaimRow.oid, DriverClaimRow.action,
             DriverClaimRow.owner).order_by(DriverClaimRow.kind, DriverClaimRow.oid).tuples()):
         work.setdefault(owner, []).append(f"{kind} {oid} {action}")
-    return [(n, h, p, lease - now, work.get(n, [])) for n, h, p, lease in
-            DaemonRow.select(DaemonRow.name, DaemonRow.host, DaemonRow.pid,
-                             DaemonRow.lease_until)
-            .where(DaemonRow.lease_until >= now).order_by(DaemonRow.name).tuples()]
+    return [(n, h, p, lease - now, work.get(n, [])) for n, h, p, lease, _v in sorted(_rows())
+            if not _gone(h, p, lease, now)]
 
 
 def owns(kind: str, oid: int) -> bool:
