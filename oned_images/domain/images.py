@@ -265,6 +265,8 @@ class ImageManager:
     _charged: dict[int, int] = field(default_factory=dict)
     #: datastores whose marker file this daemon found (README "Several daemons")
     _visible: set[int] = field(default_factory=set)
+    #: datastores whose orphan files a takeover could not sweep yet (live copies ran)
+    _unswept: set[int] = field(default_factory=set)
 
     # -------------------------------------------------------------- helpers
     @property
@@ -1083,7 +1085,8 @@ class ImageManager:
                 await self._clear_leftovers(gone.var_location)
         retaken = {f.image_id for f in actions}
         for ds_id in await self.db.run(_fs_datastore_ids):
-            await self.db.run(_sweep_if_idle, ds_id, retaken)
+            if not await self.db.run(_sweep_if_idle, ds_id, retaken):
+                self._unswept.add(ds_id)
         for follow in actions:
             log.info("Reconciling image {i}: running {a} again", i=follow.image_id,
                      a=follow.action)
@@ -1113,6 +1116,9 @@ class ImageManager:
                     self.drivers.cancel(key)
         if await self.db.run(daemons.orphaned_work):
             await self.reconcile(at_start=False)
+        for ds_id in sorted(self._unswept):
+            if await self.db.run(_sweep_if_idle, ds_id, set()):
+                self._unswept.discard(ds_id)
 
     async def check_markers(self) -> None:
         """At start: say which datastores this daemon cannot see (shared storage)."""
@@ -1245,15 +1251,15 @@ def _image_datastore(oid: int) -> int | None:
     return row[0] if row else None
 
 
-def _sweep_if_idle(ds_id: int, retaken: set[int]) -> None:
+def _sweep_if_idle(ds_id: int, retaken: set[int]) -> bool:
     """Clean the datastore's orphan files (reaper.sweep_orphans) unless an action that
-    is not among ``retaken`` (about to be re-run) holds an image of it.  The datastore's
+    is not among ``retaken`` (about to be re-run) holds an image of it; False then.  The datastore's
     row stays locked meanwhile, so no copy can start and create a file under the sweep
     (allocate and clone lock it first)."""
     try:
         ds = read_ds(ds_id, lock=True)
     except errors.OneError:
-        return
+        return True
     from oned_images.store.models import DriverClaimRow
 
     busy = (DriverClaimRow.select(DriverClaimRow.oid)
@@ -1261,11 +1267,12 @@ def _sweep_if_idle(ds_id: int, retaken: set[int]) -> None:
             .where((DriverClaimRow.kind == "image") & (ImageRow.datastore_id == ds_id))
             .tuples())
     if any(oid not in retaken for (oid,) in busy):
-        return  # a live action writes into it: the next takeover or start sweeps
+        return False  # a live action writes into it: a later heartbeat sweeps
     sources = {img.source for img in (image_from(b) for (b,) in
                ImageRow.select(ImageRow.body).where(ImageRow.datastore_id == ds_id).tuples())
                if img.source}
     reaper.sweep_orphans(ds.base_path, ds_id, sources)
+    return True
 
 
 def marker_path(base_path: str, ds_id: int) -> str:
