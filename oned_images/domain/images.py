@@ -1075,7 +1075,7 @@ class ImageManager:
         """
         if at_start:
             await self._clear_leftovers(self.config.var_location)
-        actions, report, dead = await self.db.run(self._reconcile_txn)
+        actions, report, dead = await self.db.run(self._reconcile_txn, at_start)
         me = daemons.current()
         for gone in dead:
             log.warn("Daemon {name} (on {host}) stopped renewing its lease: taking over "
@@ -1140,10 +1140,10 @@ class ImageManager:
             self._visible.add(ds_id)
         return text
 
-    def _reconcile_txn(self) -> tuple[list[Followup], list[tuple[int, str]],
-                                      list[daemons.Dead]]:
+    def _reconcile_txn(self, at_start: bool = True) -> tuple[
+            list[Followup], list[tuple[int, str]], list[daemons.Dead]]:
         daemons.serialise_takeovers()
-        dead = daemons.bury_dead()
+        dead = daemons.bury_dead(here=at_start)
         live = daemons.live_names()
         daemons.drop_dead_monitors(live)
         owners = daemons.claims()

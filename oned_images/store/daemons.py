@@ -76,11 +76,14 @@ def _pid_alive(pid: int) -> bool:
     return b"oned_images" in cmdline or b"oned-images" in cmdline
 
 
-def _gone(host: str, pid: int, lease_until: float, now: float) -> bool:
-    """A daemon is gone when its lease ran out, or at once when it ran on this host and
-    its process has ended (a kill -9 then restart need not wait for the lease)."""
+def _gone(host: str, pid: int, lease_until: float, now: float, here: bool = False) -> bool:
+    """A daemon is gone when its lease ran out; with ``here`` (a daemon's start) also
+    when it ran on this host and its process has ended, so a restart after a kill -9
+    need not wait for the lease.  Running daemons go by the lease alone."""
     if lease_until < now:
         return True
+    if not here:
+        return False
     me = _current
     return me is not None and host == me.host and pid != me.pid and not _pid_alive(pid)
 
@@ -133,9 +136,9 @@ def _rows() -> list[tuple[str, str, int, float, str]]:
                                  DaemonRow.lease_until, DaemonRow.var_location).tuples())
 
 
-def live_names(now: float | None = None) -> set[str]:
+def live_names(now: float | None = None, here: bool = False) -> set[str]:
     now = time.time() if now is None else now
-    return {n for n, h, p, lease, _v in _rows() if not _gone(h, p, lease, now)}
+    return {n for n, h, p, lease, _v in _rows() if not _gone(h, p, lease, now, here)}
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,10 @@ class Dead:
     var_location: str
 
 
-def bury_dead() -> list[Dead]:
+def bury_dead(here: bool = False) -> list[Dead]:
     """Remove the rows of daemons whose lease ran out; their claims become ownerless."""
     now = time.time()
-    dead = [Dead(n, h, v) for n, h, p, lease, v in _rows() if _gone(h, p, lease, now)]
+    dead = [Dead(n, h, v) for n, h, p, lease, v in _rows() if _gone(h, p, lease, now, here)]
     if dead:
         DaemonRow.delete().where(DaemonRow.name.in_([d.name for d in dead])).execute()
     return dead
