@@ -146,6 +146,34 @@ def test_restart_of_a_daemon_leaves_the_work_of_a_live_one_alone(tmp_path, sever
     assert f"<SOURCE><![CDATA[/x/held-{iid}]]></SOURCE>" in ok(b, "one.image.info", iid)
 
 
+@postgres_only
+def test_datastore_capacity_is_shared_by_the_daemons(tmp_path, several):
+    """Reservations of running copies come from the image rows under the datastore's
+    row lock: allocates spread over two daemons never promise more than LIMIT_MB."""
+    gate = tmp_path / "gate"
+    remotes = make_remotes(tmp_path / "remotes", {"held": {
+        "mkfs": HOLD_CP.format(gate=gate),
+        "monitor": "#!/bin/sh\ncat >/dev/null\necho USED_MB=0; echo FREE_MB=100000; "
+                   "echo TOTAL_MB=100000\n",
+        "stat": "#!/bin/sh\ncat >/dev/null\necho 1\n"}})
+    a, b = several(2, driver_config(remotes, "-t 15 -d dummy,fs,held"))
+    ds = ok(a, "one.datastore.allocate", 'NAME="small"\nDS_MAD="held"\nTM_MAD="dummy"\n'
+            'LIMIT_MB="10"', -1)
+    wait_for(lambda: "<FREE_MB>100000</FREE_MB>" in ok(b, "one.datastore.info", ds))
+
+    def allocate(n: int):
+        return call((a, b)[n % 2], "one.image.allocate",
+                    f'NAME="blk{n}"\nTYPE="DATABLOCK"\nSIZE="4"', ds)
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(allocate, range(8)))
+    accepted = [r[1] for r in replies if r[0] is True]
+    refused = [r[1] for r in replies if r[0] is not True]
+    assert len(accepted) == 2, replies
+    assert refused == ["[one.image.allocate] Not enough space in datastore"] * 6
+    gate.touch()
+
+
 # A cp that proves no two runs of one image's copy overlap (a lock per image that the
 # whole process group holds), then runs the real fs cp (as a child: the daemon recognises
 # its leftover processes by the script's path in their command line).
