@@ -5,9 +5,11 @@ a kill -9, one daemon per SQLite database."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,6 +88,13 @@ def test_three_daemons_give_the_documents_of_one(several):
     views = [ok(d, "one.imagepool.info", -2, -1, -1, session=alice) for d in (a, b, c)]
     assert views[0] == views[1] == views[2]
     assert views[0].count("<IMAGE>") == 1  # the one other users may use
+    # each daemon's name: in /metrics and in its log lines
+    for n, d in enumerate((a, b, c)):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics").read().decode()
+        assert f'oned_images_daemon_info{{host="{socket.gethostname()}",name="d{n}"}} 1.0' \
+            in text.splitlines()
+        assert f" [d{n}] [Z0][OnM][I]: Listening on http://127.0.0.1:{d.port}/RPC2" \
+            in d.log_text()
     # db status names the three and what they hold
     lines = db_status(a).splitlines()
     assert lines[0] == "schema version: 6; this release: 6"
