@@ -145,6 +145,7 @@ class Daemon:
     _flush: task.LoopingCall | None = None
     _expire: task.LoopingCall | None = None
     _heartbeat: task.LoopingCall | None = None
+    _registered: float = 0.0
     observer: Any = None
     bootstrap_note: str = ""
     #: held while the daemon runs: db restore / fsck --repair refuse a database in use.
@@ -224,16 +225,18 @@ class Daemon:
             self._listening.getHost().port), socket.gethostname(), os.getpid(),
             os.path.abspath(cfg.var_location), float(cfg.daemon_lease))
         daemons.set_current(me)
-        db.run_sync(daemons.register, me)
+        self._registered, live = db.run_sync(daemons.register, me)
         logs.set_daemon_name(me.name)
         identity = Identity(db, cfg)
         versions = CacheVersions(db, enabled=db.is_postgres)
         versions.register("identity", ["user_pool", "group_pool", "acl"], identity.reload)
+        versions.peers(live)
         versions.setup_sync()  # the counters first: a write after them reloads again
         identity.load_sync()
         datastores = Datastores(db, cfg, identity)
         images = ImageManager(db, cfg, identity, datastores, drivers, self.reactor)
         datastores.on_created = images.monitor_soon
+        images.peers = versions.peers
         self.app = App(cfg, db, identity, datastores, images, drivers)
         self.app.versions = versions
         self.app.clusters = Clusters(db, identity)
@@ -263,6 +266,12 @@ class Daemon:
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
         await app.hosts.start_monitoring()
+        self._heartbeat = task.LoopingCall(
+            lambda: defer.ensureDeferred(app.images.heartbeat()).addErrback(
+                lambda f: log.failure("lease renewal failed", f)))
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(cfg.daemon_lease / 3, now=False)
+        await self._seen_by_the_others(app)
         site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
         site.metrics = MetricsResource(app, cfg.metrics)
         if app.uploads is not None:
@@ -278,11 +287,6 @@ class Daemon:
         self._monitor.clock = self.reactor
         self._monitor.start(cfg.monitoring_interval_datastore, now=False).addErrback(
             lambda f: log.failure("datastore monitor stopped", f))
-        self._heartbeat = task.LoopingCall(
-            lambda: defer.ensureDeferred(app.images.heartbeat()).addErrback(
-                lambda f: log.failure("lease renewal failed", f)))
-        self._heartbeat.clock = self.reactor
-        self._heartbeat.start(cfg.daemon_lease / 3, now=False)
         if app.uploads is not None:
             self._expire = task.LoopingCall(
                 lambda: defer.ensureDeferred(app.uploads.expire()))
@@ -295,6 +299,16 @@ class Daemon:
             self._flush.start(1.0, now=False)
         self.ready.callback(port)
         self.systemd.ready(f"Listening on http://{cfg.listen_address}:{port}/RPC2")
+
+    async def _seen_by_the_others(self, app: App) -> None:
+        """Serve only once every other live daemon knows this one exists: from then on
+        they check their caches before each call (store/versions.py)."""
+        me = daemons.current()
+        if me is None or app.versions is None or app.versions.alone:
+            return
+        log.info("Waiting for the other daemons on this database to renew their leases")
+        while not await app.db.run(daemons.others_saw, me, self._registered):
+            await task.deferLater(self.reactor, 0.1, lambda: None)
 
     async def stop(self) -> None:
         if self.systemd is not None:

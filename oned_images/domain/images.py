@@ -267,6 +267,8 @@ class ImageManager:
     _visible: set[int] = field(default_factory=set)
     #: datastores whose orphan files a takeover could not sweep yet (live copies ran)
     _unswept: set[int] = field(default_factory=set)
+    #: told how many daemons are live at each lease renewal (store/versions.py)
+    peers: Any = None
 
     # -------------------------------------------------------------- helpers
     @property
@@ -1107,7 +1109,7 @@ class ImageManager:
         me = daemons.current()
         if me is None:
             return
-        if not await self.db.run(daemons.renew, me):
+        if not await self.db.run(daemons.renew, me, self.peers):
             log.error("The lease of daemon {name} ran out (database unreachable or the "
                       "reactor stalled): stopping its driver actions, other daemons take "
                       "them over", name=me.name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import peewee
@@ -88,10 +89,11 @@ def _gone(host: str, pid: int, lease_until: float, now: float, here: bool = Fals
     return me is not None and host == me.host and pid != me.pid and not _pid_alive(pid)
 
 
-def register(me: Me) -> None:
-    """The daemon's row, at start.  A live daemon of the same name refuses it; the claims
-    an earlier run under this name left (kill -9, then restart) lose their owner, so the
-    reconciliation that follows takes them like any dead daemon's work."""
+def register(me: Me) -> tuple[float, int]:
+    """The daemon's row, at start: (the time it was written, how many daemons are live
+    with this one).  A live daemon of the same name refuses it; the claims an earlier run
+    under this name left (kill -9, then restart) lose their owner, so the reconciliation
+    that follows takes them like any dead daemon's work."""
     now = time.time()
     serialise_takeovers()
     row = DaemonRow.get_or_none(DaemonRow.name == me.name)
@@ -104,26 +106,39 @@ def register(me: Me) -> None:
                 "give each daemon its own DAEMON_NAME")
     DaemonRow.delete().where(DaemonRow.name == me.name).execute()
     DaemonRow.insert(name=me.name, host=me.host, pid=me.pid, var_location=me.var_location,
-                     started=int(now), lease_until=now + me.lease).execute()
+                     started=int(now), lease_until=now + me.lease, renewed=now).execute()
     DriverClaimRow.update(owner="").where(DriverClaimRow.owner == me.name).execute()
+    return now, len(live_names(now, here=True))
 
 
-def renew(me: Me) -> bool:
+def renew(me: Me, peers: Callable[[int], None] | None = None) -> bool:
     """Push the lease forward; False when it had already run out (another daemon may have
-    taken this daemon's work: it must stop its own driver actions)."""
+    taken this daemon's work: it must stop its own driver actions).
+
+    ``peers`` is told how many daemons are live, inside the transaction: before its
+    commit, which a joining daemon waits for (:func:`others_saw`) before it serves."""
     now = time.time()
     row = DaemonRow.get_or_none(DaemonRow.name == me.name)
-    if row is None or row.lease_until < now:
-        if row is None:
-            DaemonRow.insert(name=me.name, host=me.host, pid=me.pid,
-                             var_location=me.var_location, started=int(now),
-                             lease_until=now + me.lease).execute()
-        else:
-            DaemonRow.update(lease_until=now + me.lease).where(
-                DaemonRow.name == me.name).execute()
-        return False
-    DaemonRow.update(lease_until=now + me.lease).where(DaemonRow.name == me.name).execute()
-    return True
+    ok = row is not None and row.lease_until >= now
+    if row is None:
+        DaemonRow.insert(name=me.name, host=me.host, pid=me.pid,
+                         var_location=me.var_location, started=int(now),
+                         lease_until=now + me.lease, renewed=now).execute()
+    else:
+        DaemonRow.update(lease_until=now + me.lease, renewed=now).where(
+            DaemonRow.name == me.name).execute()
+    if peers is not None:
+        peers(len(live_names(now)))
+    return ok
+
+
+def others_saw(me: Me, since: float) -> bool:
+    """Whether every other live daemon renewed its lease after ``since`` (this daemon's
+    registration), so that each knows it is no longer alone and checks its caches."""
+    now = time.time()
+    return not DaemonRow.select().where(
+        (DaemonRow.name != me.name) & (DaemonRow.lease_until >= now)
+        & (DaemonRow.renewed < since)).exists()
 
 
 def leave(name: str) -> None:

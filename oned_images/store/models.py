@@ -162,6 +162,9 @@ class DaemonRow(BaseModel):
     var_location = peewee.TextField()
     started = peewee.BigIntegerField()
     lease_until = peewee.DoubleField()
+    #: when the lease was last renewed: a joining daemon waits until every other one
+    #: has renewed after it registered (and so knows it is no longer alone).
+    renewed = peewee.DoubleField(default=0)
 
     class Meta:
         table_name = "daemons"

@@ -13,6 +13,12 @@ counters is ordered after the commit the client saw, so the very next call is ri
 The read is shared: calls that arrive while one is in flight wait for the next one (sent
 after they arrived), so under load one small query serves many calls.
 
+A daemon that is alone on the database skips the read (nobody else writes): each lease
+renewal tells it how many daemons are live, inside the renewal's transaction, and a
+joining daemon serves only once every other one has renewed after it registered
+(``daemons.others_saw``), so none of them can still believe it is alone.  A daemon that
+becomes alone again reads the counters once more before it stops reading them.
+
 SQLite runs one daemon (store/lock.py refuses a second): nothing to check there.
 """
 
@@ -80,6 +86,9 @@ class CacheVersions:
     caches: dict[str, Cache] = field(default_factory=dict)
     known: dict[str, int] = field(default_factory=dict)
     reloads: int = 0
+    #: no other daemon is live: nothing can be stale (see the module docstring)
+    alone: bool = True
+    _once: bool = False
     _waiting: list[defer.Deferred] = field(default_factory=list)
     _running: bool = False
 
@@ -96,10 +105,18 @@ class CacheVersions:
         self.db.run_sync(install_triggers, {n: c.tables for n, c in self.caches.items()})
         self.known = self.db.run_sync(read_versions)
 
+    def peers(self, live: int) -> None:
+        """How many daemons are live (this one included); called inside the renewal's
+        transaction, on a DB thread, so it holds before another daemon sees the commit."""
+        alone = live <= 1
+        if alone and not self.alone:
+            self._once = True  # what the last peer wrote before it left
+        self.alone = alone
+
     def fresh(self) -> defer.Deferred | None:
         """None when nothing can be stale (one daemon); else fires once every cache
         reflects what was committed before this call."""
-        if not self.enabled:
+        if not self.enabled or (self.alone and not self._once):
             return None
         d: defer.Deferred = defer.Deferred()
         self._waiting.append(d)
@@ -111,6 +128,7 @@ class CacheVersions:
     async def _round(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
+            self._once = False
             error = None
             try:
                 versions = await self.db.run(read_versions)
