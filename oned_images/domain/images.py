@@ -269,6 +269,8 @@ class ImageManager:
     _unswept: set[int] = field(default_factory=set)
     #: told how many daemons are live at each lease renewal (store/versions.py)
     peers: Any = None
+    #: time.monotonic() of the last lease renewal that reached the database
+    _renewed_at: float = field(default_factory=time.monotonic)
 
     # -------------------------------------------------------------- helpers
     @property
@@ -1104,12 +1106,21 @@ class ImageManager:
     async def heartbeat(self) -> None:
         """Renew this daemon's lease; take over the work of daemons whose lease ran out.
 
-        A lease found expired means other daemons may have taken this one's actions:
-        they are stopped here (their late replies would be dropped anyway)."""
+        A lease that ran out (found so in the database, or no renewal reached it for a
+        whole lease) means other daemons may take this one's actions over: they are
+        stopped here (their late replies would be dropped anyway)."""
         me = daemons.current()
         if me is None:
             return
-        if not await self.db.run(daemons.renew, me, self.peers):
+        try:
+            renewed = await self.db.run(daemons.renew, me, self.peers)
+        except Exception:
+            renewed = time.monotonic() - self._renewed_at < me.lease
+            if renewed:
+                raise
+        if renewed:
+            self._renewed_at = time.monotonic()
+        else:
             log.error("The lease of daemon {name} ran out (database unreachable or the "
                       "reactor stalled): stopping its driver actions, other daemons take "
                       "them over", name=me.name)

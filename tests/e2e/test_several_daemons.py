@@ -5,6 +5,7 @@ a kill -9, one daemon per SQLite database."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -153,6 +154,41 @@ def test_restart_of_a_daemon_leaves_the_work_of_a_live_one_alone(tmp_path, sever
     gate.touch()
     wait_for(lambda: "<STATE>1</STATE>" in ok(b, "one.image.info", iid))
     assert f"<SOURCE><![CDATA[/x/held-{iid}]]></SOURCE>" in ok(b, "one.image.info", iid)
+
+
+@postgres_only
+def test_a_daemon_that_lost_its_lease_does_not_undo_the_takeover(tmp_path, several):
+    """A daemon frozen beyond its lease (SIGSTOP: a stalled host) has its copy taken over;
+    when it wakes up, the reply of its own (killed) run is dropped, not applied."""
+    gate = tmp_path / "gate"
+    remotes = make_remotes(tmp_path / "remotes", {"held": {
+        "cp": HOLD_CP.format(gate=gate),
+        "monitor": "#!/bin/sh\ncat >/dev/null\necho USED_MB=1; echo FREE_MB=100000; "
+                   "echo TOTAL_MB=100001\n",
+        "stat": "#!/bin/sh\ncat >/dev/null\necho 1\n"}})
+    a, b = several(2, driver_config(remotes, "-t 15 -d dummy,fs,held"))
+    ds = ok(a, "one.datastore.allocate", 'NAME="held"\nDS_MAD="held"\nTM_MAD="dummy"\n'
+            'DATASTORE_CAPACITY_CHECK="NO"', -1)
+    iid = ok(a, "one.image.allocate", 'NAME="frozen"\nPATH="/var/tmp/frozen"', ds)
+    script = str(remotes / "datastore" / "held" / "cp")
+    first = wait_for(lambda: processes_with(script))
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: f"Reconciling image {iid}: running cp again" in b.log_text(),
+                 timeout=LEASE + 10)
+        second = wait_for(lambda: [p for p in processes_with(script) if p not in first])
+        assert [p for p in processes_with(script) if p in first] == []  # A's run was stopped
+        assert f"image {iid} cp" in db_status(b).split("daemon d1")[1]
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: f"Dropped the cp reply of image {iid}: another daemon took the action "
+                     "over" in a.log_text(), timeout=LEASE + 10)
+    gate.touch()
+    doc = wait_for(lambda: (x := ok(a, "one.image.info", iid)) and "<STATE>1</STATE>" in x
+                   and x)
+    assert "<ERROR>" not in doc
+    assert processes_with(script) == [] or wait_for(lambda: processes_with(script) == [])
+    assert second
 
 
 @postgres_only
