@@ -193,6 +193,10 @@ class DaemonConfig:
     upload_expiration: int = 86400
     #: the Images page at / (rpc/web.py); NO: / answers as before (405/404).
     web_page: bool = True
+    #: this daemon's name among those on one database (empty: host name:port).
+    daemon_name: str = ""
+    #: seconds a dead daemon's driver work waits before another daemon takes it over.
+    daemon_lease: int = 30
     source_file: str = ""
     #: why source_file was read (--config, $ONE_LOCATION, /etc/one, packaged default).
     source_why: str = ""
@@ -250,6 +254,8 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "UPLOAD_TOTAL_MB": ("upload_total_mb", _positive),
     "UPLOAD_EXPIRATION": ("upload_expiration", _positive),
     "WEB_PAGE": ("web_page", _yes_no),
+    "DAEMON_NAME": ("daemon_name", _text),
+    "DAEMON_LEASE": ("daemon_lease", _positive),
 }
 MULTI = ("IMAGE_RESTRICTED_ATTR",)
 

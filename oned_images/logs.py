@@ -132,6 +132,16 @@ def traceback_lines(failure: Failure) -> list[str]:
     return lines
 
 
+#: "[name] " of the daemon among several on one database (README "Several daemons"),
+#: set once at start; empty for tools.
+daemon_tag = ""
+
+
+def set_daemon_name(name: str) -> None:
+    global daemon_tag
+    daemon_tag = f"[{escape(name)}] " if name else ""
+
+
 def format_line(event: dict) -> str | None:
     text = formatEvent(event)
     failure = event.get("log_failure")
@@ -143,7 +153,7 @@ def format_line(event: dict) -> str | None:
     stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(event.get("log_time",
                                                                            time.time())))
     letter = LETTERS.get(event.get("log_level"), "I")
-    head = f"{stamp} [Z0][{module}][{letter}]: "
+    head = f"{stamp} {daemon_tag}[Z0][{module}][{letter}]: "
     line = f"{head}{escape(redact(text))}\n"
     if failure is not None:
         line += "".join(f"{head}| {escape(redact(tb))}\n" for tb in traceback_lines(failure))

@@ -19,7 +19,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import peewee
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -173,6 +179,11 @@ class Metrics:
         """One transaction ended (called on the DB thread; prometheus_client locks)."""
         self.db_seconds.observe(seconds)
 
+    def name_daemon(self, name: str, host: str) -> None:
+        """oned_images_daemon_info{name, host}: which of several daemons this is."""
+        Info(PREFIX + "daemon", "This daemon among those serving one database "
+             "(DAEMON_NAME)", registry=self.registry).info({"name": name, "host": host})
+
     def read_state(self, fn: Callable[[], dict[str, float]]) -> None:
         """``fn`` returns the in-memory gauges (driver queue, sessions) at scrape time."""
         self._state = fn
@@ -254,6 +265,8 @@ class _StateCollector:
              "action before them on the same object"),
             ("driver_running_actions", "Driver actions running now"),
             ("cached_sessions", "Checked session secrets held in the session cache"),
+            ("cache_reloads", "Cache reloads because a daemon (this or another on the "
+             "same database) wrote the cached tables"),
         ):
             if name in state:
                 yield GaugeMetricFamily(PREFIX + name, help_text, value=state[name])

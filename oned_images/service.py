@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from oned_images import logs
 from oned_images.config import WEB_ROOT, DaemonConfig
 from oned_images.domain.clusters import Clusters
 from oned_images.domain.datastores import Datastores, bootstrap_datastores
@@ -38,7 +40,7 @@ from oned_images.rpc.metrics import MetricsResource
 from oned_images.rpc.resource import RpcSite
 from oned_images.rpc.uploads import ProgressResource, UploadResource
 from oned_images.rpc.web import WebResource
-from oned_images.store import schema
+from oned_images.store import daemons, schema
 from oned_images.store.database import (
     Database,
     DbSettings,
@@ -47,6 +49,7 @@ from oned_images.store.database import (
 )
 from oned_images.store.lock import DatabaseLock
 from oned_images.store.models import DatastoreRow
+from oned_images.store.versions import CacheVersions
 from oned_images.systemd import Notifier
 
 log = Logger(namespace="OnM")
@@ -131,6 +134,8 @@ class App:
     scheduler: Scheduler | None = None
     #: transfer-manager actions of VM disks (driver/tm.py, vms.md §7); None only in bare tests.
     tms: TransferManager | None = None
+    #: the caches' cross-daemon invalidation (store/versions.py); None in bare tests.
+    versions: CacheVersions | None = None
 
     async def datastores_ids(self) -> list[int]:
         return await self.db.run(
@@ -148,6 +153,8 @@ class Daemon:
     _monitor: task.LoopingCall | None = None
     _flush: task.LoopingCall | None = None
     _expire: task.LoopingCall | None = None
+    _heartbeat: task.LoopingCall | None = None
+    _registered: float = 0.0
     observer: Any = None
     bootstrap_note: str = ""
     #: held while the daemon runs: db restore / fsck --repair refuse a database in use.
@@ -206,7 +213,7 @@ class Daemon:
         if not db.is_postgres:
             private_sqlite_files(db.settings.path)
         self.db_lock = DatabaseLock(db.settings)
-        self.db_lock.acquire("oned-images serve")
+        self.db_lock.acquire("oned-images serve", shared=True)
         fresh = db.run_sync(schema.check, db.db)
         if fresh:
             name, password, path, generated = oneadmin_credentials()
@@ -223,12 +230,24 @@ class Daemon:
             self.bootstrap_note = f"new database bootstrapped; oneadmin credentials {how} {path}"
             log.info("Bootstrapped a new database: oneadmin credentials {how} {path}",
                      how=how, path=str(path))
+        me = daemons.Me(cfg.daemon_name or daemons.default_name(
+            self._listening.getHost().port), socket.gethostname(), os.getpid(),
+            os.path.abspath(cfg.var_location), float(cfg.daemon_lease))
+        daemons.set_current(me)
+        self._registered, live = db.run_sync(daemons.register, me)
+        logs.set_daemon_name(me.name)
         identity = Identity(db, cfg)
+        versions = CacheVersions(db, enabled=db.is_postgres)
+        versions.register("identity", ["user_pool", "group_pool", "acl"], identity.reload)
+        versions.peers(live)
+        versions.setup_sync()  # the counters first: a write after them reloads again
         identity.load_sync()
         datastores = Datastores(db, cfg, identity)
         images = ImageManager(db, cfg, identity, datastores, drivers, self.reactor)
         datastores.on_created = images.monitor_soon
+        images.peers = versions.peers
         self.app = App(cfg, db, identity, datastores, images, drivers)
+        self.app.versions = versions
         self.app.clusters = Clusters(db, identity)
         self.app.tms = TransferManager(drivers, cfg)
         self.app.hosts = Hosts(db, identity, self.reactor)
@@ -252,6 +271,7 @@ class Daemon:
                      else f"postgresql://{cfg.db.user}@{cfg.db.server}:{cfg.db.port}/"
                           f"{cfg.db.db_name}"),
                  ds=cfg.datastore_location, drv=cfg.driver.remotes)
+        await app.images.check_markers()
         await app.images.reconcile()
         if cfg.uploads:
             app.uploads = UploadManager(app)
@@ -261,6 +281,12 @@ class Daemon:
         await app.hosts.start_monitoring()
         await app.vms.resume_drivers()
         app.scheduler.start()
+        self._heartbeat = task.LoopingCall(
+            lambda: defer.ensureDeferred(app.images.heartbeat()).addErrback(
+                lambda f: log.failure("lease renewal failed", f)))
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(cfg.daemon_lease / 3, now=False)
+        await self._seen_by_the_others(app)
         site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
         site.metrics = MetricsResource(app, cfg.metrics)
         if app.uploads is not None:
@@ -291,12 +317,22 @@ class Daemon:
         self.ready.callback(port)
         self.systemd.ready(f"Listening on http://{cfg.listen_address}:{port}/RPC2")
 
+    async def _seen_by_the_others(self, app: App) -> None:
+        """Serve only once every other live daemon knows this one exists: from then on
+        they check their caches before each call (store/versions.py)."""
+        me = daemons.current()
+        if me is None or app.versions is None or app.versions.alone:
+            return
+        log.info("Waiting for the other daemons on this database to renew their leases")
+        while not await app.db.run(daemons.others_saw, me, self._registered):
+            await task.deferLater(self.reactor, 0.1, lambda: None)
+
     async def stop(self) -> None:
         if self.systemd is not None:
             self.systemd.stopping()
         if self._listening is not None:
             await self._listening.stopListening()
-        for loop in (self._monitor, self._flush, self._expire):
+        for loop in (self._monitor, self._flush, self._expire, self._heartbeat):
             if loop is not None and loop.running:
                 loop.stop()
         if self.app is not None:
@@ -306,6 +342,12 @@ class Daemon:
                 self.app.scheduler.stop()
                 self.app.vms.stop()
             await self.app.drivers.stop()
+            me = daemons.current()
+            if me is not None:
+                try:  # the others take this daemon's (cancelled) work at once
+                    await self.app.db.run(daemons.leave, me.name)
+                except Exception:  # noqa: BLE001 - a lost database: the lease ends it
+                    log.failure("could not leave the daemons table")
             self.app.db.stop()
         if self.db_lock is not None:
             self.db_lock.release()
@@ -323,7 +365,11 @@ def instrument(app: App) -> Metrics:
     def state() -> dict[str, float]:
         queued, running = app.drivers.load()
         return {"driver_queued_actions": queued, "driver_running_actions": running,
-                "cached_sessions": len(app.identity._sessions)}
+                "cached_sessions": len(app.identity._sessions),
+                "cache_reloads": app.versions.reloads if app.versions else 0}
 
     metrics.read_state(state)
+    me = daemons.current()
+    if me is not None:
+        metrics.name_daemon(me.name, me.host)
     return metrics

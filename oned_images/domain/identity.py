@@ -152,6 +152,16 @@ class Identity:
         self.groups = {g.id: g for g in groups}
         self.acl = acl
 
+    async def reload(self) -> None:
+        """Another daemon wrote users, groups or ACLs (store/versions.py): the caches are
+        replaced whole and the checked secrets forgotten (a password may have changed)."""
+        users, groups, acl = await self.db.run(_load_all)
+        self.users = {u.id: u for u in users}
+        self.by_name = {u.name: u.id for u in users}
+        self.groups = {g.id: g for g in groups}
+        self.acl = acl
+        self._sessions.clear()
+
     def _store_user(self, user: User | None, old_name: str | None = None) -> None:
         if old_name is not None:
             self.by_name.pop(old_name, None)

@@ -51,8 +51,8 @@ from oned_images.domain.states import (
 from oned_images.driver import reaper
 from oned_images.driver.parse import DriverResult, parse_monitor
 from oned_images.model.objects import Datastore, Image, Permissions
-from oned_images.store import pools
-from oned_images.store.models import DatastoreRow, ImageRow
+from oned_images.store import daemons, pools
+from oned_images.store.models import DatastoreMarkerRow, DatastoreRow, ImageRow
 from oned_images.template import Template, TemplateError
 from oned_images.xmldoc import drv_action
 from oned_images.xmldoc.datastore import datastore_from as read_ds_body
@@ -121,9 +121,10 @@ def insert_image(img: Image) -> None:
 
 
 def delete_row(img: Image) -> None:
-    """The image is gone: its owner's datastore quota is released in the same
-    transaction (every path that drops an image row comes here)."""
+    """The image is gone: its owner's datastore quota and its driver claim are released
+    in the same transaction (every path that drops an image row comes here)."""
     pools.delete(ImageRow, img.id)
+    daemons.release("image", img.id)
     quotas.release(img.uid, img.gid, img.datastore_id, img.size)
 
 
@@ -231,6 +232,12 @@ class Followup:
     #: a file removed once the action ended (an upload's staged file)
     cleanup: str | None = None
 
+    def __post_init__(self) -> None:
+        """A Followup is made only inside the transaction that makes its action due:
+        the running daemon claims the action there (store/daemons.py), so another
+        daemon never takes a live daemon's work for an orphan."""
+        daemons.claim("image", self.image_id, self.action)
+
 
 class _DryRun(Exception):
     """Rolls back check_allocate's transaction."""
@@ -256,6 +263,14 @@ class ImageManager:
     _monitor_again: set[int] = field(default_factory=set)
     #: MB taken off FREE_MB by copies that ended in this process, per datastore
     _charged: dict[int, int] = field(default_factory=dict)
+    #: datastores whose marker file this daemon found (README "Several daemons")
+    _visible: set[int] = field(default_factory=set)
+    #: datastores whose orphan files a takeover could not sweep yet (live copies ran)
+    _unswept: set[int] = field(default_factory=set)
+    #: told how many daemons are live at each lease renewal (store/versions.py)
+    peers: Any = None
+    #: time.monotonic() of the last lease renewal that reached the database
+    _renewed_at: float = field(default_factory=time.monotonic)
 
     # -------------------------------------------------------------- helpers
     @property
@@ -282,10 +297,14 @@ class ImageManager:
 
     async def _run_action(self, follow: Followup) -> None:
         try:
-            result = await self.drivers.run(follow.action, follow.ds_mad, follow.image_id,
-                                            follow.b64, key=("image", follow.image_id),
-                                            mode=follow.mode, env=follow.env,
-                                            owner=follow.owner)
+            hidden = await self._hidden_datastore(follow.image_id)
+            if hidden:
+                result = DriverResult(follow.action, follow.image_id, 255, "", "", error=hidden)
+            else:
+                result = await self.drivers.run(follow.action, follow.ds_mad, follow.image_id,
+                                                follow.b64, key=("image", follow.image_id),
+                                                mode=follow.mode, env=follow.env,
+                                                owner=follow.owner)
         except Exception as exc:
             # A bug of ours must not leave the image LOCKED until the next restart: it
             # fails like a script that could not run, with a text saying what broke.
@@ -311,6 +330,13 @@ class ImageManager:
                      result: DriverResult) -> tuple[int | None, int]:
         """Store a driver result; returns the image's datastore and the MB charged to
         it (a copy that ended well)."""
+        if not daemons.owns("image", oid):
+            # This daemon's lease ran out meanwhile and another one took the action
+            # over: its run decides, this late reply is dropped.
+            log.warn("Dropped the {a} reply of image {i}: another daemon took the action "
+                     "over", a=action, i=oid)
+            return None, 0
+        daemons.release("image", oid)
         ds = None
         if action in ("cp", "mkfs", "clone") and result.ok:
             # The datastore's row before the image's, as allocate and clone take them.
@@ -384,9 +410,17 @@ class ImageManager:
                 return
             if ds.type == DsType.SYSTEM_DS:
                 return  # oned monitors system datastores only through shared TM drivers
+            if await self._hidden_datastore(None, ds_id):
+                return
+            if not await self.db.run(daemons.try_hold, "monitor", ds_id, "monitor"):
+                return  # another daemon is monitoring it now: one monitor at a time
             b64 = drv_action.action_data(None, ds)
-            result = await self.drivers.run("monitor", ds.ds_mad, ds_id, b64,
-                                            key=("datastore", ds_id), mode=self._mode(ds.ds_mad))
+            try:
+                result = await self.drivers.run("monitor", ds.ds_mad, ds_id, b64,
+                                                key=("datastore", ds_id),
+                                                mode=self._mode(ds.ds_mad))
+            finally:
+                await self.db.run(daemons.release, "monitor", ds_id)
             if not result.ok:
                 return
             values = parse_monitor(result.stdout)
@@ -1028,7 +1062,7 @@ class ImageManager:
         return await self._mutate(apply, caller, oid)
 
     # ------------------------------------------------------- restart safety
-    async def reconcile(self) -> list[tuple[int, str]]:
+    async def reconcile(self, at_start: bool = True) -> list[tuple[int, str]]:
         """Images a previous run left LOCKED, CLONE or DELETE are finished or failed.
 
         Copies (CP, MKFS, CLONE) and removals (RM) are re-run: the previous
@@ -1036,21 +1070,96 @@ class ImageManager:
         themselves, and RM is idempotent.  An interrupted snapshot operation
         cannot be re-run safely (the file layout is half changed), so the image
         returns to READY with an ERROR text saying so, as a failed one would.
+
+        With several daemons on one database this is also the takeover of a dead
+        daemon's work (``at_start`` False: from :meth:`heartbeat`): only actions whose
+        owner is gone are touched (store/daemons.py), the dead daemon's driver
+        processes are stopped when it ran on this host, and a datastore's orphan files
+        are swept only while no live action writes into it.
         """
-        await deferToThread(reaper.kill_leftover_groups, self.config.var_location,
-                            self.config.driver.kill_grace)
-        await deferToThread(reaper.clear_action_tmp, self.config.var_location)
-        actions, report = await self.db.run(self._reconcile_txn)
-        local = await self.db.run(_local_sources)
-        for base_path, (ds_id, sources) in local.items():
-            await deferToThread(reaper.sweep_orphans, base_path, ds_id, sources)
+        if at_start:
+            await self._clear_leftovers(self.config.var_location)
+        actions, report, dead = await self.db.run(self._reconcile_txn, at_start)
+        me = daemons.current()
+        for gone in dead:
+            log.warn("Daemon {name} (on {host}) stopped renewing its lease: taking over "
+                     "its driver work", name=gone.name, host=gone.host)
+            if me is not None and gone.host == me.host and \
+                    gone.var_location != self.config.var_location:
+                await self._clear_leftovers(gone.var_location)
+        retaken = {f.image_id for f in actions}
+        for ds_id in await self.db.run(_fs_datastore_ids):
+            if not await self.db.run(_sweep_if_idle, ds_id, retaken):
+                self._unswept.add(ds_id)
         for follow in actions:
             log.info("Reconciling image {i}: running {a} again", i=follow.image_id,
                      a=follow.action)
             self._start(follow)
         return report
 
-    def _reconcile_txn(self) -> tuple[list[Followup], list[tuple[int, str]]]:
+    async def _clear_leftovers(self, var_location: str) -> None:
+        """Stop the driver processes a dead run recorded under ``var_location``."""
+        await deferToThread(reaper.kill_leftover_groups, var_location,
+                            self.config.driver.kill_grace)
+        await deferToThread(reaper.clear_action_tmp, var_location)
+
+    async def heartbeat(self) -> None:
+        """Renew this daemon's lease; take over the work of daemons whose lease ran out.
+
+        A lease that ran out (found so in the database, or no renewal reached it for a
+        whole lease) means other daemons may take this one's actions over: they are
+        stopped here (their late replies would be dropped anyway)."""
+        me = daemons.current()
+        if me is None:
+            return
+        try:
+            renewed = await self.db.run(daemons.renew, me, self.peers)
+        except Exception:
+            renewed = time.monotonic() - self._renewed_at < me.lease
+            if renewed:
+                raise
+        if renewed:
+            self._renewed_at = time.monotonic()
+        else:
+            log.error("The lease of daemon {name} ran out (database unreachable or the "
+                      "reactor stalled): stopping its driver actions, other daemons take "
+                      "them over", name=me.name)
+            for key in self.drivers.running_keys():
+                if key[0] == "image":
+                    self.drivers.cancel(key)
+        if await self.db.run(daemons.orphaned_work):
+            await self.reconcile(at_start=False)
+        for ds_id in sorted(self._unswept):
+            if await self.db.run(_sweep_if_idle, ds_id, set()):
+                self._unswept.discard(ds_id)
+
+    async def check_markers(self) -> None:
+        """At start: say which datastores this daemon cannot see (shared storage)."""
+        for ds_id in await self.db.run(_fs_datastore_ids):
+            hidden = await self._hidden_datastore(None, ds_id)
+            if hidden:
+                log.error("{text}", text=hidden)
+
+    async def _hidden_datastore(self, image_id: int | None, ds_id: int | None = None) -> str:
+        """Why this daemon must not run driver work on the datastore (of the image),
+        or "" (README "Several daemons": datastores on storage every daemon sees)."""
+        if ds_id is None:
+            ds_id = await self.db.run(_image_datastore, image_id)
+        if ds_id is None or ds_id in self._visible:
+            return ""
+        text = await self.db.run(_check_marker, ds_id,
+                                 daemons.current().name if daemons.current() else "")
+        if not text:
+            self._visible.add(ds_id)
+        return text
+
+    def _reconcile_txn(self, at_start: bool = True) -> tuple[
+            list[Followup], list[tuple[int, str]], list[daemons.Dead]]:
+        daemons.serialise_takeovers()
+        dead = daemons.bury_dead(here=at_start)
+        live = daemons.live_names()
+        daemons.drop_dead_monitors(live)
+        owners = daemons.claims()
         states = [int(S.LOCKED), int(S.LOCKED_USED), int(S.LOCKED_USED_PERS), int(S.CLONE),
                   int(S.DELETE), int(S.USED)]
         stuck: list[Image] = []
@@ -1067,6 +1176,8 @@ class ImageManager:
             except errors.OneError:
                 ds = None
             state = S(img.state)
+            if owners.get(("image", img.id)) in live:
+                continue  # a live daemon runs its action
             if state in LOCKED_STATES:
                 if img.target_snapshot >= 0:
                     sid = img.target_snapshot
@@ -1125,7 +1236,7 @@ class ImageManager:
             else:
                 continue
             write_image(img)
-        return actions, report
+        return actions, report, dead
 
 
 def _remove(path: str) -> None:
@@ -1142,17 +1253,76 @@ def _next_stat_id() -> int:
     return next(_stat_counter)
 
 
-def _local_sources() -> dict[str, tuple[int, set[str]]]:
-    """BASE_PATH of each fs datastore -> (its id, the SOURCEs its images still reference)."""
-    out: dict[str, tuple[int, set[str]]] = {}
-    ids: dict[int, str] = {}
-    for (body,) in DatastoreRow.select(DatastoreRow.body).tuples():
-        ds = read_ds_body(body)
-        if ds.ds_mad == "fs":
-            ids[ds.id] = ds.base_path
-            out[ds.base_path] = (ds.id, set())
-    for (body,) in ImageRow.select(ImageRow.body).tuples().iterator():
-        img = image_from(body)
-        if img.datastore_id in ids and img.source:
-            out[ids[img.datastore_id]][1].add(img.source)
-    return out
+def _fs_datastore_ids() -> list[int]:
+    """The datastores whose driver keeps files in BASE_PATH."""
+    return sorted(read_ds_body(body).id for (body,) in DatastoreRow.select(DatastoreRow.body)
+                  .tuples() if read_ds_body(body).ds_mad == "fs")
+
+
+def _image_datastore(oid: int) -> int | None:
+    row = ImageRow.select(ImageRow.datastore_id).where(ImageRow.oid == oid).tuples().first()
+    return row[0] if row else None
+
+
+def _sweep_if_idle(ds_id: int, retaken: set[int]) -> bool:
+    """Clean the datastore's orphan files (reaper.sweep_orphans) unless an action that
+    is not among ``retaken`` (about to be re-run) holds an image of it; False then.  The datastore's
+    row stays locked meanwhile, so no copy can start and create a file under the sweep
+    (allocate and clone lock it first)."""
+    try:
+        ds = read_ds(ds_id, lock=True)
+    except errors.OneError:
+        return True
+    from oned_images.store.models import DriverClaimRow
+
+    busy = (DriverClaimRow.select(DriverClaimRow.oid)
+            .join(ImageRow, on=(ImageRow.oid == DriverClaimRow.oid))
+            .where((DriverClaimRow.kind == "image") & (ImageRow.datastore_id == ds_id))
+            .tuples())
+    if any(oid not in retaken for (oid,) in busy):
+        return False  # a live action writes into it: a later heartbeat sweeps
+    sources = {img.source for img in (image_from(b) for (b,) in
+               ImageRow.select(ImageRow.body).where(ImageRow.datastore_id == ds_id).tuples())
+               if img.source}
+    reaper.sweep_orphans(ds.base_path, ds_id, sources)
+    return True
+
+
+def marker_path(base_path: str, ds_id: int) -> str:
+    """The marker file of a datastore (README "Several daemons"): beside BASE_PATH, as
+    lost+found, so neither the driver, the monitor nor fsck ever sees it in BASE_PATH."""
+    base = os.path.normpath(base_path)
+    return os.path.join(os.path.dirname(base), ".markers", str(ds_id))
+
+
+def _check_marker(ds_id: int, daemon: str) -> str:
+    """"" when this daemon sees the datastore's files; else why not.  The first daemon
+    to look writes the marker and its token (in this transaction, so a second one
+    waits for it); every other compares the file with the token."""
+    try:
+        ds = read_ds(ds_id)
+    except errors.OneError:
+        return ""
+    if ds.ds_mad != "fs" or not ds.base_path:
+        return ""
+    path = marker_path(ds.base_path, ds_id)
+    row = DatastoreMarkerRow.get_or_none(DatastoreMarkerRow.oid == ds_id)
+    if row is None:
+        token = os.urandom(16).hex()
+        if DatastoreMarkerRow.insert(oid=ds_id, token=token).on_conflict_ignore().execute():
+            os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(token + "\n")
+            return ""
+        row = DatastoreMarkerRow.get(DatastoreMarkerRow.oid == ds_id)
+    try:
+        with open(path, encoding="utf-8") as marker:
+            found = marker.read().strip()
+    except OSError as exc:
+        found = f"({exc.strerror})"
+    if found == row.token:
+        return ""
+    return (f"Datastore {ds_id} is not visible from daemon {daemon or 'this daemon'}: "
+            f"{path} is missing or belongs to another copy ({found[:40] or 'empty'}); "
+            "every daemon must see each datastore's BASE_PATH at the same path "
+            "(shared storage, README \"Several daemons\")")

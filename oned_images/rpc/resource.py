@@ -229,6 +229,9 @@ class RpcResource(resource.Resource):
         debug = logs.debug_enabled
         shown = CallLog(method, values, session)
         try:
+            versions = self.app.versions
+            if versions is not None and (stale := versions.fresh()) is not None:
+                await stale  # what another daemon committed before this call is seen
             caller = self.app.identity.authenticate(session, peer)
             uid = caller.uid
             if debug:

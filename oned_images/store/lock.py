@@ -11,7 +11,11 @@ under a daemon and no daemon can start in the middle of a restore or repair.
 * PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a
   connection of its own, held by the server for that connection (advisory
   locks are per database, so daemons on other databases of the same server are
-  not affected); its ``application_name`` names the holder.
+  not affected); its ``application_name`` names the holder.  Daemons take it
+  shared (several serve one PostgreSQL database), the tools exclusive.
+
+SQLite serves one daemon: a second ``serve`` on the same file is refused with a
+message saying so (its one writer and its file locks are local to one host).
 """
 
 from __future__ import annotations
@@ -65,14 +69,15 @@ class DatabaseLock:
     def held(self) -> bool:
         return self._fd is not None or self._conn is not None
 
-    def acquire(self, what: str) -> None:
+    def acquire(self, what: str, shared: bool = False) -> None:
+        """``shared``: a daemon's hold (PostgreSQL lets several daemons share it)."""
         name = holder_name(what)
         if self.settings.backend == "sqlite":
-            self._acquire_sqlite(name)
+            self._acquire_sqlite(name, shared)
         else:
-            self._acquire_pg(name)
+            self._acquire_pg(name, shared)
 
-    def _acquire_sqlite(self, name: str) -> None:
+    def _acquire_sqlite(self, name: str, shared: bool = False) -> None:
         path = sqlite_lock_path(self.settings.path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -82,16 +87,21 @@ class DatabaseLock:
                 other = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
             finally:
                 os.close(fd)
+            hint = ""
+            if shared and other.startswith("oned-images serve"):
+                hint = ("; SQLite serves one daemon: to run several, put them on one "
+                        "PostgreSQL database (DB = [ BACKEND = \"postgresql\", ... ])")
             raise DatabaseInUse(f"The database {self.settings.path} is in use by "
-                                f"{other or 'another process'}") from None
+                                f"{other or 'another process'}{hint}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, (name + "\n").encode(), 0)
         self._fd = fd
 
-    def _acquire_pg(self, name: str) -> None:
+    def _acquire_pg(self, name: str, shared: bool = False) -> None:
         conn = pg_connect(self.settings, name)
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (PG_LOCK_KEY,))
+            cur.execute("SELECT pg_try_advisory_lock_shared(%s)" if shared else
+                        "SELECT pg_try_advisory_lock(%s)", (PG_LOCK_KEY,))
             if cur.fetchone()[0]:
                 self._conn = conn
                 return

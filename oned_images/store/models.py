@@ -166,6 +166,63 @@ class VmRow(PoolObject):
         table_name = "vm_pool"
         indexes = ((("uid",), False), (("gid",), False), (("state",), False),
                    (("oid",), False))
+class DaemonRow(BaseModel):
+    """A daemon serving this database (several on PostgreSQL): its lease and where it runs.
+
+    ``lease_until`` (Unix time) is renewed every third of DAEMON_LEASE; a row whose lease
+    has passed belongs to a dead daemon, whose work another daemon takes over."""
+
+    name = peewee.CharField(max_length=128, primary_key=True)
+    host = peewee.CharField(max_length=255)
+    pid = peewee.IntegerField()
+    var_location = peewee.TextField()
+    started = peewee.BigIntegerField()
+    lease_until = peewee.DoubleField()
+    #: when the lease was last renewed: a joining daemon waits until every other one
+    #: has renewed after it registered (and so knows it is no longer alone).
+    renewed = peewee.DoubleField(default=0)
+
+    class Meta:
+        table_name = "daemons"
+
+
+class DriverClaimRow(BaseModel):
+    """A driver action in progress and the daemon that runs it.  Written in the very
+    transaction that makes the action due (the image turns LOCKED, DELETE, ...), so no
+    daemon ever sees due work without its owner; removed with the reply."""
+
+    kind = peewee.CharField(max_length=16)
+    oid = peewee.IntegerField()
+    action = peewee.CharField(max_length=32)
+    owner = peewee.CharField(max_length=128)
+    since = peewee.DoubleField()
+
+    class Meta:
+        table_name = "driver_claims"
+        primary_key = peewee.CompositeKey("kind", "oid")
+        indexes = ((("owner",), False),)
+
+
+class CacheVersionRow(BaseModel):
+    """One counter per cached set of tables, bumped by a trigger on every write to them
+    (PostgreSQL), so a daemon knows its cache is stale before it serves a call."""
+
+    name = peewee.CharField(max_length=64, primary_key=True)
+    version = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "cache_versions"
+
+
+class DatastoreMarkerRow(BaseModel):
+    """The token each datastore's marker file holds: a daemon that does not find it in
+    BASE_PATH does not see the shared storage and runs no driver work there."""
+
+    oid = peewee.IntegerField(primary_key=True, column_name="datastore_oid")
+    token = peewee.CharField(max_length=64)
+
+    class Meta:
+        table_name = "datastore_markers"
 
 
 class SchemaVersion(BaseModel):
@@ -191,4 +248,12 @@ ALL_MODELS: list[type[BaseModel]] = [
     HostRow,
     TemplateRow,
     VmRow,
+    DaemonRow,
+    DriverClaimRow,
+    CacheVersionRow,
+    DatastoreMarkerRow,
 ]
+
+#: tables of the running daemons' state, not of objects (HA: schema 7).
+HA_MODELS: list[type[BaseModel]] = [DaemonRow, DriverClaimRow, CacheVersionRow,
+                                    DatastoreMarkerRow]

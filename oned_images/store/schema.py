@@ -96,6 +96,16 @@ def _v6_vms(db: peewee.Database) -> None:
     db.create_tables([VmRow])
 
 
+def _v7_several_daemons(db: peewee.Database) -> None:
+    """daemons, driver_claims, cache_versions and datastore_markers: what several
+    daemons on one PostgreSQL database share (leases, owned driver work, cache
+    invalidation, the shared-storage check).  Images a previous single daemon left
+    LOCKED have no claim: the next start reconciles them as before."""
+    from oned_images.store.models import HA_MODELS
+
+    db.create_tables(HA_MODELS)
+
+
 #: version -> migration taking the schema from version-1 to version.
 MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     1: _v1_initial,
@@ -104,6 +114,7 @@ MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     4: _v4_datastore_quotas,
     5: _v5_hosts_templates,
     6: _v6_vms,
+    7: _v7_several_daemons,
 }
 CURRENT = max(MIGRATIONS)
 

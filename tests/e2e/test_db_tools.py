@@ -336,9 +336,15 @@ def _undo_v6(d) -> None:
     sql(d, "DELETE FROM pool_control WHERE tablename = 'vm_pool'")
 
 
+def _undo_v7(d) -> None:
+    """Back to schema 6: no daemon, claim, cache version or marker tables."""
+    for table in ("daemons", "driver_claims", "cache_versions", "datastore_markers"):
+        sql(d, f"DROP TABLE {table}")
+
+
 #: migration N -> how a test turns a schema-N database back into schema N-1. A new
 #: migration needs its entry here, or test_upgrade_from_every_version fails.
-UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5, 6: _undo_v6}
+UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5, 6: _undo_v6, 7: _undo_v7}
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from tests.support.seed import call, fails, ok
 pytestmark = pytest.mark.timeout(120)
 
 LINE = re.compile(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} "
-                  r"\[Z0\]\[(ReM|ImM|OnM|AuM|DBM|DsM)\]\[[EWID]\]: ")
+                  r"(\[[^\]]+\] )?\[Z0\]\[(ReM|ImM|OnM|AuM|DBM|DsM)\]\[[EWID]\]: ")
 
 
 def test_call_and_result_lines_without_secrets(fresh_daemon):

@@ -38,6 +38,9 @@ class Daemon:
     proc: subprocess.Popen | None = None
     port: int = 0
     pg_db: str | None = None
+    #: the PostgreSQL database is another daemon's (several daemons on one database):
+    #: drop() leaves it to that daemon.
+    shares_db: bool = False
 
     @property
     def url(self) -> str:
@@ -132,7 +135,7 @@ class Daemon:
 
     def drop(self) -> None:
         self.stop()
-        if self.pg_db is not None:
+        if self.pg_db is not None and not self.shares_db:
             _pg_admin(backend(), f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
             self.pg_db = None
 
@@ -149,6 +152,22 @@ class Daemon:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def start_several(tmp: Path, count: int, extra_config: str = "") -> list[Daemon]:
+    """``count`` daemons on one PostgreSQL database (README "Several daemons"), each with
+    its own VAR_LOCATION and port and a name of its own (DAEMON_NAME = d0, d1, ...); the
+    datastores live under the first one's DATASTORE_LOCATION, which all of them see.
+    Drop them in reverse order (the first owns the database)."""
+    first = Daemon(tmp / "d0", extra_config=extra_config + 'DAEMON_NAME = "d0"\n').start()
+    shared = f'DATASTORE_LOCATION = "{first.var / "datastores"}"\n'
+    first.extra_config += shared
+    daemons = [first]
+    for n in range(1, count):
+        d = Daemon(tmp / f"d{n}", extra_config=extra_config + shared
+                   + f'DAEMON_NAME = "d{n}"\n', pg_db=first.pg_db, shares_db=True)
+        daemons.append(d.start())
+    return daemons
 
 
 def _pg_admin(url: str, sql: str) -> None:

@@ -1,0 +1,150 @@
+"""Caches that stay right when several daemons write one PostgreSQL database.
+
+A daemon keeps some tables in memory (users, groups and ACLs: every call reads them).
+Each such cache is registered here with its tables; a PostgreSQL trigger on those
+tables bumps the cache's counter in ``cache_versions`` in the writing transaction, so
+no code path that writes them can forget to.  Before a call is answered, the daemon
+reads the counters and reloads every cache whose counter moved.
+
+Why counters and not LISTEN/NOTIFY: a notification reaches the other daemons some time
+after the writer's commit, and a client that changes a password on daemon A and logs in
+on daemon B at once could be served from B's stale cache in between.  Reading the
+counters is ordered after the commit the client saw, so the very next call is right.
+The read is shared: calls that arrive while one is in flight wait for the next one (sent
+after they arrived), so under load one small query serves many calls.
+
+A daemon that is alone on the database skips the read (nobody else writes): each lease
+renewal tells it how many daemons are live, inside the renewal's transaction, and a
+joining daemon serves only once every other one has renewed after it registered
+(``daemons.others_saw``), so none of them can still believe it is alone.  A daemon that
+becomes alone again reads the counters once more before it stops reading them.
+
+SQLite runs one daemon (store/lock.py refuses a second): nothing to check there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from oned_images.store.models import CacheVersionRow, database_proxy
+
+log = Logger(namespace="ReM")
+
+#: "onedimg3": serialises the (idempotent) trigger set-up of daemons starting together.
+SETUP_KEY = int.from_bytes(b"onedimg3", "big")
+
+_FUNCTION = """
+CREATE OR REPLACE FUNCTION oned_images_bump_cache() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO cache_versions (name, version) VALUES (TG_ARGV[0], 1)
+    ON CONFLICT (name) DO UPDATE SET version = cache_versions.version + 1;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql
+"""
+
+
+def install_triggers(caches: dict[str, list[str]]) -> None:
+    """Create the bump function and one statement trigger per (cache, table); run at
+    every start (a restored database comes back without triggers)."""
+    db = database_proxy.obj
+    db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SETUP_KEY,))
+    db.execute_sql(_FUNCTION)
+    for name, tables in caches.items():
+        for table in tables:
+            trigger = f"oned_images_cache_{table}"
+            db.execute_sql(f'DROP TRIGGER IF EXISTS "{trigger}" ON "{table}"')
+            db.execute_sql(
+                f'CREATE TRIGGER "{trigger}" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE '
+                f'ON "{table}" FOR EACH STATEMENT EXECUTE FUNCTION '
+                f"oned_images_bump_cache('{name}')")
+        CacheVersionRow.insert(name=name, version=0).on_conflict_ignore().execute()
+
+
+def read_versions() -> dict[str, int]:
+    return {n: int(v) for n, v in
+            CacheVersionRow.select(CacheVersionRow.name, CacheVersionRow.version).tuples()}
+
+
+@dataclass
+class Cache:
+    tables: list[str]
+    #: reloads the cache from the database (one transaction)
+    reload: Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class CacheVersions:
+    """The registered caches of one daemon and the shared counter read."""
+
+    db: Any
+    enabled: bool = False
+    caches: dict[str, Cache] = field(default_factory=dict)
+    known: dict[str, int] = field(default_factory=dict)
+    reloads: int = 0
+    #: no other daemon is live: nothing can be stale (see the module docstring)
+    alone: bool = True
+    _once: bool = False
+    _waiting: list[defer.Deferred] = field(default_factory=list)
+    _running: bool = False
+
+    def register(self, name: str, tables: list[str],
+                 reload: Callable[[], Awaitable[Any]]) -> None:
+        """A cache of ``tables``: ``reload`` runs before the next call whenever any
+        daemon wrote one of them (another helper's VM cache registers the same way)."""
+        self.caches[name] = Cache(list(tables), reload)
+
+    def setup_sync(self) -> None:
+        """At start, on PostgreSQL: triggers in place, the current counters known."""
+        if not self.enabled:
+            return
+        self.db.run_sync(install_triggers, {n: c.tables for n, c in self.caches.items()})
+        self.known = self.db.run_sync(read_versions)
+
+    def peers(self, live: int) -> None:
+        """How many daemons are live (this one included); called inside the renewal's
+        transaction, on a DB thread, so it holds before another daemon sees the commit."""
+        alone = live <= 1
+        if alone and not self.alone:
+            self._once = True  # what the last peer wrote before it left
+        self.alone = alone
+
+    def fresh(self) -> defer.Deferred | None:
+        """None when nothing can be stale (one daemon); else fires once every cache
+        reflects what was committed before this call."""
+        if not self.enabled or (self.alone and not self._once):
+            return None
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append(d)
+        if not self._running:
+            self._running = True
+            defer.ensureDeferred(self._round())
+        return d
+
+    async def _round(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            self._once = False
+            error = None
+            try:
+                versions = await self.db.run(read_versions)
+                for name, version in versions.items():
+                    cache = self.caches.get(name)
+                    if cache is None or self.known.get(name) == version:
+                        continue
+                    await cache.reload()
+                    self.known[name] = version
+                    self.reloads += 1
+            except Exception as exc:  # noqa: BLE001 - every waiter gets it
+                log.failure("cache version check failed")
+                error = exc
+            for d in batch:
+                if error is None:
+                    d.callback(None)
+                else:
+                    d.errback(error)
+        self._running = False
