@@ -39,7 +39,7 @@ def test_v1_database_is_refused_then_upgraded(fresh_daemon):
     conf = d.tmp / "oned-images.conf"
     status = subprocess.run([sys.executable, "-m", "oned_images", "db", "status", "--config",
                              str(conf)], capture_output=True, text=True, timeout=60)
-    assert status.stdout.strip() == "schema version: 1; this release: 6"
+    assert status.stdout.strip() == "schema version: 1; this release: 7"
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(conf)], capture_output=True, text=True, timeout=60)
     assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2, 3, 4, 5, 6, 7]")
@@ -140,7 +140,7 @@ def test_v3_database_gets_quota_tables_with_the_usage_of_its_images(fresh_daemon
     conn.close()
 
     with pytest.raises(RuntimeError, match=r"version 3 is older than this oned-images needs "
-                                           r"\(6\)"):
+                                           r"\(7\)"):
         d.start()
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
@@ -183,7 +183,7 @@ def test_v4_database_gets_cluster_host_and_template_tables(fresh_daemon):
     conn.close()
 
     with pytest.raises(RuntimeError, match=r"version 4 is older than this oned-images needs "
-                                           r"\(6\)"):
+                                           r"\(7\)"):
         d.start()
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
