@@ -76,7 +76,9 @@ def test_cp_swap_after_check_reads_checked_file(drv):
     (secret_dir / "disk.raw").write_bytes(secret)
     swap = drv.inp / "sw"
     swap.mkdir()
-    harmless = b"harmless" * 1000
+    # (a leading '#' could start a vmdk descriptor: the cp runs qemu-img on it, the
+    # wrapper's hook; a plainly raw head needs no tool at all)
+    harmless = b"#harmless" * 1000
     (swap / "disk.raw").write_bytes(harmless)
     wrap = drv.root / "wrap"
     wrap.mkdir()
