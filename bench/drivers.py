@@ -3,6 +3,9 @@ is the driver's, start-up included.
 
 Usage: python -m bench.drivers [--runs N] [--mb 1,100] [--remotes DIR]
 
+stat and cp of 1 and 100 MiB raw files, monitor, mkfs of an empty 1 GiB image (raw and
+ext4).
+
 Each action runs as the daemon runs it (argv ``<action> <id>``, the base64 document on
 stdin, the daemon's PATH), from a source file in the page cache; medians and minimums
 over --runs.  ``plain cp`` is coreutils cp of the same file (no fsync), for scale.
@@ -93,6 +96,7 @@ def main() -> None:
             show(f"plain cp + sync {mb} MiB",
                  timed(["dd", f"if={src}", f"of={base / 'plain'}", "bs=1M", "conv=fsync",
                         "status=none"], None, env, args.runs))
+        show("monitor", timed([str(fs / "monitor"), "1"], document(base), env, args.runs))
         for fs_type in ("", "ext4"):
             show(f"mkfs 1 GiB {fs_type or 'raw'}",
                  timed([str(fs / "mkfs"), "7"], document(base, fs=fs_type), env, args.runs,

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""The fs driver's ``stat`` and ``cp`` actions, each in one Python process.
+"""The fs driver's ``stat``, ``cp``, ``mkfs`` and ``monitor`` actions, each in one
+Python process.
 
-Usage (from drivers/datastore/fs/stat and fs/cp, which exec it):
-    image_action.py stat|cp <id>             DS_DRIVER_ACTION_DATA (base64) on stdin
-    image_action.py stat|cp - <id>           the same (OpenNebula 6.6.2+ form)
-    image_action.py stat|cp <base64> <id>    the document in argv (<= 6.6.1 form)
+Usage (from drivers/datastore/fs/stat, cp, mkfs and monitor, which exec it):
+    fs_action.py ACTION <id>             DS_DRIVER_ACTION_DATA (base64) on stdin
+    fs_action.py ACTION - <id>           the same (OpenNebula 6.6.2+ form)
+    fs_action.py ACTION <base64> <id>    the document in argv (<= 6.6.1 form)
 
 The contract, error texts and log lines are those of common/libfs.sh (see its header):
 result on stdout, failure as one plain line on stderr with exit status 1, partial files
@@ -212,6 +213,82 @@ def stat_action(doc: Document) -> str:
     return str((size + 1048575) // 1048576)
 
 
+def monitor_action(doc: Document) -> str:
+    """fs/monitor: USED_MB, FREE_MB and TOTAL_MB of the file system holding BASE_PATH
+    (created if missing), as ``df -B1M --output=size,used,avail`` counts them (each
+    rounded up to a MiB; used = total - free, free = what non-root users may take)."""
+    base = doc["DATASTORE/BASE_PATH"]
+    require_base_path(base)
+    try:
+        st = os.statvfs(base)
+    except OSError as exc:
+        raise Fail(f"Error monitoring datastore {base}: df: {base}: {exc.strerror}") from None
+
+    def mib(blocks: int) -> int:
+        return -(-blocks * st.f_frsize // 1048576)
+    return (f"USED_MB={mib(st.f_blocks - st.f_bfree)}\nFREE_MB={mib(st.f_bavail)}\n"
+            f"TOTAL_MB={mib(st.f_blocks)}")
+
+
+def mkfs_action(doc: Document, cleanup: list[str]) -> str:
+    """fs/mkfs: an empty IMAGE/SIZE MiB image, IMAGE/FORMAT raw (a sparse file) or
+    qcow2, with an optional IMAGE/FS file system; "<SOURCE>".  FORMAT=save_as only
+    reserves a name (the TM copies the disk there later)."""
+    base, size, fmt = doc["DATASTORE/BASE_PATH"], doc["IMAGE/SIZE"], doc["IMAGE/FORMAT"]
+    require_base_path(base)
+    dst = new_dst(base)
+    fmt = fmt or "raw"
+    if fmt == "save_as":
+        return dst
+    if fmt not in ("raw", "qcow2"):
+        raise Fail(f"Unsupported image format {fmt}")
+    if not (size.isascii() and size.isdigit() and len(size) <= 12) or int(size) == 0:
+        raise Fail(f"Invalid image size '{size}'")
+    size = str(int(size))
+    fs = doc["IMAGE/FS"].lower()
+    if fs in ("ext2", "ext3", "ext4"):
+        tool = ["mkfs", "-t", fs, "-F", "-q"]
+    elif fs == "xfs":
+        tool = ["mkfs.xfs", "-f", "-q"]
+    elif fs:
+        raise Fail(f"Unsupported file system type {fs}")
+    tmp = dst + ".tmp"
+    cleanup += [tmp, tmp + ".conv", dst]
+    if fmt != "raw" and src_mod.which("qemu-img") is None:
+        raise Fail(QEMU_NEEDED.format(what=f"create {fmt} images"))
+
+    def run(error: str, argv: list[str]) -> None:
+        log("DEBUG", " ".join(argv))
+        code, out, err = run_tool(argv)
+        if code != 0:
+            raise Fail(f"{error}: {err_summary(out + err) or f'exit code {code}'}")
+
+    if not fs and fmt == "qcow2":
+        log("INFO", f"Creating {size}M {fmt} image {dst}")
+        run("Error creating image", ["qemu-img", "create", "-q", "-f", fmt, "--", tmp,
+                                     f"{size}M"])
+    else:
+        log("INFO", f"Creating {size}M {fmt} image {dst}"
+                    + (f" with a {fs} file system" if fs else ""))
+        try:   # a sparse file: no blocks written
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o666)
+            try:
+                os.ftruncate(fd, int(size) << 20)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise Fail(f"Error creating image: truncate: {exc.strerror}") from None
+        if fs:
+            run(f"Error creating {fs} file system", [*tool, "--", tmp])
+        if fmt == "qcow2":
+            run("Error creating image", ["qemu-img", "convert", "-q", "-f", "raw", "-O",
+                                         "qcow2", "--", tmp, tmp + ".conv"])
+            os.replace(tmp + ".conv", tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
 def require_base_path(base: str) -> None:
     if not base:
         raise Fail("Datastore BASE_PATH is not set")
@@ -299,6 +376,8 @@ def cp_action(doc: Document, cleanup: list[str]) -> str:
 # ---------------------------------------------------------------------- cli --
 
 SIGNALS = {SIGHUP: "HUP", SIGINT: "INT", SIGTERM: "TERM"}
+ACTIONS = {"stat": stat_action, "cp": cp_action, "monitor": monitor_action,
+           "mkfs": mkfs_action}
 
 
 def _interrupt(signum: int, _frame) -> None:
@@ -319,8 +398,8 @@ def _one_line(text: str, name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("stat", "cp"):
-        sys.stderr.write("usage: image_action.py stat|cp <id>\n")
+    if not argv or argv[0] not in ACTIONS:
+        sys.stderr.write("usage: fs_action.py stat|cp|mkfs|monitor <id>\n")
         return 2
     name = argv[0]
     src_mod.SCRIPT_NAME = name
@@ -331,7 +410,8 @@ def main(argv: list[str]) -> int:
         try:
             _, raw = _read_document(argv[1:], name)
             doc = Document(parse_document(raw))
-            result = stat_action(doc) if name == "stat" else cp_action(doc, cleanup)
+            result = (ACTIONS[name](doc, cleanup) if name in ("cp", "mkfs")
+                      else ACTIONS[name](doc))
         except Interrupted as exc:
             raise Fail(f"{name} interrupted by signal {exc}") from None
         except (Fail, FetchError):
