@@ -45,6 +45,8 @@ MAX_STDERR = 1 << 16
 ENV_PASSTHROUGH = ("ONE_LOCATION", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY",
                    "HTTPS_PROXY", "NO_PROXY", "SSH_AUTH_SOCK", "TMPDIR", "RUBYLIB",
                    "GEM_PATH", "GEM_HOME")
+#: the first program of every action (coreutils env: -C sets the working directory)
+ENV = shutil.which("env", path="/usr/bin:/bin") or "/usr/bin/env"
 #: longest stderr line logged; the rest of a longer one is dropped
 MAX_LOG_LINE = 4096
 #: a bucket of slots: ("user", uid) for a user's actions, ("stat", uid) for the STAT
@@ -294,8 +296,12 @@ class DriverRunner:
             return DriverResult(action, oid, 255, "", "", cancelled=True,
                                 error="oned-images is stopping")
         # setsid: a process group of its own (pgid == pid) for group kills; nice: as
-        # oned, copies run below the daemon's priority.
-        prefix = ["setsid", "nice", "-n", str(self.settings.priority)]
+        # oned, copies run below the daemon's priority.  env -C sets the working
+        # directory, so Twisted spawns with posix_spawn (its fork() path, taken for a
+        # cwd of the child's own, copies the daemon and runs Python in the child: a few
+        # ms of every action, on the reactor's thread).
+        prefix = ["env", "-C", self.config.var_location, "setsid", "nice", "-n",
+                  str(self.settings.priority)]
         if args is not None:
             argv = [*prefix, script, *args]
             stdin = None
@@ -318,8 +324,7 @@ class DriverRunner:
         started = time.monotonic()
         env, tmpdir = self._action_env(action, oid, extra_env)
         try:
-            transport = self.reactor.spawnProcess(
-                collector, "/usr/bin/setsid", argv, env=env, path=self.config.var_location)
+            transport = self.reactor.spawnProcess(collector, ENV, argv, env=env)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
@@ -347,7 +352,9 @@ class DriverRunner:
                 timer.cancel()
             self._running.pop(key, None)
             reaper.forget(self.config.var_location, pid)
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            # (in a thread: an rmdir waits for the file system's journal, which a copy's
+            # or the database's fsync can hold for milliseconds; the name is never reused)
+            self.reactor.callInThread(shutil.rmtree, tmpdir, ignore_errors=True)
         stdout = collector.out.decode("utf-8", "replace")
         stderr = collector.err.decode("utf-8", "replace")
         logs, _ = split_stderr(stderr)
@@ -363,7 +370,7 @@ class DriverRunner:
         elif code != 0:
             result.error = failure_text(stderr, code)
         if result.ok:
-            log.info("{action} for {kind} {oid} succeeded in {secs:.2f}s", action=action,
+            log.info("{action} for {kind} {oid} succeeded in {secs:.4f}s", action=action,
                      kind=key[0], oid=oid, secs=elapsed)
         else:
             log.error("{action} for {kind} {oid} failed (exit {code}): {text}", action=action,

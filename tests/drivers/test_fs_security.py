@@ -76,7 +76,9 @@ def test_cp_swap_after_check_reads_checked_file(drv):
     (secret_dir / "disk.raw").write_bytes(secret)
     swap = drv.inp / "sw"
     swap.mkdir()
-    harmless = b"harmless" * 1000
+    # (a leading '#' could start a vmdk descriptor: the cp runs qemu-img on it, the
+    # wrapper's hook; a plainly raw head needs no tool at all)
+    harmless = b"#harmless" * 1000
     (swap / "disk.raw").write_bytes(harmless)
     wrap = drv.root / "wrap"
     wrap.mkdir()
@@ -367,6 +369,24 @@ def test_images_referring_to_other_files_refused(drv):
     subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(plain), "1M"], check=True)
     dst, fmt = cp_result(drv, drv.cp(plain))
     assert fmt == "vmdk"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("head", ["version=1\n", "  \nversion=1\n", "# any comment\nversion=1\n"])
+def test_vmdk_descriptors_without_the_usual_first_line_are_probed(drv, head):
+    """qemu-img takes any text whose first line (after '#' comments and blank lines
+    of spaces) is "version=N" for a vmdk descriptor: such a head is never taken for raw
+    without qemu-img (image_source.plain_raw), so a FLAT extent naming a secret is
+    refused as with the usual "# Disk DescriptorFile" line."""
+    secret = drv.root / "secret.bin"
+    secret.write_bytes(b"S" * MiB)
+    vmdk = drv.inp / "d.img"
+    vmdk.write_text(head + 'CID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
+                    f'RW 2048 FLAT "{secret}" 0\n')
+    res = failed(drv.cp(vmdk), f"Image refers to another file ({secret}), refusing it")
+    assert res.error == f"Image refers to another file ({secret}), refusing it"
+    assert drv.base_files() == []
+    assert stat_mb(drv, vmdk) == 1   # the descriptor's virtual size, not its file size
 
 
 @pytest.mark.timeout(60)

@@ -160,3 +160,44 @@ def test_order_follows_api_list_order_of_the_user(mixed):
     assert pool(d, -2, 0, -2, session=session) == [d.ids["G"], d.ids["O"]]
     # oneadmin keeps the default: newest first
     assert pool(d, uid) == [b, a]
+
+
+def test_a_listing_over_a_mebibyte_on_a_kept_alive_connection(tmp_path):
+    """Replies from 1 MiB on have their headers written first and the document on the
+    next reactor turn (rpc/resource.py SPLIT_WRITE): the same bytes, Content-Length
+    right, and the connection serves the next call."""
+    import http.client
+    import xmlrpc.client
+
+    from tests.support.daemon import ADMIN_PASSWORD
+
+    d = start_daemon(tmp_path)
+    words = " ".join(f"w{i}" for i in range(450))
+    for _ in range(400):
+        register(d, 1, extra=f'DESCRIPTION="{words}"\n')
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
+    session = f"oneadmin:{ADMIN_PASSWORD}"
+
+    def call(method: str, *args) -> tuple[bytes, list]:
+        conn.request("POST", "/RPC2", xmlrpc.client.dumps((session, *args), method),
+                     {"Content-Type": "text/xml"})
+        reply = conn.getresponse()
+        body = reply.read()
+        assert reply.status == 200
+        assert reply.getheader("Content-Length") == str(len(body))
+        assert reply.getheader("Content-Type") == "text/xml; charset=utf-8"
+        return body, xmlrpc.client.loads(body)[0][0]
+
+    try:
+        big, value = call(M, -2, -1, -1)
+        assert len(big) > 1 << 20 and value[0] is True
+        again, _ = call(M, -2, -1, -1)
+        assert again == big
+        ids = pool_ids(value[1])
+        assert len(ids) == 400
+        # the pool is the images' documents one after the other (as below the threshold)
+        docs = "".join(call("one.image.info", i)[1][1] for i in ids[:3])
+        assert value[1].startswith("<IMAGE_POOL>" + docs)
+    finally:
+        conn.close()
+        d.drop()

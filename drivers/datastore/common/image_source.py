@@ -48,30 +48,42 @@ image's progress.  Python 3 standard library only.
 
 from __future__ import annotations
 
-import bz2
 import errno
 import fcntl
-import hashlib
-import http.client
-import ipaddress
-import json
-import lzma
 import os
-import shutil
-import socket
-import ssl
 import stat
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import zlib
-from base64 import b64encode
-from urllib.parse import unquote, urljoin, urlsplit
+
+# Imported when first needed (an action's start-up is part of every image's copy time:
+# a local copy needs none of these): the network modules by _load_network(), the
+# others where they are used.
+http = ipaddress = socket = ssl = urllib = None  # bound by _load_network()
+
+
+def _load_network() -> None:
+    """Import the modules of URL imports (about 30 ms of a start-up otherwise)."""
+    global http, ipaddress, socket, ssl, urllib, b64encode, unquote, urljoin, urlsplit
+    import http.client
+    import ipaddress
+    import socket
+    import ssl
+    import urllib.request
+    from base64 import b64encode
+    from urllib.parse import unquote, urljoin, urlsplit
+
+
+def _codec_errors(*more: type) -> tuple[type, ...]:
+    """``more`` and the errors of broken compressed data (evaluated by an ``except``
+    only when something was raised, so lzma is imported only then)."""
+    import lzma
+    return (*more, EOFError, zlib.error, lzma.LZMAError)
+
 
 BLOCK = 1 << 20            # read size
 HOLE = 1 << 16             # granularity of holes in copies
+COPY_CHUNK = 16 << 20      # one copy_file_range call (progress is reported between them)
 ZERO_HOLE = bytes(HOLE)
 PROBE_BYTES = 4 << 20      # head of an image read to find its format
 MAX_REDIRECTS = 10
@@ -219,7 +231,9 @@ def decompressor(kind: str):
     if kind == "gzip":
         return zlib.decompressobj(wbits=47)
     if kind == "bzip2":
+        import bz2
         return bz2.BZ2Decompressor()
+    import lzma
     return lzma.LZMADecompressor()
 
 
@@ -260,6 +274,16 @@ def magic_format(head: bytes) -> str:
     return "raw"
 
 
+def which(cmd: str) -> str | None:
+    """shutil.which for a command name (shutil's import pulls re, bz2 and lzma: ~6 ms of
+    every action's start-up)."""
+    for directory in os.get_exec_path():
+        path = os.path.join(directory, cmd)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
 def need_qemu(fmt: str) -> Fail:
     return Fail(f"qemu-img is required to import {fmt} images (install Debian package "
                 f"{QEMU_PACKAGE})")
@@ -268,8 +292,10 @@ def need_qemu(fmt: str) -> Fail:
 def qemu_info(path: str, pass_fds: tuple[int, ...] = ()) -> dict:
     """qemu-img info (memory and CPU bounded: the image is untrusted); FetchError if
     qemu-img cannot read it."""
+    import json
+    import subprocess
     cmd = ["qemu-img", "info", "-U", "--output=json", "--", path]
-    if shutil.which("prlimit"):
+    if which("prlimit"):
         cmd = ["prlimit", "--as=2147483648", "--cpu=60", "--", *cmd]
     res = subprocess.run(cmd, capture_output=True, pass_fds=pass_fds, check=False)
     if res.returncode != 0:
@@ -279,23 +305,44 @@ def qemu_info(path: str, pass_fds: tuple[int, ...] = ()) -> dict:
     try:
         info = json.loads(res.stdout)
         return {"format": info["format"], "virtual-size": int(info["virtual-size"]),
-                "backing-filename": info.get("backing-filename", "")}
+                "backing-filename": info.get("backing-filename", ""),
+                "format-specific": info.get("format-specific") or {}}
     except (ValueError, KeyError, TypeError):
         raise FetchError("cannot parse the output of qemu-img info") from None
 
 
+def plain_raw(head: bytes) -> bool:
+    """True when no format qemu-img probes can claim a file that starts with ``head``
+    (its first 4 KiB at least): qemu-img would call it raw, of its own size, referring
+    to no other file.  Every probe but vmdk's text descriptor looks for a magic
+    (magic_format); that one accepts '#' comment lines, blank lines of spaces and
+    "version=N", so a head starting with '#', ' ' or 'v' is left to qemu-img.  (dmg's
+    probe wants a name ending in .dmg: never the names probed here.)  A file stored as
+    raw is opened as raw explicitly later, so what this calls raw cannot make qemu
+    read another file."""
+    return magic_format(head) == "raw" and head[:1] not in (b"#", b" ", b"v")
+
+
 def probe(path: str, size: int, head: bytes, pass_fds: tuple[int, ...] = ()) -> dict:
-    """Format and virtual size: qemu-img when installed, else magic (raw only)."""
-    if shutil.which("qemu-img"):
+    """Format and virtual size: raw at once for a plain_raw head; else qemu-img when
+    installed, else magic (raw only)."""
+    raw = {"format": "raw", "virtual-size": size, "backing-filename": "",
+           "format-specific": {}}
+    if plain_raw(head):
+        return raw
+    if which("qemu-img"):
         return qemu_info(path, pass_fds)
     fmt = magic_format(head)
     if fmt != "raw":
         raise need_qemu(fmt)
-    return {"format": "raw", "virtual-size": size, "backing-filename": ""}
+    return raw
 
 
 def probe_bytes(head: bytes) -> dict:
     """Probe an image from its first bytes only (a head written to TMPDIR)."""
+    if plain_raw(head):
+        return probe("", len(head), head)
+    import tempfile
     with tempfile.NamedTemporaryFile(prefix="one-ds-head-") as tmp:
         tmp.write(head)
         tmp.flush()
@@ -314,7 +361,7 @@ def head_of(kind: str, data: bytes, limit: int = PROBE_BYTES) -> bytes:
             while data and len(out) < limit and not dec.eof:
                 out += dec.decompress(data, limit - len(out))
                 data = b""
-    except (OSError, EOFError, zlib.error, lzma.LZMAError):
+    except _codec_errors(OSError):
         pass
     return bytes(out[:limit])
 
@@ -336,6 +383,7 @@ class Policy:
     """Which addresses a URL import may connect to (see the module docstring)."""
 
     def __init__(self, allowed: str) -> None:
+        _load_network()
         self.restricted = os.environ.get("ONED_URL_POLICY", "restricted") != "open"
         self.allowed = _networks(allowed)
 
@@ -637,6 +685,28 @@ def _move(src: str, dst: str) -> bool:
     return True
 
 
+def _copy_fd_kernel(src: int, size: int, out: SparseWriter, meter: Meter) -> bool:
+    """Copy a file with no holes by copy_file_range (no pass through user space; a
+    server-side copy or a reflink where the file system offers one), as coreutils cp
+    copies files that are not sparse.  False when the kernel cannot copy between these
+    two files (nothing written then): the caller reads and writes instead."""
+    pos = 0
+    while pos < size:
+        try:
+            n = os.copy_file_range(src, out.fd, min(COPY_CHUNK, size - pos), pos, pos)
+        except OSError as exc:
+            if pos == 0 and exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+                                          errno.EOPNOTSUPP, errno.EBADF):
+                return False
+            raise
+        if n == 0:      # the file shrank: it ends here
+            break
+        pos += n
+        meter.reach(pos)
+    out.pos = pos
+    return True
+
+
 def _copy_fd_sparse(src: int, size: int, out: SparseWriter, meter: Meter | None = None) -> None:
     """Copy a regular file, skipping its holes (SEEK_DATA) and zero blocks."""
     pos = 0
@@ -669,9 +739,14 @@ def _rate(text: str) -> int:
     return int(text.rstrip("kKmMgG")) * unit
 
 
+def _hash(name: str):
+    import hashlib
+    return hashlib.new(name)
+
+
 def copy(src: str, dst: str, opts: dict) -> None:
     rules = Rules(opts["safe_dirs"], opts["restricted_dirs"])
-    wanted = [(name, value.replace(" ", "").lower(), hashlib.new(name))
+    wanted = [(name, value.replace(" ", "").lower(), _hash(name))
               for name, value in (("md5", opts["md5"]), ("sha1", opts["sha1"])) if value.strip()]
     hashes = [h for _, _, h in wanted]
     remote = src.startswith(("http://", "https://"))
@@ -716,7 +791,9 @@ def _copy_body(src, body, out_fd, fd, st, opts, wanted) -> None:
             if _reflink(fd, out_fd):
                 log("DEBUG", "reflinked")
                 return
-            _copy_fd_sparse(fd, st.st_size, out, body.meter)
+            if st.st_blocks * 512 < st.st_size or not _copy_fd_kernel(fd, st.st_size, out,
+                                                                      body.meter):
+                _copy_fd_sparse(fd, st.st_size, out, body.meter)
         elif not kind:
             for data in chunks:
                 out.write(data)
@@ -725,7 +802,7 @@ def _copy_body(src, body, out_fd, fd, st, opts, wanted) -> None:
             try:
                 for data in decompressed(kind, chunks):
                     out.write(data)
-            except (EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+            except _codec_errors(ValueError) as exc:
                 for _ in chunks:   # a wrong checksum says more than the broken data
                     pass
                 _check_hashes(wanted)
@@ -794,7 +871,8 @@ def _probe_head(kind: str, head: bytes) -> dict | None:
 
 
 def _xz_size(fd: int) -> int | None:
-    if not shutil.which("xz"):
+    import subprocess
+    if not which("xz"):
         return None
     res = subprocess.run(["xz", "--robot", "-l", f"/proc/self/fd/{fd}"], capture_output=True,
                          pass_fds=(fd,), check=False)
@@ -815,7 +893,7 @@ def _count(src: str, kind: str, body: Body, deadline: float | None) -> int:
             yield data
     try:
         return sum(len(d) for d in (decompressed(kind, timed()) if kind else timed()))
-    except (FetchError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+    except _codec_errors(FetchError, OSError) as exc:
         raise Fail(f"Cannot determine the size of {src}: {exc}") from None
     finally:
         body.close()
@@ -860,6 +938,7 @@ def _remote_size(url: str, fetcher: Fetcher) -> int:
         return _count(url, kind, body, time.monotonic() + limit)
     log("INFO", f"Downloading {url} to read its header (at most {limit:g}s)")
     deadline = time.monotonic() + limit
+    import tempfile
     with tempfile.NamedTemporaryFile(prefix="one-ds-image-") as tmp:
         try:
             body = Body(fetcher, fetcher.get(url))
@@ -872,7 +951,7 @@ def _remote_size(url: str, fetcher: Fetcher) -> int:
             body.close()
             out.finish()
             return qemu_info(tmp.name)["virtual-size"]
-        except (FetchError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        except _codec_errors(FetchError, OSError) as exc:
             raise Fail(f"Cannot determine the size of {url}: {exc}") from None
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import threading
 
@@ -35,19 +34,40 @@ POLL = 0.1
 QEMU_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
-class Percent:
-    """The last percentage qemu-img printed, read on a thread from its stdout."""
+class Drain:
+    """A child's stream read to its end on a thread (so a full pipe never blocks it);
+    what it said is kept, bounded, for an error text."""
 
-    def __init__(self, stream) -> None:
-        self.value = 0.0
+    KEEP = 64 * 1024
+
+    def __init__(self, stream, keep: bool = True) -> None:
+        self.kept, self.keep = b"", keep
         self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self.thread.start()
 
     def _read(self, stream) -> None:
         while chunk := stream.read1(4096):
-            found = QEMU_PERCENT.findall(chunk)
-            if found:
-                self.value = float(found[-1])
+            self.seen(chunk)
+
+    def seen(self, chunk: bytes) -> None:
+        if self.keep and len(self.kept) < self.KEEP:
+            self.kept += chunk
+
+
+class Percent(Drain):
+    """The last percentage qemu-img printed on its stdout; the rest is kept only when
+    the caller captures the output (the percentages never are)."""
+
+    def __init__(self, stream, keep: bool = False) -> None:
+        self.value = 0.0
+        super().__init__(stream, keep)
+
+    def seen(self, chunk: bytes) -> None:
+        found = QEMU_PERCENT.findall(chunk)
+        if found:
+            self.value = float(found[-1])
+        super().seen(QEMU_PERCENT.sub(b"", chunk).replace(b"\r", b"").strip(b" ")
+                     if found else chunk)
 
 
 def measure(path: str, allocated: bool) -> int:
@@ -58,26 +78,45 @@ def measure(path: str, allocated: bool) -> int:
     return st.st_blocks * 512 if allocated else st.st_size
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) < 4 or argv[2] != "--" or not argv[0].isdigit():
-        sys.stderr.write("usage: progress_run.py TOTAL (qemu|FILE|+FILE) -- CMD [ARG...]\n")
-        return 2
-    total, watch, cmd = int(argv[0]), argv[1], argv[3:]
-    image_source.SCRIPT_NAME = os.path.basename(cmd[0])
-    qemu = watch == "qemu"
+def run_measured(cmd: list[str], total: int, watch: str, *, capture: bool,
+                 report=None) -> tuple[int, bytes]:
+    """Run ``cmd`` (an argv) and report its progress; (exit status, its output).
+
+    ``watch``: "qemu" (qemu-img's percentages of ``total``), FILE (its size) or +FILE
+    (its allocated bytes).  With ``capture`` the command's stdout and stderr come back
+    as one text for the caller's error message (fs_action.py); without, they pass
+    through to this process's own (libfs.sh's ``run`` collects them).  ``report``: the
+    stream the progress lines go to once the command runs (default sys.stderr)."""
+    name, image_source.SCRIPT_NAME = image_source.SCRIPT_NAME, os.path.basename(cmd[0])
     try:
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE if qemu else None)
+        return _run_measured(cmd, total, watch, capture, report)
+    finally:
+        image_source.SCRIPT_NAME = name   # the caller's own lines keep its name
+
+
+def _run_measured(cmd: list[str], total: int, watch: str, capture: bool,
+                  report) -> tuple[int, bytes]:
+    import subprocess
+
+    qemu = watch == "qemu"
+    pipe = subprocess.PIPE
+    try:
+        child = subprocess.Popen(cmd, stdout=pipe if (qemu or capture) else None,
+                                 stderr=pipe if capture else None)
     except OSError as exc:
-        sys.stderr.write(f"{cmd[0]}: {exc.strerror}\n")
-        return 127
-    percent = Percent(child.stdout) if qemu else None
-    # from here on this script's own lines (the progress) go to the driver's stderr
-    sys.stderr = open(3, "w", closefd=False)  # noqa: SIM115 (fd 3 is the caller's)
+        text = f"{cmd[0]}: {exc.strerror}\n"
+        if not capture:
+            sys.stderr.write(text)
+        return 127, text.encode()
+    percent = Percent(child.stdout, keep=capture) if child.stdout is not None else None
+    errors = Drain(child.stderr) if child.stderr is not None else None
+    if report is not None:
+        sys.stderr = report
     meter = Meter(total)
     allocated, path = watch.startswith("+"), watch.lstrip("+")
 
     def done() -> int:
-        if percent is not None:
+        if qemu and percent is not None:
             return int(total * percent.value / 100)
         return measure(path, allocated)
 
@@ -87,11 +126,25 @@ def main(argv: list[str]) -> int:
             break
         except subprocess.TimeoutExpired:
             meter.reach(done())
-    if percent is not None:
-        percent.thread.join(5)
+    output = b""
+    for reader in (percent, errors):
+        if reader is not None:
+            reader.thread.join(5)
+            output += reader.kept
     if rc == 0:
         meter.last = 0.0   # the last line, whenever the one before was written
         meter.reach(total if total else done())
+    return rc, output
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 4 or argv[2] != "--" or not argv[0].isdigit():
+        sys.stderr.write("usage: progress_run.py TOTAL (qemu|FILE|+FILE) -- CMD [ARG...]\n")
+        return 2
+    # from the start on, this script's own lines (the progress) go to the driver's
+    # stderr, fd 3
+    report = open(3, "w", closefd=False)  # noqa: SIM115 (fd 3 is the caller's)
+    rc, _ = run_measured(argv[3:], int(argv[0]), argv[1], capture=False, report=report)
     return rc
 
 
