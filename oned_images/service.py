@@ -28,6 +28,7 @@ from oned_images.domain.images import ImageManager
 from oned_images.domain.scheduler import Scheduler
 from oned_images.domain.templates import Templates
 from oned_images.domain.uploads import UploadManager
+from oned_images.domain.vm_disk_ops import VmDiskOps
 from oned_images.domain.vms import Vms
 from oned_images.driver import reaper
 from oned_images.driver.checks import check_drivers
@@ -131,6 +132,8 @@ class App:
     scheduler: Scheduler | None = None
     #: transfer-manager actions of VM disks (driver/tm.py, vms.md §7); None only in bare tests.
     tms: TransferManager | None = None
+    #: VM disk snapshots, save-as and hot-plug (vms.md §5.8-§5.10); None only in bare tests.
+    disk_ops: VmDiskOps | None = None
 
     async def datastores_ids(self) -> list[int]:
         return await self.db.run(
@@ -236,6 +239,7 @@ class Daemon:
         self.app.vms = Vms(db, cfg, identity, self.reactor, self.app.templates)
         self.app.scheduler = Scheduler(db, self.app.vms, self.reactor)
         self.app.vms.on_pending = self.app.scheduler.pending
+        self.app.disk_ops = VmDiskOps(self.app)
         if cfg.metrics != "off":  # off: no instruments either, not only no endpoint
             self.app.metrics = instrument(self.app)
         return self.app
@@ -260,6 +264,7 @@ class Daemon:
         await app.images.monitor_all()
         await app.hosts.start_monitoring()
         await app.vms.resume_drivers()
+        await app.disk_ops.recover()
         app.scheduler.start()
         site = RpcSite(app, cfg.message_size, limits=cfg.http_limits)
         site.metrics = MetricsResource(app, cfg.metrics)

@@ -1068,7 +1068,13 @@ class ImageManager:
                 ds = None
             state = S(img.state)
             if state in LOCKED_STATES:
-                if img.target_snapshot >= 0:
+                if (img.template.get("SAVE_AS_HOT") or "").upper() == "YES":
+                    # a VM disk save-as (domain/vm_saveas.py) cannot be redone from here
+                    replies.set_state(img, S.ERROR)
+                    replies.set_error(img, "Disk save-as was interrupted by a restart of "
+                                      "oned-images")
+                    report.append((img.id, "error"))
+                elif img.target_snapshot >= 0:
                     sid = img.target_snapshot
                     img.target_snapshot = -1
                     replies.set_state(img, S.READY)

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
-from oned_images.domain import locks, vm_disks
+from oned_images.domain import locks, vm_disks, vm_tm
 from oned_images.domain import vm_states as vs
 from oned_images.domain.datastores import ds_auth
 from oned_images.domain.hosts import OFFLINE, host_auth, read_host, write_host
@@ -326,7 +326,7 @@ class Vms:
         state = V.HOLD if hold else V.PENDING
         vm = Vm(oid, caller.uid, caller.gid, caller.uname, caller.gname, name,
                 perms=new.perms, state=state, stime=_now(), template=vm_t,
-                user_template=user_t)
+                user_template=user_t, snapshots=vm_disks.disk_snapshot_lists(vm_t))
         vm.prev_state = state
         pools.insert(VmRow, oid, _meta(vm), vm_xml(vm), **_columns(vm))
         return oid
@@ -598,7 +598,8 @@ class Vms:
                                                         _request_id())
             state, lcm = rule.to
             if (state, lcm) == vs.DONE_NOW:
-                vm_disks.release_disks(vm.id, vm.template, failed=False)
+                vm_disks.release_disks(vm.id, vm.template, failed=False,
+                                       snapshots=vm_tm.snapshots_by_disk(vm))
                 vm.etime = now
             elif (vm.state in (V.POWEROFF, V.SUSPENDED) and state == V.ACTIVE
                   and lcm in (L.BOOT_POWEROFF, L.BOOT_SUSPENDED) and h is not None):
@@ -674,7 +675,8 @@ class Vms:
             _host_leave(vm)
         if step.done:
             vm_disks.release_disks(vm.id, vm.template,
-                                   failed=vm.lcm_state == L.CLEANUP_DELETE)
+                                   failed=vm.lcm_state == L.CLEANUP_DELETE,
+                                   snapshots=vm_tm.snapshots_by_disk(vm))
             vm.etime = now
         vm.state, vm.lcm_state = state, lcm
         write_vm(vm)
