@@ -12,7 +12,7 @@ goes back to a persistent image as at any release (§1.5).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.logger import Logger
@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import snapshots as snap
-from oned_images.domain import vm_disks, vm_tm
+from oned_images.domain import vm_disks, vm_tm, vm_transfer
 from oned_images.domain import vm_states as vs
 from oned_images.domain.identity import Identity
 from oned_images.domain.images import read_image
@@ -28,7 +28,6 @@ from oned_images.domain.permissions import AuthRequest, Caller, Op
 from oned_images.domain.states import ImageType
 from oned_images.domain.templates import restricted_attr
 from oned_images.domain.vms import read_vm, vm_auth, write_vm
-from oned_images.driver import tm
 from oned_images.driver.tm import TmAction, TmResult
 from oned_images.model.objects import Vm
 from oned_images.template import Template, Vector
@@ -53,38 +52,30 @@ def _marked(vm: Vm, marker: str) -> Vector | None:
     return None
 
 
+def _alone(vm: Vm, disk: Vector) -> Vm:
+    """The VM as if ``disk`` were its only disk (and it had no context)."""
+    t = Template()
+    t.add("DISK", disk)
+    return replace(vm, template=t)
+
+
 def prolog_line(config: DaemonConfig, vm: Vm, disk: Vector) -> TmAction:
-    """The PROLOG line that makes one disk's file (vms.md §7.2)."""
-    where = vm_tm.place(vm)
-    disk_id = _int(disk.get("DISK_ID")) or 0
-    path = where.disk(config.datastore_location, vm.id, disk_id)
-    if vm_tm.is_volatile(disk):
-        sys_tm = vm.template.get("TM_MAD_SYSTEM") or vm.history[-1].tm_mad
-        size = _int(disk.get("SIZE")) or 0
-        if (disk.get("TYPE") or "").upper() == "SWAP":
-            return tm.mkswap(sys_tm, size, where.host, path, vm.id, where.sys_ds)
-        return tm.mkimage(sys_tm, size, disk.get("FORMAT") or "raw", where.host, path, vm.id,
-                          where.sys_ds)
-    tm_mad, ds_id = vm_tm.disk_ds(disk, where)
-    build = tm.clone if (disk.get("CLONE") or "").upper() == "YES" else tm.ln
-    return build(tm_mad, disk.get("SOURCE") or "", where.host, path, vm.id, ds_id,
-                 system_tm=vm_tm.system_tm(disk))
+    """The PROLOG line that makes one disk's file (vms.md §7.2): the deploy's."""
+    try:
+        transfer = vm_transfer.prolog(_alone(vm, disk), config.datastore_location, "")
+    except vm_transfer.TransferError as exc:
+        raise errors.action(exc.text) from None
+    return transfer.actions[0]
 
 
 def epilog_line(config: DaemonConfig, vm: Vm, disk: Vector) -> TmAction:
-    """The EPILOG line of one disk: MVDS keeps a persistent disk's changes, DELETE
-    removes the others (vms.md §7.2)."""
-    where = vm_tm.place(vm)
-    disk_id = _int(disk.get("DISK_ID")) or 0
-    path = where.disk(config.datastore_location, vm.id, disk_id)
-    if vm_tm.is_volatile(disk):
-        sys_tm = vm.template.get("TM_MAD_SYSTEM") or vm.history[-1].tm_mad
-        return tm.delete(sys_tm, where.host, path, vm.id, where.sys_ds)
-    tm_mad, ds_id = vm_tm.disk_ds(disk, where)
-    if (disk.get("SAVE") or "").upper() == "YES":
-        return tm.mvds(tm_mad, where.host, path, disk.get("SOURCE") or "", vm.id, ds_id,
-                       system_tm=vm_tm.system_tm(disk))
-    return tm.delete(tm_mad, where.host, path, vm.id, ds_id, system_tm=vm_tm.system_tm(disk))
+    """The EPILOG line of one disk (MVDS for SAVE=YES, else DELETE), the terminate's
+    without the VM directory's DELETE."""
+    try:
+        transfer = vm_transfer.epilog(_alone(vm, disk), config.datastore_location)
+    except vm_transfer.TransferError as exc:
+        raise errors.action(exc.text) from None
+    return transfer.actions[0]
 
 
 def remove_disk(vm: Vm, disk: Vector) -> None:
