@@ -247,6 +247,18 @@ class VmSnapshots:
                      where.disk(self.config.datastore_location, vm.id, disk_id), sid, vm.id,
                      ds_id, system_tm=vm_tm.system_tm(disk))
 
+    def _begin(self, caller: Caller, vm: Vm, action: str, disk: Vector, disk_id: int,
+               sid: int, lcm: int):
+        """The disk is marked, the history record closed, the VM moved to ``lcm`` and
+        written; returns the TM line to run."""
+        disk["DISK_SNAPSHOT_ACTIVE"] = "YES"
+        disk["DISK_SNAPSHOT_ID"] = str(sid)
+        vm_tm.close_cp_history(vm, caller, HISTORY[action])
+        vm.state, vm.lcm_state = V.ACTIVE, lcm
+        line = self._line(action, vm, disk, disk_id, sid)
+        write_vm(vm)
+        return line
+
     def _start(self, vm: Vm, action: str, disk_id: int, sid: int, line) -> None:
         async def work() -> None:
             result = await vm_tm.run_lines(self.tms, vm.id, [line], "disk_snapshot", vm.uid)
@@ -281,12 +293,7 @@ class VmSnapshots:
             t = vm_tm.snapshot_list(vm, disk_id) or new_list(disk, disk_id)
             sid = add_snapshot(t, name, size, int(time.time()))
             _set_list(vm, disk, disk_id, t)
-            disk["DISK_SNAPSHOT_ACTIVE"] = "YES"
-            disk["DISK_SNAPSHOT_ID"] = str(sid)
-            vm_tm.close_cp_history(vm, caller, HISTORY["create"])
-            vm.state, vm.lcm_state = V.ACTIVE, lcm
-            line = self._line("create", vm, disk, disk_id, sid)
-            write_vm(vm)
+            line = self._begin(caller, vm, "create", disk, disk_id, sid, lcm)
             return vm, sid, line
 
         vm, sid, line = await self.db.run(txn)
@@ -311,12 +318,7 @@ class VmSnapshots:
             if snap.find(t, sid) is None:
                 raise errors.action(f"Disk id ({disk_id}) or snapshot id ({sid}) is not "
                                     "valid.")
-            disk["DISK_SNAPSHOT_ACTIVE"] = "YES"
-            disk["DISK_SNAPSHOT_ID"] = str(sid)
-            vm_tm.close_cp_history(vm, caller, HISTORY["revert"])
-            vm.state, vm.lcm_state = V.ACTIVE, lcm
-            line = self._line("revert", vm, disk, disk_id, sid)
-            write_vm(vm)
+            line = self._begin(caller, vm, "revert", disk, disk_id, sid, lcm)
             return vm, line
 
         vm, line = await self.db.run(txn)
@@ -342,12 +344,7 @@ class VmSnapshots:
             err = delete_error(t, sid, persistent)
             if err:
                 raise errors.action(err)
-            disk["DISK_SNAPSHOT_ACTIVE"] = "YES"
-            disk["DISK_SNAPSHOT_ID"] = str(sid)
-            vm_tm.close_cp_history(vm, caller, HISTORY["delete"])
-            vm.state, vm.lcm_state = V.ACTIVE, lcm
-            line = self._line("delete", vm, disk, disk_id, sid)
-            write_vm(vm)
+            line = self._begin(caller, vm, "delete", disk, disk_id, sid, lcm)
             return vm, line
 
         vm, line = await self.db.run(txn)
