@@ -287,3 +287,31 @@ def test_attach_and_detach(daemon, world):
     held = ok(daemon, "one.vm.allocate", SMALL, True)
     assert fails(daemon, at, held, f"DISK=[IMAGE_ID={iid}]") == (
         f"[{at}] VM is not running in any host", ACTION, -1)
+
+
+def test_wrong_states_readonly_disks_and_poweroff_saveas(daemon, world):
+    iid = image(daemon, world, persistent=False)
+    cd = register(daemon, world["ds"], size=1, extra='TYPE="CDROM"\n')
+    held = ok(daemon, "one.vm.allocate", f"{SMALL}\nDISK=[IMAGE_ID={iid}]", True)
+    c, r, d = ("one.vm.disksnapshotcreate", "one.vm.disksnapshotrevert",
+               "one.vm.disksnapshotdelete")
+    assert fails(daemon, c, held, 0, "x") == (
+        f"[{c}] Could not create a new snapshot for VM {held}, wrong state HOLD.", ACTION, -1)
+    assert fails(daemon, d, held, 0, 0) == (
+        f"[{d}] Could not delete disk snapshot from VM {held}, wrong state HOLD.", ACTION, -1)
+    assert fails(daemon, "one.vm.detach", held, 0) == (
+        f"[one.vm.detach] Could not detach disk from VM {held}, wrong state HOLD.", ACTION, -1)
+    before = ok(daemon, "one.vm.info", held)
+    oid = vm_with(daemon, world, f"DISK=[IMAGE_ID={iid}]", f"DISK=[IMAGE_ID={cd}]",
+                  state="poweroff")
+    assert fails(daemon, c, oid, 1, "x") == (
+        f"[{c}] Cannot make snapshots on readonly disks", ACTION, -1)
+    assert fails(daemon, r, oid, 0, 0) == (f"[{r}] Snapshot does not exist", ACTION, -1)
+    new = ok(daemon, "one.vm.disksaveas", oid, 0, unique("off"), "", -1)
+    img = wait_for_state(daemon, new, 1)
+    assert num(img, "SIZE") == 10
+    doc = wait_vm(daemon, oid, 8)
+    assert "HOTPLUG_SAVE_AS" not in doc and "<SNAPSHOTS>" not in doc
+    assert ok(daemon, "one.vm.info", held) == before  # refusals wrote nothing
+    ok(daemon, "one.vm.action", "terminate", oid)
+    wait_vm(daemon, oid, 6)
