@@ -25,6 +25,7 @@ from oned_images.domain.datastores import ds_auth, read_ds
 from oned_images.domain.driver_replies import set_error, set_state
 from oned_images.domain.identity import Identity
 from oned_images.domain.images import ImageManager, read_image, write_image
+from oned_images.domain.images import _meta as image_meta
 from oned_images.domain.permissions import AuthRequest, Caller, ObjectAuth, Op, new_object_perms
 from oned_images.domain.states import ImageState, ImageType
 from oned_images.domain.vms import read_vm, vm_auth, write_vm
@@ -32,8 +33,11 @@ from oned_images.driver import tm
 from oned_images.driver.parse import DriverResult
 from oned_images.driver.tm import TmResult
 from oned_images.model.objects import Vm
+from oned_images.store import pools
+from oned_images.store.models import ImageRow
 from oned_images.template import Template
 from oned_images.xmldoc import drv_action
+from oned_images.xmldoc.image import image_xml
 
 log = Logger(namespace="LCM")
 V, L = vs.VmState, vs.Lcm
@@ -146,8 +150,10 @@ class VmSaveAs:
             img.format = "save_as"
             for attr in ("DRIVER", "TYPE", "NAME", "SIZE", "PERSISTENT"):
                 img.template.remove(attr)
-            img.prev_state = 0
-            write_image(img)
+            # oned inserts it with these values: PREV_STATE stays 0 (write_image would
+            # copy LOCKED into it)
+            pools.update(ImageRow, img.id, image_meta(img), image_xml(img),
+                         datastore_id=img.datastore_id)
             ds = read_ds(ds.id)
             disk["HOTPLUG_SAVE_AS_ACTIVE"] = "YES"
             disk["HOTPLUG_SAVE_AS_SNAPSHOT_ID"] = str(snap_id)

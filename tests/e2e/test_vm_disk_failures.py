@@ -159,6 +159,22 @@ def test_kill_9_in_the_middle_then_restart(tmd, what):
     else:
         new = ok(d, "one.vm.disksaveas", oid, 0, unique("k"), "", -1)
     wait_for(lambda: any(c[0] == what for c in calls(d)))
+    doc = ok(d, "one.vm.info", oid)
+    if what == "cpds":  # between MKFS and the end of cpds (vms.md §5.9)
+        assert num(doc, "LCM_STATE") == 26
+        img = ok(d, "one.image.info", new)
+        assert (num(img, "STATE"), field(img, "FORMAT"), field(img, "TEMPLATE/SAVE_AS_HOT")) \
+            == (4, "raw", "YES")
+        disk = {c.tag: c.text for c in parse(doc).find("TEMPLATE/DISK")}
+        assert {k: disk.get(k) for k in ("HOTPLUG_SAVE_AS", "HOTPLUG_SAVE_AS_ACTIVE",
+                                         "HOTPLUG_SAVE_AS_SNAPSHOT_ID",
+                                         "HOTPLUG_SAVE_AS_SOURCE")} == {
+            "HOTPLUG_SAVE_AS": str(new), "HOTPLUG_SAVE_AS_ACTIVE": "YES",
+            "HOTPLUG_SAVE_AS_SNAPSHOT_ID": "-1",
+            "HOTPLUG_SAVE_AS_SOURCE": field(img, "SOURCE")}
+    else:
+        assert num(doc, "LCM_STATE") == 57
+        assert field(doc, "TEMPLATE/DISK/DISK_SNAPSHOT_ACTIVE") == "YES"
     d.kill9()
     (d.gates / f"hold.{what}").unlink()
     d.start()
