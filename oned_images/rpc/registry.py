@@ -157,6 +157,7 @@ METHODS: tuple[Method, ...] = (
     M("one.vm.deploy", "A:siibis", "Deploys a virtual machine", "virtual machine", vms.deploy),
     M("one.vm.action", "A:ssi", "Performs an action on a virtual machine", "virtual machine",
       vms.action),
+    M("one.vm.recover", "A:sii", "Recovers a stuck VM", "virtual machine", vms.recover),
     M("one.vmpool.info", "A:siiiis", "Returns the virtual machine pool", "virtual machine",
       vms.pool_info),
     M("one.vmpool.infoextended", "A:siiiis", "Returns the virtual machine pool",
