@@ -256,3 +256,5 @@ TM_FAILURE: dict[int, int] = {
     L.EPILOG_STOP: L.EPILOG_STOP_FAILURE,
     L.EPILOG_UNDEPLOY: L.EPILOG_UNDEPLOY_FAILURE,
 }
+#: a TM *_FAILURE state -> the operation it failed (recover retry/success)
+FAILURE_OF: dict[int, int] = {failure: lcm for lcm, failure in TM_FAILURE.items()}

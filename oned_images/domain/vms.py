@@ -640,6 +640,67 @@ class Vms:
                 self._drive(oid, state, lcm)
         return oid
 
+    # -------------------------------------------------------------- recover
+    async def recover(self, caller: Caller, oid: int, op: int) -> int:
+        """one.vm.recover: 0 failure, 1 success (answer the VM's pending driver operation
+        as if it had failed / succeeded), 2 retry (a *_FAILURE state runs its operation
+        again), 3 delete (CLEANUP_DELETE: the VM's files are deleted, nothing saved, and
+        its persistent images end in ERROR, vms.md §1.4).  ADMIN right."""
+        def txn() -> tuple[int, int] | None:
+            vm = read_vm(oid, lock=True)
+            self._manage(caller, vm, Op.ADMIN)
+            if op not in RECOVER_OPS:
+                raise errors.action(f"Recover operation {op} is not supported")
+            if op == 3:
+                return self._recover_delete(vm)
+            if vm.state != V.ACTIVE:
+                raise errors.action("Recover actions available only for ACTIVE VMs")
+            base = vs.FAILURE_OF.get(vm.lcm_state)
+            if op == 2:
+                if base is None:
+                    return None
+                vm.lcm_state = base
+                write_vm(vm)
+                return V.ACTIVE, base
+            current = base if base is not None else vm.lcm_state
+            if current not in vs.STEPS:
+                return None
+            if op == 0:
+                failure = vs.TM_FAILURE.get(current)
+                if failure is None or failure == vm.lcm_state:
+                    return None
+                vm.lcm_state = failure
+                write_vm(vm)
+                return None
+            vm.lcm_state = current
+            write_vm(vm)
+            return self._step(oid)
+
+        moved = await self.db.run(txn)
+        if self.tms is not None and op != 2:
+            self.tms.cancel(oid)  # a transfer still running is stale now
+        if moved is not None:
+            self._drive(oid, *moved)
+        return oid
+
+    def _recover_delete(self, vm: Vm) -> tuple[int, int] | None:
+        if vm.state == V.DONE:
+            raise errors.action("VM cannot be recovered in DONE state")
+        now = _now()
+        if vm.state in (V.PENDING, V.HOLD, V.CLONING, V.CLONING_FAILURE, V.INIT):
+            vm_disks.release_disks(vm.id, vm.template, failed=False,
+                                   snapshots=vm_tm.snapshots_by_disk(vm))
+            vm.state, vm.lcm_state, vm.etime = V.DONE, L.LCM_INIT, now
+            write_vm(vm)
+            return None
+        h = vm.history[-1] if vm.history else None
+        if h is not None:
+            h.action = 13
+            h.petime = h.petime or now
+        vm.state, vm.lcm_state = V.ACTIVE, L.CLEANUP_DELETE
+        write_vm(vm)
+        return V.ACTIVE, L.CLEANUP_DELETE
+
     # -------------------------------------------------------------- the dummy drivers
     def _drive(self, oid: int, state: int, lcm: int) -> None:
         """The dummy driver answers the operation of ``lcm`` after DRIVER_DELAY."""
@@ -806,6 +867,8 @@ class Vms:
 TM_STATES = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY, L.EPILOG,
                        L.EPILOG_STOP, L.EPILOG_UNDEPLOY, L.CLEANUP_DELETE})
 PROLOGS = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY})
+#: one.vm.recover operation codes handled (4 delete-recreate, 5 delete-db are not)
+RECOVER_OPS = {0: "failure", 1: "success", 2: "retry", 3: "delete"}
 #: the transfer files' ops of the life cycle (vms.md §7.1)
 LIFE_CYCLE_OPS = frozenset({"prolog", "prolog_resume", "epilog", "epilog_stop",
                             "epilog_delete"})

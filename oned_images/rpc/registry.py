@@ -171,6 +171,7 @@ METHODS: tuple[Method, ...] = (
       vms.attach),
     M("one.vm.detach", "A:sii", "Detaches a disk from a virtual machine", "virtual machine",
       vms.detach),
+    M("one.vm.recover", "A:sii", "Recovers a stuck VM", "virtual machine", vms.recover),
     M("one.vmpool.info", "A:siiiis", "Returns the virtual machine pool", "virtual machine",
       vms.pool_info),
     M("one.vmpool.infoextended", "A:siiiis", "Returns the virtual machine pool",

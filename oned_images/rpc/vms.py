@@ -54,6 +54,10 @@ async def action(app, caller: Caller, p: Params) -> int:
     return await app.vms.action(caller, name, oid)
 
 
+async def recover(app, caller: Caller, p: Params) -> int:
+    return await app.vms.recover(caller, p.int(1), p.int(2))
+
+
 async def _pool(app, caller: Caller, p: Params, extended: bool):
     flag, start, end, state = p.int(1), p.int(2), p.int(3), p.int(4)
     query = p.str(5) if p.has(5) else ""
