@@ -12,6 +12,7 @@ goes back to a persistent image as at any release (§1.5).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -98,6 +99,18 @@ def remove_disk(vm: Vm, disk: Vector) -> None:
                            snapshots={disk_id: listed} if listed is not None else {})
 
 
+def _begin(config: DaemonConfig, caller: Caller, vm: Vm, disk: Vector, lcm: int, code: int,
+           line: Callable[[DaemonConfig, Vm, Vector], TmAction]) -> TmAction:
+    """The disk is marked ATTACH (oned marks a detached one so too), the history record
+    closed with ``code``, the VM moved to ``lcm`` and written; returns its TM line."""
+    disk["ATTACH"] = "YES"
+    vm_tm.close_cp_history(vm, caller, code)
+    vm.state, vm.lcm_state = V.ACTIVE, lcm
+    action = line(config, vm, disk)
+    write_vm(vm)
+    return action
+
+
 @dataclass
 class VmAttach:
     db: Any
@@ -160,13 +173,8 @@ class VmAttach:
                     listed = img.snapshots.copy()
                     listed.set("DISK_ID", added["DISK_ID"])
                     vm.snapshots.append(listed)
-            added["ATTACH"] = "YES"
             vm.template = work
-            vm_tm.close_cp_history(vm, caller, 21)
-            vm.state, vm.lcm_state = V.ACTIVE, lcm
-            line = prolog_line(self.config, vm, added)
-            write_vm(vm)
-            return vm, line
+            return vm, _begin(self.config, caller, vm, added, lcm, 21, prolog_line)
 
         vm, line = await self.db.run(txn)
         self._start(vm, "attach", line)
@@ -187,12 +195,7 @@ class VmAttach:
             if disk is None:
                 raise errors.action(f"Could not detach disk with DISK_ID {disk_id}, it does "
                                     "not exist.")
-            disk["ATTACH"] = "YES"
-            vm_tm.close_cp_history(vm, caller, 22)
-            vm.state, vm.lcm_state = V.ACTIVE, lcm
-            line = epilog_line(self.config, vm, disk)
-            write_vm(vm)
-            return vm, line
+            return vm, _begin(self.config, caller, vm, disk, lcm, 22, epilog_line)
 
         vm, line = await self.db.run(txn)
         self._start(vm, "detach", line)

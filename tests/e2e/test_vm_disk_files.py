@@ -62,19 +62,27 @@ def snap_ids(doc: str, path: str = "SNAPSHOTS/SNAPSHOT") -> list[int]:
     return [int(s.findtext("ID")) for s in parse(doc).findall(path)]
 
 
-@pytest.mark.parametrize("tm_mad", ["shared", "qcow2"])
-def test_disk_snapshots_become_image_snapshots_on_the_files(daemon, inputs, tm_mad):  # noqa: F811
-    d = daemon
+def deployed(d, tm_mad: str, files: dict, in_vm: int, *kinds: tuple[str, bool]):
+    """Images of (input, persistent) on a ``tm_mad`` image datastore, the first
+    ``in_vm`` of them the disks of a VM RUNNING on a dummy host and a ``tm_mad`` system
+    datastore; returns (vm id, its directory, [(image id, SOURCE)])."""
     hid = host(d)
     sys_ds = fs_datastore(d, tm_mad, "SYSTEM_DS")
     img_ds = fs_datastore(d, tm_mad)
-    pers, pers_src = image(d, img_ds, inputs["qcow2"], True)
-    nonp, _ = image(d, img_ds, inputs["raw"], False)
-    oid = ok(d, "one.vm.allocate", f'NAME="{unique("snapvm")}"\nCPU="0.1"\nMEMORY="16"\n'
-             f'DISK=[IMAGE_ID="{pers}"]\nDISK=[IMAGE_ID="{nonp}"]', True)
+    images = [image(d, img_ds, files[k], pers) for k, pers in kinds]
+    disks = "".join(f'\nDISK=[IMAGE_ID="{i}"]' for i, _ in images[:in_vm])
+    oid = ok(d, "one.vm.allocate", f'NAME="{unique("dvm")}"\nCPU="0.1"\nMEMORY="16"{disks}',
+             True)
     ok(d, "one.vm.deploy", oid, hid, False, sys_ds, "")
     wait_vm(d, oid, ACTIVE, RUNNING)
-    vdir = sysdir(d, sys_ds, oid)
+    return oid, sysdir(d, sys_ds, oid), images
+
+
+@pytest.mark.parametrize("tm_mad", ["shared", "qcow2"])
+def test_disk_snapshots_become_image_snapshots_on_the_files(daemon, inputs, tm_mad):  # noqa: F811
+    d = daemon
+    oid, vdir, [(pers, pers_src), _] = deployed(d, tm_mad, inputs, 2, ("qcow2", True),
+                                                ("raw", False))
     fmt1 = "qcow2" if tm_mad == "qcow2" else "raw"
     write(vdir / "disk.0", "qcow2", A)
     write(vdir / "disk.1", fmt1, A)
@@ -138,17 +146,8 @@ def test_disk_snapshots_become_image_snapshots_on_the_files(daemon, inputs, tm_m
 
 def test_attach_and_detach_make_and_remove_the_file(daemon, inputs):  # noqa: F811
     d = daemon
-    hid = host(d)
-    sys_ds = fs_datastore(d, "shared", "SYSTEM_DS")
-    img_ds = fs_datastore(d, "shared")
-    first, _ = image(d, img_ds, inputs["raw"], False)
-    extra, extra_src = image(d, img_ds, inputs["raw"], False)
-    pers, pers_src = image(d, img_ds, inputs["qcow2"], True)
-    oid = ok(d, "one.vm.allocate", f'NAME="{unique("hot")}"\nCPU="0.1"\nMEMORY="16"\n'
-             f'DISK=[IMAGE_ID="{first}"]', True)
-    ok(d, "one.vm.deploy", oid, hid, False, sys_ds, "")
-    wait_vm(d, oid, ACTIVE, RUNNING)
-    vdir = sysdir(d, sys_ds, oid)
+    oid, vdir, [_, (extra, extra_src), (pers, pers_src)] = deployed(
+        d, "shared", inputs, 1, ("raw", False), ("raw", False), ("qcow2", True))
     ok(d, "one.vm.attach", oid, f"DISK=[IMAGE_ID={extra}]")
     doc = wait_vm(d, oid, ACTIVE, RUNNING)
     assert [e.text for e in parse(doc).findall("TEMPLATE/DISK/DISK_ID")] == ["0", "1"]
