@@ -10,6 +10,7 @@ import pytest
 from tests.e2e.test_vms import history, wait_host, wait_vm
 from tests.support.seed import (
     dummy_datastore,
+    edit_body,
     fails,
     fault,
     field,
@@ -17,6 +18,8 @@ from tests.support.seed import (
     ok,
     parse,
     register,
+    snapshot,
+    snapshots,
     unique,
     user,
     wait_for,
@@ -313,5 +316,33 @@ def test_wrong_states_readonly_disks_and_poweroff_saveas(daemon, world):
     doc = wait_vm(daemon, oid, 8)
     assert "HOTPLUG_SAVE_AS" not in doc and "<SNAPSHOTS>" not in doc
     assert ok(daemon, "one.vm.info", held) == before  # refusals wrote nothing
+    ok(daemon, "one.vm.action", "terminate", oid)
+    wait_vm(daemon, oid, 6)
+
+
+def test_attach_brings_the_image_snapshots_and_detach_gives_them_back(daemon, world):
+    iid = image(daemon, world, persistent=False)
+    pers = image(daemon, world)
+    edit_body(daemon, pers, SNAPSHOTS=snapshots(
+        snapshot(0, children="1"), snapshot(1, parent=0, active=True, name="top")))
+    oid = vm_with(daemon, world, f"DISK=[IMAGE_ID={iid}]", state="poweroff")
+    ok(daemon, "one.vm.attach", oid, f"DISK=[IMAGE_ID={pers}]")
+    doc = wait_vm(daemon, oid, 8)
+    assert snap_header(doc, 1) == {"ALLOW_ORPHANS": "NO", "CURRENT_BASE": "-1",
+                                   "DISK_ID": "1", "NEXT_SNAPSHOT": "2"}
+    assert [(s["ID"], s.get("ACTIVE")) for s in snaps(doc, 1)] == [("0", None), ("1", "YES")]
+    assert field(doc, "TEMPLATE/DISK[2]/DISK_SNAPSHOT_TOTAL_SIZE") == "20"
+    # the ids go on from the image's NEXT_SNAPSHOT
+    assert ok(daemon, "one.vm.disksnapshotcreate", oid, 1, "") == 2
+    wait_vm(daemon, oid, 8)
+    assert ok(daemon, "one.vm.disksnapshotrename", oid, 1, 0, "renamed") == oid
+    ok(daemon, "one.vm.detach", oid, 1)
+    doc = wait_vm(daemon, oid, 8)
+    assert parse(doc).find("SNAPSHOTS") is None
+    img = wait_for_state(daemon, pers, 1)
+    assert [(s.findtext("ID"), s.findtext("NAME"), s.findtext("ACTIVE"))
+            for s in parse(img).findall("SNAPSHOTS/SNAPSHOT")] == [
+        ("0", "renamed", None), ("1", "top", None), ("2", None, "YES")]
+    assert parse(img).findtext("SNAPSHOTS/NEXT_SNAPSHOT") == "3"
     ok(daemon, "one.vm.action", "terminate", oid)
     wait_vm(daemon, oid, 6)
