@@ -166,5 +166,13 @@ def test_attach_and_detach_make_and_remove_the_file(daemon, inputs):  # noqa: F8
     ok(d, "one.vm.detach", oid, 1)
     wait_vm(d, oid, POWEROFF)
     assert not (vdir / "disk.1").exists()
+    # a volatile disk: MKIMAGE of the system datastore's TM
+    ok(d, "one.vm.attach", oid, 'DISK=[TYPE="fs", SIZE="3", FORMAT="raw"]')
+    doc = wait_vm(d, oid, POWEROFF)
+    assert field(doc, "USER_TEMPLATE/ERROR") is None, doc
+    assert (vdir / "disk.1").stat().st_size == 3 * 1024 * 1024
+    ok(d, "one.vm.detach", oid, 1)
+    wait_vm(d, oid, POWEROFF)
+    assert not (vdir / "disk.1").exists()
     ok(d, "one.vm.action", "terminate", oid)
     wait_vm(d, oid, DONE)
