@@ -736,6 +736,8 @@ class Vms:
         if not vm_transfer.runs_nothing(transfer):
             result = await self.tms.transfer(oid, transfer.actions, op=transfer.op,
                                              owner=owner, env=transfer.env)
+            if self.tms.runner.stopping:
+                return None  # the daemon stops: journaled, the next start runs it again
             if not result.ok:
                 error = result.info or "-"
         self._resumed.discard(oid)
