@@ -148,8 +148,9 @@ def test_the_lines_a_foreign_driver_gets_and_its_failures(tmd):
     assert num(ok(d, "one.image.info", other), "RUNNING_VMS") == 1
 
 
-@pytest.mark.parametrize("what", ["snap_create", "cpds"])
-def test_kill_9_in_the_middle_then_restart(tmd, what):
+@pytest.mark.parametrize(("what", "how"), [("snap_create", "kill9"), ("cpds", "kill9"),
+                                           ("snap_create", "stop")])
+def test_kill_9_or_stop_in_the_middle_then_restart(tmd, what, how):
     d = tmd
     pers = register(d, d.world["ds"], extra='PERSISTENT="YES"\n', size=10)
     oid = running_vm(d, pers)
@@ -175,7 +176,10 @@ def test_kill_9_in_the_middle_then_restart(tmd, what):
     else:
         assert num(doc, "LCM_STATE") == 57
         assert field(doc, "TEMPLATE/DISK/DISK_SNAPSHOT_ACTIVE") == "YES"
-    d.kill9()
+    if how == "kill9":
+        d.kill9()
+    else:
+        d.stop()  # the stop kills the held script: no failure is stored before the end
     (d.gates / f"hold.{what}").unlink()
     d.start()
     doc = wait_vm(d, oid, 3, 3)
