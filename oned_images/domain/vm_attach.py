@@ -161,7 +161,7 @@ class VmAttach:
             work = vm.template.copy()
             work.add("DISK", disk)
             vm_disks.acquire_disks(oid, vm.uid, vm.gid, work, self.config, path="attach")
-            added = vm_tm.disks(Vm(0, 0, 0, "", "", "", template=work))[-1]
+            added = [d for d in work.get_all("DISK") if isinstance(d, dict)][-1]
             iid = _int(added.get("IMAGE_ID"))
             cid = vm.history[-1].cid
             if iid is not None:
