@@ -346,3 +346,19 @@ def test_attach_brings_the_image_snapshots_and_detach_gives_them_back(daemon, wo
     assert parse(img).findtext("SNAPSHOTS/NEXT_SNAPSHOT") == "3"
     ok(daemon, "one.vm.action", "terminate", oid)
     wait_vm(daemon, oid, 6)
+
+
+@pytest.mark.parametrize(("method", "args"), [
+    ("one.vm.disksnapshotcreate", (0, "0", "x")),
+    ("one.vm.disksnapshotrevert", (0, 0, "0")),
+    ("one.vm.disksnapshotdelete", (0, 0, 1.5)),
+    ("one.vm.disksnapshotrename", (0, 0, 0, 5)),
+    ("one.vm.disksaveas", (0, 0, "n", "", "-1")),
+    ("one.vm.attach", (0, 7)),
+    ("one.vm.detach", ("0", 0)),
+    ("one.vm.detach", (0,)),
+])
+def test_wrong_parameter_types_are_faults(daemon, method, args):
+    code, text = fault(daemon, method, *args)
+    assert code == -501, text
+    assert ok(daemon, "one.system.version")
