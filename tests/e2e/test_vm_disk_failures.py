@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from tests.e2e.test_vms import wait_host, wait_vm
 from tests.support.seed import (
@@ -199,3 +200,26 @@ def test_kill_9_or_stop_in_the_middle_then_restart(tmd, what, how):
     ok(d, "one.vm.action", "terminate", oid)
     wait_vm(d, oid, 6)
     assert num(ok(d, "one.image.info", pers), "STATE") == 1
+
+
+def test_failed_revert_and_delete_leave_the_list_unchanged(tmd):
+    d = tmd
+    pers = register(d, d.world["ds"], extra='PERSISTENT="YES"\n', size=10)
+    oid = running_vm(d, pers)
+    for _ in range(2):
+        ok(d, "one.vm.disksnapshotcreate", oid, 0, "")
+        wait_vm(d, oid, 3, 3)
+    ok(d, "one.vm.action", "poweroff", oid)
+    before = wait_vm(d, oid, 8)
+    listed = parse(before).find("SNAPSHOTS")
+    gate(d, "fail", "snap_revert")
+    gate(d, "fail", "snap_delete")
+    ok(d, "one.vm.disksnapshotrevert", oid, 0, 0)
+    doc = wait_vm(d, oid, 8)
+    assert "handmade snap_revert refused" in error_of(doc)
+    ok(d, "one.vm.disksnapshotdelete", oid, 0, 1)
+    doc = wait_vm(d, oid, 8)
+    assert "handmade snap_delete refused" in error_of(doc)
+    assert etree.tostring(parse(doc).find("SNAPSHOTS")) == etree.tostring(listed)
+    assert [s.findtext("ID") for s in parse(ok(d, "one.image.info", pers)).findall(
+        "SNAPSHOTS/SNAPSHOT")] == ["0", "1"]
