@@ -150,14 +150,17 @@ def test_the_lines_a_foreign_driver_gets_and_its_failures(tmd):
 
 
 @pytest.mark.parametrize(("what", "how"), [("snap_create", "kill9"), ("cpds", "kill9"),
-                                           ("snap_create", "stop")])
+                                           ("snap_create", "stop"), ("clone", "kill9")])
 def test_kill_9_or_stop_in_the_middle_then_restart(tmd, what, how):
     d = tmd
     pers = register(d, d.world["ds"], extra='PERSISTENT="YES"\n', size=10)
     oid = running_vm(d, pers)
     gate(d, "hold", what)
+    other = register(d, d.world["ds"], size=10)
     if what == "snap_create":
         ok(d, "one.vm.disksnapshotcreate", oid, 0, "s")
+    elif what == "clone":
+        ok(d, "one.vm.attach", oid, f"DISK=[IMAGE_ID={other}]")
     else:
         new = ok(d, "one.vm.disksaveas", oid, 0, unique("k"), "", -1)
     wait_for(lambda: any(c[0] == what for c in calls(d)))
@@ -174,6 +177,9 @@ def test_kill_9_or_stop_in_the_middle_then_restart(tmd, what, how):
             "HOTPLUG_SAVE_AS": str(new), "HOTPLUG_SAVE_AS_ACTIVE": "YES",
             "HOTPLUG_SAVE_AS_SNAPSHOT_ID": "-1",
             "HOTPLUG_SAVE_AS_SOURCE": field(img, "SOURCE")}
+    elif what == "clone":
+        assert num(doc, "LCM_STATE") == 17
+        assert num(ok(d, "one.image.info", other), "RUNNING_VMS") == 1
     else:
         assert num(doc, "LCM_STATE") == 57
         assert field(doc, "TEMPLATE/DISK/DISK_SNAPSHOT_ACTIVE") == "YES"
@@ -188,6 +194,10 @@ def test_kill_9_or_stop_in_the_middle_then_restart(tmd, what, how):
     if what == "snap_create":
         assert parse(doc).find("SNAPSHOTS") is None
         assert "DISK_SNAPSHOT_ACTIVE" not in doc
+    elif what == "clone":  # the attach failed: the disk went, its image was released
+        assert [e.text for e in parse(doc).findall("TEMPLATE/DISK/DISK_ID")] == ["0"]
+        img = ok(d, "one.image.info", other)
+        assert (num(img, "STATE"), num(img, "RUNNING_VMS")) == (1, 0)
     else:
         assert "HOTPLUG_SAVE_AS" not in doc
         img = ok(d, "one.image.info", new)
