@@ -256,6 +256,8 @@ class Vms:
     _pending_calls: list = field(default_factory=list)
     #: VMs whose transfer a restart interrupted (see resume_drivers)
     _resumed: set = field(default_factory=set)
+    #: VMs whose driver answer is being worked out (a transfer may be running)
+    _busy: set = field(default_factory=set)
 
     def _auth(self, caller: Caller) -> AuthRequest:
         return AuthRequest(caller, self.identity.acl)
@@ -722,6 +724,18 @@ class Vms:
         the transfer runs first and its result decides the next state."""
         if self.tms is None:
             return await self.db.run(self._step, oid)
+        if oid in self._busy:
+            # a second answer for the same moment (one scheduled just before an action
+            # moved the VM on): the VM's chain already runs, and a transfer must never
+            # run twice (a repeated clone would overwrite the disk of a running VM)
+            return None
+        self._busy.add(oid)
+        try:
+            return await self._transfer_answer(oid)
+        finally:
+            self._busy.discard(oid)
+
+    async def _transfer_answer(self, oid: int) -> tuple[int, int] | None:
         plan = await self.db.run(self._plan, oid)
         if plan is None:
             return await self.db.run(self._step, oid)
@@ -739,7 +753,12 @@ class Vms:
             if not result.ok:
                 error = result.info or "-"
         self._resumed.discard(oid)
-        return await self.db.run(self._step, oid, lcm, error)
+        moved = await self.db.run(self._step, oid, lcm, error)
+        if moved is None:
+            # the VM may have moved on meanwhile (one.vm.recover): the answers that came
+            # while this transfer ran were dropped, so its new state gets one now
+            self.reactor.callLater(0, self._drive, oid, V.ACTIVE, 0)
+        return moved
 
     def _plan(self, oid: int) -> tuple[int, int, Any] | None:
         """(LCM state, owner, Transfer or TransferError) when the VM's transient state is
@@ -761,7 +780,7 @@ class Vms:
                     transfer = vm_transfer.prolog(vm, cfg.datastore_location, vms_dir)
                 else:  # resume: the files come back from the front-end
                     transfer = vm_transfer.move(vm, cfg.datastore_location, tm_frontend(),
-                                                vm.history[-1].hostname, "prolog_resume")
+                                                vm.history[-1].hostname, "prolog")
             elif lcm in (L.EPILOG_STOP, L.EPILOG_UNDEPLOY):
                 transfer = vm_transfer.move(vm, cfg.datastore_location,
                                             vm.history[-1].hostname, tm_frontend(),
@@ -869,8 +888,7 @@ PROLOGS = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY})
 #: one.vm.recover operation codes handled (4 delete-recreate, 5 delete-db are not)
 RECOVER_OPS = {0: "failure", 1: "success", 2: "retry", 3: "delete"}
 #: the transfer files' ops of the life cycle (vms.md §7.1)
-LIFE_CYCLE_OPS = frozenset({"prolog", "prolog_resume", "epilog", "epilog_stop",
-                            "epilog_delete"})
+LIFE_CYCLE_OPS = frozenset({"prolog", "epilog", "epilog_stop", "epilog_delete"})
 
 
 def _datastore_or_none(ds_id: int) -> Datastore | None:
