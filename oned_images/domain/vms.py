@@ -258,6 +258,8 @@ class Vms:
     _resumed: set = field(default_factory=set)
     #: VMs whose driver answer is being worked out (a transfer may be running)
     _busy: set = field(default_factory=set)
+    #: VM id -> the LCM state whose transfer is running
+    _running: dict = field(default_factory=dict)
 
     def _auth(self, caller: Caller) -> AuthRequest:
         return AuthRequest(caller, self.identity.acl)
@@ -678,8 +680,13 @@ class Vms:
             return self._step(oid)
 
         moved = await self.db.run(txn)
-        if self.tms is not None and op != 2:
-            self.tms.cancel(oid)  # a transfer still running is stale now
+        running = self._running.get(oid)
+        if self.tms is not None and running is not None and op != 2:
+            now = await self.db.run(lambda: read_vm(oid).lcm_state)
+            if now != running and self._running.get(oid) == running:
+                # the transfer of the state the VM left is stale (never the cleanup an
+                # answer may already have started for the state it is in now)
+                self.tms.cancel(oid)
         if moved is not None:
             self._drive(oid, *moved)
         return oid
@@ -738,38 +745,50 @@ class Vms:
     async def _transfer_answer(self, oid: int) -> tuple[int, int] | None:
         plan = await self.db.run(self._plan, oid)
         if plan is None:
-            return await self.db.run(self._step, oid)
+            return None
         lcm, owner, transfer = plan
+        if transfer is None:  # the dummy VMM's answer to the state the plan saw
+            return self._moved(oid, await self.db.run(self._step, oid, lcm))
         if isinstance(transfer, vm_transfer.TransferError):
             log.error("VM {oid}: {op} not run: {why}", oid=oid, op=vs.Lcm(lcm).name,
                       why=transfer.text)
             return await self.db.run(self._step, oid, lcm, transfer.text)
         error = None
         if not vm_transfer.runs_nothing(transfer):
-            result = await self.tms.transfer(oid, transfer.actions, op=transfer.op,
-                                             owner=owner, env=transfer.env)
+            self._running[oid] = lcm
+            try:
+                result = await self.tms.transfer(oid, transfer.actions, op=transfer.op,
+                                                 owner=owner, env=transfer.env)
+            finally:
+                self._running.pop(oid, None)
             if self.tms.runner.stopping:
                 return None  # the daemon stops: journaled, the next start runs it again
             if not result.ok:
                 error = result.info or "-"
         self._resumed.discard(oid)
-        moved = await self.db.run(self._step, oid, lcm, error)
-        if moved is None:
-            # the VM may have moved on meanwhile (one.vm.recover): the answers that came
-            # while this transfer ran were dropped, so its new state gets one now
+        return self._moved(oid, await self.db.run(self._step, oid, lcm, error))
+
+    def _moved(self, oid: int, moved: tuple[int, int] | None) -> tuple[int, int] | None:
+        if moved == STALE:
+            # the VM moved on meanwhile (one.vm.recover, an action): the answers that
+            # came while this one was worked out were dropped, so its new state gets one
             self.reactor.callLater(0, self._drive, oid, V.ACTIVE, 0)
+            return None
         return moved
 
     def _plan(self, oid: int) -> tuple[int, int, Any] | None:
-        """(LCM state, owner, Transfer or TransferError) when the VM's transient state is
-        answered by a TM transfer, else None.  Writes context.sh for a prolog."""
+        """(LCM state, owner, Transfer or TransferError) of an ACTIVE VM, the transfer
+        None when a TM transfer does not answer its state; None for other VMs.  Writes
+        context.sh for a prolog."""
         body = pools.body(VmRow, oid)
         if body is None:
             return None
         vm = vm_from(body)
-        if vm.state != V.ACTIVE or vm.lcm_state not in TM_STATES or not vm.history:
+        if vm.state != V.ACTIVE:
             return None
         lcm = vm.lcm_state
+        if lcm not in TM_STATES or not vm.history:
+            return lcm, vm.uid, None
         cfg = self.config
         vms_dir = os.path.join(cfg.var_location, "vms")
         try:
@@ -809,7 +828,7 @@ class Vms:
             return None
         vm = vm_from(body)
         if expect is not None and (vm.state, vm.lcm_state) != (V.ACTIVE, expect):
-            return None
+            return STALE
         step = vs.STEPS.get(vm.lcm_state) if vm.state == V.ACTIVE else None
         if step is None:
             return None
@@ -881,6 +900,8 @@ class Vms:
         self._pending_calls = []
 
 
+#: what _step answers when the VM left the state the answer was for
+STALE = (-1, -1)
 #: the transient LCM states a TM transfer answers (the others: the dummy VMM)
 TM_STATES = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY, L.EPILOG,
                        L.EPILOG_STOP, L.EPILOG_UNDEPLOY, L.CLEANUP_DELETE})
