@@ -256,6 +256,10 @@ class Vms:
     _pending_calls: list = field(default_factory=list)
     #: VMs whose transfer a restart interrupted (see resume_drivers)
     _resumed: set = field(default_factory=set)
+    #: VMs whose driver answer is being worked out (a transfer may be running)
+    _busy: set = field(default_factory=set)
+    #: VM id -> the LCM state whose transfer is running
+    _running: dict = field(default_factory=dict)
 
     def _auth(self, caller: Caller) -> AuthRequest:
         return AuthRequest(caller, self.identity.acl)
@@ -677,8 +681,13 @@ class Vms:
             return self._step(oid)
 
         moved = await self.db.run(txn)
-        if self.tms is not None and op != 2:
-            self.tms.cancel(oid)  # a transfer still running is stale now
+        running = self._running.get(oid)
+        if self.tms is not None and running is not None and op != 2:
+            now = await self.db.run(lambda: read_vm(oid).lcm_state)
+            if now != running and self._running.get(oid) == running:
+                # the transfer of the state the VM left is stale (never the cleanup an
+                # answer may already have started for the state it is in now)
+                self.tms.cancel(oid)
         if moved is not None:
             self._drive(oid, *moved)
         return oid
@@ -724,35 +733,64 @@ class Vms:
         the transfer runs first and its result decides the next state."""
         if self.tms is None:
             return await self.db.run(self._step, oid)
+        if oid in self._busy:
+            # a second answer for the same moment (one scheduled just before an action
+            # moved the VM on): the VM's chain already runs, and a transfer must never
+            # run twice (a repeated clone would overwrite the disk of a running VM)
+            return None
+        self._busy.add(oid)
+        try:
+            return await self._transfer_answer(oid)
+        finally:
+            self._busy.discard(oid)
+
+    async def _transfer_answer(self, oid: int) -> tuple[int, int] | None:
         plan = await self.db.run(self._plan, oid)
         if plan is None:
-            return await self.db.run(self._step, oid)
+            return None
         lcm, owner, transfer = plan
+        if transfer is None:  # the dummy VMM's answer to the state the plan saw
+            return self._moved(oid, await self.db.run(self._step, oid, lcm))
         if isinstance(transfer, vm_transfer.TransferError):
             log.error("VM {oid}: {op} not run: {why}", oid=oid, op=vs.Lcm(lcm).name,
                       why=transfer.text)
             return await self.db.run(self._step, oid, lcm, transfer.text)
         error = None
         if not vm_transfer.runs_nothing(transfer):
-            result = await self.tms.transfer(oid, transfer.actions, op=transfer.op,
-                                             owner=owner, env=transfer.env)
+            self._running[oid] = lcm
+            try:
+                result = await self.tms.transfer(oid, transfer.actions, op=transfer.op,
+                                                 owner=owner, env=transfer.env)
+            finally:
+                self._running.pop(oid, None)
             if self.tms.runner.stopping:
                 return None  # the daemon stops: journaled, the next start runs it again
             if not result.ok:
                 error = result.info or "-"
         self._resumed.discard(oid)
-        return await self.db.run(self._step, oid, lcm, error)
+        return self._moved(oid, await self.db.run(self._step, oid, lcm, error))
+
+    def _moved(self, oid: int, moved: tuple[int, int] | None) -> tuple[int, int] | None:
+        if moved == STALE:
+            # the VM moved on meanwhile (one.vm.recover, an action): the answers that
+            # came while this one was worked out were dropped, so its new state gets one
+            self.reactor.callLater(0, self._drive, oid, V.ACTIVE, 0)
+            return None
+        return moved
 
     def _plan(self, oid: int) -> tuple[int, int, Any] | None:
-        """(LCM state, owner, Transfer or TransferError) when the VM's transient state is
-        answered by a TM transfer, else None.  Writes context.sh for a prolog."""
+        """(LCM state, owner, Transfer or TransferError) of an ACTIVE VM, the transfer
+        None when a TM transfer does not answer its state; None for other VMs.  Writes
+        context.sh for a prolog."""
         body = pools.body(VmRow, oid)
         if body is None:
             return None
         vm = vm_from(body)
-        if vm.state != V.ACTIVE or vm.lcm_state not in TM_STATES or not vm.history:
+        if vm.state != V.ACTIVE:
             return None
         lcm = vm.lcm_state
+        if lcm not in TM_STATES or not vm.history:
+            return lcm, vm.uid, None
         cfg = self.config
         vms_dir = os.path.join(cfg.var_location, "vms")
         try:
@@ -763,7 +801,7 @@ class Vms:
                     transfer = vm_transfer.prolog(vm, cfg.datastore_location, vms_dir)
                 else:  # resume: the files come back from the front-end
                     transfer = vm_transfer.move(vm, cfg.datastore_location, tm_frontend(),
-                                                vm.history[-1].hostname, "prolog_resume")
+                                                vm.history[-1].hostname, "prolog")
             elif lcm in (L.EPILOG_STOP, L.EPILOG_UNDEPLOY):
                 transfer = vm_transfer.move(vm, cfg.datastore_location,
                                             vm.history[-1].hostname, tm_frontend(),
@@ -792,7 +830,7 @@ class Vms:
             return None
         vm = vm_from(body)
         if expect is not None and (vm.state, vm.lcm_state) != (V.ACTIVE, expect):
-            return None
+            return STALE
         step = vs.STEPS.get(vm.lcm_state) if vm.state == V.ACTIVE else None
         if step is None:
             return None
@@ -865,6 +903,8 @@ class Vms:
         self._pending_calls = []
 
 
+#: what _step answers when the VM left the state the answer was for
+STALE = (-1, -1)
 #: the transient LCM states a TM transfer answers (the others: the dummy VMM)
 TM_STATES = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY, L.EPILOG,
                        L.EPILOG_STOP, L.EPILOG_UNDEPLOY, L.CLEANUP_DELETE})
@@ -872,8 +912,7 @@ PROLOGS = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY})
 #: one.vm.recover operation codes handled (4 delete-recreate, 5 delete-db are not)
 RECOVER_OPS = {0: "failure", 1: "success", 2: "retry", 3: "delete"}
 #: the transfer files' ops of the life cycle (vms.md §7.1)
-LIFE_CYCLE_OPS = frozenset({"prolog", "prolog_resume", "epilog", "epilog_stop",
-                            "epilog_delete"})
+LIFE_CYCLE_OPS = frozenset({"prolog", "epilog", "epilog_stop", "epilog_delete"})
 
 
 def _datastore_or_none(ds_id: int) -> Datastore | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import wait_for
-from tests.support.seed import CTIME, fails, field, num, ok, unique
+from tests.support.seed import CTIME, fails, field, num, ok, parse, unique
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -154,6 +154,45 @@ def test_deploy_writes_disks_and_terminate_saves_persistent_ones(daemon, inputs,
     assert digest(nonp_src) == nonp_before  # the non-persistent one does not
     assert num(ok(d, "one.image.info", pers), "STATE") == READY
     assert num(ok(d, "one.image.info", nonp), "STATE") == READY
+
+
+def test_stop_undeploy_resume_keep_the_files_and_terminate_from_stopped_saves(daemon, inputs):
+    d = daemon
+    hid = host(d)
+    sys_ds = fs_datastore(d, "shared", "SYSTEM_DS")
+    img_ds = fs_datastore(d, "shared")
+    pers, pers_src = image(d, img_ds, inputs["qcow2"], True)
+    oid = ok(d, "one.vm.allocate", f'CPU="0.1"\nMEMORY="16"\nDISK=[IMAGE_ID="{pers}"]\n'
+             'DISK=[TYPE="swap",SIZE="1"]', True)
+    ok(d, "one.vm.deploy", oid, hid, False, sys_ds, "")
+    wait_vm(d, oid, ACTIVE, RUNNING)
+    vdir = sysdir(d, sys_ds, oid)
+    write(vdir / "disk.0", "qcow2")
+    swap = digest(vdir / "disk.1")
+    ok(d, "one.vm.action", "stop", oid)  # SAVE_STOP, EPILOG_STOP (MV to the front-end)
+    wait_vm(d, oid, STOPPED)
+    assert os.readlink(vdir / "disk.0") == pers_src and digest(vdir / "disk.1") == swap
+    ok(d, "one.vm.deploy", oid, hid, False, -1, "")  # PROLOG_RESUME (MV back), BOOT_STOPPED
+    doc = wait_vm(d, oid, ACTIVE, RUNNING)
+    assert [h.findtext("DS_ID") for h in parse(doc).findall("HISTORY_RECORDS/HISTORY")] == \
+        [str(sys_ds)] * 2
+    ok(d, "one.vm.action", "poweroff", oid)
+    wait_vm(d, oid, POWEROFF)
+    ok(d, "one.vm.action", "undeploy", oid)  # EPILOG_UNDEPLOY
+    wait_vm(d, oid, UNDEPLOYED)
+    assert os.readlink(vdir / "disk.0") == pers_src and digest(vdir / "disk.1") == swap
+    ok(d, "one.vm.action", "terminate", oid)  # EPILOG on the front-end
+    wait_vm(d, oid, DONE)
+    assert not vdir.exists() and written(pers_src, "qcow2")
+    assert num(ok(d, "one.image.info", pers), "STATE") == READY
+    log = d.log_text()
+    # one transfer per operation (oned's transfer file names: resume is a prolog, undeploy
+    # an epilog_stop)
+    assert [line.split("TRANSFER SUCCESS ")[1] for line in log.splitlines()
+            if f"TRANSFER SUCCESS {oid} " in line] == [
+        f"{oid} (prolog, 2 of 2 lines)", f"{oid} (epilog_stop, 3 of 3 lines)",
+        f"{oid} (prolog, 3 of 3 lines)", f"{oid} (epilog_stop, 3 of 3 lines)",
+        f"{oid} (epilog, 3 of 3 lines)"]
 
 
 # ------------------------------------------------------------------ failures
@@ -304,6 +343,33 @@ def test_recover_success_failure_delete_and_refusals(bad, inputs):
         "[one.vm.recover] VM cannot be recovered in DONE state", 2048)
     assert fails(d, "one.vm.recover", 9999, 3)[:2] == (
         "[one.vm.recover] Error getting virtual machine [9999].", 1024)
+
+
+@pytest.mark.parametrize("op", [1, 3])
+def test_recover_while_a_prolog_hangs(bad, inputs, op):
+    """success (1) or delete (3) of a VM whose prolog script hangs: the script is
+    cancelled and the VM goes on from its new state at once."""
+    d = bad
+    mode(d, ln="hang")
+    oid, _, pers, _, vdir = two_disk_vm(d, inputs)
+    wait_for(lambda: (vdir / "disk.0").exists())  # the clone ran, the ln hangs
+    assert num(ok(d, "one.vm.info", oid), "LCM_STATE") == 1
+    started = time.monotonic()
+    ok(d, "one.vm.recover", oid, op)
+    if op == 1:
+        wait_vm(d, oid, ACTIVE, RUNNING, timeout=2.5)  # before TM_MAD -w 3 would kill it
+        assert time.monotonic() - started < 2.5
+        assert not error_of(ok(d, "one.vm.info", oid))
+        # the operator said the prolog succeeded; the cancelled ln made no disk.1
+        assert sorted(p.name for p in vdir.iterdir()) == ["disk.0"]
+        mode(d)
+        ok(d, "one.vm.recover", oid, 3)
+        wait_vm(d, oid, DONE)
+    else:
+        wait_vm(d, oid, DONE, timeout=2.5)
+        assert time.monotonic() - started < 2.5
+    assert num(ok(d, "one.image.info", pers), "STATE") == ERROR
+    assert not vdir.exists()
 
 
 def test_template_values_reach_the_drivers_only_as_argv_words(bad, inputs):
