@@ -152,6 +152,16 @@ class DriverSettings:
 
 
 @dataclass(frozen=True)
+class TmSettings:
+    """TM_MAD: what oned passes to one_tm.  ``allowed`` is the ``-d`` list (None: every
+    driver directory under ``<REMOTES>/tm``); ``timeout`` (``-w``, seconds, 0 = the
+    defaults of driver/tm.py) limits every TM action, copies included."""
+
+    allowed: tuple[str, ...] | None = None
+    timeout: int = 0
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     port: int = 2633
     listen_address: str = "0.0.0.0"
@@ -174,6 +184,7 @@ class DaemonConfig:
     default_image_persistent: str = ""
     default_image_persistent_new: str = ""
     driver: DriverSettings = field(default_factory=DriverSettings)
+    tm: TmSettings = field(default_factory=TmSettings)
     #: seconds without a byte before a driver's transfer fails (ONED_STALL_TIMEOUT)
     driver_stall_timeout: int = 60
     ds_mad_conf: tuple[DsMadConf, ...] = ()
@@ -332,6 +343,34 @@ def _driver_settings(src: str, attr: Attribute, vec: dict[str, str],
     return DriverSettings(concurrency, allowed, timeouts, remotes, grace, priority, share)
 
 
+def _tm_settings(src: str, attr: Attribute, vec: dict[str, str]) -> TmSettings:
+    """TM_MAD ARGUMENTS: -d (drivers allowed), -w (timeout of every action); -t is
+    accepted and ignored (TM actions share DATASTORE_MAD's -t slots)."""
+    allowed, timeout = None, 0
+    try:
+        words = shlex.split(vec.get("ARGUMENTS", ""))
+    except ValueError as exc:
+        raise _fail(src, attr, f"ARGUMENTS: {exc}") from None
+    it = iter(words)
+    for word in it:
+        value = next(it, None)
+        if value is None:
+            raise _fail(src, attr, f"ARGUMENTS: {word} needs a value")
+        if word == "-d":
+            allowed = tuple(x.strip() for x in value.split(",") if x.strip())
+        elif word in ("-w", "-t"):
+            try:
+                number = _positive(value)
+            except ValueError:
+                raise _fail(src, attr, f"ARGUMENTS: {word} expects a positive integer") \
+                    from None
+            if word == "-w":
+                timeout = number
+        else:
+            raise _fail(src, attr, f"ARGUMENTS: unknown option {word}")
+    return TmSettings(allowed, timeout)
+
+
 def find_config(path: str | os.PathLike | None = None) -> tuple[Path, str]:
     """(file, why) in oned's order: --config, $ONE_LOCATION/etc, /etc/one, then the
     configuration shipped with oned-images, so an install works with no file of its own."""
@@ -424,6 +463,9 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
                 raise _fail(src, attr, "every limit must be a positive integer") from None
         elif name == "DATASTORE_MAD":
             driver = _driver_settings(src, attr, _vector(src, attr, DRIVER_KEYS), driver)
+        elif name == "TM_MAD":
+            values["tm"] = _tm_settings(src, attr, _vector(src, attr, {"EXECUTABLE",
+                                                                        "ARGUMENTS"}))
         elif name == "DRIVER_TIMEOUT":
             vec = _vector(src, attr, {a.upper() for a in ACTIONS})
             timeouts = dict(driver.timeouts)

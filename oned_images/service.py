@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -30,11 +30,13 @@ from oned_images.domain.images import ImageManager
 from oned_images.domain.scheduler import Scheduler
 from oned_images.domain.templates import Templates
 from oned_images.domain.uploads import UploadManager
+from oned_images.domain.vm_disk_ops import VmDiskOps
 from oned_images.domain.vms import Vms
 from oned_images.driver import reaper
 from oned_images.driver.checks import check_drivers
 from oned_images.driver.runner import DriverRunner
-from oned_images.driver.tm import TransferManager
+from oned_images.driver.tm import ACTIONS as TM_ACTIONS
+from oned_images.driver.tm import TransferManager, sweep_partial_files
 from oned_images.metrics import Metrics
 from oned_images.rpc.metrics import MetricsResource
 from oned_images.rpc.resource import RpcSite
@@ -136,6 +138,8 @@ class App:
     tms: TransferManager | None = None
     #: the caches' cross-daemon invalidation (store/versions.py); None in bare tests.
     versions: CacheVersions | None = None
+    #: VM disk snapshots, save-as and hot-plug (vms.md §5.8-§5.10); None only in bare tests.
+    disk_ops: VmDiskOps | None = None
 
     async def datastores_ids(self) -> list[int]:
         return await self.db.run(
@@ -249,12 +253,16 @@ class Daemon:
         self.app = App(cfg, db, identity, datastores, images, drivers)
         self.app.versions = versions
         self.app.clusters = Clusters(db, identity)
-        self.app.tms = TransferManager(drivers, cfg)
+        tm_timeouts = {a: cfg.tm.timeout for a in TM_ACTIONS} if cfg.tm.timeout else None
+        self.app.tms = TransferManager(drivers, cfg, allowed=cfg.tm.allowed,
+                                       timeouts=tm_timeouts)
         self.app.hosts = Hosts(db, identity, self.reactor)
         self.app.templates = Templates(db, cfg, identity, images)
         self.app.vms = Vms(db, cfg, identity, self.reactor, self.app.templates)
+        self.app.vms.tms = self.app.tms
         self.app.scheduler = Scheduler(db, self.app.vms, self.reactor)
         self.app.vms.on_pending = self.app.scheduler.pending
+        self.app.disk_ops = VmDiskOps(self.app)
         if cfg.metrics != "off":  # off: no instruments either, not only no endpoint
             self.app.metrics = instrument(self.app)
         return self.app
@@ -279,7 +287,10 @@ class Daemon:
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
         await app.hosts.start_monitoring()
+        # what a KILLed TM script left half-written goes before any transfer runs again
+        await threads.deferToThread(sweep_partial_files, cfg.datastore_location)
         await app.vms.resume_drivers()
+        await app.disk_ops.recover()
         app.scheduler.start()
         self._heartbeat = task.LoopingCall(
             lambda: defer.ensureDeferred(app.images.heartbeat()).addErrback(

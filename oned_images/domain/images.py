@@ -1223,7 +1223,13 @@ class ImageManager:
             if owners.get(("image", img.id)) in live:
                 continue  # a live daemon runs its action
             if state in LOCKED_STATES:
-                if img.target_snapshot >= 0:
+                if (img.template.get("SAVE_AS_HOT") or "").upper() == "YES":
+                    # a VM disk save-as (domain/vm_saveas.py) cannot be redone from here
+                    replies.set_state(img, S.ERROR)
+                    replies.set_error(img, "Disk save-as was interrupted by a restart of "
+                                      "oned-images")
+                    report.append((img.id, "error"))
+                elif img.target_snapshot >= 0:
                     sid = img.target_snapshot
                     img.target_snapshot = -1
                     replies.set_state(img, S.READY)

@@ -574,10 +574,10 @@ def release_disks(vm_id: int, tmpl: Template, *, failed: bool,
         _release_image(vm_id, img, failed)
 
 
-def disk_snapshots_xml(tmpl: Template) -> str:
-    """The ``/VM/SNAPSHOTS`` elements of a VM just created (vms.md §2.6, §5.4): the
-    snapshot list of each DISK whose OS/DATABLOCK image has snapshots, with DISK_ID.
-    Call it in the transaction of acquire_disks, after it."""
+def disk_snapshot_lists(tmpl: Template) -> list[Template]:
+    """The VM's disk snapshot lists right after acquire (vms.md §2.6): a copy of the
+    list of each DISK whose OS/DATABLOCK image has snapshots, with DISK_ID.  Call it
+    in the transaction of acquire_disks, after it."""
     out = []
     for disk in _disks(tmpl):
         iid = _vector_int(disk.get("IMAGE_ID"))
@@ -588,8 +588,13 @@ def disk_snapshots_xml(tmpl: Template) -> str:
             continue
         copy = img.snapshots.copy()
         copy.set("DISK_ID", disk.get("DISK_ID", ""))
-        out.append(copy.to_xml("SNAPSHOTS"))
-    return "".join(out)
+        out.append(copy)
+    return out
+
+
+def disk_snapshots_xml(tmpl: Template) -> str:
+    """The ``/VM/SNAPSHOTS`` elements of :func:`disk_snapshot_lists` (vms.md §5.4)."""
+    return "".join(t.to_xml("SNAPSHOTS") for t in disk_snapshot_lists(tmpl))
 
 
 # ------------------------------------------------------------------ CLONING VMs

@@ -245,3 +245,16 @@ STEPS: dict[int, Step] = {
     L.SHUTDOWN_UNDEPLOY: Step((A, L.EPILOG_UNDEPLOY), "shutdown"),
     L.EPILOG_UNDEPLOY: Step((V.UNDEPLOYED, L.LCM_INIT), "epilog_undeploy", leaves_host=True),
 }
+
+#: where a failed TM transfer sends the VM (vms.md §7.4); a cleanup (CLEANUP_DELETE)
+#: ends DONE whatever its transfer answers
+TM_FAILURE: dict[int, int] = {
+    L.PROLOG: L.PROLOG_FAILURE,
+    L.PROLOG_RESUME: L.PROLOG_RESUME_FAILURE,
+    L.PROLOG_UNDEPLOY: L.PROLOG_UNDEPLOY_FAILURE,
+    L.EPILOG: L.EPILOG_FAILURE,
+    L.EPILOG_STOP: L.EPILOG_STOP_FAILURE,
+    L.EPILOG_UNDEPLOY: L.EPILOG_UNDEPLOY_FAILURE,
+}
+#: a TM *_FAILURE state -> the operation it failed (recover retry/success)
+FAILURE_OF: dict[int, int] = {failure: lcm for lcm, failure in TM_FAILURE.items()}

@@ -11,7 +11,9 @@ released only through domain/vm_disks.py.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -19,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import peewee
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
-from oned_images.domain import locks, vm_disks
+from oned_images.domain import locks, vm_disks, vm_tm, vm_transfer
 from oned_images.domain import vm_states as vs
 from oned_images.domain.datastores import ds_auth
 from oned_images.domain.hosts import OFFLINE, host_auth, read_host, write_host
@@ -40,6 +42,7 @@ from oned_images.domain.permissions import (
 )
 from oned_images.domain.pool_query import pool_bodies, pool_filter
 from oned_images.domain.templates import read_template, restricted_attr, template_auth
+from oned_images.driver import tm
 from oned_images.model.objects import Datastore, History, Host, Permissions, Vm
 from oned_images.store import pools
 from oned_images.store.database import Database
@@ -247,7 +250,16 @@ class Vms:
     templates: Any = None
     #: called with a VM's id when it becomes PENDING (the scheduler's trigger)
     on_pending: Callable[[int], None] | None = None
+    #: the TransferManager (driver/tm.py) that runs PROLOG/EPILOG; None: every system
+    #: datastore behaves like TM dummy (bare tests)
+    tms: Any = None
     _pending_calls: list = field(default_factory=list)
+    #: VMs whose transfer a restart interrupted (see resume_drivers)
+    _resumed: set = field(default_factory=set)
+    #: VMs whose driver answer is being worked out (a transfer may be running)
+    _busy: set = field(default_factory=set)
+    #: VM id -> the LCM state whose transfer is running
+    _running: dict = field(default_factory=dict)
 
     def _auth(self, caller: Caller) -> AuthRequest:
         return AuthRequest(caller, self.identity.acl)
@@ -326,7 +338,7 @@ class Vms:
         state = V.HOLD if hold else V.PENDING
         vm = Vm(oid, caller.uid, caller.gid, caller.uname, caller.gname, name,
                 perms=new.perms, state=state, stime=_now(), template=vm_t,
-                user_template=user_t)
+                user_template=user_t, snapshots=vm_disks.disk_snapshot_lists(vm_t))
         vm.prev_state = state
         pools.insert(VmRow, oid, _meta(vm), vm_xml(vm), **_columns(vm))
         return oid
@@ -562,7 +574,11 @@ class Vms:
                 plan_id=-1 if scheduled else -2, action_id=0 if scheduled else -1,
                 pstime=now))
             if not vm.template.has("TM_MAD_SYSTEM"):
+                vm_transfer.check_tm_mad_disks(vm.template, ds, _datastore_or_none)
                 vm.template.set("TM_MAD_SYSTEM", ds.tm_mad)
+            vm_transfer.volatile_disk_info(
+                vm.template, ds,
+                self.config.tm_mad(ds.tm_mad).get("DRIVER") or ds.template.get("DRIVER") or "")
             vm.state, vm.lcm_state = V.ACTIVE, first
             _host_join(h, vm)
             write_host(h)
@@ -598,7 +614,8 @@ class Vms:
                                                         _request_id())
             state, lcm = rule.to
             if (state, lcm) == vs.DONE_NOW:
-                vm_disks.release_disks(vm.id, vm.template, failed=False)
+                vm_disks.release_disks(vm.id, vm.template, failed=False,
+                                       snapshots=vm_tm.snapshots_by_disk(vm))
                 vm.etime = now
             elif (vm.state in (V.POWEROFF, V.SUSPENDED) and state == V.ACTIVE
                   and lcm in (L.BOOT_POWEROFF, L.BOOT_SUSPENDED) and h is not None):
@@ -627,6 +644,72 @@ class Vms:
                 self._drive(oid, state, lcm)
         return oid
 
+    # -------------------------------------------------------------- recover
+    async def recover(self, caller: Caller, oid: int, op: int) -> int:
+        """one.vm.recover: 0 failure, 1 success (answer the VM's pending driver operation
+        as if it had failed / succeeded), 2 retry (a *_FAILURE state runs its operation
+        again), 3 delete (CLEANUP_DELETE: the VM's files are deleted, nothing saved, and
+        its persistent images end in ERROR, vms.md §1.4).  ADMIN right."""
+        def txn() -> tuple[int, int] | None:
+            vm = read_vm(oid, lock=True)
+            self._manage(caller, vm, Op.ADMIN)
+            if op not in RECOVER_OPS:
+                raise errors.action(f"Recover operation {op} is not supported")
+            if op == 3:
+                return self._recover_delete(vm)
+            if vm.state != V.ACTIVE:
+                raise errors.action("Recover actions available only for ACTIVE VMs")
+            base = vs.FAILURE_OF.get(vm.lcm_state)
+            if op == 2:
+                if base is None:
+                    return None
+                vm.lcm_state = base
+                write_vm(vm)
+                return V.ACTIVE, base
+            current = base if base is not None else vm.lcm_state
+            if current not in vs.STEPS:
+                return None
+            if op == 0:
+                failure = vs.TM_FAILURE.get(current)
+                if failure is None or failure == vm.lcm_state:
+                    return None
+                vm.lcm_state = failure
+                write_vm(vm)
+                return None
+            vm.lcm_state = current
+            write_vm(vm)
+            return self._step(oid)
+
+        moved = await self.db.run(txn)
+        running = self._running.get(oid)
+        if self.tms is not None and running is not None and op != 2:
+            now = await self.db.run(lambda: read_vm(oid).lcm_state)
+            if now != running and self._running.get(oid) == running:
+                # the transfer of the state the VM left is stale (never the cleanup an
+                # answer may already have started for the state it is in now)
+                self.tms.cancel(oid)
+        if moved is not None:
+            self._drive(oid, *moved)
+        return oid
+
+    def _recover_delete(self, vm: Vm) -> tuple[int, int] | None:
+        if vm.state == V.DONE:
+            raise errors.action("VM cannot be recovered in DONE state")
+        now = _now()
+        if vm.state in (V.PENDING, V.HOLD, V.CLONING, V.CLONING_FAILURE, V.INIT):
+            vm_disks.release_disks(vm.id, vm.template, failed=False,
+                                   snapshots=vm_tm.snapshots_by_disk(vm))
+            vm.state, vm.lcm_state, vm.etime = V.DONE, L.LCM_INIT, now
+            write_vm(vm)
+            return None
+        h = vm.history[-1] if vm.history else None
+        if h is not None:
+            h.action = 13
+            h.petime = h.petime or now
+        vm.state, vm.lcm_state = V.ACTIVE, L.CLEANUP_DELETE
+        write_vm(vm)
+        return V.ACTIVE, L.CLEANUP_DELETE
+
     # -------------------------------------------------------------- the dummy drivers
     def _drive(self, oid: int, state: int, lcm: int) -> None:
         """The dummy driver answers the operation of ``lcm`` after DRIVER_DELAY."""
@@ -636,7 +719,7 @@ class Vms:
         self._pending_calls.append(self.reactor.callLater(DRIVER_DELAY, self._answer, oid))
 
     def _answer(self, oid: int) -> None:
-        d = self.db.run(self._step, oid)
+        d = defer.ensureDeferred(self._answer_async(oid))
 
         def next_step(moved: tuple[int, int] | None) -> None:
             if moved is not None:
@@ -645,15 +728,123 @@ class Vms:
         d.addCallback(next_step)
         d.addErrback(lambda f: log.failure("VM {oid}: driver answer failed", f, oid=oid))
 
-    def _step(self, oid: int) -> tuple[int, int] | None:
-        """One dummy driver answer: the VM's transient LCM state becomes the next one."""
+    async def _answer_async(self, oid: int) -> tuple[int, int] | None:
+        """The driver answer of the VM's transient state: for the TM states (vms.md §7.4)
+        the transfer runs first and its result decides the next state."""
+        if self.tms is None:
+            return await self.db.run(self._step, oid)
+        if oid in self._busy:
+            # a second answer for the same moment (one scheduled just before an action
+            # moved the VM on): the VM's chain already runs, and a transfer must never
+            # run twice (a repeated clone would overwrite the disk of a running VM)
+            return None
+        self._busy.add(oid)
+        try:
+            return await self._transfer_answer(oid)
+        finally:
+            self._busy.discard(oid)
+
+    async def _transfer_answer(self, oid: int) -> tuple[int, int] | None:
+        plan = await self.db.run(self._plan, oid)
+        if plan is None:
+            return None
+        lcm, owner, transfer = plan
+        if transfer is None:  # the dummy VMM's answer to the state the plan saw
+            return self._moved(oid, await self.db.run(self._step, oid, lcm))
+        if isinstance(transfer, vm_transfer.TransferError):
+            log.error("VM {oid}: {op} not run: {why}", oid=oid, op=vs.Lcm(lcm).name,
+                      why=transfer.text)
+            return await self.db.run(self._step, oid, lcm, transfer.text)
+        error = None
+        if not vm_transfer.runs_nothing(transfer):
+            self._running[oid] = lcm
+            try:
+                result = await self.tms.transfer(oid, transfer.actions, op=transfer.op,
+                                                 owner=owner, env=transfer.env)
+            finally:
+                self._running.pop(oid, None)
+            if self.tms.runner.stopping:
+                return None  # the daemon stops: journaled, the next start runs it again
+            if not result.ok:
+                error = result.info or "-"
+        self._resumed.discard(oid)
+        return self._moved(oid, await self.db.run(self._step, oid, lcm, error))
+
+    def _moved(self, oid: int, moved: tuple[int, int] | None) -> tuple[int, int] | None:
+        if moved == STALE:
+            # the VM moved on meanwhile (one.vm.recover, an action): the answers that
+            # came while this one was worked out were dropped, so its new state gets one
+            self.reactor.callLater(0, self._drive, oid, V.ACTIVE, 0)
+            return None
+        return moved
+
+    def _plan(self, oid: int) -> tuple[int, int, Any] | None:
+        """(LCM state, owner, Transfer or TransferError) of an ACTIVE VM, the transfer
+        None when a TM transfer does not answer its state; None for other VMs.  Writes
+        context.sh for a prolog."""
+        body = pools.body(VmRow, oid)
+        if body is None:
+            return None
+        vm = vm_from(body)
+        if vm.state != V.ACTIVE:
+            return None
+        lcm = vm.lcm_state
+        if lcm not in TM_STATES or not vm.history:
+            return lcm, vm.uid, None
+        cfg = self.config
+        vms_dir = os.path.join(cfg.var_location, "vms")
+        try:
+            if lcm in PROLOGS:
+                if vm.template.get_vector("CONTEXT") is not None:
+                    write_context(vms_dir, vm)
+                if lcm == L.PROLOG:
+                    transfer = vm_transfer.prolog(vm, cfg.datastore_location, vms_dir)
+                else:  # resume: the files come back from the front-end
+                    transfer = vm_transfer.move(vm, cfg.datastore_location, tm_frontend(),
+                                                vm.history[-1].hostname, "prolog")
+            elif lcm in (L.EPILOG_STOP, L.EPILOG_UNDEPLOY):
+                transfer = vm_transfer.move(vm, cfg.datastore_location,
+                                            vm.history[-1].hostname, tm_frontend(),
+                                            "epilog_stop")
+            else:
+                from_fe = bool(vm.history[-1].etime)  # STOPPED/UNDEPLOYED: it left
+                transfer = vm_transfer.epilog(
+                    vm, cfg.datastore_location, host=tm_frontend() if from_fe else None,
+                    cleanup=lcm == L.CLEANUP_DELETE)
+                if oid in self._resumed:
+                    transfer = vm_transfer.without_saved(transfer)
+        except vm_transfer.TransferError as exc:
+            return lcm, vm.uid, exc
+        return lcm, vm.uid, transfer
+
+    def _step(self, oid: int, expect: int | None = None,
+              error: str | None = None) -> tuple[int, int] | None:
+        """One driver answer: the VM's transient LCM state becomes the next one.
+
+        ``expect`` is the LCM state a transfer ran for: if the VM left it meanwhile
+        (one.vm.recover, a cleanup) the answer is stale and ignored.  ``error`` is the
+        failure text of that transfer: the VM goes to the state's FAILURE state
+        (vms.md §7.4) with USER_TEMPLATE/ERROR, except a cleanup, which ends DONE."""
         body = pools.body(VmRow, oid, lock=True)
         if body is None:
             return None
         vm = vm_from(body)
+        if expect is not None and (vm.state, vm.lcm_state) != (V.ACTIVE, expect):
+            return STALE
         step = vs.STEPS.get(vm.lcm_state) if vm.state == V.ACTIVE else None
         if step is None:
             return None
+        if error is not None:
+            text = f"{time.ctime()}: Error executing image transfer script: {error}"
+            if error and not error.startswith("-"):
+                vm.user_template.set("ERROR", text)
+            failure = vs.TM_FAILURE.get(vm.lcm_state)
+            if failure is not None:
+                log.error("VM {oid}: {lcm} failed: {error}", oid=oid,
+                          lcm=vs.Lcm(vm.lcm_state).name, error=error)
+                vm.lcm_state = failure
+                write_vm(vm)
+                return None
         now = _now()
         h = vm.history[-1] if vm.history else None
         state, lcm = step.to
@@ -674,16 +865,34 @@ class Vms:
             _host_leave(vm)
         if step.done:
             vm_disks.release_disks(vm.id, vm.template,
-                                   failed=vm.lcm_state == L.CLEANUP_DELETE)
+                                   failed=vm.lcm_state == L.CLEANUP_DELETE,
+                                   snapshots=vm_tm.snapshots_by_disk(vm))
             vm.etime = now
+            shutil.rmtree(os.path.join(self.config.var_location, "vms", str(oid)),
+                          ignore_errors=True)
         vm.state, vm.lcm_state = state, lcm
         write_vm(vm)
         return state, lcm
 
     async def resume_drivers(self) -> None:
-        """At start: VMs left in a transient LCM state get their driver answer."""
+        """At start: VMs left in a transient LCM state get their driver answer.
+
+        A transfer the previous run did not finish (journaled, or not yet started, or
+        finished without its answer stored) is run again from the VM's state: every
+        prolog line is idempotent (files are written under ``.tmp`` names and renamed;
+        tm.sweep_partial_files removed the halves a KILL left; ln swaps its link), and so
+        are DELETE and MV; an epilog MVDS ends by removing the disk it saved, so in an
+        interrupted epilog an MVDS whose disk is gone already ran and is left out.
+        Journals of other transfers (disk snapshots, save-as) are left to their owners."""
         ids = await self.db.run(lambda: [r[0] for r in VmRow.select(VmRow.oid).where(
             (VmRow.state == V.ACTIVE) & VmRow.lcm_state.in_(list(vs.STEPS))).tuples()])
+        if self.tms is not None:
+            for item in self.tms.interrupted():
+                if item.op in LIFE_CYCLE_OPS:
+                    log.warn("VM {oid}: the {op} transfer was interrupted by a restart; "
+                             "running it again", oid=item.vm_id, op=item.op)
+                    self.tms.forget(item.vm_id)
+            self._resumed.update(ids)
         for oid in ids:
             self._drive(oid, V.ACTIVE, 0)
 
@@ -692,6 +901,40 @@ class Vms:
             if call.active():
                 call.cancel()
         self._pending_calls = []
+
+
+#: what _step answers when the VM left the state the answer was for
+STALE = (-1, -1)
+#: the transient LCM states a TM transfer answers (the others: the dummy VMM)
+TM_STATES = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY, L.EPILOG,
+                       L.EPILOG_STOP, L.EPILOG_UNDEPLOY, L.CLEANUP_DELETE})
+PROLOGS = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY})
+#: one.vm.recover operation codes handled (4 delete-recreate, 5 delete-db are not)
+RECOVER_OPS = {0: "failure", 1: "success", 2: "retry", 3: "delete"}
+#: the transfer files' ops of the life cycle (vms.md §7.1)
+LIFE_CYCLE_OPS = frozenset({"prolog", "epilog", "epilog_stop", "epilog_delete"})
+
+
+def _datastore_or_none(ds_id: int) -> Datastore | None:
+    body = pools.body(DatastoreRow, ds_id)
+    return datastore_from(body) if body is not None else None
+
+
+def tm_frontend() -> str:
+    return tm.frontend()
+
+
+def write_context(vms_dir: str, vm: Vm) -> str:
+    """VAR/vms/<id>/context.sh (the CONTEXT line's first file), private to the daemon."""
+    directory = os.path.join(vms_dir, str(vm.id))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, "context.sh")
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(vm_transfer.context_script(vm))
+    os.replace(tmp, path)
+    return path
 
 
 def info_row_vm(oid: int):

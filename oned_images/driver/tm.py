@@ -42,6 +42,8 @@ DEFAULT_TIMEOUTS = {"ln": 600, "delete": 1800, "mkswap": 1800, "context": 600,
                     "snap_create": 1800, "snap_revert": 1800, "snap_delete": 1800,
                     "resize": 1800, "failmigrate": 600, "premigrate": 600,
                     "postmigrate": 600, "monitor": 120}
+#: every TM action name (TM_MAD -w gives each of them the same timeout)
+ACTIONS = (*DEFAULT_TIMEOUTS, "clone", "cpds", "mvds", "mv", "mkimage")
 
 #: one word of a transfer line: the file is split on white space, so no argument may
 #: hold any (nor control characters); nothing here ever reaches a shell.

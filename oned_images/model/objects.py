@@ -262,3 +262,5 @@ class Vm:
     template: Template = field(default_factory=Template)
     user_template: Template = field(default_factory=Template)
     history: list[History] = field(default_factory=list)
+    #: the disk snapshot lists (``/VM/SNAPSHOTS``, each with its DISK_ID), by DISK_ID
+    snapshots: list[Template] = field(default_factory=list)

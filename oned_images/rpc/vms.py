@@ -54,6 +54,10 @@ async def action(app, caller: Caller, p: Params) -> int:
     return await app.vms.action(caller, name, oid)
 
 
+async def recover(app, caller: Caller, p: Params) -> int:
+    return await app.vms.recover(caller, p.int(1), p.int(2))
+
+
 async def _pool(app, caller: Caller, p: Params, extended: bool):
     flag, start, end, state = p.int(1), p.int(2), p.int(3), p.int(4)
     query = p.str(5) if p.has(5) else ""
@@ -73,3 +77,40 @@ async def instantiate(app, caller: Caller, p: Params) -> int:
     tid, name, hold, extra = p.int(1), p.str(2), p.bool(3), p.str(4)
     persistent = p.bool(5)
     return await app.vms.instantiate(caller, tid, name, hold, extra, persistent)
+
+
+# ------------------------------------------------------------------ disk operations
+async def disk_snapshot_create(app, caller: Caller, p: Params) -> int:
+    oid, disk_id, name = p.int(1), p.int(2), p.str(3)
+    return await app.disk_ops.snapshots.create(caller, oid, disk_id, name)
+
+
+async def disk_snapshot_revert(app, caller: Caller, p: Params) -> int:
+    oid, disk_id, sid = p.int(1), p.int(2), p.int(3)
+    return await app.disk_ops.snapshots.revert(caller, oid, disk_id, sid)
+
+
+async def disk_snapshot_delete(app, caller: Caller, p: Params) -> int:
+    oid, disk_id, sid = p.int(1), p.int(2), p.int(3)
+    return await app.disk_ops.snapshots.delete(caller, oid, disk_id, sid)
+
+
+async def disk_snapshot_rename(app, caller: Caller, p: Params) -> int:
+    oid, disk_id, sid, name = p.int(1), p.int(2), p.int(3), p.str(4)
+    return await app.disk_ops.snapshots.rename(caller, oid, disk_id, sid, name)
+
+
+async def disk_saveas(app, caller: Caller, p: Params) -> int:
+    # all five parameters are required: 4 are a fault (vms.md §5.9)
+    oid, disk_id, name, type_text, sid = p.int(1), p.int(2), p.str(3), p.str(4), p.int(5)
+    return await app.disk_ops.saveas.saveas(caller, oid, disk_id, name, type_text, sid)
+
+
+async def attach(app, caller: Caller, p: Params) -> int:
+    oid, text = p.int(1), p.str(2)
+    return await app.disk_ops.hotplug.attach(caller, oid, text)
+
+
+async def detach(app, caller: Caller, p: Params) -> int:
+    oid, disk_id = p.int(1), p.int(2)
+    return await app.disk_ops.hotplug.detach(caller, oid, disk_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 from oned_images.model.objects import History, Vm
+from oned_images.template import Template
 from oned_images.xmldoc.common import c, num, parse, perms_from, perms_xml, template_from, text
 from oned_images.xmldoc.image import lock_from, lock_xml
 
@@ -67,7 +68,8 @@ def vm_xml(vm: Vm, all_history: bool = True) -> str:
         f"<DEPLOY_ID>{escape(vm.deploy_id)}</DEPLOY_ID>", lock_xml(vm.lock),
         "<MONITORING></MONITORING><SCHED_ACTIONS></SCHED_ACTIONS>",
         vm.template.to_xml("TEMPLATE"), vm.user_template.to_xml("USER_TEMPLATE"),
-        _records(records), BACKUPS, "</VM>",
+        _records(records), "".join(t.to_xml("SNAPSHOTS") for t in vm.snapshots), BACKUPS,
+        "</VM>",
     ))
 
 
@@ -141,5 +143,7 @@ def vm_from(body: str) -> Vm:
         lock=lock_from(el), template=template_from(el, "TEMPLATE"),
         user_template=template_from(el, "USER_TEMPLATE"),
         history=[_history_from(h) for h in records] if records is not None else [],
+        snapshots=[Template.from_element(n, replace_mode=False)
+                   for n in el.findall("SNAPSHOTS")],
     )
 

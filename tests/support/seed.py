@@ -46,12 +46,14 @@ def call(daemon: Daemon, method: str, *args, session: str | None = None):
 
 def check_document(xml: str) -> str:
     """validate() every document, allowing only where oned 7.0.2's own output and its
-    XSD disagree (api.md §4.2, §4.3): a SNAPSHOT lists ACTIVE before CHILDREN (the XSD
-    wants CHILDREN first), and a flattened image has an empty ``<SNAPSHOTS></SNAPSHOTS>``
+    XSD disagree (api.md §4.2, §4.3): an image SNAPSHOT lists ACTIVE before CHILDREN
+    (image.xsd wants CHILDREN first; vm.xsd has oned's order), and a flattened image has an empty ``<SNAPSHOTS></SNAPSHOTS>``
     (the XSD requires the three header elements).  Those two spots are rewritten in a
     copy used for validation only."""
-    copy = re.sub(r"(<ACTIVE>(?:(?!</ACTIVE>).)*</ACTIVE>)(<CHILDREN>(?:(?!</CHILDREN>).)*"
-                  r"</CHILDREN>)", r"\2\1", xml)
+    copy = xml
+    if not xml.startswith(("<VM>", "<VM_POOL>")):  # vm.xsd has oned's order (ACTIVE first)
+        copy = re.sub(r"(<ACTIVE>(?:(?!</ACTIVE>).)*</ACTIVE>)(<CHILDREN>(?:(?!</CHILDREN>)"
+                      r".)*</CHILDREN>)", r"\2\1", xml)
     copy = copy.replace("<SNAPSHOTS></SNAPSHOTS>", EMPTY_SNAPSHOTS_FOR_XSD)
     if copy.startswith("<VM"):
         copy = _vm_for_xsd(copy)

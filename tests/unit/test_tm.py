@@ -344,7 +344,7 @@ def test_tm_tools_are_checked_at_start(tmp_path):
         [("x", "no-such-command-here", "some-pkg", "snapshots of x")]
     shipped = DriverSettings(remotes=str(ROOT / "drivers"))
     assert [t.command for _, t in missing_tm_tools(shipped, "/nonexistent")] == \
-        [t.split()[0] for tm_mad in ("qcow2", "shared")
+        [t.split()[0] for tm_mad in ("local", "qcow2", "shared")
          for t in (ROOT / "drivers/tm" / tm_mad / "tools").read_text().splitlines()
          if t.strip() and not t.startswith("#")]
 
