@@ -236,6 +236,7 @@ class Daemon:
         self.app.vms = Vms(db, cfg, identity, self.reactor, self.app.templates)
         self.app.scheduler = Scheduler(db, self.app.vms, self.reactor)
         self.app.vms.on_pending = self.app.scheduler.pending
+        images.on_unlocked = self.app.vms.disks_unlocked
         if cfg.metrics != "off":  # off: no instruments either, not only no endpoint
             self.app.metrics = instrument(self.app)
         return self.app

@@ -158,7 +158,10 @@ def authorize_disks(caller: Caller, tmpl: Template, config: DaemonConfig) -> Non
         named = {k: v for k, v in disk.items() if k != "IMAGE_ID"} if "IMAGE" in disk else disk
         iid = disk_image_id(named, caller.uid, _uid_of,
                             lambda name, uid: pools.oid_by_name(ImageRow, name, uid))
-        if iid is None and "IMAGE" not in disk:
+        if iid is None:
+            # a name that resolves to nothing: the IMAGE_ID is looked up (vms.md §2.1).
+            # instantiate's extended copy names each image by IMAGE (its NAME) and
+            # IMAGE_ID, so another user's image is checked by its id, not skipped
             iid = _vector_int(disk.get("IMAGE_ID"))
         img = _image(iid) if iid is not None else None
         if img is None:
@@ -613,12 +616,25 @@ def cloning_check(tmpl: Template) -> str:
     return "cloning"
 
 
+def clear_all_cloning(tmpl: Template) -> None:
+    """LifeCycleManager::trigger_disk_lock_success once every CLONING image is ready:
+    each CLONING DISK in turn gets :func:`clear_cloning` with its image."""
+    for disk in [d for d in _disks(tmpl) if (d.get("CLONING") or "").upper() == "YES"]:
+        iid = _vector_int(disk.get("IMAGE_ID"))
+        img = _image(iid) if iid is not None else None
+        if img is None:
+            disk.pop("CLONING", None)
+            continue
+        clear_cloning(tmpl, img)
+
+
 def clear_cloning(tmpl: Template, img: Image) -> None:
-    """VirtualMachineDisks::clear_cloning_image_id: the first DISK of ``img`` loses
+    """VirtualMachineDisks::clear_cloning_image_id: the first CLONING DISK of ``img`` loses
     CLONING and gets its SOURCE and, when known, DRIVER/FORMAT; IMAGE_STATE is not
     refreshed (verified on oned 7.0.2: it stays 9)."""
     for disk in _disks(tmpl):
-        if _vector_int(disk.get("IMAGE_ID")) == img.id:
+        if (_vector_int(disk.get("IMAGE_ID")) == img.id
+                and (disk.get("CLONING") or "").upper() == "YES"):
             disk.pop("CLONING", None)
             disk["SOURCE"] = img.source
             if img.format:

@@ -264,7 +264,7 @@ def test_concurrent_instantiates_of_one_persistent_image(daemon, ds):
         got: list = []
         barrier = threading.Barrier(6)
 
-        def work():
+        def work(tid=tid, got=got, barrier=barrier):
             proxy = xmlrpc.client.ServerProxy(daemon.url)
             barrier.wait()
             got.append(proxy.one.template.instantiate(daemon.session(), tid, "", HOLD, "",
