@@ -194,8 +194,7 @@ def _take(vm_id: int, img: Image, attach: bool) -> None:
     except InvalidTransition:
         raise _Refused(f"Cannot acquire image {img.id}, it is in state: "
                        f"{state_to_str(state)}") from None
-    if vm_id not in img.vms:
-        img.vms = sorted([*img.vms, vm_id])
+    if img.vms.add(vm_id):
         img.running_vms += 1
     if new != state:
         set_state(img, new)  # a state change drops a user lock (api.md §5.4)
@@ -519,14 +518,14 @@ def _release_image(vm_id: int, img: Image, failed: bool) -> None:
     if img.type in FILE_TYPES or img.type == ImageType.BACKUP:
         return
     state = S(img.state)
-    left = [v for v in img.vms if v != vm_id]
-    running = img.running_vms - 1 if len(left) != len(img.vms) else img.running_vms
+    running = img.running_vms - 1 if vm_id in img.vms else img.running_vms
     try:
         new = next_state("release", state, running_vms=running, cloning_ops=img.cloning_ops,
                          failed=int(failed))
     except InvalidTransition:
         return  # "Releasing image in wrong state": VMS and RUNNING_VMS stay (QUIRK)
-    img.vms, img.running_vms = left, running
+    img.vms.discard(vm_id)
+    img.running_vms = running
     if state in (S.USED_PERS, S.LOCKED_USED_PERS):
         img.modtime = int(time.time())
     if new != state:
