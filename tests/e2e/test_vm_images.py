@@ -218,10 +218,13 @@ def test_release_from_running_through_shutdown_and_epilog(daemon, ds, host):
     seen = set()
 
     def done():
+        # the image first: a VM not DONE after it was not DONE before it either, so
+        # the image must still have been in use then (released only at EPILOG's end)
+        use = image_use(daemon, iid)
         st = vm_state(daemon, oid)
         seen.add(st)
         if st[0] != VM_DONE:
-            assert image_use(daemon, iid)[:3] == (USED_PERS, 1, [oid])
+            assert use == (USED_PERS, 1, [oid]), (st, use)
         return st == (VM_DONE, 0)
 
     wait_for(done, timeout=20)
