@@ -771,6 +771,12 @@ class Vms:
             (VmRow.state == V.ACTIVE) & VmRow.lcm_state.in_(list(vs.STEPS))).tuples()])
         for oid in ids:
             self._drive(oid, V.ACTIVE, 0)
+        # a copy may have ended between its image's transaction and the lock check of
+        # the VMs that waited on it (a stop in between): check every CLONING VM once
+        cloning = await self.db.run(lambda: [r[0] for r in VmRow.select(VmRow.oid).where(
+            VmRow.state == V.CLONING).tuples()])
+        if cloning:
+            self.disks_unlocked(-1, cloning)
 
     def stop(self) -> None:
         for call in self._pending_calls:

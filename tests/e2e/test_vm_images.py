@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.daemon import wait_for
 from tests.support.seed import (
+    edit_body,
     fails,
     field,
     info,
@@ -502,3 +503,23 @@ def test_locked_image_attach_path_refusal_texts_stay_out_of_allocate(flaky, fds)
     open_gate(d, "cp", iid)
     wait_vm(d, oid, VM_HOLD)
     terminate(d, oid)
+
+
+def test_cloning_vm_checked_again_after_a_restart(flaky, fds):
+    """The copy's end was stored but the daemon stopped before the VMs' lock check
+    (a transaction of its own): the check runs at start."""
+    d = flaky
+    iid = ok(d, "one.image.allocate", f'NAME="{unique("rs")}"\nPATH="/var/tmp/w.img"\n'
+             'SIZE="3"\nMODE="cp:gate"', fds)
+    oid = ok(d, "one.vm.allocate", SMALL + disks(iid), True)
+    assert vm_state(d, oid) == (VM_CLONING, 0)
+    d.stop()
+    try:
+        edit_body(d, iid, STATE="2", SOURCE="<![CDATA[flaky_src/done]]>",
+                  FORMAT="<![CDATA[raw]]>")
+    finally:
+        d.start()
+    doc = wait_vm(d, oid, VM_HOLD)
+    assert vm_disks(doc)[0]["SOURCE"] == "flaky_src/done"
+    terminate(d, oid)
+    assert image_use(d, iid) == (READY, 0, [])
