@@ -397,19 +397,67 @@ def test_file_vars_for_kernel_initrd_and_context(daemon):
     terminate(daemon, oid)
 
 
-def test_orphans_rule_with_vms_around(daemon, ds):
-    """oneimage orphans reads templates only: an image only a VM uses is an orphan."""
-    from oned_images.domain.templates import orphan_check_refs  # noqa: F401  (rule's home)
+def cli_orphans(d) -> set[int]:
+    """``oneimage orphans`` as the Ruby CLI computes it from the two pools (vms.md
+    §4.10): every image but BACKUP ones, unless a template DISK has its IMAGE_ID
+    (numeric compare) or both its IMAGE name and IMAGE_UNAME."""
+    images = parse(ok(d, "one.imagepool.info", -2, -1, -1))
+    disks_ = parse(ok(d, "one.templatepool.info", -2, -1, -1)).findall(
+        "VMTEMPLATE/TEMPLATE/DISK")
+    out = set()
+    for img in images.findall("IMAGE"):
+        if img.findtext("TYPE") == "6":
+            continue
+        oid, name, uname = int(img.findtext("ID")), img.findtext("NAME"), img.findtext("UNAME")
+        used = any((dk.findtext("IMAGE_ID") or "").strip().lstrip("-").isdigit()
+                   and int(dk.findtext("IMAGE_ID")) == oid
+                   or (dk.findtext("IMAGE") == name and dk.findtext("IMAGE_UNAME") == uname)
+                   for dk in disks_)
+        if not used:
+            out.add(oid)
+    return out
 
+
+def test_orphans_rule_with_vms_around(daemon, ds):
+    """oneimage orphans reads templates only: an image only a VM uses is an orphan,
+    one a template names by IMAGE + IMAGE_UNAME is not, by IMAGE alone it is."""
     used_by_vm = register(daemon, ds)
-    in_template = register(daemon, ds)
+    by_id, by_uname, by_name = register(daemon, ds), register(daemon, ds), register(daemon, ds)
+    uname_name = field(info(daemon, by_uname), "NAME")
+    name_only = field(info(daemon, by_name), "NAME")
     oid = vm(daemon, used_by_vm)
-    ok(daemon, "one.template.allocate", f'NAME="{unique("t")}"\n{SMALL}{disks(in_template)}')
-    tpl_pool = ok(daemon, "one.templatepool.info", -2, -1, -1)
-    referenced = {int(e.text) for e in parse(tpl_pool).findall(
-        "VMTEMPLATE/TEMPLATE/DISK/IMAGE_ID")}
-    assert in_template in referenced and used_by_vm not in referenced
-    terminate(daemon, oid)
+    tid = ok(daemon, "one.template.allocate",
+             f'NAME="{unique("t")}"\n{SMALL}{disks(by_id)}\n'
+             f'DISK=[IMAGE="{uname_name}",IMAGE_UNAME="oneadmin"]\nDISK=[IMAGE="{name_only}"]')
+    from_tpl = ok(daemon, "one.template.instantiate", tid, "", HOLD, "", False)
+    orphans = cli_orphans(daemon)
+    assert {used_by_vm, by_name} <= orphans and not {by_id, by_uname} & orphans
+    # the VMs use all of them, which changes nothing for the rule
+    assert image_use(daemon, by_name)[2] == [from_tpl]
+    # a persistent instantiate clones the template and its images: the clones are
+    # referenced by the new template, so they are not orphans either
+    clone_vm = ok(daemon, "one.template.instantiate", tid, unique("pc"), HOLD, "", True)
+    cloned = [int(x["IMAGE_ID"]) for x in vm_disks(ok(daemon, "one.vm.info", clone_vm))]
+    assert not set(cloned) & cli_orphans(daemon)
+    for v in (oid, from_tpl, clone_vm):
+        terminate(daemon, v)
+
+
+def test_clone_and_delete_states_refuse_acquire(flaky, fds):
+    d = flaky
+    src = ok(d, "one.image.allocate", f'NAME="{unique("cs")}"\nSOURCE="/var/tmp/s"\n'
+             'SIZE="3"\nFORMAT="raw"\nPERSISTENT="YES"\nMODE="clone:gate rm:gate"', fds)
+    clone = ok(d, "one.image.clone", src, unique("cc"), -1)
+    assert image_use(d, src)[0] == 6  # CLONE
+    assert fails(d, "one.vm.allocate", SMALL + disks(src), HOLD)[0] == (
+        f"[one.vm.allocate] DISK 0: Cannot acquire image {src}, it is in state: CLONE")
+    open_gate(d, "clone", clone)
+    wait_state(d, src, READY)
+    ok(d, "one.image.delete", src, False)
+    assert image_use(d, src)[0] == 7  # DELETE, RM waiting
+    assert fails(d, "one.vm.allocate", SMALL + disks(src), HOLD)[0] == (
+        f"[one.vm.allocate] DISK 0: Cannot acquire image {src}, it is in state: DELETE")
+    open_gate(d, "rm", src)
 
 
 def test_non_admin_needs_use_on_the_image(daemon, ds):
