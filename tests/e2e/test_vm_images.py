@@ -154,7 +154,7 @@ def test_file_types_cannot_be_disks(daemon, kind):
     assert image_use(daemon, iid) == (READY, 0, [])
 
 
-def test_disabled_and_error_images_are_refused(daemon, ds):
+def test_disabled_image_is_refused(daemon, ds):
     iid = register(daemon, ds)
     ok(daemon, "one.image.enable", iid, False)
     assert fails(daemon, "one.vm.allocate", SMALL + disks(iid), HOLD)[0] == (
@@ -527,13 +527,16 @@ def test_cloning_failure_when_the_copy_fails(flaky, fds):
     open_gate(d, "cp", iid)
     wait_state(d, iid, ERROR)
     wait_vm(d, oid, VM_CLONING_FAILURE)
+    assert fails(d, "one.vm.allocate", SMALL + disks(iid), True) == (
+        f"[one.vm.allocate] DISK 0: Cannot acquire image {iid}, it is in state: ERROR",
+        INTERNAL, -1)
     # terminate releases nothing from an ERROR image (vms.md §1.4 QUIRK)
     terminate(d, oid)
     assert vm_state(d, oid) == (VM_DONE, 0)
     assert image_use(d, iid) == (ERROR, 1, [oid])
 
 
-def test_locked_image_attach_path_refusal_texts_stay_out_of_allocate(flaky, fds):
+def test_image_lock_skipped_for_cloning_disks_on_instantiate_only(flaky, fds):
     """LOCKED non-persistent image taken by two VMs at allocate (LOCKED_USED), and the
     instantiate authorize skips the lock check of a CLONING disk."""
     d = flaky
