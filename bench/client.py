@@ -63,6 +63,7 @@ class Client:
     cpu: float = 0.0
     _addr: tuple[str, int] = field(default=("", 0))
     _path: str = "/RPC2"
+    _retried: bool = False
 
     def __post_init__(self) -> None:
         u = urlparse(self.endpoint.url)
@@ -95,6 +96,16 @@ class Client:
         while (end := buf.find(b"\r\n\r\n")) < 0:
             chunk = sock.recv(65536)
             if not chunk:
+                if not buf and self.mode == "keep" and not self._retried:
+                    # the server closed the idle kept-alive connection (HTTP clients
+                    # reconnect and send again, as pyone's and the Ruby CLI's do)
+                    sock.close()
+                    self.sock = None
+                    self._retried = True
+                    try:
+                        return self.send(request)
+                    finally:
+                        self._retried = False
                 raise ConnectionError("connection closed before the reply's headers")
             buf += chunk
         head = buf[:end].lower()

@@ -263,6 +263,7 @@ class Daemon:
         self.app.scheduler = Scheduler(db, self.app.vms, self.reactor)
         self.app.vms.on_pending = self.app.scheduler.pending
         self.app.disk_ops = VmDiskOps(self.app)
+        images.on_unlocked = self.app.vms.disks_unlocked
         if cfg.metrics != "off":  # off: no instruments either, not only no endpoint
             self.app.metrics = instrument(self.app)
         return self.app

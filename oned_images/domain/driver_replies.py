@@ -126,5 +126,5 @@ def snapshot_done(img: Image, result: DriverResult, action: str) -> None:
         else:
             set_error(img, f"Error flattening image snapshot: {result.error}")
     img.target_snapshot = -1
-    if img.state == ImageState.LOCKED:
+    if img.state in (ImageState.LOCKED, ImageState.LOCKED_USED, ImageState.LOCKED_USED_PERS):
         set_state(img, next_state("snapshot_done", img.state))

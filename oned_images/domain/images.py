@@ -276,6 +276,9 @@ class ImageManager:
     peers: Any = None
     #: time.monotonic() of the last lease renewal that reached the database
     _renewed_at: float = field(default_factory=time.monotonic)
+    #: called with (image id, VM ids) when a copy that VMs waited on (LOCKED_USED,
+    #: LOCKED_USED_PERS) ends either way: the CLONING VMs' lock check (vms.md §5.3 step 7)
+    on_unlocked: Any = None
 
     # -------------------------------------------------------------- helpers
     @property
@@ -324,17 +327,23 @@ class ImageManager:
             # by a daemon stop, after which reconcile() runs the action again.  Applying
             # it as a failure would leave an ERROR image that reconciliation skips.
             return
+        waiting: list[int] = []
         ds_id, charged = await self.db.run(self._apply_reply, follow.action, follow.image_id,
-                                           result)
+                                           result, waiting)
+        if waiting and self.on_unlocked is not None:
+            self.on_unlocked(follow.image_id, waiting)
         if charged:
             self._charged[ds_id] = self._charged.get(ds_id, 0) + charged
         if ds_id is not None and follow.action in ("cp", "mkfs", "clone", "rm"):
             self.monitor_soon(ds_id)
 
-    def _apply_reply(self, action: str, oid: int,
-                     result: DriverResult) -> tuple[int | None, int]:
+    def _apply_reply(self, action: str, oid: int, result: DriverResult,
+                     waiting: list[int] | None = None) -> tuple[int | None, int]:
         """Store a driver result; returns the image's datastore and the MB charged to
-        it (a copy that ended well)."""
+        it (a copy that ended well).  ``waiting`` receives the VMs that waited on the
+        image's copy when it has just left LOCKED_USED(_PERS): their check runs in a
+        transaction of its own afterwards (VM rows are locked before image rows
+        everywhere else, so they are not locked here)."""
         if not daemons.owns("image", oid):
             # This daemon's lease ran out meanwhile and another one took the action
             # over: its run decides, this late reply is dropped.
@@ -358,6 +367,7 @@ class ImageManager:
             return None, 0
         img = image_from(body)
         copying = _copying(img)
+        locked_used = img.state in (S.LOCKED_USED, S.LOCKED_USED_PERS)
         if action in ("cp", "mkfs"):
             replies.copy_done(img, result, action)
         elif action == "clone":
@@ -377,6 +387,9 @@ class ImageManager:
             replies.snapshot_done(img, result, action)
             if img.size != size:  # a revert: the datastore quota follows the image SIZE
                 quotas.release(img.uid, img.gid, img.datastore_id, size - img.size, images=0)
+        if (locked_used and waiting is not None
+                and img.state not in (S.LOCKED_USED, S.LOCKED_USED_PERS)):
+            waiting.extend(img.vms)
         charged = 0
         if ds is not None and copying and img.state == S.READY:
             charged = max(img.size, 0)

@@ -103,7 +103,9 @@ TRANSITIONS: dict[str, dict[ImageState, object]] = {
     },
     "disable": {S.READY: S.DISABLED, S.ERROR: S.DISABLED, S.DISABLED: "same"},
     "snapshot_start": {S.READY: S.LOCKED},
-    "snapshot_done": {S.LOCKED: S.READY},
+    # oned's Image::set_state_unlock: a VM may have taken the image meanwhile
+    "snapshot_done": {S.LOCKED: S.READY, S.LOCKED_USED: S.USED,
+                      S.LOCKED_USED_PERS: S.USED_PERS},
     "delete": {
         S.INIT: S.DELETE, S.READY: S.DELETE, S.DISABLED: S.DELETE, S.ERROR: S.DELETE,
         S.DELETE: S.DELETE, S.LOCKED: S.DELETE,

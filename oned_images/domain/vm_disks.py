@@ -158,7 +158,10 @@ def authorize_disks(caller: Caller, tmpl: Template, config: DaemonConfig) -> Non
         named = {k: v for k, v in disk.items() if k != "IMAGE_ID"} if "IMAGE" in disk else disk
         iid = disk_image_id(named, caller.uid, _uid_of,
                             lambda name, uid: pools.oid_by_name(ImageRow, name, uid))
-        if iid is None and "IMAGE" not in disk:
+        if iid is None:
+            # a name that resolves to nothing: the IMAGE_ID is looked up (vms.md §2.1).
+            # instantiate's extended copy names each image by IMAGE (its NAME) and
+            # IMAGE_ID, so another user's image is checked by its id, not skipped
             iid = _vector_int(disk.get("IMAGE_ID"))
         img = _image(iid) if iid is not None else None
         if img is None:
@@ -191,8 +194,7 @@ def _take(vm_id: int, img: Image, attach: bool) -> None:
     except InvalidTransition:
         raise _Refused(f"Cannot acquire image {img.id}, it is in state: "
                        f"{state_to_str(state)}") from None
-    if vm_id not in img.vms:
-        img.vms = sorted([*img.vms, vm_id])
+    if img.vms.add(vm_id):
         img.running_vms += 1
     if new != state:
         set_state(img, new)  # a state change drops a user lock (api.md §5.4)
@@ -516,14 +518,14 @@ def _release_image(vm_id: int, img: Image, failed: bool) -> None:
     if img.type in FILE_TYPES or img.type == ImageType.BACKUP:
         return
     state = S(img.state)
-    left = [v for v in img.vms if v != vm_id]
-    running = img.running_vms - 1 if len(left) != len(img.vms) else img.running_vms
+    running = img.running_vms - 1 if vm_id in img.vms else img.running_vms
     try:
         new = next_state("release", state, running_vms=running, cloning_ops=img.cloning_ops,
                          failed=int(failed))
     except InvalidTransition:
         return  # "Releasing image in wrong state": VMS and RUNNING_VMS stay (QUIRK)
-    img.vms, img.running_vms = left, running
+    img.vms.discard(vm_id)
+    img.running_vms = running
     if state in (S.USED_PERS, S.LOCKED_USED_PERS):
         img.modtime = int(time.time())
     if new != state:
@@ -618,12 +620,25 @@ def cloning_check(tmpl: Template) -> str:
     return "cloning"
 
 
+def clear_all_cloning(tmpl: Template) -> None:
+    """LifeCycleManager::trigger_disk_lock_success once every CLONING image is ready:
+    each CLONING DISK in turn gets :func:`clear_cloning` with its image."""
+    for disk in [d for d in _disks(tmpl) if (d.get("CLONING") or "").upper() == "YES"]:
+        iid = _vector_int(disk.get("IMAGE_ID"))
+        img = _image(iid) if iid is not None else None
+        if img is None:
+            disk.pop("CLONING", None)
+            continue
+        clear_cloning(tmpl, img)
+
+
 def clear_cloning(tmpl: Template, img: Image) -> None:
-    """VirtualMachineDisks::clear_cloning_image_id: the first DISK of ``img`` loses
+    """VirtualMachineDisks::clear_cloning_image_id: the first CLONING DISK of ``img`` loses
     CLONING and gets its SOURCE and, when known, DRIVER/FORMAT; IMAGE_STATE is not
     refreshed (verified on oned 7.0.2: it stays 9)."""
     for disk in _disks(tmpl):
-        if _vector_int(disk.get("IMAGE_ID")) == img.id:
+        if (_vector_int(disk.get("IMAGE_ID")) == img.id
+                and (disk.get("CLONING") or "").upper() == "YES"):
             disk.pop("CLONING", None)
             disk["SOURCE"] = img.source
             if img.format:

@@ -11,6 +11,7 @@ released only through domain/vm_disks.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shutil
@@ -207,20 +208,54 @@ def _check_capacity_attrs(t: Template) -> None:
                                       "integer value.")
 
 
+def _cluster_set(value: str) -> set[int]:
+    return {int(c) for c in value.split(",") if c.strip().lstrip("-").isdigit()}
+
+
+def _joined(ids: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(ids))
+
+
+def _vm_clusters(t: Template) -> set[int] | None:
+    """The clusters every element of the VM allows (VirtualMachine::
+    get_cluster_requirements): the kernel's and initrd's datastores, then each image
+    DISK's, intersected; None when nothing names a cluster."""
+    clusters: set[int] | None = None
+    os_vec = t.get_vector("OS") or {}
+    for kind in ("KERNEL", "INITRD"):
+        value = os_vec.get(f"{kind}_DS_CLUSTER_ID") or ""
+        if not value:
+            continue
+        these = _cluster_set(value)
+        clusters = these if clusters is None else clusters & these
+        if not clusters:
+            raise errors.internal(f"Incompatible cluster in {kind} datastore, it should be "
+                                  f"in cluster {value}.")
+    for n, disk in enumerate(d for d in t.get_all("DISK") if isinstance(d, dict)):
+        if "CLUSTER_ID" not in disk:
+            continue  # a volatile disk: placed with the system datastore
+        these = _cluster_set(disk["CLUSTER_ID"])
+        if not these:
+            raise errors.internal(f"Missing clusters. Datastore for DISK {n} is not in any "
+                                  "cluster")
+        if clusters is not None and not clusters & these:
+            raise errors.internal(
+                f"Incompatible clusters in DISK. Datastore for DISK {n} is not in the same "
+                f"cluster as the one used by other VM elements (cluster {_joined(clusters)})")
+        clusters = these if clusters is None else clusters & these
+    return clusters
+
+
 def _automatic_requirements(t: Template) -> None:
-    """AUTOMATIC_*REQUIREMENTS from the clusters of the DISKs' datastores (vms.md §5.3)."""
-    clusters: list[str] = []
-    for disk in t.get_all("DISK"):
-        if isinstance(disk, dict) and disk.get("CLUSTER_ID"):
-            for cid in disk["CLUSTER_ID"].split(","):
-                cid = cid.strip()
-                if cid and cid not in clusters:
-                    clusters.append(cid)
+    """AUTOMATIC_*REQUIREMENTS from the clusters of the kernel/initrd and DISK
+    datastores (vms.md §3.2, §5.3)."""
+    clusters = _vm_clusters(t)
     if not clusters:
         t.set("AUTOMATIC_REQUIREMENTS", "!(PIN_POLICY = PINNED)")
         return
-    hosts = " | ".join(f"CLUSTER_ID = {cid}" for cid in clusters)
-    ds = " | ".join(f'"CLUSTERS/ID" @> {cid}' for cid in clusters)
+    ids = sorted(clusters)
+    hosts = " | ".join(f"CLUSTER_ID = {cid}" for cid in ids)
+    ds = " | ".join(f'"CLUSTERS/ID" @> {cid}' for cid in ids)
     t.set("AUTOMATIC_REQUIREMENTS", f"({hosts}) & !(PIN_POLICY = PINNED)")
     tm_system = t.get("TM_MAD_SYSTEM")
     t.set("AUTOMATIC_DS_REQUIREMENTS",
@@ -336,6 +371,9 @@ class Vms:
             raise errors.internal(f"Trying to import an OpenNebula VM: '{deploy_id}'.")
         _automatic_requirements(vm_t)
         state = V.HOLD if hold else V.PENDING
+        if any((d.get("CLONING") or "").upper() == "YES" for d in vm_t.get_all("DISK")
+               if isinstance(d, dict)):
+            state = V.CLONING  # an image is still being copied (vms.md §5.3 step 7)
         vm = Vm(oid, caller.uid, caller.gid, caller.uname, caller.gname, name,
                 perms=new.perms, state=state, stime=_now(), template=vm_t,
                 user_template=user_t, snapshots=vm_disks.disk_snapshot_lists(vm_t))
@@ -384,7 +422,12 @@ class Vms:
         new = NewVm(caller, tmpl, hold, self._perms(caller), "instantiate")
 
         def txn() -> int:
-            vm_disks.authorize_disks(caller, tmpl, self.config)
+            # oned authorizes a copy that went through the extended info (vms.md §2.1):
+            # IMAGE does not overwrite the user's IMAGE_ID, and the DISKs of LOCKED
+            # images carry CLONING=YES, which skips the image lock check
+            copy = dataclasses.replace(t, template=tmpl.copy())
+            self.templates._extend_disks(copy, caller.uid)
+            vm_disks.authorize_disks(caller, copy.template, self.config)
             try:
                 return self._insert(new)
             except errors.OneError as exc:
@@ -395,6 +438,48 @@ class Vms:
         oid = await self.db.run(txn)
         self._placed(oid)
         return oid
+
+    # -------------------------------------------------------------- CLONING VMs
+    def disks_unlocked(self, iid: int, vm_ids: list[int]) -> None:
+        """ImageManager's hook: the copy of image ``iid`` that the CLONING VMs
+        ``vm_ids`` waited on has ended (LifeCycleManager::trigger_disk_lock_success /
+        _failure)."""
+        d = self.db.run(self._lock_check, vm_ids)
+
+        def placed(pending: list[int]) -> None:
+            for oid in pending:
+                self._placed(oid)
+
+        d.addCallback(placed)
+        d.addErrback(lambda f: log.failure("lock check of the VMs of image {iid} failed", f,
+                                           iid=iid))
+
+    def _lock_check(self, vm_ids: list[int]) -> list[int]:
+        """vms.md §5.3 step 7 for each VM still CLONING: every CLONING image ready ->
+        the DISKs get their SOURCE/DRIVER/FORMAT and the VM goes HOLD (SUBMIT_ON_HOLD)
+        or PENDING; one image in ERROR -> CLONING_FAILURE; else it keeps waiting.
+        Returns the VMs that became PENDING."""
+        pending = []
+        for oid in sorted(set(vm_ids)):
+            body = pools.body(VmRow, oid, lock=True)
+            if body is None:
+                continue
+            vm = vm_from(body)
+            if vm.state != V.CLONING:
+                continue
+            verdict = vm_disks.cloning_check(vm.template)
+            if verdict == "failed":
+                vm.state = V.CLONING_FAILURE
+            elif verdict == "ready":
+                vm_disks.clear_all_cloning(vm.template)
+                hold = (vm.template.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
+                vm.state = V.HOLD if hold else V.PENDING
+                if not hold:
+                    pending.append(oid)
+            else:
+                continue
+            write_vm(vm)
+        return pending
 
     async def _persistent_clones(self, caller: Caller, tid: int) -> None:
         """The images a persistent instantiate cloned become persistent (vms.md §4.7)."""
@@ -895,6 +980,12 @@ class Vms:
             self._resumed.update(ids)
         for oid in ids:
             self._drive(oid, V.ACTIVE, 0)
+        # a copy may have ended between its image's transaction and the lock check of
+        # the VMs that waited on it (a stop in between): check every CLONING VM once
+        cloning = await self.db.run(lambda: [r[0] for r in VmRow.select(VmRow.oid).where(
+            VmRow.state == V.CLONING).tuples()])
+        if cloning:
+            self.disks_unlocked(-1, cloning)
 
     def stop(self) -> None:
         for call in self._pending_calls:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from oned_images.model.ids import SortedIds
 from oned_images.template import Template
 
 PERM_NAMES = (
@@ -85,13 +86,18 @@ class Image:
     target_snapshot: int = -1
     datastore_id: int = -1
     datastore: str = ""
-    vms: list[int] = field(default_factory=list)
+    #: the VMs using the image (see model/ids.py for why not a list)
+    vms: SortedIds = field(default_factory=SortedIds)
     clones: list[int] = field(default_factory=list)
     app_clones: list[int] = field(default_factory=list)
     template: Template = field(default_factory=Template)
     snapshots: Template = field(default_factory=Template)
     backup_increments: Template = field(default_factory=Template)
     backup_disk_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vms, SortedIds):
+            self.vms = SortedIds(self.vms)
 
 
 @dataclass

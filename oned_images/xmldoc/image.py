@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
+from oned_images.model.ids import SortedIds
 from oned_images.model.objects import Image, Lock
 from oned_images.xmldoc.common import (
     c,
@@ -49,7 +50,8 @@ def image_xml(img: Image) -> str:
         f"<CLONING_ID>{img.cloning_id}</CLONING_ID>",
         f"<TARGET_SNAPSHOT>{img.target_snapshot}</TARGET_SNAPSHOT>",
         f"<DATASTORE_ID>{img.datastore_id}</DATASTORE_ID><DATASTORE>{img.datastore}</DATASTORE>",
-        ids_xml("VMS", img.vms), ids_xml("CLONES", img.clones), ids_xml("APP_CLONES", img.app_clones),
+        (img.vms if isinstance(img.vms, SortedIds) else SortedIds(img.vms)).xml("VMS"),
+        ids_xml("CLONES", img.clones), ids_xml("APP_CLONES", img.app_clones),
         img.template.to_xml("TEMPLATE"),
         img.snapshots.to_xml("SNAPSHOTS"),
         img.backup_increments.to_xml("BACKUP_INCREMENTS"),
@@ -58,7 +60,25 @@ def image_xml(img: Image) -> str:
     ))
 
 
+def _cut_vms(body: str) -> tuple[str, SortedIds | None]:
+    """The body without its <VMS> ids, and those ids kept as text (model/ids.py).
+    VMS follows DATASTORE, after the last CDATA of the fixed part (FS) and before any
+    user text (TEMPLATE), so the first ``</DATASTORE><VMS>`` after ``]]></FS>`` is the
+    element itself; a body of another shape is parsed whole."""
+    fs_end = body.find("]]></FS>")
+    start = body.find("</DATASTORE><VMS>", fs_end) if fs_end >= 0 else -1
+    if start < 0 or "CDATA" in body[fs_end:start]:
+        return body, None
+    start += len("</DATASTORE><VMS>")
+    end = body.find("</VMS>", start)
+    ids = SortedIds.from_xml(body[start:end]) if end >= 0 else None
+    if ids is None:
+        return body, None
+    return body[:start] + body[end:], ids
+
+
 def image_from(body: str) -> Image:
+    body, vms = _cut_vms(body)
     el = parse(body)
     return Image(
         id=num(el, "ID"), uid=num(el, "UID"), gid=num(el, "GID"),
@@ -71,7 +91,8 @@ def image_from(body: str) -> Image:
         prev_state=num(el, "PREV_STATE"), running_vms=num(el, "RUNNING_VMS"),
         cloning_ops=num(el, "CLONING_OPS"), cloning_id=num(el, "CLONING_ID", -1),
         target_snapshot=num(el, "TARGET_SNAPSHOT", -1), datastore_id=num(el, "DATASTORE_ID"),
-        datastore=text(el, "DATASTORE"), vms=ids_from(el, "VMS"), clones=ids_from(el, "CLONES"),
+        datastore=text(el, "DATASTORE"),
+        vms=vms if vms is not None else SortedIds(ids_from(el, "VMS")), clones=ids_from(el, "CLONES"),
         app_clones=ids_from(el, "APP_CLONES"), template=template_from(el, "TEMPLATE"),
         snapshots=template_from(el, "SNAPSHOTS"),
         backup_increments=template_from(el, "BACKUP_INCREMENTS"),

@@ -17,6 +17,13 @@ the machine finishes every pending action exactly when, and how, it wants. STAT 
 MONITOR answer at once. (Assumed beyond the spec: a forced delete of a LOCKED image ends
 the action still waiting for that image; nothing of it is applied afterwards.)
 
+VM events (vms.md §1.2-§1.6, §5.3 step 7) share the model: a VM on hold with one DISK
+on an image is created by one.vm.allocate or one.template.instantiate and terminated;
+the acquire/release rules of the one transition table move the image (USED, USED_PERS,
+LOCKED_USED, LOCKED_USED_PERS), RUNNING_VMS and <VMS> are compared, refusals are
+predicted with their texts, and a VM created on a LOCKED image waits in CLONING until
+the copy ends (HOLD) or fails (CLONING_FAILURE).
+
 Besides the random runs, a few directed scenarios drive the same machine through paths a
 20-step run reaches only sometimes.
 """
@@ -59,6 +66,11 @@ from tests.support.seed import (
 )
 
 READY, USED, DISABLED, LOCKED, ERROR, CLONE, DELETE = 1, 2, 3, 4, 5, 6, 7
+USED_PERS, LOCKED_USED, LOCKED_USED_PERS = 8, 9, 10
+IN_USE = (USED, USED_PERS, LOCKED_USED, LOCKED_USED_PERS)
+LOCKISH = (LOCKED, LOCKED_USED, LOCKED_USED_PERS)
+#: VM STATE values the machine meets (vms.md §5.1)
+VM_HOLD, VM_DONE, VM_CLONING, VM_CLONING_FAILURE = 2, 6, 10, 11
 NAMES = {0: "INIT", 1: "READY", 2: "USED", 3: "DISABLED", 4: "LOCKED", 5: "ERROR",
          6: "CLONE", 7: "DELETE", 8: "USED", 9: "LOCKED_USED", 10: "LOCKED_USED"}
 STORED_LEVEL = {1: 1, 2: 2, 3: 3, 4: 1}
@@ -172,6 +184,7 @@ class Img:
     active: int | None = -1             # active snapshot id, -1 none, None unknown
     force_delete: bool = False
     error: str | None = None            # expected start of TEMPLATE/ERROR's message
+    vms: list[int] = dataclasses.field(default_factory=list)  # <VMS> (RUNNING_VMS = len)
 
     @property
     def has_source(self) -> bool:
@@ -182,6 +195,12 @@ class Img:
         self.state = new
         if new != LOCKED:
             self.lock = 0
+
+    def unlocked(self, ok: bool) -> int:
+        """The state a copy's end leads to (copy_success/copy_failure)."""
+        if not ok:
+            return ERROR
+        return {LOCKED_USED: USED, LOCKED_USED_PERS: USED_PERS}.get(self.state, READY)
 
     def written(self) -> None:
         """A DB write copies STATE into PREV_STATE (§5.1)."""
@@ -243,6 +262,8 @@ class ImageLifecycle(RuleBasedStateMachine):
         super().__init__()
         self.images: dict[int, Img] = {}
         self.created: list[Img] = []   # creation order, for the scenarios
+        self.vm_image: dict[int, int] = {}  # VM id -> the image of its one DISK
+        self.vm_state: dict[int, int] = {}  # VM id -> expected STATE
 
     def add(self, m: Img) -> Img:
         self.images[m.oid] = m
@@ -303,7 +324,7 @@ class ImageLifecycle(RuleBasedStateMachine):
     def release_clone_source(self, src_id: int) -> None:
         src = self.images[src_id]
         src.cloning_ops -= 1
-        if src.cloning_ops == 0 and src.state in (USED, CLONE):
+        if src.cloning_ops == 0 and src.state in (USED, CLONE) and not src.vms:
             src.set_state(READY)
         src.written()
 
@@ -373,7 +394,7 @@ class ImageLifecycle(RuleBasedStateMachine):
                 # drivers.md §3: CP sets SOURCE and FORMAT, MKFS only SOURCE
                 m.source = f"gated_src/{m.oid}"
                 m.format = "qcow2" if action == "cp" else m.format
-                m.set_state(READY)
+                m.set_state(m.unlocked(True))
             else:
                 m.set_state(ERROR)
                 m.error = ("Error copying image in the datastore" if action == "cp"
@@ -383,7 +404,7 @@ class ImageLifecycle(RuleBasedStateMachine):
             src_id = m.cloning_id
             if success:
                 m.source, m.format = f"gated_clone/{m.oid}", "qcow2"
-                m.set_state(READY)
+                m.set_state(m.unlocked(True))
                 m.cloning_id = -1
             else:
                 m.set_state(ERROR)
@@ -405,7 +426,7 @@ class ImageLifecycle(RuleBasedStateMachine):
         else:  # snapshot actions: READY again whatever the outcome (§2.11)
             sid = m.target_snap
             m.target_snap = -1
-            m.set_state(READY)
+            m.set_state(m.unlocked(True))
             m.written()
             if not success:
                 m.error = {"snap_delete": f"Error removing snapshot {sid} from image {m.oid}",
@@ -417,6 +438,24 @@ class ImageLifecycle(RuleBasedStateMachine):
                 m.active = sid
             else:
                 self.remove_snapshot(m, sid)
+
+        self.vms_after_copy(m)
+
+    def vms_after_copy(self, m: Img) -> None:
+        """vms.md §5.3 step 7: the CLONING VMs of an image whose copy ended go HOLD (they
+        were created on hold) or CLONING_FAILURE; the daemon does it in a transaction of
+        its own right after the image's."""
+        if m.state in LOCKISH or not m.exists:
+            return
+        moved = [v for v in m.vms if self.vm_state.get(v) == VM_CLONING]
+        for v in moved:
+            self.vm_state[v] = VM_CLONING_FAILURE if m.state == ERROR else VM_HOLD
+        for v in moved:
+            wait(lambda v=v: self.vm_state_of(v) == self.vm_state[v], 10,
+                 f"VM {v} to leave CLONING")
+
+    def vm_state_of(self, oid: int) -> int:
+        return int(parse(ok(self.d, "one.vm.info", oid)).findtext("STATE"))
 
     def remove_snapshot(self, m: Img, sid: int) -> None:
         snap = m.snaps.pop(sid)
@@ -466,7 +505,7 @@ class ImageLifecycle(RuleBasedStateMachine):
         if not m.exists:
             return self.missing(r, M, m)
         op = MANAGE
-        if m.state == LOCKED:                                       # §2.3 step 2
+        if m.state in LOCKISH:                                      # §2.3 step 2
             op = ADMIN
             if not force:
                 return self.expect_fail(r, M, LOCKED_DELETE, 8192, m.oid, what)
@@ -479,9 +518,10 @@ class ImageLifecycle(RuleBasedStateMachine):
             return self.expect_fail(
                 r, M, f"Cannot delete image. There are {m.cloning_ops} active clone operations.",
                 2048, what=what)
-        if m.state == USED:
-            return self.expect_fail(r, M, "Cannot delete image. There are 0 VMs using it.",
-                                    2048, what=what)
+        if m.state in IN_USE or (m.state == READY and m.vms):     # vms.md §1.8
+            return self.expect_fail(
+                r, M, f"Cannot delete image. There are {len(m.vms)} VMs using it.", 2048,
+                what=what)
         self.expect_ok(r, m.oid, what)
         orphan = m.pending
         m.pending = None
@@ -515,6 +555,8 @@ class ImageLifecycle(RuleBasedStateMachine):
                 r, M, f"Could not {verb} image: Image cannot be in state {NAMES[m.state]}.",
                 8192, what=what)
         self.expect_ok(r, m.oid, what)
+        if enable and m.state == ERROR and m.vms:                   # vms.md §1.8
+            target = USED_PERS if m.persistent else USED
         if m.state != target:
             m.set_state(target)
             m.written()
@@ -535,7 +577,7 @@ class ImageLifecycle(RuleBasedStateMachine):
         if not persistent and m.snaps:                              # step 6
             return self.expect_fail(r, M, f"Could not make image {verb}: Image has snapshots.",
                                     8192, what=what)
-        if m.state in (USED, CLONE):
+        if m.state in (CLONE, *IN_USE):
             return self.expect_fail(
                 r, M, f"Could not make image {verb}: Image cannot be in state "
                 f"{NAMES[m.state]}.", 8192, what=what)
@@ -613,6 +655,64 @@ class ImageLifecycle(RuleBasedStateMachine):
         m.set_state(LOCKED)  # the one state change that keeps the object lock
         m.written()
         m.pending = action
+
+    def do_vm_create(self, m: Img, path: str) -> None:
+        """A VM on hold with one DISK on ``m`` (vms.md §1.2, §1.3, §2.1, §5.3)."""
+        disk = f'CPU="0.1"\nMEMORY="32"\nDISK=[IMAGE_ID={m.oid}]'
+        if path == "allocate":
+            M, prefix, code = "one.vm.allocate", "DISK 0: ", 8192
+            r = self.reply(M, disk, True)
+        else:
+            M, code = "one.template.instantiate", 16384
+            prefix = "Error allocating a new virtual machine template. DISK 0: "
+            tid = ok(self.d, "one.template.allocate", f'NAME="{unique("sm-t")}"\n{disk}')
+            r = self.reply(M, tid, "", True, "", False)
+        what = (f"{path} of a VM on image {m.oid} (state {NAMES[m.state] if m.exists else '-'}"
+                f", persistent {m.persistent}, lock {m.lock}, vms {m.vms})")
+        if not m.exists:
+            return self.expect_fail(r, M, f"{prefix}Image with ID: {m.oid} does not exist",
+                                    code, what=what)
+        # §2.1: USE on the image; instantiate's extended copy marks a LOCKED image's
+        # DISK CLONING=YES, which skips the lock check
+        if m.blocked(USE) and not (path == "instantiate" and m.state in LOCKISH):
+            return self.expect_fail(r, M, *self.locked_text(m), what=what)
+        if m.state in (USED_PERS, LOCKED_USED_PERS):
+            return self.expect_fail(
+                r, M, f"{prefix}Cannot acquire image {m.oid}, it is persistent and already "
+                "in use", code, what=what)
+        if m.state not in (READY, USED, LOCKED, LOCKED_USED):
+            return self.expect_fail(
+                r, M, f"{prefix}Cannot acquire image {m.oid}, it is in state: "
+                f"{NAMES[m.state]}", code, what=what)
+        assert r[0] is True, f"{what}: {r!r}"
+        vm = r[1]
+        new = {READY: USED_PERS if m.persistent else USED,
+               LOCKED: LOCKED_USED_PERS if m.persistent else LOCKED_USED}.get(m.state, m.state)
+        if new != m.state:
+            m.set_state(new)
+        m.written()
+        m.vms.append(vm)
+        self.vm_image[vm] = m.oid
+        self.vm_state[vm] = VM_CLONING if m.state in LOCKISH else VM_HOLD
+
+    def do_vm_terminate(self, vm: int) -> None:
+        """terminate from HOLD/CLONING/CLONING_FAILURE: DONE at once, release (§1.4)."""
+        self.expect_ok(self.reply("one.vm.action", "terminate", vm), vm, f"terminate {vm}")
+        self.vm_state[vm] = VM_DONE
+        m = self.images[self.vm_image[vm]]
+        if not m.exists or vm not in m.vms:
+            return
+        running = len(m.vms) - 1
+        if m.state in (USED_PERS, LOCKED_USED_PERS):
+            if running == 0:
+                m.set_state(READY if m.state == USED_PERS else LOCKED)
+        elif m.state in (USED, LOCKED_USED):
+            if running == 0 and m.cloning_ops == 0:
+                m.set_state(READY if m.state == USED else LOCKED)
+        else:
+            return  # "Releasing image in wrong state": VMS stays (QUIRK)
+        m.vms.remove(vm)
+        m.written()
 
     # ============================================================== rules
     @initialize(persistent=st.booleans(), mode=st.sampled_from(["NO", "YES"]))
@@ -699,6 +799,18 @@ class ImageLifecycle(RuleBasedStateMachine):
         m = self.pick(i, alive_only=False, prefer=lambda m: m.snaps and m.state == READY)
         self.do_snapshot(m, kind, sid)
 
+    @precondition(lambda self: self.has())
+    @rule(i=st.integers(0, 1000), path=st.sampled_from(["allocate", "instantiate"]))
+    def vm_create(self, i, path):
+        self.do_vm_create(self.pick(i, prefer=lambda m: m.state in (
+            READY, USED, LOCKED_USED) or (m.state == LOCKED and m.target_snap < 0)), path)
+
+    @precondition(lambda self: any(s != VM_DONE for s in self.vm_state.values()))
+    @rule(i=st.integers(0, 1000))
+    def vm_terminate(self, i):
+        live = sorted(v for v, s in self.vm_state.items() if s != VM_DONE)
+        self.do_vm_terminate(live[i % len(live)])
+
     # -------------------------------------------------------------- invariants
     @invariant()
     def daemon_matches_model(self):
@@ -727,6 +839,8 @@ class ImageLifecycle(RuleBasedStateMachine):
                 "TARGET_SNAPSHOT": int(doc.findtext("TARGET_SNAPSHOT")),
                 "SNAPSHOTS": sorted(int(s.findtext("ID")) for s in doc.iterfind(
                     "SNAPSHOTS/SNAPSHOT")),
+                "VMS": [int(e.text) for e in doc.iterfind("VMS/ID")],
+                "RUNNING_VMS": int(doc.findtext("RUNNING_VMS")),
             }
             want = {
                 "STATE": m.state,
@@ -736,6 +850,8 @@ class ImageLifecycle(RuleBasedStateMachine):
                 "LOCK": m.lock,
                 "TARGET_SNAPSHOT": m.target_snap,
                 "SNAPSHOTS": sorted(m.snaps),
+                "VMS": sorted(m.vms),
+                "RUNNING_VMS": len(m.vms),
             }
             assert got == want, f"image {oid}: daemon {got} != model {want}"
             if m.cloning_id is not None:
@@ -763,6 +879,9 @@ class ImageLifecycle(RuleBasedStateMachine):
                 assert error is not None and re.match(
                     rf"{CTIME} : {re.escape(m.error)}", error), (
                     f"image {oid}: ERROR {error!r} is not '<ctime> : {m.error}…'")
+        for vm, want in sorted(self.vm_state.items()):
+            got = self.vm_state_of(vm)
+            assert got == want, f"VM {vm} (image {self.vm_image[vm]}): STATE {got} != {want}"
         ds_images = {int(e.text) for e in parse(  # §2.1 step 12, §2.3 step 6
             ok(self.d, "one.datastore.info", self.env.ds)).iterfind("IMAGES/ID")}
         for oid, m in self.images.items():
@@ -786,6 +905,42 @@ class ImageLifecycle(RuleBasedStateMachine):
 # The same machine and model, driven step by step through paths a 20-step random run
 # reaches only sometimes. ("#k" = the k-th image the scenario created.)
 SCENARIOS = {
+    "vms_use_images": [
+        ("allocate_source", "OS", True, None),        # #0 persistent
+        ("do_vm_create", "#0", "allocate"),           # USED_PERS
+        ("do_vm_create", "#0", "instantiate"),        # persistent and already in use
+        ("do_delete", "#0", False),                   # 1 VMs using it
+        ("do_persistent", "#0", False),               # not in USED
+        ("do_clone", "#0"),                           # Cannot clone image in state: USED
+        ("do_snapshot", "#0", "flatten", 0),
+        ("do_enable", "#0", False),
+        ("allocate_path", "OS", False, False),        # #1 LOCKED, CP waiting
+        ("do_vm_create", "#1", "allocate"),           # LOCKED_USED, VM CLONING
+        ("do_vm_create", "#1", "instantiate"),        # a second CLONING VM
+        ("do_delete", "#1", False),                   # locked: needs --force
+        ("do_lock", "#1", 1),
+        ("do_vm_create", "#1", "allocate"),           # lock refuses allocate ...
+        ("do_vm_create", "#1", "instantiate"),        # ... not a CLONING instantiate
+        ("complete", "#1", True),                     # USED, the VMs HOLD
+        ("do_vm_terminate", "@1"),
+        ("do_vm_terminate", "@3"),                    # #1 keeps VM @2
+        ("allocate_path", "DATABLOCK", True, True),   # #2 persistent, MKFS waiting
+        ("do_vm_create", "#2", "instantiate"),        # LOCKED_USED_PERS
+        ("do_vm_create", "#2", "allocate"),           # in use
+        ("complete", "#2", False),                    # ERROR, VM CLONING_FAILURE
+        ("do_enable", "#2", True),                    # ERROR with a VM -> USED_PERS
+        ("do_vm_terminate", "@4"),                    # -> READY
+        ("allocate_source", "DATABLOCK", False, "YES"),  # #3 with snapshots
+        ("do_snapshot", "#3", "revert", 1),           # LOCKED for a snapshot
+        ("do_vm_create", "#3", "instantiate"),        # LOCKED_USED, VM CLONING
+        ("complete", "#3", True),                     # USED, the VM HOLD
+        ("do_vm_terminate", "@5"),
+        ("allocate_path", "OS", False, False),        # #4
+        ("do_vm_create", "#4", "allocate"),
+        ("complete", "#4", False),                    # ERROR
+        ("do_vm_terminate", "@6"),                    # wrong state: VMS kept (QUIRK)
+        ("do_delete", "#4", False),
+    ],
     "copy_and_mkfs_outcomes": [
         ("allocate_path", "OS", False, False),        # #0 LOCKED, CP waiting
         ("allocate_path", "DATABLOCK", True, True),   # #1 LOCKED, MKFS waiting
@@ -919,7 +1074,8 @@ def test_image_lifecycle_scenario(gated, name):
         for step in SCENARIOS[name]:
             action, *args = step
             args = [machine.created[int(a[1:])] if isinstance(a, str) and a.startswith("#")
-                    else a for a in args]
+                    else sorted(machine.vm_state)[int(a[1:])]
+                    if isinstance(a, str) and a.startswith("@") else a for a in args]
             try:
                 getattr(machine, action)(*args)
                 machine.daemon_matches_model()
