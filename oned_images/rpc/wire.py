@@ -294,7 +294,14 @@ def _integer(kind: str, text: str, bounds: tuple[int, int]) -> int:
     if len(digits) < 10 and digits.isascii() and digits.isdigit():
         return int(text)  # the common case: within every range, no junk
     match = _LEADING_INT.match(text)
-    value = int(match.group()) if match else 0
+    lead = match.group() if match else "0"
+    sig = lead.lstrip("+-").lstrip("0") or "0"
+    if len(sig) > 19:
+        # beyond int64 whatever the digits (strtoll saturates); and Python's int() refuses
+        # strings of more than 4,300 digits, which would be a traceback instead of a fault
+        value = _INT64[0] - 1 if lead.startswith("-") else _INT64[1] + 1
+    else:
+        value = -int(sig) if lead.startswith("-") else int(sig)
     tail = text[match.end():] if match else text
     if not _INT64[0] <= value <= _INT64[1]:
         raise _Bad(f"<{kind}> XML element value '{text}' represents a number beyond the range "

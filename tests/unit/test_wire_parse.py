@@ -76,6 +76,12 @@ HOSTILE = [
      P + "<int> value '12abc' contains non-numerical junk: 'abc'"),
     (call(param("<int></int>")), P + "<int> XML element content is empty"),
     (call(param("<int> 1</int>")), P + "<int> content ' 1' starts with white space"),
+    # more digits than Python's int() converts (4,300): a fault, never a traceback
+    (call(param("<int>" + "9" * 5000 + "</int>")),
+     P + "<int> XML element value '" + "9" * 5000 + "' represents a number beyond the "
+     "range that XML-RPC allows (-2147483648 - 2147483647)"),
+    (call(param("<i8>-" + "0" * 4999 + "7x</i8>")),
+     P + "<i8> value '-" + "0" * 4999 + "7x' contains non-numerical junk: 'x'"),
     (call(param("<i8>99999999999999999999999</i8>")),
      P + "<i8> XML element value '99999999999999999999999' represents a number beyond the "
      "range that XML-RPC allows (-9223372036854775808 - 9223372036854775807)"),
