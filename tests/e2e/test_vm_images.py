@@ -217,10 +217,7 @@ def test_release_from_running_through_shutdown_and_epilog(daemon, ds, host):
     iid = register(daemon, ds, extra='PERSISTENT="YES"')
     other = register(daemon, ds)
     oid = vm(daemon, iid, other, extra=pinned(host[1]), hold=False)
-    try:
-        wait_vm(daemon, oid, VM_ACTIVE, 3)
-    except AssertionError:
-        raise AssertionError(ok(daemon, "one.vm.info", oid))
+    wait_vm(daemon, oid, VM_ACTIVE, 3)
     assert image_use(daemon, iid) == (USED_PERS, 1, [oid])
     terminate(daemon, oid)
     seen = set()
