@@ -28,9 +28,10 @@ log = Logger(namespace="LCM")
 def _take() -> tuple[set[int], bool]:
     """(the VMs claimed for this daemon now, whether other daemons are live)."""
     daemons.serialise_takeovers()
-    states = list(VmRow.select(VmRow.oid, VmRow.state, VmRow.lcm_state)
-                  .where(VmRow.state == vs.VmState.ACTIVE).tuples())
-    return daemons.vm_work_due(transient, states, take=True), daemons.others_live()
+    due = {oid: vs.Lcm(lcm).name for oid, state, lcm in VmRow.select(
+        VmRow.oid, VmRow.state, VmRow.lcm_state).where(VmRow.state == vs.VmState.ACTIVE)
+        .tuples() if transient(state, lcm)}
+    return daemons.take_vm_work(due), daemons.others_live()
 
 
 async def take_over(app: Any, at_start: bool = True) -> set[int]:

@@ -111,7 +111,7 @@ def write_vm(vm: Vm) -> None:
     old, new = (vm.prev_state, vm.prev_lcm_state), (vm.state, vm.lcm_state)
     if new != old:
         if transient(*new):
-            daemons.claim("vm", vm.id, str(vm.lcm_state))
+            daemons.claim("vm", vm.id, vs.Lcm(vm.lcm_state).name)
         elif transient(*old):
             daemons.release("vm", vm.id)
     vm.prev_state, vm.prev_lcm_state = vm.state, vm.lcm_state

@@ -264,27 +264,23 @@ def drop_dead_monitors(live: set[str]) -> None:
                                   & DriverClaimRow.owner.not_in(list(live) or [""])).execute()
 
 
-def vm_work_due(transient: Callable[[int, int], bool], states: list[tuple[int, int, int]],
-                take: bool) -> set[int]:
-    """VMs whose driver work has no live owner, among ``states`` ((oid, state, lcm) of
-    the VMs with due work, ``transient`` telling which are): with ``take`` they are
-    claimed for this daemon in this transaction (the takeover, serialised like the
-    images'), and the claims of VMs with no due work any more are dropped."""
+def take_vm_work(due: dict[int, str]) -> set[int]:
+    """The VMs whose driver work has no live owner, among ``due`` (VM id -> the action
+    due, of every VM with due work), claimed for this daemon in this transaction (the
+    takeover, serialised like the images'); claims of VMs with no due work any more and
+    a dead daemon's scheduler claim are dropped."""
     live = live_names()
     owners = {o: w for o, w in DriverClaimRow.select(DriverClaimRow.oid, DriverClaimRow.owner)
               .where(DriverClaimRow.kind == "vm").tuples()}
-    due = {oid: lcm for oid, state, lcm in states if transient(state, lcm)}
     mine = {oid for oid in due if owners.get(oid) not in live}
-    if take:
-        for oid in sorted(mine):
-            claim("vm", oid, str(due[oid]))
-        stale = [o for o, w in owners.items() if o not in due and w not in live]
-        if stale:
-            DriverClaimRow.delete().where((DriverClaimRow.kind == "vm")
-                                          & DriverClaimRow.oid.in_(stale)).execute()
-        DriverClaimRow.delete().where((DriverClaimRow.kind == "scheduler")
-                                      & DriverClaimRow.owner.not_in(list(live) or [""])
-                                      ).execute()
+    for oid in sorted(mine):
+        claim("vm", oid, due[oid])
+    stale = [o for o, w in owners.items() if o not in due and w not in live]
+    if stale:
+        DriverClaimRow.delete().where((DriverClaimRow.kind == "vm")
+                                      & DriverClaimRow.oid.in_(stale)).execute()
+    DriverClaimRow.delete().where((DriverClaimRow.kind == "scheduler")
+                                  & DriverClaimRow.owner.not_in(list(live) or [""])).execute()
     return mine
 
 
