@@ -176,15 +176,17 @@ def got_length(app: Any, request: Any, length: int | None) -> None:
     st = BodyState(_method(request, request.channel._command), app)
     request.upload_state = st
     request.content = _Sink(st)
+    path = request.channel._path  # (the channel forgets it once the headers are in)
     stale = _stale(app) if st.method in ("PATCH", "POST") else None
     if stale is not None:
-        st.creating = defer.ensureDeferred(_decide_when_fresh(app, request, st, length, stale))
+        st.creating = defer.ensureDeferred(_decide_when_fresh(app, request, st, length, path,
+                                                              stale))
         return
-    _decide(app, request, st, length)
+    _decide(app, request, st, length, path)
 
 
 async def _decide_when_fresh(app: Any, request: Any, st: BodyState, length: int | None,
-                             stale: defer.Deferred) -> Any:
+                             path: bytes, stale: defer.Deferred) -> Any:
     """With other daemons live: the body waits (connection paused, early chunks held)
     until the caches are fresh, then is decided as one daemon decides it at once."""
     mine = st.creating
@@ -194,7 +196,7 @@ async def _decide_when_fresh(app: Any, request: Any, st: BodyState, length: int 
     try:
         await stale
         st.creating = None
-        _decide(app, request, st, length)
+        _decide(app, request, st, length, path)
         inner, st.creating = st.creating, mine
         if inner is not None:
             return await inner  # a creation with upload: _create takes the early chunks
@@ -212,7 +214,7 @@ async def _decide_when_fresh(app: Any, request: Any, st: BodyState, length: int 
             transport.resumeProducing()
 
 
-def _decide(app: Any, request: Any, st: BodyState, length: int | None) -> None:
+def _decide(app: Any, request: Any, st: BodyState, length: int | None, path: bytes) -> None:
     try:
         if st.method in ("PATCH", "POST"):
             _check_version(request)
@@ -222,7 +224,7 @@ def _decide(app: Any, request: Any, st: BodyState, length: int | None) -> None:
                 raise Refused(415, "Content-Type must be application/offset+octet-stream")
             offset = _number(request, b"Upload-Offset")
             st.checksum = _checksum(request)
-            st.upload = app.uploads.find(st.caller, _upload_id(request.channel._path))
+            st.upload = app.uploads.find(st.caller, _upload_id(path))
             _start_writer(app, request, st, offset)
         elif st.method == "POST" and length:
             if _header(request, b"Content-Type") != OFFSET_TYPE.decode():
