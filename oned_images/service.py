@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, protocol, task, threads
+from twisted.internet import defer, protocol, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from oned_images import logs
 from oned_images.config import WEB_ROOT, DaemonConfig
+from oned_images.domain import vm_takeover
 from oned_images.domain.clusters import Clusters
 from oned_images.domain.datastores import Datastores, bootstrap_datastores
 from oned_images.domain.hosts import Hosts
@@ -36,7 +37,7 @@ from oned_images.driver import reaper
 from oned_images.driver.checks import check_drivers
 from oned_images.driver.runner import DriverRunner
 from oned_images.driver.tm import ACTIONS as TM_ACTIONS
-from oned_images.driver.tm import TransferManager, sweep_partial_files
+from oned_images.driver.tm import TransferManager
 from oned_images.metrics import Metrics
 from oned_images.rpc.metrics import MetricsResource
 from oned_images.rpc.resource import RpcSite
@@ -288,13 +289,15 @@ class Daemon:
         # Capacity checks read FREE_MB: know it before the first allocate arrives.
         await app.images.monitor_all()
         await app.hosts.start_monitoring()
-        # what a KILLed TM script left half-written goes before any transfer runs again
-        await threads.deferToThread(sweep_partial_files, cfg.datastore_location)
-        await app.vms.resume_drivers()
-        await app.disk_ops.recover()
+        await vm_takeover.take_over(app)  # only VMs whose owner is gone (or this run's)
         app.scheduler.start()
+
+        async def heartbeat() -> None:
+            await app.images.heartbeat()
+            await vm_takeover.tick(app)
+
         self._heartbeat = task.LoopingCall(
-            lambda: defer.ensureDeferred(app.images.heartbeat()).addErrback(
+            lambda: defer.ensureDeferred(heartbeat()).addErrback(
                 lambda f: log.failure("lease renewal failed", f)))
         self._heartbeat.clock = self.reactor
         self._heartbeat.start(cfg.daemon_lease / 3, now=False)

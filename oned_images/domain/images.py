@@ -1182,7 +1182,7 @@ class ImageManager:
                       "reactor stalled): stopping its driver actions, other daemons take "
                       "them over", name=me.name)
             for key in self.drivers.running_keys():
-                if key[0] == "image":
+                if key[0] in ("image", "vm"):  # ("vm": TM scripts, vm_takeover.py)
                     self.drivers.cancel(key)
         if await self.db.run(daemons.orphaned_work):
             await self.reconcile(at_start=False)

@@ -27,7 +27,7 @@ from oned_images.domain import vm_states as vs
 from oned_images.domain.hosts import MONITORED
 from oned_images.domain.vms import ONEADMIN, Vms, capacity, read_vm, system_datastores, write_vm
 from oned_images.model.objects import Host
-from oned_images.store import pools
+from oned_images.store import daemons, pools
 from oned_images.store.models import HostRow, VmRow
 from oned_images.xmldoc.host import host_from
 
@@ -204,6 +204,20 @@ class Scheduler:
         d.addBoth(done)
 
     async def run_pass(self) -> None:
+        """One pass; with several daemons on one database one at a time across them
+        (a claim, README "Several daemons"): a daemon that finds another's pass running
+        tries again after PAUSE.  deploy's row locks keep each placement correct."""
+        shared = getattr(self.db, "is_postgres", False)
+        if shared and not await self.db.run(daemons.hold_alone, "scheduler", 0, "pass"):
+            self._again = bool(self._fresh)
+            return
+        try:
+            await self._pass()
+        finally:
+            if shared:
+                await self.db.run(daemons.release, "scheduler", 0)
+
+    async def _pass(self) -> None:
         # the pass owns this set (the reactor adds new ids to a new one meanwhile)
         fresh, self._fresh = self._fresh, set()
         try:

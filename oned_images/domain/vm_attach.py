@@ -207,6 +207,8 @@ class VmAttach:
             vm = read_vm(oid, lock=True)
         except errors.OneError:
             return
+        if vm_tm.taken_over(oid, f"disk {what}"):
+            return
         if vm.state != V.ACTIVE or vm.lcm_state not in HOTPLUG_STATES:
             log.warn("VM {vm}: disk {w} answer in state {s}, ignored", vm=oid, w=what,
                      s=vs.state_str(vm.state, vm.lcm_state))

@@ -37,16 +37,18 @@ class VmDiskOps:
         while self.background.pending:
             await defer.DeferredList(list(self.background.pending))
 
-    async def recover(self) -> list[int]:
+    async def recover(self, only: set[int] | None = None) -> list[int]:
         """At start, after ImageManager.reconcile: VMs a killed daemon left in a disk
         snapshot, save-as or hot-plug state fail that operation cleanly and go back to
         the state they came from (the scripts were killed by the reaper; a half-made
-        snapshot or copy cannot be trusted, so nothing is redone).  Returns their ids."""
+        snapshot or copy cannot be trusted, so nothing is redone).  Returns their ids.
+        ``only``: the VMs this daemon has just taken over (vm_takeover.py)."""
         journal = {i.vm_id: i.op for i in self.tms.interrupted()}
 
         def txn() -> list[int]:
             ids = [r[0] for r in VmRow.select(VmRow.oid).where(
-                (VmRow.state == V.ACTIVE) & VmRow.lcm_state.in_(sorted(TRANSIENT))).tuples()]
+                (VmRow.state == V.ACTIVE) & VmRow.lcm_state.in_(sorted(TRANSIENT))).tuples()
+                   if only is None or r[0] in only]
             for oid in ids:
                 vm = read_vm(oid, lock=True)
                 if vm.lcm_state in OPERATION:

@@ -211,7 +211,10 @@ class VmSaveAs:
 
     def _made(self, job: _Job, made: DriverResult):
         """MKFS answered: SOURCE known, the VM disk learns it, the cpds line is built."""
-        vm, img = self._vm(job), self._image(job)
+        vm = self._vm(job)
+        if vm is not None and vm_tm.taken_over(job.vm_id, "disk save-as"):
+            return None
+        img = self._image(job)
         if img is None:  # force-deleted meanwhile: the VM goes back
             self._restore(vm)
             return None
@@ -245,7 +248,10 @@ class VmSaveAs:
 
     def _copied(self, job: _Job, result: TmResult) -> None:
         """cpds answered: the image READY (SAVE_AS_HOT gone) or ERROR; the VM back."""
-        vm, img = self._vm(job), self._image(job)
+        vm = self._vm(job)
+        if vm is not None and vm_tm.taken_over(job.vm_id, "disk save-as"):
+            return
+        img = self._image(job)
         if img is not None:
             if result.ok:
                 set_state(img, S.READY)

@@ -380,6 +380,8 @@ class VmSnapshots:
             vm = read_vm(oid, lock=True)
         except errors.OneError:
             return
+        if vm_tm.taken_over(oid, f"disk snapshot {action}"):
+            return
         if vm.state != V.ACTIVE or OPERATION.get(vm.lcm_state) != action:
             log.warn("VM {vm}: disk snapshot {a} answer in state {s}, ignored", vm=oid,
                      a=action, s=vs.state_str(vm.state, vm.lcm_state))

@@ -25,6 +25,7 @@ from oned_images.domain.vm_states import Lcm, VmState
 from oned_images.driver import tm
 from oned_images.driver.tm import TmAction, TmResult
 from oned_images.model.objects import History, Vm
+from oned_images.store import daemons
 from oned_images.template import Template, Vector
 
 log = Logger(namespace="TrM")
@@ -166,6 +167,17 @@ class Background:
         d.addErrback(lambda f: log.failure("{what} of VM {vm} crashed", f, what=what,
                                            vm=vm_id))
         d.addBoth(lambda _: self.pending.discard(d))
+
+
+def taken_over(vm_id: int, what: str) -> bool:
+    """Whether another daemon took the VM's work over while this one's transfer ran
+    (its lease ran out): then that daemon decides and this late answer is dropped.
+    Call it with the VM row locked (the claim row is locked after it, as writes do)."""
+    if daemons.owns("vm", vm_id):
+        return False
+    log.warn("VM {vm}: dropped the {what} answer, another daemon took the VM's work over",
+             vm=vm_id, what=what)
+    return True
 
 
 async def run_lines(tms: Any, vm_id: int, lines: list[TmAction], op: str,

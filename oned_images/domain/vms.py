@@ -45,7 +45,7 @@ from oned_images.domain.pool_query import pool_bodies, pool_filter
 from oned_images.domain.templates import read_template, restricted_attr, template_auth
 from oned_images.driver import tm
 from oned_images.model.objects import Datastore, History, Host, Permissions, Vm
-from oned_images.store import pools
+from oned_images.store import daemons, pools
 from oned_images.store.database import Database
 from oned_images.store.models import DatastoreRow, HostRow, VmRow, database_proxy
 from oned_images.template import Template, TemplateError
@@ -102,9 +102,35 @@ def read_vm(oid: int, lock: bool = False) -> Vm:
 
 
 def write_vm(vm: Vm) -> None:
-    """VirtualMachinePool::update: PREV_STATE/PREV_LCM_STATE take the state written."""
+    """VirtualMachinePool::update: PREV_STATE/PREV_LCM_STATE take the state written.
+
+    A write that moves the VM into a state with driver work due (a transfer, a dummy
+    driver answer, a disk operation) claims that work for the running daemon in this
+    transaction, and one that moves it out of such a state releases it (README
+    "Several daemons"): PREV_* still hold the state the row was read in."""
+    old, new = (vm.prev_state, vm.prev_lcm_state), (vm.state, vm.lcm_state)
+    if new != old:
+        if transient(*new):
+            daemons.claim("vm", vm.id, vs.Lcm(vm.lcm_state).name)
+        elif transient(*old):
+            daemons.release("vm", vm.id)
     vm.prev_state, vm.prev_lcm_state = vm.state, vm.lcm_state
     pools.update(VmRow, vm.id, _meta(vm), vm_xml(vm), **_columns(vm))
+
+
+_disk_op_states: frozenset[int] | None = None
+
+
+def transient(state: int, lcm: int) -> bool:
+    """Whether a VM in (state, lcm) waits on a driver: a transfer, a dummy driver answer
+    (vms.md §7.4) or a disk snapshot, save-as or hot-plug (vm_disk_ops.TRANSIENT)."""
+    global _disk_op_states
+    if state != V.ACTIVE:
+        return False
+    if _disk_op_states is None:
+        from oned_images.domain.vm_disk_ops import TRANSIENT  # imports this module
+        _disk_op_states = frozenset(TRANSIENT)
+    return lcm in vs.STEPS or lcm in _disk_op_states
 
 
 def _now() -> int:
@@ -295,6 +321,8 @@ class Vms:
     _busy: set = field(default_factory=set)
     #: VM id -> the LCM state whose transfer is running
     _running: dict = field(default_factory=dict)
+    #: resume_drivers ran at start (later takeovers skip its CLONING check)
+    _started: bool = False
 
     def _auth(self, caller: Caller) -> AuthRequest:
         return AuthRequest(caller, self.identity.acl)
@@ -817,7 +845,7 @@ class Vms:
         """The driver answer of the VM's transient state: for the TM states (vms.md §7.4)
         the transfer runs first and its result decides the next state."""
         if self.tms is None:
-            return await self.db.run(self._step, oid)
+            return await self.db.run(self._answered, oid)
         if oid in self._busy:
             # a second answer for the same moment (one scheduled just before an action
             # moved the VM on): the VM's chain already runs, and a transfer must never
@@ -835,11 +863,11 @@ class Vms:
             return None
         lcm, owner, transfer = plan
         if transfer is None:  # the dummy VMM's answer to the state the plan saw
-            return self._moved(oid, await self.db.run(self._step, oid, lcm))
+            return self._moved(oid, await self.db.run(self._answered, oid, lcm))
         if isinstance(transfer, vm_transfer.TransferError):
             log.error("VM {oid}: {op} not run: {why}", oid=oid, op=vs.Lcm(lcm).name,
                       why=transfer.text)
-            return await self.db.run(self._step, oid, lcm, transfer.text)
+            return await self.db.run(self._answered, oid, lcm, transfer.text)
         error = None
         if not vm_transfer.runs_nothing(transfer):
             self._running[oid] = lcm
@@ -853,7 +881,7 @@ class Vms:
             if not result.ok:
                 error = result.info or "-"
         self._resumed.discard(oid)
-        return self._moved(oid, await self.db.run(self._step, oid, lcm, error))
+        return self._moved(oid, await self.db.run(self._answered, oid, lcm, error))
 
     def _moved(self, oid: int, moved: tuple[int, int] | None) -> tuple[int, int] | None:
         if moved == STALE:
@@ -871,8 +899,8 @@ class Vms:
         if body is None:
             return None
         vm = vm_from(body)
-        if vm.state != V.ACTIVE:
-            return None
+        if vm.state != V.ACTIVE or not daemons.owns("vm", oid):
+            return None  # (another daemon took the VM's work over: it runs the transfer)
         lcm = vm.lcm_state
         if lcm not in TM_STATES or not vm.history:
             return lcm, vm.uid, None
@@ -901,6 +929,20 @@ class Vms:
         except vm_transfer.TransferError as exc:
             return lcm, vm.uid, exc
         return lcm, vm.uid, transfer
+
+    def _answered(self, oid: int, expect: int | None = None,
+                  error: str | None = None) -> tuple[int, int] | None:
+        """A driver answer of this daemon, applied by :meth:`_step` unless another daemon
+        took the VM's work over meanwhile (this one's lease ran out): that one's run
+        decides, this late answer is dropped.  The VM row is locked before its claim, as
+        every write of a VM does."""
+        if pools.body(VmRow, oid, lock=True) is None:
+            return None
+        if not daemons.owns("vm", oid):
+            log.warn("VM {oid}: dropped a driver answer, another daemon took the VM's "
+                     "work over", oid=oid)
+            return None
+        return self._step(oid, expect, error)
 
     def _step(self, oid: int, expect: int | None = None,
               error: str | None = None) -> tuple[int, int] | None:
@@ -959,7 +1001,7 @@ class Vms:
         write_vm(vm)
         return state, lcm
 
-    async def resume_drivers(self) -> None:
+    async def resume_drivers(self, only: set[int] | None = None) -> None:
         """At start: VMs left in a transient LCM state get their driver answer.
 
         A transfer the previous run did not finish (journaled, or not yet started, or
@@ -968,18 +1010,26 @@ class Vms:
         tm.sweep_partial_files removed the halves a KILL left; ln swaps its link), and so
         are DELETE and MV; an epilog MVDS ends by removing the disk it saved, so in an
         interrupted epilog an MVDS whose disk is gone already ran and is left out.
-        Journals of other transfers (disk snapshots, save-as) are left to their owners."""
+        Journals of other transfers (disk snapshots, save-as) are left to their owners.
+
+        ``only``: the VMs this daemon has just taken over (vm_takeover.py); the others'
+        work belongs to live daemons."""
         ids = await self.db.run(lambda: [r[0] for r in VmRow.select(VmRow.oid).where(
             (VmRow.state == V.ACTIVE) & VmRow.lcm_state.in_(list(vs.STEPS))).tuples()])
+        if only is not None:
+            ids = [i for i in ids if i in only]
         if self.tms is not None:
             for item in self.tms.interrupted():
-                if item.op in LIFE_CYCLE_OPS:
+                if item.op in LIFE_CYCLE_OPS and (only is None or item.vm_id in only):
                     log.warn("VM {oid}: the {op} transfer was interrupted by a restart; "
                              "running it again", oid=item.vm_id, op=item.op)
                     self.tms.forget(item.vm_id)
             self._resumed.update(ids)
         for oid in ids:
             self._drive(oid, V.ACTIVE, 0)
+        if only is not None and self._started:
+            return  # a takeover while running: the CLONING check below is the start's
+        self._started = True
         # a copy may have ended between its image's transaction and the lock check of
         # the VMs that waited on it (a stop in between): check every CLONING VM once
         cloning = await self.db.run(lambda: [r[0] for r in VmRow.select(VmRow.oid).where(

@@ -47,6 +47,10 @@ ENV_PASSTHROUGH = ("ONE_LOCATION", "http_proxy", "https_proxy", "no_proxy", "HTT
                    "GEM_PATH", "GEM_HOME")
 #: the first program of every action (coreutils env: -C sets the working directory)
 ENV = shutil.which("env", path="/usr/bin:/bin") or "/usr/bin/env"
+#: util-linux's setpriv sets the scripts' parent-death signal (prctl PR_SET_PDEATHSIG);
+#: without it (not Linux) the reaper alone stops a dead daemon's scripts
+_SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin")
+PDEATHSIG = [_SETPRIV, "--pdeathsig", "KILL"] if _SETPRIV else []
 #: longest stderr line logged; the rest of a longer one is dropped
 MAX_LOG_LINE = 4096
 #: a bucket of slots: ("user", uid) for a user's actions, ("stat", uid) for the STAT
@@ -300,7 +304,9 @@ class DriverRunner:
         # directory, so Twisted spawns with posix_spawn (its fork() path, taken for a
         # cwd of the child's own, copies the daemon and runs Python in the child: a few
         # ms of every action, on the reactor's thread).
-        prefix = ["env", "-C", self.config.var_location, "setsid", "nice", "-n",
+        # setpriv --pdeathsig KILL: the script dies with the daemon (a kill -9 too), so a
+        # daemon on another host that takes the action over never races it.
+        prefix = ["env", "-C", self.config.var_location, *PDEATHSIG, "setsid", "nice", "-n",
                   str(self.settings.priority)]
         if args is not None:
             argv = [*prefix, script, *args]

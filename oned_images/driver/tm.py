@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,17 +271,24 @@ class _Transfer:
 _PARTIAL = re.compile(r"^(disk\.\d+|\d+)\.tmp(\.conv)?$")
 
 
-def sweep_partial_files(datastore_location: str) -> list[str]:
+def sweep_partial_files(datastore_location: str,
+                        vm_ids: Collection[int] | None = None) -> list[str]:
     """Delete the partial files of TM actions a dead daemon left: ``disk.<n>.tmp`` in VM
     directories and ``<id>.tmp`` in ``.snap`` directories of every datastore.  Call it
     at start, after reaper.kill_leftover_groups and before any transfer runs (the
-    image datastores' ``<hash>.tmp`` are reaper.sweep_orphans' job)."""
+    image datastores' ``<hash>.tmp`` are reaper.sweep_orphans' job).
+
+    With ``vm_ids`` (a takeover while other daemons run transfers) only the directories
+    of those VMs are swept: the rest may be live daemons' files being written."""
     removed = []
     root = Path(datastore_location)
+    only = None if vm_ids is None else {str(i) for i in vm_ids}
     for ds in root.iterdir() if root.is_dir() else []:
         if not ds.name.isdigit() or not ds.is_dir():
             continue
         for entry in ds.iterdir():
+            if only is not None and entry.name not in only:
+                continue
             if entry.is_dir() and not entry.is_symlink() and \
                     (entry.name.isdigit() or entry.name.endswith(".snap")):
                 dirs = [entry, *(d for d in entry.glob("disk.*.snap") if d.is_dir())]

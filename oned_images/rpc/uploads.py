@@ -164,11 +164,57 @@ def _start_writer(app: Any, request: Any, st: BodyState, offset: int) -> None:
                        deferToThread, transport.pauseProducing, transport.resumeProducing)
 
 
+def _stale(app: Any) -> defer.Deferred | None:
+    """/RPC2's per-call cache check (store/versions.py): a Deferred that fires once what
+    other daemons committed is in the caches, or None (one daemon)."""
+    versions = getattr(app, "versions", None)
+    return versions.fresh() if versions is not None else None
+
+
 def got_length(app: Any, request: Any, length: int | None) -> None:
     """An upload request's headers are in: decide where its body goes."""
     st = BodyState(_method(request, request.channel._command), app)
     request.upload_state = st
     request.content = _Sink(st)
+    path = request.channel._path  # (the channel forgets it once the headers are in)
+    stale = _stale(app) if st.method in ("PATCH", "POST") else None
+    if stale is not None:
+        st.creating = defer.ensureDeferred(_decide_when_fresh(app, request, st, length, path,
+                                                              stale))
+        return
+    _decide(app, request, st, length, path)
+
+
+async def _decide_when_fresh(app: Any, request: Any, st: BodyState, length: int | None,
+                             path: bytes, stale: defer.Deferred) -> Any:
+    """With other daemons live: the body waits (connection paused, early chunks held)
+    until the caches are fresh, then is decided as one daemon decides it at once."""
+    mine = st.creating
+    transport = _transport(request) if request.channel is not None else None
+    if transport is not None:
+        transport.pauseProducing()
+    try:
+        await stale
+        st.creating = None
+        _decide(app, request, st, length, path)
+        inner, st.creating = st.creating, mine
+        if inner is not None:
+            return await inner  # a creation with upload: _create takes the early chunks
+        if st.writer is not None:
+            early, st.early = st.early, []
+            for chunk in early:
+                st.writer.write(chunk)
+            if st.lost:
+                body_lost(request)
+        else:
+            st.early = []
+        return st.upload
+    finally:
+        if transport is not None:
+            transport.resumeProducing()
+
+
+def _decide(app: Any, request: Any, st: BodyState, length: int | None, path: bytes) -> None:
     try:
         if st.method in ("PATCH", "POST"):
             _check_version(request)
@@ -178,7 +224,7 @@ def got_length(app: Any, request: Any, length: int | None) -> None:
                 raise Refused(415, "Content-Type must be application/offset+octet-stream")
             offset = _number(request, b"Upload-Offset")
             st.checksum = _checksum(request)
-            st.upload = app.uploads.find(st.caller, _upload_id(request.channel._path))
+            st.upload = app.uploads.find(st.caller, _upload_id(path))
             _start_writer(app, request, st, offset)
         elif st.method == "POST" and length:
             if _header(request, b"Content-Type") != OFFSET_TYPE.decode():
@@ -285,6 +331,8 @@ class UploadResource(_AsyncResource):
             if st is not None and st.refused is not None and st.writer is None:
                 raise st.refused
             _check_version(request)
+            if not (st is not None and st.caller) and (stale := _stale(self.app)) is not None:
+                await stale
             caller = st.caller if st is not None and st.caller else _caller(self.app, request)
             upload_id = _upload_id(request.path)
             if method == "POST":
@@ -383,6 +431,8 @@ class ProgressResource(_AsyncResource):
         try:
             if request.method not in (b"GET", b"HEAD"):
                 raise Refused(405, "GET is the only method of /api/progress")
+            if (stale := _stale(self.app)) is not None:
+                await stale
             caller = _caller(self.app, request)
         except Refused as refused:
             if refused.status == 401:

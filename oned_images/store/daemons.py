@@ -225,6 +225,13 @@ def try_hold(kind: str, oid: int, action: str) -> bool:
     return True
 
 
+def hold_alone(kind: str, oid: int, action: str) -> bool:
+    """:func:`try_hold`, serialised so that two daemons never both get it (the one
+    scheduler pass at a time across daemons)."""
+    serialise_takeovers()
+    return try_hold(kind, oid, action)
+
+
 def status() -> list[tuple[str, str, int, float, list[str]]]:
     """(name, host, pid, seconds of lease left, ["image 12 cp", ...]) of live daemons."""
     now = time.time()
@@ -255,3 +262,37 @@ def drop_dead_monitors(live: set[str]) -> None:
     """Monitor claims of daemons that died while monitoring: nothing to take over."""
     DriverClaimRow.delete().where((DriverClaimRow.kind == "monitor")
                                   & DriverClaimRow.owner.not_in(list(live) or [""])).execute()
+
+
+def take_vm_work(due: dict[int, str]) -> set[int]:
+    """The VMs whose driver work has no live owner, among ``due`` (VM id -> the action
+    due, of every VM with due work), claimed for this daemon in this transaction (the
+    takeover, serialised like the images'); claims of VMs with no due work any more and
+    a dead daemon's scheduler claim are dropped."""
+    live = live_names()
+    owners = {o: w for o, w in DriverClaimRow.select(DriverClaimRow.oid, DriverClaimRow.owner)
+              .where(DriverClaimRow.kind == "vm").tuples()}
+    mine = {oid for oid in due if owners.get(oid) not in live}
+    for oid in sorted(mine):
+        claim("vm", oid, due[oid])
+    stale = [o for o, w in owners.items() if o not in due and w not in live]
+    if stale:
+        DriverClaimRow.delete().where((DriverClaimRow.kind == "vm")
+                                      & DriverClaimRow.oid.in_(stale)).execute()
+    DriverClaimRow.delete().where((DriverClaimRow.kind == "scheduler")
+                                  & DriverClaimRow.owner.not_in(list(live) or [""])).execute()
+    return mine
+
+
+def orphaned_vm_work() -> bool:
+    """Whether a VM claim (or the scheduler's) has no live owner: the tick's cheap test."""
+    live = live_names()
+    return DriverClaimRow.select().where(
+        DriverClaimRow.kind.in_(["vm", "scheduler"])
+        & DriverClaimRow.owner.not_in(list(live) or [""])).exists()
+
+
+def others_live() -> bool:
+    """Whether a daemon other than this one holds a lease now."""
+    me = _current
+    return bool(live_names() - {me.name if me else ""})

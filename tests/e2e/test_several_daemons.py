@@ -336,3 +336,53 @@ def test_a_second_daemon_on_one_sqlite_database_is_refused(tmp_path, fresh_daemo
             '(DB = [ BACKEND = "postgresql", ... ])') in str(refused.value)
     b.drop()
     assert xmlrpc.client.ServerProxy(a.url).one.system.version(a.session())[0] is True
+
+
+@postgres_only
+def test_uploads_and_progress_see_another_daemons_user_changes_on_the_next_request(several):
+    """/uploads/ and /api/progress check the caches per request as /RPC2 does: a user
+    made on A uploads through B at once; after a password change on A, B refuses the old
+    password on the very next request, whatever its method."""
+    import base64
+
+    import requests
+
+    a, b = several(2)
+    uid = ok(a, "one.user.allocate", "uploader", "pw1", "", [])
+
+    names = iter(range(100))
+
+    def auth(password: str) -> dict[str, str]:
+        token = base64.b64encode(f"uploader:{password}".encode()).decode()
+        name = base64.b64encode(f"up{next(names)}".encode()).decode()
+        return {"Tus-Resumable": "1.0.0", "Authorization": f"Basic {token}",
+                "Upload-Metadata": f"name {name}"}
+
+    def patch(url: str, offset: int, body: bytes, password: str):
+        return requests.patch(url, data=body, timeout=30, headers={
+            **auth(password), "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream"})
+
+    uploads = f"http://127.0.0.1:{b.port}/uploads/"
+    progress = f"http://127.0.0.1:{b.port}/api/progress"
+    made = requests.post(uploads, headers={**auth("pw1"), "Upload-Length": "10"}, timeout=30)
+    assert made.status_code == 201, made.text
+    url = made.headers["Location"]
+    done = patch(url, 0, b"ab", "pw1")
+    assert (done.status_code, done.text, done.headers.get("Upload-Offset")) == (204, "", "2")
+    assert requests.get(progress, headers=auth("pw1"), timeout=30).status_code == 200
+    ok(a, "one.user.passwd", uid, "pw2")
+    assert requests.head(url, headers=auth("pw1"), timeout=30).status_code == 401
+    assert patch(url, 2, b"cd", "pw1").status_code == 401
+    assert requests.get(progress, headers=auth("pw1"), timeout=30).status_code == 401
+    assert requests.post(uploads, headers={**auth("pw1"), "Upload-Length": "10"},
+                         timeout=30).status_code == 401
+    assert requests.post(uploads, data=b"xy", timeout=30, headers={
+        **auth("pw1"), "Upload-Length": "10",
+        "Content-Type": "application/offset+octet-stream"}).status_code == 401
+    again = patch(url, 2, b"cd", "pw2")
+    assert (again.status_code, again.text, again.headers.get("Upload-Offset")) == (204, "", "4")
+    with_body = requests.post(uploads, data=b"xy", timeout=30, headers={
+        **auth("pw2"), "Upload-Length": "10",
+        "Content-Type": "application/offset+octet-stream"})
+    assert (with_body.status_code, with_body.headers["Upload-Offset"]) == (201, "2")
