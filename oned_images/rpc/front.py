@@ -74,6 +74,7 @@ class RpcFront(protocol.ServerFactory):
     def buildProtocol(self, addr: Any) -> RpcFrontProtocol:  # noqa: N802 (Twisted API)
         p = RpcFrontProtocol()
         p.factory, p.addr = self, addr
+        p.callLater = self.site.reactor.callLater  # the site's clock, as its channels'
         return p
 
     def doStart(self) -> None:  # noqa: N802 (Twisted API)
@@ -230,7 +231,7 @@ class RpcFrontProtocol(protocol.Protocol, TimeoutMixin):
         # As resource.RpcResource._write: the headers on this turn, the payload alone on
         # the next one, so that an 18 MB listing is not copied into one more buffer.
         transport.write(b"".join(head))
-        later = self.factory.site.callLater
+        later = self.callLater
         later(0, later, 0, self._write_body, payload, persistent)
 
     def _write_body(self, payload: bytes, persistent: bool) -> None:
