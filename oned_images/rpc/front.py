@@ -24,7 +24,7 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.internet import tcp as tcp_transport
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
+from twisted.protocols.policies import TimeoutMixin
 from twisted.web import server
 from twisted.web.http import datetimeToString
 
@@ -243,8 +243,8 @@ class RpcFrontProtocol(protocol.Protocol, TimeoutMixin):
         call is whole here, and the socket's buffer is empty when the transport's is:
         one send() usually takes it all."""
         tcp = self.transport
-        while isinstance(tcp, ProtocolWrapper):
-            tcp = tcp.transport
+        if isinstance(tcp, DeadlineProtocol):
+            tcp = tcp.transport  # only our own wrapper: a TLS one would need its bytes
         sock = getattr(tcp, "socket", None)
         if (sock is None or not isinstance(tcp, tcp_transport.Connection) or tcp.dataBuffer
                 or tcp._tempDataBuffer or tcp.disconnecting or tcp.disconnected):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 import xmlrpc.client
 
 import pytest
@@ -146,3 +147,31 @@ VERSION = twisted_version.encode()
 def test_what_the_lean_path_does_not_read_is_twisted_web_s(daemon, head, reply):
     """Odd requests get twisted.web's own answer (as before the lean path existed)."""
     assert exchange(daemon, head) == reply
+
+
+def test_replies_the_socket_cannot_take_at_once_arrive_whole_and_in_order(daemon):
+    """Replies under SPLIT_WRITE to pipelined calls of a reader that waits: once the
+    socket's buffer is full a send() takes part of a reply, the rest and the next
+    replies go through the transport's buffer, in order, whole."""
+    words = " ".join(f"w{i}" for i in range(400))
+    one = xmlrpc.client.ServerProxy(daemon.url)
+    for n in range(250):
+        assert one.one.image.allocate(SESSION, f'NAME="front-{n}"\nSOURCE="/var/tmp/f{n}"\n'
+                                      f'FORMAT="raw"\nSIZE="1"\nDESCRIPTION="{words}"', 1)[0]
+    listing = request(body("one.imagepool.info", SESSION, -2, -1, -1))
+    version = request(body("one.system.version", SESSION))
+    normal, _ = exchange(daemon, listing)
+    assert 500_000 < len(normal) < 1 << 20 and normal.count(b"front-") == 250
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", daemon.port))
+    s.sendall(listing * 6 + version)
+    time.sleep(1)  # the daemon writes while nothing is read
+    s.settimeout(20)
+    out = b""
+    while _whole(out) < 7:
+        chunk = s.recv(1 << 20)
+        assert chunk, "closed before the last reply"
+        out += chunk
+    s.close()
+    assert _DATE.sub(b"\r\nDate: -\r\n", out) == normal * 6 + exchange(daemon, version)[0]
