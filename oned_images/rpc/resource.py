@@ -22,6 +22,7 @@ from oned_images.logs import MASK, redact
 from oned_images.metrics import UNKNOWN_METHOD
 from oned_images.rpc import uploads, wire
 from oned_images.rpc.bodies import NullBody
+from oned_images.rpc.front import RpcFront
 from oned_images.rpc.limits import ConnectionLimits, DeadlineProtocol, Limits
 from oned_images.rpc.metrics import METRICS_PATH
 from oned_images.rpc.registry import TABLE, Method
@@ -321,8 +322,9 @@ class RpcSite(server.Site):
         self._parsePOSTFormSubmission = False
 
     def guarded(self) -> ConnectionLimits:
-        """What to listen with: this site behind the request deadlines and connection limits."""
-        return ConnectionLimits(self, self.limits)
+        """What to listen with: this site, behind the lean reader of plain calls
+        (rpc/front.py), the request deadlines and the connection limits."""
+        return ConnectionLimits(RpcFront(self), self.limits)
 
     def getResourceFor(self, request: server.Request) -> resource.IResource:  # noqa: N802
         if request.path == METRICS_PATH and self.metrics is not None:
