@@ -232,8 +232,11 @@ class Hosts:
             raise errors.internal("IM_MAD_NAME cannot be empty.")
         if not vm_mad:
             raise errors.internal("VMM_MAD_NAME cannot be empty.")
-        tmpl = Template.parse(f'IM_MAD="{im_mad}"\nVM_MAD="{vm_mad}"\n'
-                              'RESERVED_CPU=""\nRESERVED_MEM=""')
+        # set, not parsed: a driver name is the caller's text (quotes, newlines, ...)
+        tmpl = Template()
+        for key, value in (("IM_MAD", im_mad), ("VM_MAD", vm_mad), ("RESERVED_CPU", ""),
+                           ("RESERVED_MEM", "")):
+            tmpl.set(key, value)
 
         def txn() -> int:
             other = pools.oid_by_name(HostRow, name)

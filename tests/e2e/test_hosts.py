@@ -213,3 +213,14 @@ def test_pyone_reads_hosts_and_clusters(daemon):
     assert one.clusterpool.info().CLUSTER[0].NAME == "default"
     assert one.host.rename(hid, unique("py2")) == hid
     assert one.host.delete(hid) == hid
+
+
+def test_driver_names_are_text_not_template(daemon):
+    """A driver name with quotes and a newline is the caller's text: never parsed as
+    template syntax (it once was: an internal error and a traceback)."""
+    odd = 'PATH="http://x"\nA=1'
+    hid = ok(daemon, "one.host.allocate", unique("h"), odd, "dummy", -1)
+    doc = ok(daemon, "one.host.info", hid)
+    assert (field(doc, "IM_MAD"), field(doc, "TEMPLATE/IM_MAD")) == (odd, odd)
+    assert field(doc, "TEMPLATE/A") is None
+    ok(daemon, "one.host.delete", hid)
