@@ -1237,6 +1237,9 @@ class ImageManager:
                 continue  # a live daemon runs its action
             if state in LOCKED_STATES:
                 if (img.template.get("SAVE_AS_HOT") or "").upper() == "YES":
+                    vm = img.template.get("SAVED_VM_ID") or ""
+                    if vm.isdigit() and owners.get(("vm", int(vm))) in live:
+                        continue  # the VM's save-as runs on a live daemon (no image claim)
                     # a VM disk save-as (domain/vm_saveas.py) cannot be redone from here
                     replies.set_state(img, S.ERROR)
                     replies.set_error(img, "Disk save-as was interrupted by a restart of "
