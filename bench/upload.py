@@ -74,25 +74,30 @@ def main() -> None:
         (base / "plain-copy").unlink()
 
         rss_idle = rss_mb(d)
-        peak = [rss_idle]
+        samples: list[float] = []
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], rss_mb(d))
+                samples.append(rss_mb(d))
                 time.sleep(0.05)
         sampler = threading.Thread(target=sample)
         sampler.start()
         took, url = upload(d, src, "bench-upload")
-        ready = wait_ready(p, image_of(url))
+        big = image_of(url)
+        ready = wait_ready(p, big)
         done.set()
         sampler.join()
+        quarters = [samples[len(samples) * q // 4:len(samples) * (q + 1) // 4] or [rss_idle]
+                    for q in range(4)]
         print(f"file: {size_mb} MB")
         print(f"cp (+sync): {plain:.2f} s, {size_mb / plain:.0f} MB/s")
         print(f"upload over loopback (tuspy, {CHUNK >> 20} MB PATCHes): {took:.2f} s, "
               f"{size_mb / took:.0f} MB/s, ratio upload/cp {took / plain:.2f}")
         print(f"image READY {ready:.2f} s after the last PATCH (staged file moved)")
-        print(f"daemon RSS: {rss_idle:.0f} MB idle, {peak[0]:.0f} MB peak during the upload")
+        print(f"daemon RSS: {rss_idle:.0f} MB idle, {max(samples):.0f} MB peak during the "
+              f"upload; max of each quarter of it: "
+              f"{', '.join(f'{max(q):.0f}' for q in quarters)} MB ({len(samples)} samples)")
 
         small = []
         for i in range(4):
@@ -106,17 +111,23 @@ def main() -> None:
         idle = []
         for _ in range(200):
             t1 = time.perf_counter()
-            p.one.image.info(SESSION, 0)
+            p.one.image.info(SESSION, big)
             idle.append(time.perf_counter() - t1)
+        par_rss: list[float] = []
+        t_par = time.perf_counter()
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
             t1 = time.perf_counter()
-            p.one.image.info(SESSION, 0)
+            p.one.image.info(SESSION, big)
             lat.append(time.perf_counter() - t1)
+            par_rss.append(rss_mb(d))
             time.sleep(0.005)
         for t in threads:
             t.join()
+        t_par = time.perf_counter() - t_par
+        print(f"4 parallel uploads of {parallel_mb} MB: {t_par:.2f} s, "
+              f"{4 * parallel_mb / t_par:.0f} MB/s in all; daemon RSS peak {max(par_rss):.0f} MB")
         print(summary("image.info idle", idle))
         print(summary(f"image.info during 4 uploads of {parallel_mb} MB", lat))
     finally:
