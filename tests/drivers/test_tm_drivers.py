@@ -363,9 +363,9 @@ def allocated(path: Path) -> int:
 def test_raw_copies_keep_holes_and_never_scan_the_data(lay, tmp_path):
     """Every full copy of a raw file (clone, snap_create, snap_revert, cpds, mvds of a
     copied disk) copies what the source holds: the data of a file with no holes is
-    copied as it is (by the kernel), zero blocks included, not read and scanned for
-    zeros (a dense 1 GiB disk took --sparse=always 3-6 s against cp's 1-2 s: issue
-    10's benchmark); the holes of a sparse file stay holes."""
+    copied as it is (by the kernel: copy_file_range, or a reflink), zero blocks
+    included, not read into user space and scanned for zeros as --sparse=always did;
+    the holes of a sparse file stay holes."""
     src = lay.images / ("a" * 32)
     with open(src, "wb") as f:       # 1 MiB data, 1 MiB zeros: no hole
         f.write(os.urandom(MiB) + bytes(MiB))
