@@ -8,6 +8,7 @@ under /var/tmp; the upload goes over loopback in 64 MB PATCH requests)
 from __future__ import annotations
 
 import base64
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 from tusclient import client as tus
 
 from bench.common import SESSION, proxy, rss_mb, start_daemon, summary
+
+mp = multiprocessing.get_context("fork")
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(SESSION.encode()).decode()}
 CHUNK = 64 << 20
@@ -55,6 +58,18 @@ def wait_ready(p, oid: int, timeout: float = 1800) -> float:
     raise TimeoutError
 
 
+def probe(url: str, oid: int, stop, out) -> None:
+    """one.image.info calls, 5 ms apart, until ``stop``: their durations to ``out``."""
+    import xmlrpc.client
+    p, lat = xmlrpc.client.ServerProxy(url), []
+    while not stop.is_set():
+        t1 = time.perf_counter()
+        p.one.image.info(SESSION, oid)
+        lat.append(time.perf_counter() - t1)
+        time.sleep(0.005)
+    out.send(lat)
+
+
 def main() -> None:
     size_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
     parallel_mb = int(sys.argv[2]) if len(sys.argv) > 2 else 512
@@ -74,49 +89,65 @@ def main() -> None:
         (base / "plain-copy").unlink()
 
         rss_idle = rss_mb(d)
-        peak = [rss_idle]
+        samples: list[float] = []
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], rss_mb(d))
+                samples.append(rss_mb(d))
                 time.sleep(0.05)
         sampler = threading.Thread(target=sample)
         sampler.start()
         took, url = upload(d, src, "bench-upload")
-        ready = wait_ready(p, image_of(url))
+        big = image_of(url)
+        ready = wait_ready(p, big)
         done.set()
         sampler.join()
+        quarters = [samples[len(samples) * q // 4:len(samples) * (q + 1) // 4] or [rss_idle]
+                    for q in range(4)]
         print(f"file: {size_mb} MB")
         print(f"cp (+sync): {plain:.2f} s, {size_mb / plain:.0f} MB/s")
         print(f"upload over loopback (tuspy, {CHUNK >> 20} MB PATCHes): {took:.2f} s, "
               f"{size_mb / took:.0f} MB/s, ratio upload/cp {took / plain:.2f}")
         print(f"image READY {ready:.2f} s after the last PATCH (staged file moved)")
-        print(f"daemon RSS: {rss_idle:.0f} MB idle, {peak[0]:.0f} MB peak during the upload")
+        print(f"daemon RSS: {rss_idle:.0f} MB idle, {max(samples):.0f} MB peak during the "
+              f"upload; max of each quarter of it: "
+              f"{', '.join(f'{max(q):.0f}' for q in quarters)} MB ({len(samples)} samples)")
 
         small = []
         for i in range(4):
             path = work / f"p{i}.raw"
             make_file(path, parallel_mb)
             small.append(path)
-        lat: list[float] = []
         urls: list[str] = []
         threads = [threading.Thread(target=lambda i=i: urls.append(
             upload(d, small[i], f"bench-par-{i}")[1])) for i in range(4)]
         idle = []
         for _ in range(200):
             t1 = time.perf_counter()
-            p.one.image.info(SESSION, 0)
+            p.one.image.info(SESSION, big)
             idle.append(time.perf_counter() - t1)
+        par_rss: list[float] = []
+        t_par = time.perf_counter()
         for t in threads:
             t.start()
+        # the latency is measured from a process of its own: in this one the 4
+        # uploaders' threads would hold the GIL the caller needs
+        stop = mp.Event()
+        mine, theirs = mp.Pipe()
+        prober = mp.Process(target=probe, args=(d.url, big, stop, theirs))
+        prober.start()
         while any(t.is_alive() for t in threads):
-            t1 = time.perf_counter()
-            p.one.image.info(SESSION, 0)
-            lat.append(time.perf_counter() - t1)
-            time.sleep(0.005)
+            par_rss.append(rss_mb(d))
+            time.sleep(0.05)
         for t in threads:
             t.join()
+        stop.set()
+        lat = mine.recv()
+        prober.join()
+        t_par = time.perf_counter() - t_par
+        print(f"4 parallel uploads of {parallel_mb} MB: {t_par:.2f} s, "
+              f"{4 * parallel_mb / t_par:.0f} MB/s in all; daemon RSS peak {max(par_rss):.0f} MB")
         print(summary("image.info idle", idle))
         print(summary(f"image.info during 4 uploads of {parallel_mb} MB", lat))
     finally:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import peewee
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from oned_images import errors
@@ -696,9 +696,9 @@ class Vms:
             _host_join(h, vm)
             write_host(h)
             write_vm(vm)
+            return first
 
-        await self.db.run(txn)
-        self._drive(oid, V.ACTIVE, 0)
+        self._drive(oid, V.ACTIVE, await self.db.run(txn))
         return oid
 
     # -------------------------------------------------------------- actions
@@ -825,11 +825,14 @@ class Vms:
 
     # -------------------------------------------------------------- the dummy drivers
     def _drive(self, oid: int, state: int, lcm: int) -> None:
-        """The dummy driver answers the operation of ``lcm`` after DRIVER_DELAY."""
+        """The dummy driver answers the operation of ``lcm`` after DRIVER_DELAY; a TM
+        transfer starts at once (as oned hands it to the TM driver): its scripts take
+        the time, and a transfer of the dummy TM alone waits DRIVER_DELAY itself."""
         if state != V.ACTIVE:
             return
+        delay = 0 if self.tms is not None and lcm in TM_STATES else DRIVER_DELAY
         self._pending_calls = [c for c in self._pending_calls if c.active()]
-        self._pending_calls.append(self.reactor.callLater(DRIVER_DELAY, self._answer, oid))
+        self._pending_calls.append(self.reactor.callLater(delay, self._answer, oid))
 
     def _answer(self, oid: int) -> None:
         d = defer.ensureDeferred(self._answer_async(oid))
@@ -869,7 +872,11 @@ class Vms:
                       why=transfer.text)
             return await self.db.run(self._answered, oid, lcm, transfer.text)
         error = None
-        if not vm_transfer.runs_nothing(transfer):
+        if vm_transfer.runs_nothing(transfer):   # the dummy TM's answer
+            await task.deferLater(self.reactor, DRIVER_DELAY, lambda: None)
+            if self.tms.runner.stopping:
+                return None  # as a cancelled answer: the next start gives it
+        else:
             self._running[oid] = lcm
             try:
                 result = await self.tms.transfer(oid, transfer.actions, op=transfer.op,

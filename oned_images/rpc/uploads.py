@@ -46,6 +46,8 @@ OFFSET_TYPE = b"application/offset+octet-stream"
 #: the header giving the image allocated from a finished upload
 IMAGE_HEADER = b"X-One-Image-Id"
 CHECKSUM_MISMATCH = 460
+#: bytes one read of an upload's connection takes (Twisted reads 64 KiB)
+READ_SIZE = 1 << 20
 
 
 def is_upload_path(path: bytes) -> bool:
@@ -159,6 +161,11 @@ def _start_writer(app: Any, request: Any, st: BodyState, offset: int) -> None:
     upload = app.uploads.begin_patch(st.caller, st.upload.id, offset)
     st.upload = upload
     transport = _transport(request)
+    # an upload's body is read in bigger pieces than Twisted's 64 KiB: 16 times fewer
+    # reads, chunks and callbacks on the reactor's thread (memory stays bounded by the
+    # writer's HIGH mark, which pauses the connection)
+    if getattr(transport, "bufferSize", READ_SIZE) < READ_SIZE:
+        transport.bufferSize = READ_SIZE
     st.writer = Writer(app.uploads.staging.data_path(upload.id), offset,
                        upload.length - offset, st.checksum[2] if st.checksum else None,
                        deferToThread, transport.pauseProducing, transport.resumeProducing)

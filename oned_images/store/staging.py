@@ -125,6 +125,10 @@ class Staging:
         return uploads, removed
 
 
+#: most buffers one pwritev takes
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+
+
 class Writer:
     """Appends one PATCH body to a data file on a thread, one write at a time.
 
@@ -166,21 +170,30 @@ class Writer:
             self.pause()
 
     def _kick(self) -> None:
-        chunk = b"".join(self.pending)
+        # the queued chunks go to the thread as they are: joining them here copied
+        # every byte of an upload once more, on the reactor's thread (py-spy: about a
+        # sixth of its time in a 2 GiB upload)
+        chunks = self.pending
         self.pending, self.pending_bytes, self.busy = [], 0, True
-        d = self.run(self._write_sync, chunk)
+        d = self.run(self._write_sync, chunks)
         d.addCallbacks(self._done, self._failed)
 
-    def _write_sync(self, chunk: bytes) -> int:
+    def _write_sync(self, chunks: list[bytes]) -> int:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        view, off = memoryview(chunk), self.offset + self.written
-        while view:
-            n = os.pwrite(self._fd, view, off)
-            view, off = view[n:], off + n
+        off = start = self.offset + self.written
+        views = [memoryview(c) for c in chunks if c]
+        while views:
+            n = os.pwritev(self._fd, views[:IOV_MAX], off)
+            off += n
+            while views and n >= len(views[0]):
+                n -= len(views.pop(0))
+            if n:
+                views[0] = views[0][n:]
         if self.digest is not None:
-            self.digest.update(chunk)
-        return len(chunk)
+            for c in chunks:
+                self.digest.update(c)
+        return off - start
 
     def _done(self, n: int) -> None:
         self.written += n

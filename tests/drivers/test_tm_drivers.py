@@ -356,6 +356,83 @@ def test_mvds_moves_a_copied_persistent_disk_back(lay, tmp_path, fmt):
                text=f"Disk {lay.real}/0/{VM}/disk.2 does not exist")
 
 
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def test_raw_copies_keep_holes_and_never_scan_the_data(lay, tmp_path):
+    """Every full copy of a raw file (clone, snap_create, snap_revert, cpds, mvds of a
+    copied disk) copies what the source holds: the data of a file with no holes is
+    copied as it is (by the kernel: copy_file_range, or a reflink), zero blocks
+    included, not read into user space and scanned for zeros as --sparse=always did;
+    the holes of a sparse file stay holes."""
+    src = lay.images / ("a" * 32)
+    with open(src, "wb") as f:       # 1 MiB data, 1 MiB zeros: no hole
+        f.write(os.urandom(MiB) + bytes(MiB))
+        os.fsync(f.fileno())
+    want, blocks = src.read_bytes(), allocated(src)
+    assert blocks >= 2 * MiB          # (a file system that allocates as expected)
+
+    def same(path: Path) -> None:
+        assert path.read_bytes() == want
+        assert allocated(path) == blocks, path
+
+    lay.ok("shared", "clone", fe(src), host(lay.disk(0)), VM, 1)
+    disk = lay.disk_file(0)
+    same(disk)
+    lay.ok("shared", "snap_create", host(lay.disk(0)), 0, VM, 1)
+    same(disk.with_name("disk.0.snap") / "0")
+    write(disk, "raw", 0xC1)
+    lay.ok("shared", "snap_revert", host(lay.disk(0)), 0, VM, 1)
+    same(disk)
+    new = lay.images / ("c" * 32)
+    lay.ok("shared", "cpds", host(lay.disk(0)), new, -1, VM, 1)
+    same(new)
+    lay.ok("shared", "cpds", host(lay.disk(0)), lay.images / ("d" * 32), 0, VM, 1)
+    same(lay.images / ("d" * 32))
+    # a persistent disk copied into the system datastore goes back over its SOURCE
+    other = lay.disk_file(1)
+    shutil.copy(disk, other)
+    os.rename(other, other.with_name("elsewhere"))
+    os.symlink(other.with_name("elsewhere"), other)
+    lay.ok("shared", "mvds", host(lay.disk(1)), new, VM, 1)
+    same(new)
+    assert not other.exists() and not other.is_symlink()
+
+    sparse = lay.images / ("e" * 32)   # 1 MiB data in 8 MiB
+    with open(sparse, "wb") as f:
+        f.seek(3 * MiB)
+        f.write(os.urandom(MiB))
+        f.truncate(8 * MiB)
+    lay.ok("shared", "clone", fe(sparse), host(lay.disk(2)), VM, 1)
+    assert lay.disk_file(2).read_bytes() == sparse.read_bytes()
+    assert allocated(lay.disk_file(2)) <= allocated(sparse) < 2 * MiB
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace missing")
+def test_a_copy_is_synced_before_its_rename(lay):
+    """The .tmp file of a copy is fdatasync'ed before it is renamed into place, so a
+    crash never leaves a published disk whose data was only in the page cache."""
+    src = make_image(lay, "raw")
+    trace = lay.tmpdir.parent / "trace"
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C",
+               "HOME": str(lay.fs.home), "TMPDIR": str(lay.tmpdir),
+               "ONED_DATASTORE_LOCATION": lay.location}
+    subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e",
+                    "trace=openat,fdatasync,fsync,rename,renameat,renameat2",
+                    str(TM_DIR / "shared" / "clone"), fe(src), host(lay.disk(0)),
+                    str(VM), "1"], env=environ, check=True, capture_output=True,
+                   timeout=60)
+    calls = trace.read_text().splitlines()
+    tmp = f"{lay.real}/0/{VM}/disk.0.tmp"
+    opened = [i for i, c in enumerate(calls) if "openat(" in c and tmp in c]
+    synced = [i for i, c in enumerate(calls) if "fdatasync(" in c or "fsync(" in c]
+    renamed = [i for i, c in enumerate(calls) if "rename" in c and tmp in c]
+    assert opened and renamed and len(synced) == 1, calls
+    assert opened[-1] < synced[0] < renamed[0], calls
+    assert lay.disk_file(0).read_bytes() == src.read_bytes()
+
+
 # ------------------------------------------------------- volatile, context --
 
 @pytest.mark.parametrize("tm", ["shared", "qcow2"])
