@@ -342,21 +342,28 @@ def _undo_v7(d) -> None:
         sql(d, f"DROP TABLE {table}")
 
 
+def _undo_v9(d) -> None:
+    """Back to the schema before 9: no image_vms table (this test's images have no VMs,
+    so no body needs its <VMS> ids back)."""
+    sql(d, "DROP TABLE image_vms")
+
+
 #: migration N -> how a test turns a schema-N database back into schema N-1. A new
 #: migration needs its entry here, or test_upgrade_from_every_version fails.
-UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5, 6: _undo_v6, 7: _undo_v7}
+UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5, 6: _undo_v6, 7: _undo_v7,
+        9: _undo_v9}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("start", range(1, schema.CURRENT))
+@pytest.mark.parametrize("start", sorted(schema.MIGRATIONS)[:-1])
 def test_upgrade_from_every_version(fresh_daemon, tmp_path, start):
-    assert set(UNDO) == set(range(2, schema.CURRENT + 1)), \
+    assert set(UNDO) == set(schema.MIGRATIONS) - {1}, \
         "add the undo step of the new migration to UNDO"
     d = fresh_daemon()
     iid = register(d, 1, name=f"from-v{start}")
     before = pools(d)
     d.stop()
-    for version in range(schema.CURRENT, start, -1):
+    for version in sorted((v for v in UNDO if v > start), reverse=True):
         UNDO[version](d)
         sql(d, "DELETE FROM schema_version WHERE version = ?", (version,))
     with pytest.raises(RuntimeError, match=f"Database schema version {start} is older"):
@@ -372,7 +379,7 @@ def test_upgrade_from_every_version(fresh_daemon, tmp_path, start):
     for daemon in (d, d2):
         up = db(daemon, "upgrade")
         assert (up.returncode, up.stdout) == (
-            0, f"applied migrations: {list(range(start + 1, schema.CURRENT + 1))}\n")
+            0, f"applied migrations: {[v for v in sorted(schema.MIGRATIONS) if v > start]}\n")
         assert db(daemon, "status").stdout == (f"schema version: {schema.CURRENT}; this "
                                                f"release: {schema.CURRENT}\n")
         daemon.start()
