@@ -388,6 +388,31 @@ def test_upgrade_from_every_version(fresh_daemon, tmp_path, start):
         daemon.stop()
 
 
+def test_upgrade_moves_image_vms_ids_into_rows(fresh_daemon):
+    """Schema 9: the ids a body lists in <VMS> become image_vms rows, the body keeps an
+    empty <VMS></VMS>, and the served document is byte for byte the old body."""
+    d = fresh_daemon()
+    iid = register(d, 1, name="used-before-9")
+    d.stop()
+    body = sql(d, "SELECT body FROM image_pool WHERE oid = ?", (iid,))[0][0]
+    assert "<STATE>1</STATE>" in body and "<RUNNING_VMS>0</RUNNING_VMS>" in body
+    used = body.replace("<STATE>1</STATE>", "<STATE>2</STATE>").replace(
+        "<RUNNING_VMS>0</RUNNING_VMS>", "<RUNNING_VMS>2</RUNNING_VMS>")
+    old = used.replace("<VMS></VMS>", "<VMS><ID>3</ID><ID>18</ID></VMS>")
+    sql(d, "UPDATE image_pool SET body = ?, body_rpc = NULL WHERE oid = ?", (old, iid))
+    _undo_v9(d)
+    sql(d, "DELETE FROM schema_version WHERE version = 9")
+    up = db(d, "upgrade")
+    assert (up.returncode, up.stdout) == (0, "applied migrations: [9]\n"), up.stderr
+    assert sql(d, "SELECT image_oid, vm_oid FROM image_vms ORDER BY vm_oid") == [
+        (iid, 3), (iid, 18)]
+    assert sql(d, "SELECT body FROM image_pool WHERE oid = ?", (iid,))[0][0] == used
+    assert db(d, "fsck").stdout == ""
+    d.start()
+    assert info(d, iid) == old
+    assert ok(d, "one.imagepool.info", -2, iid, iid) == f"<IMAGE_POOL>{old}</IMAGE_POOL>"
+
+
 # ------------------------------------------------------------------ fsck
 def fs_image(d, name: str) -> tuple[int, Path]:
     """An image of the fs datastore 1 whose SOURCE is a real file in BASE_PATH."""
