@@ -14,8 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-import peewee
-
 from oned_images.model.ids import SortedIds
 from oned_images.model.objects import Image
 from oned_images.store.compiled import Compiled
@@ -160,9 +158,10 @@ def ids_of(image_ids: list[int]) -> dict[int, list[int]]:
     if not image_ids:
         return {}
     wanted = set(image_ids)
-    query = (T.select(T.image_oid, T.vm_oid)
-             .where((T.image_oid >= min(wanted)) & (T.image_oid <= max(wanted)))
-             .order_by(T.image_oid, T.vm_oid))
+    # a page names its images; a whole pool reads its id range (no 10,000-term IN)
+    where = (T.image_oid.in_(sorted(wanted)) if len(wanted) <= 500 else
+             (T.image_oid >= min(wanted)) & (T.image_oid <= max(wanted)))
+    query = T.select(T.image_oid, T.vm_oid).where(where).order_by(T.image_oid, T.vm_oid)
     out: dict[int, list[int]] = {}
     for image, vm in database_proxy.obj.execute_sql(*query.sql()).fetchall():
         if image in wanted:
@@ -186,7 +185,7 @@ def _filled(served: bytes, vms: list[int]) -> bytes:
 
 def splice_one(image_id: int, served: bytes) -> bytes:
     """One.image.info's document: the stored copy with the image's VMS."""
-    return _filled(served, [v for v in ids(image_id)])
+    return _filled(served, list(ids(image_id)))
 
 
 def splice_page(served: list[bytes]) -> list[bytes]:
@@ -200,21 +199,3 @@ def splice_page(served: list[bytes]) -> list[bytes]:
         return served
     return [_filled(b, vms.get(o, [])) if o is not None else b
             for b, o in zip(served, oids, strict=True)]
-
-
-def fill_body(image_id: int, body: str) -> str:
-    """The plain (unescaped) body with its VMS, for readers of the document itself."""
-    vms = list(ids(image_id))
-    if not vms:
-        return body
-    fs_end = body.find("]]></FS>")
-    empty = "</DATASTORE><VMS></VMS>"
-    at = body.find(empty, fs_end if fs_end >= 0 else 0)
-    if at < 0:
-        return body
-    cut = at + len(empty) - len("</VMS>")
-    return body[:cut] + "".join(f"<ID>{v}</ID>" for v in vms) + body[cut:]
-
-
-def create_table(db: peewee.Database) -> None:
-    db.create_tables([ImageVmRow])
