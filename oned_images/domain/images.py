@@ -51,7 +51,7 @@ from oned_images.domain.states import (
 from oned_images.driver import reaper
 from oned_images.driver.parse import DriverResult, parse_monitor
 from oned_images.model.objects import Datastore, Image, Permissions
-from oned_images.store import daemons, pools
+from oned_images.store import daemons, image_vms, pools
 from oned_images.store.models import DatastoreMarkerRow, DatastoreRow, ImageRow
 from oned_images.template import Template, TemplateError
 from oned_images.xmldoc import drv_action
@@ -82,7 +82,9 @@ def read_image(oid: int, lock: bool = True) -> Image:
     body = pools.body(ImageRow, oid, lock=lock)
     if body is None:
         raise errors.no_exists("image", oid)
-    return image_from(body)
+    img = image_from(body)
+    image_vms.attach(img, loaded=True)
+    return img
 
 
 def write_image(img: Image, conflict=None) -> None:
@@ -94,13 +96,14 @@ def write_image(img: Image, conflict=None) -> None:
     so that, on PostgreSQL, the look-up of the other image still works.
     """
     img.prev_state = img.state
+    image_vms.store(img.id, img.vms)
     if conflict is None:
-        pools.update(ImageRow, img.id, _meta(img), image_xml(img),
+        pools.update(ImageRow, img.id, _meta(img), image_xml(img, vms=False),
                      datastore_id=img.datastore_id)
         return
     try:
         with ImageRow._meta.database.atomic():
-            pools.update(ImageRow, img.id, _meta(img), image_xml(img),
+            pools.update(ImageRow, img.id, _meta(img), image_xml(img, vms=False),
                          datastore_id=img.datastore_id)
     except peewee.IntegrityError:
         raise conflict(img, pools.oid_by_name(ImageRow, img.name, img.uid)) from None
@@ -113,8 +116,11 @@ def insert_image(img: Image) -> None:
         # only collide here, and PostgreSQL refuses every later statement of a transaction
         # whose statement failed (the look-up below would then be an Internal error).
         with ImageRow._meta.database.atomic():
-            pools.insert(ImageRow, img.id, _meta(img), image_xml(img),
+            pools.insert(ImageRow, img.id, _meta(img), image_xml(img, vms=False),
                          datastore_id=img.datastore_id)
+            # a new id: rows under it are leftovers of a row deleted by hand
+            image_vms.drop_image(img.id)
+            image_vms.store(img.id, img.vms)
     except peewee.IntegrityError:
         other = pools.oid_by_name(ImageRow, img.name, img.uid)
         raise errors.allocate(f"NAME is already taken by IMAGE {other}.") from None
@@ -124,6 +130,7 @@ def delete_row(img: Image) -> None:
     """The image is gone: its owner's datastore quota and its driver claim are released
     in the same transaction (every path that drops an image row comes here)."""
     pools.delete(ImageRow, img.id)
+    image_vms.drop_image(img.id)
     daemons.release("image", img.id)
     quotas.release(img.uid, img.gid, img.datastore_id, img.size)
 
@@ -187,6 +194,18 @@ def _capacity_error(config: DaemonConfig, ds: Datastore, size: int,
 def _copying(img: Image) -> bool:
     """A CP, MKFS or CLONE is running for the image (a snapshot operation is not)."""
     return img.state == S.LOCKED and img.target_snapshot < 0
+
+
+def _image_info_row(oid: int):
+    """info_row with the image's VMS spliced into its served copy (store/image_vms.py)."""
+    row = info_row(oid, ImageRow)
+    if row is None:
+        return None
+    return (image_vms.splice_one(oid, row[0]), *row[1:])
+
+
+def _image_pool_bodies(where, desc: bool, start: int, end: int) -> list[bytes]:
+    return image_vms.splice_page(pool_bodies(where, desc, start, end, ImageRow))
 
 
 def reserved_mb(ds_id: int) -> int:
@@ -389,7 +408,7 @@ class ImageManager:
                 quotas.release(img.uid, img.gid, img.datastore_id, size - img.size, images=0)
         if (locked_used and waiting is not None
                 and img.state not in (S.LOCKED_USED, S.LOCKED_USED_PERS)):
-            waiting.extend(img.vms)
+            waiting.extend(image_vms.ids(img.id))
         charged = 0
         if ds is not None and copying and img.state == S.READY:
             charged = max(img.size, 0)
@@ -457,7 +476,7 @@ class ImageManager:
     async def info(self, caller: Caller, oid: int) -> Served:
         if oid < 0 and not caller.is_admin:
             raise errors.authorization("Not authorized to perform USE IMAGE")
-        row = await self.db.run(info_row, oid, ImageRow)
+        row = await self.db.run(_image_info_row, oid)
         if row is None:
             raise errors.no_exists("image", oid)
         body, uid, gid, owner_u, group_u, other_u = row
@@ -475,7 +494,7 @@ class ImageManager:
         where = self._pool_filter(caller, flag)
         order = self.identity.user_option(caller, "API_LIST_ORDER",
                                           self.config.api_list_order).upper()
-        bodies = await self.db.run(pool_bodies, where, order != "ASC", start, end, ImageRow)
+        bodies = await self.db.run(_image_pool_bodies, where, order != "ASC", start, end)
         return Served.pool("IMAGE_POOL", bodies)
 
     def _pool_filter(self, caller: Caller, flag: int) -> peewee.Expression | None:

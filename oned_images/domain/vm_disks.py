@@ -42,7 +42,7 @@ from oned_images.domain.states import (
 )
 from oned_images.domain.templates import disk_image_id
 from oned_images.model.objects import Image
-from oned_images.store import pools
+from oned_images.store import image_vms, pools
 from oned_images.store.models import ImageRow, UserRow
 from oned_images.template import Template, Vector
 from oned_images.xmldoc.image import image_from
@@ -86,8 +86,14 @@ def _disk_uid(disk: dict[str, str], default_uid: int) -> int | None:
 
 
 def _image(oid: int, lock: bool = False) -> Image | None:
+    """The image with its VMS read row by row as asked (an acquire asks one
+    question of a list that may hold 10,000 ids: store/image_vms.py)."""
     body = pools.body(ImageRow, oid, lock=lock)
-    return image_from(body) if body is not None else None
+    if body is None:
+        return None
+    img = image_from(body)
+    image_vms.attach(img)
+    return img
 
 
 def _owner(uid: int, gid: int) -> Caller:

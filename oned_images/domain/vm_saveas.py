@@ -20,7 +20,7 @@ from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import snapshots as snap
 from oned_images.domain import vm_states as vs
-from oned_images.domain import vm_tm
+from oned_images.domain import vm_tm, vm_transfer
 from oned_images.domain.datastores import ds_auth, read_ds
 from oned_images.domain.driver_replies import set_error, set_state
 from oned_images.domain.identity import Identity
@@ -239,12 +239,12 @@ class VmSaveAs:
         disk["HOTPLUG_SAVE_AS"] = str(img.id)
         disk["HOTPLUG_SAVE_AS_SOURCE"] = img.source
         write_vm(vm)
-        where = vm_tm.place(vm, front_end=vm.lcm_state in (L.HOTPLUG_SAVEAS_STOPPED,
-                                                          L.HOTPLUG_SAVEAS_UNDEPLOYED))
+        front_end = vm.lcm_state in (L.HOTPLUG_SAVEAS_STOPPED, L.HOTPLUG_SAVEAS_UNDEPLOYED)
+        where = vm_transfer.where(vm, self.config.datastore_location,
+                                  tm.frontend() if front_end else None)
         tm_mad, ds_id = vm_tm.disk_ds(disk, where)
-        return tm.cpds(tm_mad, where.host,
-                       where.disk(self.config.datastore_location, vm.id, job.disk_id),
-                       img.source, job.snap_id, vm.id, ds_id, system_tm=vm_tm.system_tm(disk))
+        return tm.cpds(tm_mad, where.host, where.disk(job.disk_id), img.source, job.snap_id,
+                       vm.id, ds_id, system_tm=vm_transfer.system_tm(disk))
 
     def _copied(self, job: _Job, result: TmResult) -> None:
         """cpds answered: the image READY (SAVE_AS_HOT gone) or ERROR; the VM back."""

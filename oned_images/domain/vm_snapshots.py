@@ -21,7 +21,7 @@ from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import snapshots as snap
 from oned_images.domain import vm_states as vs
-from oned_images.domain import vm_tm
+from oned_images.domain import vm_tm, vm_transfer
 from oned_images.domain.identity import Identity
 from oned_images.domain.images import image_auth, read_image, write_image
 from oned_images.domain.permissions import AuthRequest, Caller, Op
@@ -239,13 +239,12 @@ class VmSnapshots:
         req.check()
 
     def _line(self, action: str, vm: Vm, disk: Vector, disk_id: int, sid: int):
-        where = vm_tm.place(vm)
+        where = vm_transfer.where(vm, self.config.datastore_location)
         tm_mad, ds_id = vm_tm.disk_ds(disk, where)
         build = {"create": tm.snap_create, "revert": tm.snap_revert,
                  "delete": tm.snap_delete}[action]
-        return build(tm_mad, where.host,
-                     where.disk(self.config.datastore_location, vm.id, disk_id), sid, vm.id,
-                     ds_id, system_tm=vm_tm.system_tm(disk))
+        return build(tm_mad, where.host, where.disk(disk_id), sid, vm.id, ds_id,
+                     system_tm=vm_transfer.system_tm(disk))
 
     def _begin(self, caller: Caller, vm: Vm, action: str, disk: Vector, disk_id: int,
                sid: int, lcm: int):

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from oned_images.domain.driver_replies import ctime
 from oned_images.domain.permissions import Caller
 from oned_images.domain.vm_states import Lcm, VmState
-from oned_images.driver import tm
+from oned_images.domain.vm_transfer import Where
 from oned_images.driver.tm import TmAction, TmResult
 from oned_images.model.objects import History, Vm
 from oned_images.store import daemons
@@ -54,29 +54,7 @@ def is_volatile(disk: Vector) -> bool:
     return vector_int(disk.get("IMAGE_ID")) is None
 
 
-def system_tm(disk: Vector) -> str:
-    """The ``.<tm>`` suffix of a line: the system TM when it is not the disk's own."""
-    sys_tm = disk.get("TM_MAD_SYSTEM") or ""
-    return sys_tm if sys_tm and sys_tm.lower() != (disk.get("TM_MAD") or "").lower() else ""
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where a deployed VM's disks are: its host and system datastore."""
-
-    host: str
-    sys_ds: int
-
-    def disk(self, datastore_location: str, vm_id: int, disk_id: int) -> str:
-        return tm.disk_path(datastore_location, self.sys_ds, vm_id, disk_id)
-
-
-def place(vm: Vm, *, front_end: bool = False) -> Place:
-    h = vm.history[-1]
-    return Place(tm.frontend() if front_end else h.hostname, h.ds_id)
-
-
-def disk_ds(disk: Vector, place_: Place) -> tuple[str, int]:
+def disk_ds(disk: Vector, place_: Where) -> tuple[str, int]:
     """(TM_MAD, datastore id) of the lines of a disk: the image datastore's, or the
     system datastore's for a volatile disk."""
     if is_volatile(disk):

@@ -63,7 +63,7 @@ def _int(value: str | None, default: int = -1) -> int:
         return default
 
 
-def _suffix(disk: dict) -> str:
+def system_tm(disk: dict) -> str:
     """The ``.<system tm>`` of a disk's lines: only when its TM differs (§2.11)."""
     system = (disk.get("TM_MAD_SYSTEM") or "").strip()
     if system and system.lower() != (disk.get("TM_MAD") or "").strip().lower():
@@ -72,7 +72,9 @@ def _suffix(disk: dict) -> str:
 
 
 @dataclass(frozen=True)
-class _Where:
+class Where:
+    """Where a deployed VM's disks are: its host, system TM and datastore, and paths."""
+
     host: str
     sys_tm: str
     sys_ds: int
@@ -87,9 +89,10 @@ class _Where:
         return tm.system_dir(self.location, self.sys_ds, self.vm_id)
 
 
-def _where(vm: Vm, location: str, host: str | None = None) -> _Where:
+def where(vm: Vm, location: str, host: str | None = None) -> Where:
+    """The last HISTORY record's place; ``host`` overrides it (the front-end, a move)."""
     h = vm.history[-1]
-    return _Where(host or h.hostname, h.tm_mad, h.ds_id, location, vm.id)
+    return Where(host or h.hostname, h.tm_mad, h.ds_id, location, vm.id)
 
 
 def _image_disk(disk: dict) -> bool:
@@ -174,7 +177,7 @@ def prolog(vm: Vm, location: str, vms_location: str, *, fe: str | None = None) -
     """The PROLOG transfer of a deploy: CLONE or LN per image disk, MKIMAGE / MKSWAP per
     volatile disk, then CONTEXT (the daemon runs the context line too: there is no VMM
     driver to do it).  ``vms_location`` is where context.sh is (VAR/vms)."""
-    w = _where(vm, location)
+    w = where(vm, location)
     fe = fe or tm.frontend()
     actions: list[TmAction] = []
     env: dict[str, str] = {}
@@ -188,7 +191,7 @@ def prolog(vm: Vm, location: str, vms_location: str, *, fe: str | None = None) -
             make = tm.clone if disk["CLONE"].upper() == "YES" else tm.ln
             actions.append(_build(make, disk["TM_MAD"], disk["SOURCE"], w.host,
                                   w.disk(disk_id), vm.id, _int(disk["DATASTORE_ID"]),
-                                  fe=fe, system_tm=_suffix(disk)))
+                                  fe=fe, system_tm=system_tm(disk)))
             continue
         kind = (disk.get("TYPE") or "").upper()
         size = _int(disk.get("SIZE"), 0)
@@ -217,7 +220,7 @@ def epilog(vm: Vm, location: str, *, host: str | None = None,
     then DELETE of the VM directory.  ``cleanup`` (terminate from a failure state,
     CLEANUP_DELETE) never saves: DELETE only.  ``host`` is the front-end for a VM that
     is STOPPED/UNDEPLOYED (its files are there)."""
-    w = _where(vm, location, host)
+    w = where(vm, location, host)
     actions: list[TmAction] = []
     for n, disk in enumerate(_disks(vm)):
         disk_id = _int(disk.get("DISK_ID"), n)
@@ -226,10 +229,10 @@ def epilog(vm: Vm, location: str, *, host: str | None = None,
             tm_mad, ds_id = disk.get("TM_MAD") or w.sys_tm, _int(disk.get("DATASTORE_ID"))
             if (disk.get("SAVE") or "").upper() == "YES" and not cleanup:
                 actions.append(_build(tm.mvds, tm_mad, w.host, path, disk.get("SOURCE") or "",
-                                      vm.id, ds_id, system_tm=_suffix(disk)))
+                                      vm.id, ds_id, system_tm=system_tm(disk)))
                 continue
             actions.append(_build(tm.delete, tm_mad, w.host, path, vm.id, ds_id,
-                                  system_tm=_suffix(disk)))
+                                  system_tm=system_tm(disk)))
         else:
             actions.append(_build(tm.delete, w.sys_tm, w.host, path, vm.id, w.sys_ds))
     actions.append(_build(tm.delete, w.sys_tm, w.host, w.dir, vm.id, w.sys_ds))
@@ -241,14 +244,14 @@ def move(vm: Vm, location: str, src_host: str, dst_host: str, op: str) -> Transf
     """``MV`` per disk, then the VM directory: stop/undeploy move the files from the
     host to the front-end, resume back (here both are this machine, so the paths stay
     and the drivers only check them)."""
-    w = _where(vm, location)
+    w = where(vm, location)
     actions: list[TmAction] = []
     for n, disk in enumerate(_disks(vm)):
         disk_id = _int(disk.get("DISK_ID"), n)
         path = w.disk(disk_id)
         if _image_disk(disk):
             tm_mad, ds_id = disk.get("TM_MAD") or w.sys_tm, _int(disk.get("DATASTORE_ID"))
-            suffix = _suffix(disk)
+            suffix = system_tm(disk)
         else:
             tm_mad, ds_id, suffix = w.sys_tm, w.sys_ds, ""
         actions.append(_build(tm.mv, tm_mad, src_host, path, dst_host, path, vm.id, ds_id,

@@ -46,7 +46,7 @@ from oned_images.domain.images import write_image
 from oned_images.domain.states import ImageState
 from oned_images.driver import reaper
 from oned_images.model.objects import Datastore, Group, Image, User
-from oned_images.store import pools, schema
+from oned_images.store import image_vms, pools, schema
 from oned_images.store.database import Database
 from oned_images.store.lock import DatabaseInUse, DatabaseLock
 from oned_images.store.models import (
@@ -406,19 +406,20 @@ def _check_images(st: _State) -> None:
 
 def _check_running_vms(st: _State, img: Image) -> None:
     what = f"image {img.id}"
-    if img.running_vms != len(img.vms):
-        st.add(what, f"RUNNING_VMS is {img.running_vms}, VMS lists {len(img.vms)}",
-               f"RUNNING_VMS set to {len(img.vms)}")
-        img.running_vms = len(img.vms)
+    vms = image_vms.ids(img.id)
+    if img.running_vms != len(vms):
+        st.add(what, f"RUNNING_VMS is {img.running_vms}, VMS lists {len(vms)}",
+               f"RUNNING_VMS set to {len(vms)}")
+        img.running_vms = len(vms)
         st.dirty.add(("image", img.id))
     state = S(img.state)
-    if state in (S.USED, S.USED_PERS) and not img.vms and img.cloning_ops == 0:
+    if state in (S.USED, S.USED_PERS) and not vms and img.cloning_ops == 0:
         st.add(what, "USED with no VM and no clone in progress", "state READY")
         replies.set_state(img, S.READY)
         st.dirty.add(("image", img.id))
-    elif state == S.READY and img.vms:
+    elif state == S.READY and vms:
         used = S.USED_PERS if img.persistent else S.USED
-        st.add(what, f"READY while VMS lists {img.vms}", f"state {used.name}")
+        st.add(what, f"READY while VMS lists {vms}", f"state {used.name}")
         replies.set_state(img, used)
         st.dirty.add(("image", img.id))
 

@@ -66,6 +66,19 @@ class ImageRow(PoolObject):
                    (("datastore_id",), False), (("oid",), False))
 
 
+class ImageVmRow(BaseModel):
+    """Not in oned's tables: the ids of an image's <VMS>, one row per VM, spliced
+    into the image document when it is served (store/image_vms.py), so an acquire
+    does not rewrite a body that lists every VM."""
+
+    image_oid = peewee.IntegerField()
+    vm_oid = peewee.IntegerField()
+
+    class Meta:
+        table_name = "image_vms"
+        primary_key = peewee.CompositeKey("image_oid", "vm_oid")
+
+
 class DatastoreRow(PoolObject):
     cid = peewee.IntegerField(default=0)
 
@@ -252,6 +265,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     DriverClaimRow,
     CacheVersionRow,
     DatastoreMarkerRow,
+    ImageVmRow,
 ]
 
 #: tables of the running daemons' state, not of objects (HA: schema 7).

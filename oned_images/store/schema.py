@@ -106,6 +106,35 @@ def _v7_several_daemons(db: peewee.Database) -> None:
     db.create_tables(HA_MODELS)
 
 
+def _v9_image_vms(db: peewee.Database) -> None:
+    """image_vms: the VM ids of each image's <VMS> move out of its body into rows
+    (store/image_vms.py); each body keeps an empty <VMS></VMS> and gets its served
+    copy again.  (9, not 8: another branch adds 8; the numbers close up at merge.)"""
+    from oned_images.store import image_vms
+    from oned_images.store.models import ImageVmRow
+    from oned_images.xmldoc.image import image_from, image_xml, strip_vms
+    from oned_images.xmldoc.served import escape
+
+    db.create_tables([ImageVmRow])
+    is_sqlite = isinstance(db, peewee.SqliteDatabase)
+    param = db.param
+    rows = db.execute_sql("SELECT oid, body FROM image_pool ORDER BY oid").fetchall()
+    for oid, body in rows:
+        new, vms = strip_vms(body)
+        if vms is None:  # a body of another shape: parsed whole
+            img = image_from(body)
+            vms = list(img.vms)
+            img.vms = type(img.vms)()
+            new = image_xml(img)
+        if not vms and new == body:
+            continue
+        image_vms.store(oid, vms)
+        served = escape(new)
+        db.execute_sql(f"UPDATE image_pool SET body = {param}, body_rpc = {param} "
+                       f"WHERE oid = {param}",
+                       (new, served.encode("utf-8") if is_sqlite else served, oid))
+
+
 #: version -> migration taking the schema from version-1 to version.
 MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     1: _v1_initial,
@@ -115,6 +144,7 @@ MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     5: _v5_hosts_templates,
     6: _v6_vms,
     7: _v7_several_daemons,
+    9: _v9_image_vms,
 }
 CURRENT = max(MIGRATIONS)
 
@@ -165,7 +195,7 @@ def upgrade(db: peewee.Database) -> list[int]:
     if current > CURRENT:
         raise SchemaError(f"Database schema version {current} is newer than {CURRENT}")
     applied = []
-    for v in range(current + 1, CURRENT + 1):
+    for v in sorted(v for v in MIGRATIONS if v > current):
         MIGRATIONS[v](db)
         SchemaVersion.create(version=v, applied=int(time.time()))
         applied.append(v)

@@ -35,7 +35,9 @@ def lock_from(el: etree._Element) -> Lock | None:
     return Lock(num(node, "LOCKED"), num(node, "OWNER"), num(node, "TIME"), num(node, "REQ_ID"))
 
 
-def image_xml(img: Image) -> str:
+def image_xml(img: Image, vms: bool = True) -> str:
+    """The document; ``vms=False`` leaves <VMS> empty, as the stored body keeps it
+    (the ids are rows of image_vms, spliced in when served)."""
     return "".join((
         f"<IMAGE><ID>{img.id}</ID><UID>{img.uid}</UID><GID>{img.gid}</GID>",
         f"<UNAME>{img.uname}</UNAME><GNAME>{img.gname}</GNAME><NAME>{img.name}</NAME>",
@@ -50,7 +52,8 @@ def image_xml(img: Image) -> str:
         f"<CLONING_ID>{img.cloning_id}</CLONING_ID>",
         f"<TARGET_SNAPSHOT>{img.target_snapshot}</TARGET_SNAPSHOT>",
         f"<DATASTORE_ID>{img.datastore_id}</DATASTORE_ID><DATASTORE>{img.datastore}</DATASTORE>",
-        (img.vms if isinstance(img.vms, SortedIds) else SortedIds(img.vms)).xml("VMS"),
+        (img.vms if isinstance(img.vms, SortedIds) else SortedIds(img.vms)).xml("VMS")
+        if vms else "<VMS></VMS>",
         ids_xml("CLONES", img.clones), ids_xml("APP_CLONES", img.app_clones),
         img.template.to_xml("TEMPLATE"),
         img.snapshots.to_xml("SNAPSHOTS"),
@@ -102,3 +105,10 @@ def image_from(body: str) -> Image:
 
 def pool_xml(root: str, bodies: list[str]) -> str:
     return f"<{root}>" + "".join(bodies) + f"</{root}>"
+
+
+def strip_vms(body: str) -> tuple[str, list[int] | None]:
+    """The body with an empty <VMS></VMS> and the ids it listed (store/image_vms.py
+    keeps them in rows); None for a body of another shape."""
+    new, ids = _cut_vms(body)
+    return (new, list(ids)) if ids is not None else (body, None)

@@ -342,21 +342,28 @@ def _undo_v7(d) -> None:
         sql(d, f"DROP TABLE {table}")
 
 
+def _undo_v9(d) -> None:
+    """Back to the schema before 9: no image_vms table (this test's images have no VMs,
+    so no body needs its <VMS> ids back)."""
+    sql(d, "DROP TABLE image_vms")
+
+
 #: migration N -> how a test turns a schema-N database back into schema N-1. A new
 #: migration needs its entry here, or test_upgrade_from_every_version fails.
-UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5, 6: _undo_v6, 7: _undo_v7}
+UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5, 6: _undo_v6, 7: _undo_v7,
+        9: _undo_v9}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("start", range(1, schema.CURRENT))
+@pytest.mark.parametrize("start", sorted(schema.MIGRATIONS)[:-1])
 def test_upgrade_from_every_version(fresh_daemon, tmp_path, start):
-    assert set(UNDO) == set(range(2, schema.CURRENT + 1)), \
+    assert set(UNDO) == set(schema.MIGRATIONS) - {1}, \
         "add the undo step of the new migration to UNDO"
     d = fresh_daemon()
     iid = register(d, 1, name=f"from-v{start}")
     before = pools(d)
     d.stop()
-    for version in range(schema.CURRENT, start, -1):
+    for version in sorted((v for v in UNDO if v > start), reverse=True):
         UNDO[version](d)
         sql(d, "DELETE FROM schema_version WHERE version = ?", (version,))
     with pytest.raises(RuntimeError, match=f"Database schema version {start} is older"):
@@ -372,13 +379,38 @@ def test_upgrade_from_every_version(fresh_daemon, tmp_path, start):
     for daemon in (d, d2):
         up = db(daemon, "upgrade")
         assert (up.returncode, up.stdout) == (
-            0, f"applied migrations: {list(range(start + 1, schema.CURRENT + 1))}\n")
+            0, f"applied migrations: {[v for v in sorted(schema.MIGRATIONS) if v > start]}\n")
         assert db(daemon, "status").stdout == (f"schema version: {schema.CURRENT}; this "
                                                f"release: {schema.CURRENT}\n")
         daemon.start()
         assert pools(daemon) == before
         assert field(info(daemon, iid), "NAME") == f"from-v{start}"
         daemon.stop()
+
+
+def test_upgrade_moves_image_vms_ids_into_rows(fresh_daemon):
+    """Schema 9: the ids a body lists in <VMS> become image_vms rows, the body keeps an
+    empty <VMS></VMS>, and the served document is byte for byte the old body."""
+    d = fresh_daemon()
+    iid = register(d, 1, name="used-before-9")
+    d.stop()
+    body = sql(d, "SELECT body FROM image_pool WHERE oid = ?", (iid,))[0][0]
+    assert "<STATE>1</STATE>" in body and "<RUNNING_VMS>0</RUNNING_VMS>" in body
+    used = body.replace("<STATE>1</STATE>", "<STATE>2</STATE>").replace(
+        "<RUNNING_VMS>0</RUNNING_VMS>", "<RUNNING_VMS>2</RUNNING_VMS>")
+    old = used.replace("<VMS></VMS>", "<VMS><ID>3</ID><ID>18</ID></VMS>")
+    sql(d, "UPDATE image_pool SET body = ?, body_rpc = NULL WHERE oid = ?", (old, iid))
+    _undo_v9(d)
+    sql(d, "DELETE FROM schema_version WHERE version = 9")
+    up = db(d, "upgrade")
+    assert (up.returncode, up.stdout) == (0, "applied migrations: [9]\n"), up.stderr
+    assert sql(d, "SELECT image_oid, vm_oid FROM image_vms ORDER BY vm_oid") == [
+        (iid, 3), (iid, 18)]
+    assert sql(d, "SELECT body FROM image_pool WHERE oid = ?", (iid,))[0][0] == used
+    assert db(d, "fsck").stdout == ""
+    d.start()
+    assert info(d, iid) == old
+    assert ok(d, "one.imagepool.info", -2, iid, iid) == f"<IMAGE_POOL>{old}</IMAGE_POOL>"
 
 
 # ------------------------------------------------------------------ fsck

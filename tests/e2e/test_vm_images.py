@@ -11,6 +11,7 @@ import threading
 import xmlrpc.client
 
 import pytest
+from lxml import etree
 
 from tests.support.daemon import wait_for
 from tests.support.seed import (
@@ -22,7 +23,9 @@ from tests.support.seed import (
     ok,
     open_gate,
     parse,
+    read_body,
     register,
+    section,
     unique,
     user,
     wait_state,
@@ -115,6 +118,36 @@ def test_non_persistent_image_one_vm_and_two(daemon, ds):
         assert image_use(daemon, iid) == (USED, len(left), left)
     terminate(daemon, c)
     assert image_use(daemon, iid) == (READY, 0, [])
+
+
+def test_vms_ids_are_rows_spliced_into_served_documents(daemon, ds):
+    """<VMS> is kept in image_vms rows, not in the stored body (an acquire writes one
+    row, not a body listing every VM): the stored body keeps <VMS></VMS> while info and
+    both listing forms serve the ids, byte for byte as the body would hold them."""
+    a, b = register(daemon, ds), register(daemon, ds)
+    tid = ok(daemon, "one.template.allocate", f'NAME="{unique("t")}"\n{SMALL}{disks(a, b)}')
+    vms = [ok(daemon, "one.template.instantiate", tid, "", HOLD, "", False) for _ in range(3)]
+    listed = "<VMS>" + "".join(f"<ID>{v}</ID>" for v in vms) + "</VMS>"
+    for iid in (a, b):
+        stored = read_body(daemon, iid)
+        assert (section(stored, "VMS"), num(stored, "RUNNING_VMS")) == ("<VMS></VMS>", 3)
+        doc = info(daemon, iid)
+        assert section(doc, "VMS") == listed
+        assert doc == stored.replace("<VMS></VMS>", listed, 1)
+    docs = [info(daemon, b), info(daemon, a)]  # API_LIST_ORDER DESC, as oned
+    assert ok(daemon, "one.imagepool.info", -2, a, b) == (
+        "<IMAGE_POOL>" + "".join(docs) + "</IMAGE_POOL>")
+    page = parse(ok(daemon, "one.imagepool.info", -2, 0, -100000))
+    assert [section(etree.tostring(e, encoding="unicode"), "VMS")
+            for e in page.findall("IMAGE") if int(e.findtext("ID")) in (a, b)] == [listed] * 2
+    terminate(daemon, vms[1])
+    left = [vms[0], vms[2]]
+    for iid in (a, b):
+        assert image_use(daemon, iid) == (USED, 2, left)
+        assert section(read_body(daemon, iid), "VMS") == "<VMS></VMS>"
+    for oid in left:
+        terminate(daemon, oid)
+    assert image_use(daemon, a) == image_use(daemon, b) == (READY, 0, [])
 
 
 def test_persistent_image_only_one_vm(daemon, ds):
