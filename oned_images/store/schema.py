@@ -106,10 +106,10 @@ def _v7_several_daemons(db: peewee.Database) -> None:
     db.create_tables(HA_MODELS)
 
 
-def _v9_image_vms(db: peewee.Database) -> None:
+def _v8_image_vms(db: peewee.Database) -> None:
     """image_vms: the VM ids of each image's <VMS> move out of its body into rows
     (store/image_vms.py); each body keeps an empty <VMS></VMS> and gets its served
-    copy again.  (9, not 8: another branch adds 8; the numbers close up at merge.)"""
+    copy again."""
     from oned_images.store import image_vms
     from oned_images.store.models import ImageVmRow
     from oned_images.xmldoc.image import image_from, image_xml, strip_vms
@@ -144,7 +144,7 @@ MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     5: _v5_hosts_templates,
     6: _v6_vms,
     7: _v7_several_daemons,
-    9: _v9_image_vms,
+    8: _v8_image_vms,
 }
 CURRENT = max(MIGRATIONS)
 

@@ -342,8 +342,8 @@ def _undo_v7(d) -> None:
         sql(d, f"DROP TABLE {table}")
 
 
-def _undo_v9(d) -> None:
-    """Back to the schema before 9: no image_vms table (this test's images have no VMs,
+def _undo_v8(d) -> None:
+    """Back to the schema before 8: no image_vms table (this test's images have no VMs,
     so no body needs its <VMS> ids back)."""
     sql(d, "DROP TABLE image_vms")
 
@@ -351,7 +351,7 @@ def _undo_v9(d) -> None:
 #: migration N -> how a test turns a schema-N database back into schema N-1. A new
 #: migration needs its entry here, or test_upgrade_from_every_version fails.
 UNDO = {2: _undo_v2, 3: _undo_v3, 4: _undo_v4, 5: _undo_v5, 6: _undo_v6, 7: _undo_v7,
-        9: _undo_v9}
+        8: _undo_v8}
 
 
 @pytest.mark.slow
@@ -389,7 +389,7 @@ def test_upgrade_from_every_version(fresh_daemon, tmp_path, start):
 
 
 def test_upgrade_moves_image_vms_ids_into_rows(fresh_daemon):
-    """Schema 9: the ids a body lists in <VMS> become image_vms rows, the body keeps an
+    """Schema 8: the ids a body lists in <VMS> become image_vms rows, the body keeps an
     empty <VMS></VMS>, and the served document is byte for byte the old body."""
     d = fresh_daemon()
     iid = register(d, 1, name="used-before-9")
@@ -400,10 +400,10 @@ def test_upgrade_moves_image_vms_ids_into_rows(fresh_daemon):
         "<RUNNING_VMS>0</RUNNING_VMS>", "<RUNNING_VMS>2</RUNNING_VMS>")
     old = used.replace("<VMS></VMS>", "<VMS><ID>3</ID><ID>18</ID></VMS>")
     sql(d, "UPDATE image_pool SET body = ?, body_rpc = NULL WHERE oid = ?", (old, iid))
-    _undo_v9(d)
+    _undo_v8(d)
     sql(d, "DELETE FROM schema_version WHERE version = 9")
     up = db(d, "upgrade")
-    assert (up.returncode, up.stdout) == (0, "applied migrations: [9]\n"), up.stderr
+    assert (up.returncode, up.stdout) == (0, "applied migrations: [8]\n"), up.stderr
     assert sql(d, "SELECT image_oid, vm_oid FROM image_vms ORDER BY vm_oid") == [
         (iid, 3), (iid, 18)]
     assert sql(d, "SELECT body FROM image_pool WHERE oid = ?", (iid,))[0][0] == used

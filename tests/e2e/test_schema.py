@@ -33,16 +33,16 @@ def test_v1_database_is_refused_then_upgraded(fresh_daemon):
 
     with pytest.raises(RuntimeError) as exc:
         d.start()
-    assert ("Database schema version 1 is older than this oned-images needs (7). Back up the "
+    assert ("Database schema version 1 is older than this oned-images needs (8). Back up the "
             "database, then run: oned-images db upgrade") in str(exc.value)
 
     conf = d.tmp / "oned-images.conf"
     status = subprocess.run([sys.executable, "-m", "oned_images", "db", "status", "--config",
                              str(conf)], capture_output=True, text=True, timeout=60)
-    assert status.stdout.strip() == "schema version: 1; this release: 7"
+    assert status.stdout.strip() == "schema version: 1; this release: 8"
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(conf)], capture_output=True, text=True, timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2, 3, 4, 5, 6, 7]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2, 3, 4, 5, 6, 7, 8]")
 
     d.start()
     assert d.raw().one.image.info(d.session(), iid)[1] == expected
@@ -62,7 +62,7 @@ def test_newer_database_is_refused(fresh_daemon):
     con.close()
     with pytest.raises(RuntimeError) as exc:
         d.start()
-    assert ("Database schema version 99 is newer than this oned-images knows (7). Run a newer "
+    assert ("Database schema version 99 is newer than this oned-images knows (8). Run a newer "
             "oned-images release.") in str(exc.value)
 
 
@@ -111,7 +111,7 @@ def test_postgresql_v2_bytea_bodies_are_migrated(fresh_daemon):
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
                         timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [3, 4, 5, 6, 7]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [3, 4, 5, 6, 7, 8]")
     d.start()
     assert d.raw().one.image.info(d.session(), iid)[1] == expected
 
@@ -140,12 +140,12 @@ def test_v3_database_gets_quota_tables_with_the_usage_of_its_images(fresh_daemon
     conn.close()
 
     with pytest.raises(RuntimeError, match=r"version 3 is older than this oned-images needs "
-                                           r"\(7\)"):
+                                           r"\(8\)"):
         d.start()
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
                         timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [4, 5, 6, 7]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [4, 5, 6, 7, 8]")
     d.start()
     assert ok(d, "one.imagepool.info", -2, -1, -1) == expected
     used = (f"<DATASTORE_QUOTA><DATASTORE><ID><![CDATA[{ds}]]></ID><IMAGES><![CDATA[-1]]>"
@@ -183,12 +183,12 @@ def test_v4_database_gets_cluster_host_and_template_tables(fresh_daemon):
     conn.close()
 
     with pytest.raises(RuntimeError, match=r"version 4 is older than this oned-images needs "
-                                           r"\(7\)"):
+                                           r"\(8\)"):
         d.start()
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
                         timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [5, 6, 7]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [5, 6, 7, 8]")
     d.start()
     assert ok(d, "one.imagepool.info", -2, -1, -1) == images
     assert ok(d, "one.cluster.info", 0) == cluster
