@@ -87,7 +87,7 @@ def kill_leftover_groups(var_location: str, grace: float = 5.0) -> list[int]:
         except (ValueError, OSError):
             entry.unlink(missing_ok=True)
             continue
-        if _alive_with(pid, script):
+        if _alive_with(pid, script) or _orphaned_group(pid):
             victims.append(pid)
             try:
                 os.killpg(pid, signal.SIGTERM)
@@ -106,6 +106,18 @@ def kill_leftover_groups(var_location: str, grace: float = 5.0) -> list[int]:
             pass
         log.warn("Killed driver process group {pid} left by a previous run", pid=pid)
     return victims
+
+
+def _orphaned_group(pgid: int) -> bool:
+    """The group of a script that died with its daemon (parent-death signal) while what
+    it started runs on.  Its leader's pid is free, and Linux never hands out a pid that
+    is still some process group's id, so members of group ``pgid`` are that script's.
+    (Where nothing reaps orphans, as in some containers, the dead leader stays a zombie.)"""
+    try:
+        stat = Path(f"/proc/{pgid}/stat").read_text()
+    except OSError:
+        return _group_alive(pgid)
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z" and _group_alive(pgid)
 
 
 def _group_alive(pgid: int) -> bool:

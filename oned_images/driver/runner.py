@@ -50,7 +50,7 @@ ENV = shutil.which("env", path="/usr/bin:/bin") or "/usr/bin/env"
 #: util-linux's setpriv sets the scripts' parent-death signal (prctl PR_SET_PDEATHSIG);
 #: without it (not Linux) the reaper alone stops a dead daemon's scripts
 _SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin")
-PDEATHSIG = [_SETPRIV, "--pdeathsig", "KILL"] if _SETPRIV else []
+PDEATHSIG = [_SETPRIV, "--pdeathsig", "TERM"] if _SETPRIV else []
 #: longest stderr line logged; the rest of a longer one is dropped
 MAX_LOG_LINE = 4096
 #: a bucket of slots: ("user", uid) for a user's actions, ("stat", uid) for the STAT
@@ -304,8 +304,10 @@ class DriverRunner:
         # directory, so Twisted spawns with posix_spawn (its fork() path, taken for a
         # cwd of the child's own, copies the daemon and runs Python in the child: a few
         # ms of every action, on the reactor's thread).
-        # setpriv --pdeathsig KILL: the script dies with the daemon (a kill -9 too), so a
-        # daemon on another host that takes the action over never races it.
+        # setpriv --pdeathsig TERM: the script is told to stop when the daemon dies (a
+        # kill -9 too), as oned's own stop tells it: its clean-up traps run, and a daemon
+        # on another host that takes the action over does not race it.  What it started
+        # and left running, the next start's reaper takes down with its process group.
         prefix = ["env", "-C", self.config.var_location, *PDEATHSIG, "setsid", "nice", "-n",
                   str(self.settings.priority)]
         if args is not None:

@@ -392,7 +392,7 @@ def test_upgrade_moves_image_vms_ids_into_rows(fresh_daemon):
     """Schema 8: the ids a body lists in <VMS> become image_vms rows, the body keeps an
     empty <VMS></VMS>, and the served document is byte for byte the old body."""
     d = fresh_daemon()
-    iid = register(d, 1, name="used-before-9")
+    iid = register(d, 1, name="used-before-8")
     d.stop()
     body = sql(d, "SELECT body FROM image_pool WHERE oid = ?", (iid,))[0][0]
     assert "<STATE>1</STATE>" in body and "<RUNNING_VMS>0</RUNNING_VMS>" in body
@@ -401,7 +401,7 @@ def test_upgrade_moves_image_vms_ids_into_rows(fresh_daemon):
     old = used.replace("<VMS></VMS>", "<VMS><ID>3</ID><ID>18</ID></VMS>")
     sql(d, "UPDATE image_pool SET body = ?, body_rpc = NULL WHERE oid = ?", (old, iid))
     _undo_v8(d)
-    sql(d, "DELETE FROM schema_version WHERE version = 9")
+    sql(d, "DELETE FROM schema_version WHERE version = 8")
     up = db(d, "upgrade")
     assert (up.returncode, up.stdout) == (0, "applied migrations: [8]\n"), up.stderr
     assert sql(d, "SELECT image_oid, vm_oid FROM image_vms ORDER BY vm_oid") == [

@@ -199,8 +199,11 @@ def test_kill9_during_copies_then_restart_reconciles(tmp_path, fresh_daemon):
     ids = [one.image.allocate(f'NAME="s{i}"\nPATH="/var/tmp/s{i}"', dsid) for i in range(5)]
     wait_for(lambda: len(list(base.glob("*.tmp"))) == 5)
     d.kill9()
-    # the orphaned scripts still run: the next start must take them down
-    assert processes_with(str(remotes / "datastore" / "slow" / "cp"))
+    # the scripts die with their daemon (parent-death signal); what they started (the
+    # sleep, in a process group of their own) is left for the next start to take down
+    wait_for(lambda: not processes_with(str(remotes / "datastore" / "slow" / "cp")),
+             timeout=10)
+    assert processes_with(f"sleep {pause}")
     (remotes / "datastore" / "slow" / "cp").write_text(SLOW_CP.format(base=base, pause=0.2))
     d.start()
     one = d.client()
