@@ -36,7 +36,7 @@ from oned_images.domain.permissions import (
     Op,
     new_object_perms,
 )
-from oned_images.domain.pool_query import info_row, pool_bodies, pool_filter
+from oned_images.domain.pool_query import info_row, pool_bodies, pool_filter, row_auth
 from oned_images.domain.restricted import path_allowed, protected_paths, staged_env
 from oned_images.domain.states import (
     DISK_TYPES,
@@ -479,14 +479,11 @@ class ImageManager:
         row = await self.db.run(_image_info_row, oid)
         if row is None:
             raise errors.no_exists("image", oid)
-        body, uid, gid, owner_u, group_u, other_u = row
         if not caller.is_admin:
-            obj = ObjectAuth("IMAGE", oid, uid, gid,
-                             Permissions([owner_u, 0, 0, group_u, 0, 0, other_u, 0, 0]))
             req = self._auth(caller)
-            req.add(Op.USE, obj, check_lock=False)
+            req.add(Op.USE, row_auth("IMAGE", oid, row), check_lock=False)
             req.check()
-        return Served([body])
+        return Served([row[0]])
 
     async def pool_info(self, caller: Caller, flag: int, start: int, end: int) -> Served:
         if flag < -4:

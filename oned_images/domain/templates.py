@@ -30,7 +30,7 @@ from oned_images.domain.permissions import (
     Op,
     new_object_perms,
 )
-from oned_images.domain.pool_query import info_row, pool_bodies, pool_filter
+from oned_images.domain.pool_query import info_row, pool_bodies, pool_filter, row_auth
 from oned_images.model.objects import Permissions, VmTemplate
 from oned_images.store import pools
 from oned_images.store.database import Database
@@ -251,13 +251,11 @@ class Templates:
             row = await self.db.run(info_row, oid, TemplateRow)
             if row is None:
                 raise errors.no_exists(OBJ, oid)
-            body, uid, gid, owner_u, group_u, other_u = row
             if not caller.is_admin:
                 req = self._auth(caller)
-                req.add(Op.USE, ObjectAuth("TEMPLATE", oid, uid, gid, Permissions(
-                    [owner_u, 0, 0, group_u, 0, 0, other_u, 0, 0])), check_lock=False)
+                req.add(Op.USE, row_auth("TEMPLATE", oid, row), check_lock=False)
                 req.check()
-            return Served([body])
+            return Served([row[0]])
         t = await self.get(oid)
         req = self._auth(caller)
         req.add(Op.USE, template_auth(t), check_lock=False)

@@ -41,7 +41,7 @@ from oned_images.domain.permissions import (
     Op,
     new_object_perms,
 )
-from oned_images.domain.pool_query import pool_bodies, pool_filter
+from oned_images.domain.pool_query import pool_bodies, pool_filter, row_auth
 from oned_images.domain.templates import read_template, restricted_attr, template_auth
 from oned_images.driver import tm
 from oned_images.model.objects import Datastore, History, Host, Permissions, Vm
@@ -525,13 +525,11 @@ class Vms:
         row = await self.db.run(info_row_vm, oid)
         if row is None:
             raise errors.no_exists(OBJ, oid)
-        body, uid, gid, owner_u, group_u, other_u = row
         if not caller.is_admin:
             req = self._auth(caller)
-            req.add(Op.USE, ObjectAuth("VM", oid, uid, gid, Permissions(
-                [owner_u, 0, 0, group_u, 0, 0, other_u, 0, 0])), check_lock=False)
+            req.add(Op.USE, row_auth("VM", oid, row), check_lock=False)
             req.check()
-        return Served([body])
+        return Served([row[0]])
 
     async def pool_info(self, caller: Caller, flag: int, start: int, end: int, state: int,
                         query: str, extended: bool) -> Served:
