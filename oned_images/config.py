@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -294,9 +294,9 @@ def _vector(src: str, attr: Attribute, allowed: set[str]) -> dict[str, str]:
     return attr.value
 
 
-def _driver_settings(src: str, attr: Attribute, vec: dict[str, str],
-                     base: DriverSettings) -> DriverSettings:
-    concurrency, allowed, timeouts = base.concurrency, base.allowed, dict(base.timeouts)
+def _arguments(src: str, attr: Attribute, vec: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """A driver's ARGUMENTS as (option, value) pairs, in order (a word without its value
+    fails where it stands, after the options before it were read)."""
     try:
         words = shlex.split(vec.get("ARGUMENTS", ""))
     except ValueError as exc:
@@ -306,18 +306,31 @@ def _driver_settings(src: str, attr: Attribute, vec: dict[str, str],
         value = next(it, None)
         if value is None:
             raise _fail(src, attr, f"ARGUMENTS: {word} needs a value")
+        yield word, value
+
+
+def _positive_option(src: str, attr: Attribute, word: str, value: str) -> int:
+    try:
+        return _positive(value)
+    except ValueError:
+        raise _fail(src, attr, f"ARGUMENTS: {word} expects a positive integer") from None
+
+
+def _names(value: str) -> tuple[str, ...]:
+    """-d drv1,drv2: the driver names, blanks dropped."""
+    return tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+def _driver_settings(src: str, attr: Attribute, vec: dict[str, str],
+                     base: DriverSettings) -> DriverSettings:
+    concurrency, allowed, timeouts = base.concurrency, base.allowed, dict(base.timeouts)
+    for word, value in _arguments(src, attr, vec):
         if word == "-t":
-            try:
-                concurrency = _positive(value)
-            except ValueError:
-                raise _fail(src, attr, "ARGUMENTS: -t expects a positive integer") from None
+            concurrency = _positive_option(src, attr, word, value)
         elif word == "-d":
-            allowed = tuple(x.strip() for x in value.split(",") if x.strip())
+            allowed = _names(value)
         elif word == "-w":
-            try:
-                wait = _positive(value)
-            except ValueError:
-                raise _fail(src, attr, "ARGUMENTS: -w expects a positive integer") from None
+            wait = _positive_option(src, attr, word, value)
             timeouts = {a: wait for a in ACTIONS} | {"stat": min(wait, 90)}
         elif word == "-s":
             pass  # system-datastore TM drivers: no system datastore monitoring here
@@ -347,23 +360,11 @@ def _tm_settings(src: str, attr: Attribute, vec: dict[str, str]) -> TmSettings:
     """TM_MAD ARGUMENTS: -d (drivers allowed), -w (timeout of every action); -t is
     accepted and ignored (TM actions share DATASTORE_MAD's -t slots)."""
     allowed, timeout = None, 0
-    try:
-        words = shlex.split(vec.get("ARGUMENTS", ""))
-    except ValueError as exc:
-        raise _fail(src, attr, f"ARGUMENTS: {exc}") from None
-    it = iter(words)
-    for word in it:
-        value = next(it, None)
-        if value is None:
-            raise _fail(src, attr, f"ARGUMENTS: {word} needs a value")
+    for word, value in _arguments(src, attr, vec):
         if word == "-d":
-            allowed = tuple(x.strip() for x in value.split(",") if x.strip())
+            allowed = _names(value)
         elif word in ("-w", "-t"):
-            try:
-                number = _positive(value)
-            except ValueError:
-                raise _fail(src, attr, f"ARGUMENTS: {word} expects a positive integer") \
-                    from None
+            number = _positive_option(src, attr, word, value)
             if word == "-w":
                 timeout = number
         else:
