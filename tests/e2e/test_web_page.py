@@ -276,6 +276,14 @@ def test_reload_mid_upload_resumes_from_the_stored_url(page, daemon, one, tmp_pa
     assert [r["image_id"] for r in records if r["image_id"] == iid or r["image_id"] < 0] == [iid]
 
 
+def image_named(page, one, name: str, what: str) -> int:
+    """The id of the image called ``name`` once it exists (a 1-tuple while waiting: an
+    image may well have id 0, which the wait would take for "not yet")."""
+    found = wait(page, lambda b: next(((i.ID,) for i in one.imagepool.info(-2, -1, -1).IMAGE
+                                       if i.NAME == name), None), what=what)
+    return found[0]
+
+
 def test_url_datablock_rename_clone_delete(page, daemon, one, www):
     (www.dir / "web-url.img").write_bytes(os.urandom(3 * MB))
     signed_in(page)
@@ -283,8 +291,7 @@ def test_url_datablock_rename_clone_delete(page, daemon, one, www):
     find(page, "#url-name").send_keys("web-from-url")
     find(page, "#url-path").send_keys(f"http://{www.a}/web-url.img")
     find(page, "#url-submit").click()
-    url_id = wait(page, lambda b: next((i.ID for i in one.imagepool.info(-2, -1, -1).IMAGE
-                                        if i.NAME == "web-from-url"), None), what="allocated")
+    url_id = image_named(page, one, "web-from-url", "allocated")
     wait_row_state(page, url_id, "READY")
     assert one.image.info(url_id).SIZE == 3
 
@@ -294,8 +301,7 @@ def test_url_datablock_rename_clone_delete(page, daemon, one, www):
     size.clear()
     size.send_keys("7")
     find(page, "#db-submit").click()
-    blk = wait(page, lambda b: next((i.ID for i in one.imagepool.info(-2, -1, -1).IMAGE
-                                     if i.NAME == "web-empty"), None), what="allocated")
+    blk = image_named(page, one, "web-empty", "allocated")
     wait_row_state(page, blk, "READY")
     info = one.image.info(blk)
     assert (info.TYPE, info.SIZE) == (2, 7)
@@ -311,8 +317,7 @@ def test_url_datablock_rename_clone_delete(page, daemon, one, www):
     wait(page, lambda b: row(b, blk).get_attribute("data-name") == "web-renamed", what="renamed")
     assert one.image.info(blk).NAME == "web-renamed"
     ask("clone", url_id, "web-clone")
-    clone = wait(page, lambda b: next((i.ID for i in one.imagepool.info(-2, -1, -1).IMAGE
-                                       if i.NAME == "web-clone"), None), what="cloned")
+    clone = image_named(page, one, "web-clone", "cloned")
     wait_row_state(page, clone, "READY")
     row(page, blk).find_element(By.CSS_SELECTOR, ".act-persistent").click()
     wait(page, lambda b: row(b, blk).find_element(By.CSS_SELECTOR, ".image-persistent").text
