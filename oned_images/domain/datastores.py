@@ -416,13 +416,20 @@ class Datastores:
         await self.db.run(txn)
         return oid
 
-    async def record_monitor(self, oid: int, total: int, free: int, used: int) -> None:
+    async def record_monitor(self, oid: int, total: int, free: int, used: int,
+                             late: Callable[[], int] = lambda: 0) -> None:
+        """Store a MONITOR result.  ``late`` gives the MB charged by copies that ended
+        after the run started (their files may be missing from its figures); it is read
+        under the row lock, which the charging transaction holds until it commits, so a
+        charge is either seen here or applied on top of what this records."""
         def txn() -> None:
             body = pools.body(DatastoreRow, oid, lock=True)
             if body is None:
                 return
             current = datastore_from(body)
-            current.total_mb, current.free_mb, current.used_mb = total, free, used
+            extra = late()
+            current.total_mb, current.free_mb, current.used_mb = \
+                total, max(free - extra, 0), used + extra
             write_ds(current)
 
         await self.db.run(txn)

@@ -351,8 +351,6 @@ class ImageManager:
                                            result, waiting)
         if waiting and self.on_unlocked is not None:
             self.on_unlocked(follow.image_id, waiting)
-        if charged:
-            self._charged[ds_id] = self._charged.get(ds_id, 0) + charged
         if ds_id is not None and follow.action in ("cp", "mkfs", "clone", "rm"):
             self.monitor_soon(ds_id)
 
@@ -413,6 +411,10 @@ class ImageManager:
         if ds is not None and copying and img.state == S.READY:
             charged = max(img.size, 0)
             _charge(ds, charged)
+            # Counted here, under the datastore's row lock, not on the reactor once the
+            # commit is back: a monitor result recorded in between would not see this
+            # charge as late and would give the copy's space back (record_monitor).
+            self._charged[ds.id] = self._charged.get(ds.id, 0) + charged
         write_image(img)
         return img.datastore_id, charged
 
@@ -462,10 +464,9 @@ class ImageManager:
                 return
             values = parse_monitor(result.stdout)
             if {"TOTAL_MB", "FREE_MB", "USED_MB"} <= set(values):
-                late = self._charged.get(ds_id, 0) - charged
-                await self.datastores.record_monitor(ds_id, values["TOTAL_MB"],
-                                                     max(values["FREE_MB"] - late, 0),
-                                                     values["USED_MB"] + late)
+                await self.datastores.record_monitor(
+                    ds_id, values["TOTAL_MB"], values["FREE_MB"], values["USED_MB"],
+                    late=lambda: self._charged.get(ds_id, 0) - charged)
         finally:
             self._monitoring.discard(ds_id)
             if ds_id in self._monitor_again:
