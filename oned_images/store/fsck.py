@@ -44,6 +44,7 @@ from oned_images.domain.datastores import ds_meta
 from oned_images.domain.images import _meta as image_meta
 from oned_images.domain.images import write_image
 from oned_images.domain.states import ImageState
+from oned_images.domain.vm_states import VmState
 from oned_images.driver import reaper
 from oned_images.model.objects import Datastore, Group, Image, User
 from oned_images.store import image_vms, pools, schema
@@ -56,10 +57,12 @@ from oned_images.store.models import (
     GroupRow,
     HostRow,
     ImageRow,
+    ImageVmRow,
     PoolControl,
     PoolObject,
     TemplateRow,
     UserRow,
+    VmRow,
     database_proxy,
 )
 from oned_images.xmldoc.cluster import cluster_from, cluster_xml
@@ -143,6 +146,10 @@ class _State:
     dirty: set[tuple[str, int]] = field(default_factory=set)
     #: (datastore id, path, destination) of files no image references
     strays: list[tuple[int, str, str]] = field(default_factory=list)
+    #: an image's <VMS> rows that name a VM holding it (image_vms; see _check_image_vms)
+    vms_of: dict[int, list[int]] = field(default_factory=dict)
+    #: image_vms rows to delete: (image id, VM id)
+    stale_vm_rows: list[tuple[int, int]] = field(default_factory=list)
 
     def add(self, what: str, problem: str, repaired: str = "", note: bool = False) -> None:
         self.findings.append(Finding(what, problem, repaired if self.repair else "", note))
@@ -204,6 +211,7 @@ def check_database(repair: bool, daemon_running: bool) -> tuple[list[Finding], l
     _check_rows(st)
     _check_users_groups(st)
     _check_datastores(st)
+    _check_image_vms(st)
     _check_images(st)
     _check_counters(st)
     _find_strays(st)
@@ -404,9 +412,34 @@ def _check_images(st: _State) -> None:
                 st.add(what, f"its file {img.source} does not exist (state {state.name})")
 
 
+def _check_image_vms(st: _State) -> None:
+    """The image_vms rows (an image's <VMS>, spliced in when served) must name an
+    image and a VM that exist, and a VM that is not DONE: a DONE VM released its
+    images, and a row left by a hand edit or a crash keeps an image USED for ever
+    (and a persistent one unusable by any other VM)."""
+    vm_state = dict(VmRow.select(VmRow.oid, VmRow.state).tuples())
+    rows = ImageVmRow.select(ImageVmRow.image_oid, ImageVmRow.vm_oid).order_by(
+        ImageVmRow.image_oid, ImageVmRow.vm_oid).tuples()
+    gone: dict[int, list[int]] = {}
+    for image_id, vm_id in rows:
+        if image_id not in st.images:
+            gone.setdefault(image_id, []).append(vm_id)
+            st.stale_vm_rows.append((image_id, vm_id))
+        elif vm_id not in vm_state or vm_state[vm_id] == VmState.DONE:
+            why = "does not exist" if vm_id not in vm_state else "is DONE"
+            st.add(f"image {image_id}", f"VMS lists VM {vm_id}, which {why}",
+                   "VM removed from VMS")
+            st.stale_vm_rows.append((image_id, vm_id))
+        else:
+            st.vms_of.setdefault(image_id, []).append(vm_id)
+    for image_id, vm_ids in gone.items():
+        st.add("table image_vms", f"image {image_id} does not exist, its rows list VMs "
+               f"{vm_ids}", "rows deleted")
+
+
 def _check_running_vms(st: _State, img: Image) -> None:
     what = f"image {img.id}"
-    vms = image_vms.ids(img.id)
+    vms = st.vms_of.get(img.id, [])
     if img.running_vms != len(vms):
         st.add(what, f"RUNNING_VMS is {img.running_vms}, VMS lists {len(vms)}",
                f"RUNNING_VMS set to {len(vms)}")
@@ -477,6 +510,8 @@ def _find_strays(st: _State) -> None:
 
 # ------------------------------------------------------------------ writing repairs
 def _write_back(st: _State) -> None:
+    for image_id, vm_id in st.stale_vm_rows:
+        image_vms.drop(image_id, vm_id)
     for label, oid in sorted(st.dirty):
         if label == "image":
             write_image(st.images[oid])

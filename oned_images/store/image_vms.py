@@ -148,6 +148,11 @@ def ids(image_id: int) -> SortedIds:
     return SortedIds(int(r[0]) for r in _IDS.execute(image_id).fetchall())
 
 
+def drop(image_id: int, vm_id: int) -> None:
+    """One id out of an image's VMS (fsck: a row naming a VM that is gone)."""
+    _DROP.execute(image_id, vm_id)
+
+
 def drop_image(image_id: int) -> None:
     """The image row is gone: no VMS of it is left behind."""
     T.delete().where(T.image_oid == image_id).execute()

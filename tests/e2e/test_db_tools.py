@@ -29,6 +29,7 @@ from tests.support.seed import (
     ok,
     read_body,
     register,
+    section,
     unique,
     user,
 )
@@ -496,7 +497,17 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
     uid, _ = user(d, "member")
     gone_group = group(d, "dissolved")
     moved, _ = user(d, "moved", groups=[gone_group])
+    proxy, session = d.raw(), d.session()
+    done_vm = proxy.one.vm.allocate(session, 'CPU="1"\nMEMORY="8"', True)[1]
+    assert proxy.one.vm.action(session, "terminate-hard", done_vm)[0]
+    live_vm = proxy.one.vm.allocate(session, 'CPU="1"\nMEMORY="8"', True)[1]
     d.stop()
+    # <VMS> rows: a VM that never existed, a DONE VM, an image that is gone, and one
+    # of a live VM (which stays)
+    for image_id, vm_id in ((kept, 4242), (kept, done_vm), (9999, 5), (9999, 7),
+                            (named, live_vm)):
+        sql(d, "INSERT INTO image_vms (image_oid, vm_oid) VALUES (?, ?)", (image_id, vm_id))
+    edit_body(d, named, STATE="2", RUNNING_VMS="1")
     sql(d, "DELETE FROM group_pool WHERE oid = ?", (gone_group,))
     base = d.var / "datastores" / "1"
     gone_path.unlink()
@@ -542,6 +553,10 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
          "DATASTORE set"),
         (f"image {gone}: its file {gone_path} does not exist", "state ERROR"),
         (f"image {counted}: RUNNING_VMS is 3, VMS lists 0", "RUNNING_VMS set to 0"),
+        (f"image {kept}: VMS lists VM 4242, which does not exist", "VM removed from VMS"),
+        (f"image {kept}: VMS lists VM {done_vm}, which is DONE", "VM removed from VMS"),
+        ("table image_vms: image 9999 does not exist, its rows list VMs [5, 7]",
+         "rows deleted"),
         (f"image {counted}: USED with no VM and no clone in progress", "state READY"),
         (f"image {orphan}: owner user 77 does not exist", "owner set to oneadmin (0)"),
         (f"datastore {ds}: the stored IMAGES list is [42] (it is served from the images "
@@ -583,6 +598,10 @@ def test_fsck_finds_and_repairs_damage(fresh_daemon):
     assert pools(d)["images"].count("<NAME>columns</NAME>") == 1
     assert ds_images(d, ds) == [counted, orphan, named, renamed]
     assert field(info(d, named), "DATASTORE") == "fsck-ds"
+    assert sql(d, "SELECT image_oid, vm_oid FROM image_vms ORDER BY image_oid") == [
+        (named, live_vm)]
+    assert section(info(d, named), "VMS") == f"<VMS><ID>{live_vm}</ID></VMS>"
+    assert section(info(d, kept), "VMS") == "<VMS></VMS>"
     assert re.search(r"<GROUPS><ID>1</ID></GROUPS>", ok(d, "one.user.info", uid))
     assert f"<USERS><ID>{uid}</ID><ID>{moved}</ID></USERS>" in ok(d, "one.group.info", 1)
     doc = ok(d, "one.user.info", moved)
