@@ -314,6 +314,19 @@ tm_copy() {
     run "$1" sync --data -- "$3"
 }
 
+# tm_copy_image FORMAT "error text" SRC DST: a disk's data into the new file DST
+# in FORMAT: a qcow2 disk (maybe the top of a backing chain) is written out whole
+# by qemu-img convert, which follows the chain, so DST stands alone; anything else
+# is copied with tm_copy.  DST is synced either way before the caller renames it.
+tm_copy_image() {
+    if [ "$1" = qcow2 ]; then
+        run "$2" qemu-img convert -q -f qcow2 -O qcow2 -- "$3" "$4"
+        run "$2" sync --data -- "$4"
+    else
+        tm_copy "$2" "$3" "$4"
+    fi
+}
+
 # ---------------------------------------------------------------- actions --
 
 # clone: copy (shared) or qcow2 overlay (qcow2) of the image as disk.<n>.
@@ -386,12 +399,7 @@ tm_mvds() {
         tm_disk_state
         cleanup_on_fail "$dst.tmp"
         log_info "Saving $DISK_PATH ($DISK_FORMAT) into $dst"
-        if [ "$DISK_FORMAT" = qcow2 ]; then
-            run "Could not move image $dst" qemu-img convert -q -f qcow2 -O qcow2 -- \
-                "$DISK_REAL" "$dst.tmp"
-        else
-            tm_copy "Could not move image $dst" "$DISK_REAL" "$dst.tmp"
-        fi
+        tm_copy_image "$DISK_FORMAT" "Could not move image $dst" "$DISK_REAL" "$dst.tmp"
         run "Could not move image $dst" mv -f -- "$dst.tmp" "$dst"
         run "Could not move image $dst" rm -rf -- "$DISK_PATH" "$DISK_PATH.snap"
         return 0
@@ -422,12 +430,7 @@ tm_cpds() {
     fi
     cleanup_on_fail "$dst.tmp"
     log_info "Copying $file ($IMG_FORMAT) to $dst"
-    if [ "$IMG_FORMAT" = qcow2 ]; then
-        run "Could not copy $file to $dst" qemu-img convert -q -f qcow2 -O qcow2 -- \
-            "$file" "$dst.tmp"
-    else
-        tm_copy "Could not copy $file to $dst" "$file" "$dst.tmp"
-    fi
+    tm_copy_image "$IMG_FORMAT" "Could not copy $file to $dst" "$file" "$dst.tmp"
     run "Could not copy $file to $dst" mv -f -- "$dst.tmp" "$dst"
 }
 
