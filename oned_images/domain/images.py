@@ -563,7 +563,7 @@ class ImageManager:
                              no_check_capacity: bool, size: int | None = None) -> tuple:
         """allocate's checks before its transaction; the arguments of _insert_allocate.
         ``size`` (MB) given: known already, no STAT probe of PATH."""
-        ds = await self.db.run(read_ds, ds_id)
+        ds = await self.db.read(read_ds, ds_id)
         _check_allocate_ds(ds)
         if size is None:
             size = await self._probe_size(tmpl, ds, caller)

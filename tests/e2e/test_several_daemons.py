@@ -213,6 +213,82 @@ def test_datastore_capacity_is_shared_by_the_daemons(tmp_path, several):
     gate.touch()
 
 
+def test_racing_allocates_and_clones_on_two_daemons_promise_no_space_twice(tmp_path, several):
+    """Datablocks (4 MB) and clones (10 MB) race from 8 clients over two daemons into a
+    datastore of LIMIT_MB 100 whose copies are held: what was accepted fits, a refusal
+    means it really did not fit, and the ids are unique and consecutive (none lost)."""
+    gate = tmp_path / "gate"
+    held = HOLD_CP.format(gate=gate)
+    remotes = make_remotes(tmp_path / "remotes", {"held": {
+        "mkfs": held, "clone": held,
+        "monitor": "#!/bin/sh\ncat >/dev/null\necho USED_MB=0; echo FREE_MB=100000; "
+                   "echo TOTAL_MB=100000\n",
+        "stat": "#!/bin/sh\ncat >/dev/null\necho 1\n"}})
+    a, b = several(2, driver_config(remotes, "-t 15 -d dummy,fs,held"))
+    ds = ok(a, "one.datastore.allocate", 'NAME="race"\nDS_MAD="held"\nTM_MAD="dummy"\n'
+            'LIMIT_MB="100"', -1)
+    wait_for(lambda: "<FREE_MB>100000</FREE_MB>" in ok(b, "one.datastore.info", ds))
+    src = ok(a, "one.image.allocate", 'NAME="src"\nSOURCE="/x/src"\nFORMAT="raw"\nSIZE="10"', ds)
+    wait_for(lambda: "<STATE>1</STATE>" in ok(b, "one.image.info", src))
+    sizes = {}
+
+    def request(n: int):
+        d = (a, b)[n % 2]
+        if n % 3 == 0:
+            sizes[n] = 10
+            return call(d, "one.image.clone", src, f"clone{n}", ds)
+        sizes[n] = 4
+        return call(d, "one.image.allocate", f'NAME="blk{n}"\nTYPE="DATABLOCK"\nSIZE="4"', ds)
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = dict(zip(range(48), pool.map(request, range(48)), strict=True))
+    accepted = {n: r[1] for n, r in replies.items() if r[0] is True}
+    refused = {n: r for n, r in replies.items() if r[0] is not True}
+    for n, r in refused.items():
+        assert r[1] == f"[one.image.{'clone' if sizes[n] == 10 else 'allocate'}] Not enough "\
+            "space in datastore", r
+    used = sum(sizes[n] for n in accepted)
+    left = 100 - used
+    assert 0 <= left < max(sizes[n] for n in refused), (used, replies)  # space ran out
+    assert all(sizes[n] > left for n in refused)  # nothing refused that would still fit
+    ids = sorted(accepted.values())
+    assert ids == list(range(src + 1, src + 1 + len(ids)))  # unique, none lost
+    pool_ids = [[int(x.split("</ID>")[0]) for x in ok(d, "one.imagepool.info", -2, -1, -1)
+                 .split("<IMAGE><ID>")[1:]] for d in (a, b)]
+    assert sorted(pool_ids[0]) == sorted(pool_ids[1]) == [src, *ids]
+    gate.touch()
+    wait_for(lambda: all("<STATE>1</STATE>" in ok(a, "one.image.info", i) for i in ids))
+
+
+def test_a_burst_of_allocates_on_two_daemons_waits_for_no_lock(several):
+    """8 clients x 200 allocates (SOURCE: no driver) over two daemons: every call
+    succeeds (no "database is locked"), ids are unique, and no call waits long, which a
+    busy-wait back-off on SQLite's lock (sleeps up to 100 ms) would show."""
+    a, b = several(2)
+    times: list[float] = []
+    ids: list[int] = []
+    failures: list = []
+
+    def client(k: int) -> None:
+        d = (a, b)[k % 2]
+        proxy = d.raw()
+        for n in range(200):
+            t0 = time.perf_counter()
+            r = proxy.one.image.allocate(d.session(), f'NAME="burst{k}-{n}"\n'
+                                         f'SOURCE="/x/{k}/{n}"\nFORMAT="raw"\nSIZE="1"', 1)
+            times.append(time.perf_counter() - t0)
+            (ids if r[0] is True else failures).append(r[1])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(client, range(8)))
+    assert failures == []
+    assert len(ids) == len(set(ids)) == 1600
+    times.sort()
+    assert times[int(0.99 * len(times))] < 1.0, times[-20:]
+    for d in (a, b):
+        assert "database is locked" not in d.log_text()
+
+
 # A cp that proves no two runs of one image's copy overlap (a lock per image that the
 # whole process group holds), then runs the real fs cp (as a child: the daemon recognises
 # its leftover processes by the script's path in their command line).
