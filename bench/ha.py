@@ -1,12 +1,14 @@
-"""Several daemons on one PostgreSQL database: allocate rate and one.image.info p50/p99
-with 1, 2 and 3 daemons, and the takeover time after a kill -9 (README "Several daemons").
+"""Several daemons on one database: allocate rate and one.image.info p50/p99 with 1, 2
+and 3 daemons, and the takeover time after a kill -9 (README "Several daemons").
 
     python3 -m bench.ha [--db postgresql://postgres:postgres@127.0.0.1:5432/postgres]
+    python3 -m bench.ha --db sqlite --clients 1,8    # daemons on the first one's SQLite file
 
 Every client thread calls one daemon (client i -> daemon i mod N), in both connection
 modes of bench.client.  Each daemon is its own process with its own DB connections; on
-this machine they share its cores with the PostgreSQL server and the clients, so the
-figures say "no regression, no error" more than "N times faster".
+this machine they share its cores with the PostgreSQL server (on SQLite: take turns with
+the writer lock) and the clients, so the figures say "no regression, no error" more than
+"N times faster".
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=("keep", "new", "both"), default="both")
     ap.add_argument("--n", type=int, default=2000, help="info calls per client")
     ap.add_argument("--images", type=int, default=600, help="allocates per run")
-    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--clients", default="6", help="allocate clients, e.g. 1,8")
     ap.add_argument("--lease", type=int, default=5)
     ap.add_argument("--daemons", default="1,2,3")
     args = ap.parse_args()
@@ -150,13 +152,16 @@ def main() -> None:
             c.close()
             first = 0
             for mode in modes:
-                rate = allocate_rate(eps, mode, first, args.images, args.clients)
-                first += args.images
+                for clients in (int(x) for x in args.clients.split(",")):
+                    rate = allocate_rate(eps, mode, first, args.images, clients)
+                    first += args.images
+                    print(f"{count} daemon(s) [{mode:<4}] allocate {clients} clients: "
+                          f"{rate:6.0f} /s", flush=True)
                 every, calls = info_latency(eps, mode, iid, args.n)
                 p50, p99 = stats(every)
-                print(f"{count} daemon(s) [{mode:<4}] allocate {args.clients} clients: "
-                      f"{rate:6.0f} /s; image.info ({count} clients): p50={p50 * 1e3:.3f} ms "
-                      f"p99={p99 * 1e3:.3f} ms, {calls:.0f} calls/s", flush=True)
+                print(f"{count} daemon(s) [{mode:<4}] image.info ({count} clients): "
+                      f"p50={p50 * 1e3:.3f} ms p99={p99 * 1e3:.3f} ms, {calls:.0f} calls/s",
+                      flush=True)
         finally:
             for d in reversed(daemons):
                 d.drop()

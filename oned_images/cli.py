@@ -141,13 +141,13 @@ def _db(action: str, config) -> int:
             return 1
         database = daemon.open_database()
         if action == "status":
-            current = database.run_sync(schema.version, database.db)
+            current = database.read_sync(schema.version, database.db)
             print(f"schema version: {current if current is not None else 'empty'}; "
                   f"this release: {schema.CURRENT}")
             if current == schema.CURRENT:
                 from oned_images.store import daemons
 
-                for name, host, pid, left, work in database.run_sync(daemons.status):
+                for name, host, pid, left, work in database.read_sync(daemons.status):
                     print(f"daemon {name}: pid {pid} on {host}, lease {left:.0f} s left, "
                           f"{len(work)} driver actions" + (": " + ", ".join(work) if work
                                                            else ""))

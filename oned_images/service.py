@@ -242,7 +242,7 @@ class Daemon:
         self._registered, live = db.run_sync(daemons.register, me)
         logs.set_daemon_name(me.name)
         identity = Identity(db, cfg)
-        versions = CacheVersions(db, enabled=db.is_postgres)
+        versions = CacheVersions(db, enabled=True)
         versions.register("identity", ["user_pool", "group_pool", "acl"], identity.reload)
         versions.peers(live)
         versions.setup_sync()  # the counters first: a write after them reloads again
@@ -339,7 +339,7 @@ class Daemon:
         if me is None or app.versions is None or app.versions.alone:
             return
         log.info("Waiting for the other daemons on this database to renew their leases")
-        while not await app.db.run(daemons.others_saw, me, self._registered):
+        while not await app.db.read(daemons.others_saw, me, self._registered):
             await task.deferLater(self.reactor, 0.1, lambda: None)
 
     async def stop(self) -> None:

@@ -206,7 +206,7 @@ class Datastores:
     on_created: Callable[[int], None] | None = None
 
     async def get(self, oid: int) -> Datastore:
-        return await self.db.run(read_ds, oid)
+        return await self.db.read(read_ds, oid)
 
     async def allocate(self, caller: Caller, text: str, cluster_id: int) -> int:
         try:
@@ -267,10 +267,10 @@ class Datastores:
         req = AuthRequest(caller, self.identity.acl)
         req.add(Op.USE, ds_auth(ds), check_lock=False)
         req.check()
-        return await self.db.run(served_xml, ds)
+        return await self.db.read(served_xml, ds)
 
     async def pool_info(self, caller: Caller) -> str:
-        bodies = await self.db.run(_served_pool, self.identity.list_desc(caller))
+        bodies = await self.db.read(_served_pool, self.identity.list_desc(caller))
         if not caller.is_admin:
             visible = []
             for body in bodies:

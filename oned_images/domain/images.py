@@ -477,7 +477,7 @@ class ImageManager:
     async def info(self, caller: Caller, oid: int) -> Served:
         if oid < 0 and not caller.is_admin:
             raise errors.authorization("Not authorized to perform USE IMAGE")
-        row = await self.db.run(_image_info_row, oid)
+        row = await self.db.read(_image_info_row, oid)
         if row is None:
             raise errors.no_exists("image", oid)
         if not caller.is_admin:
@@ -492,7 +492,7 @@ class ImageManager:
         where = self._pool_filter(caller, flag)
         order = self.identity.user_option(caller, "API_LIST_ORDER",
                                           self.config.api_list_order).upper()
-        bodies = await self.db.run(_image_pool_bodies, where, order != "ASC", start, end)
+        bodies = await self.db.read(_image_pool_bodies, where, order != "ASC", start, end)
         return Served.pool("IMAGE_POOL", bodies)
 
     def _pool_filter(self, caller: Caller, flag: int) -> peewee.Expression | None:
@@ -563,7 +563,7 @@ class ImageManager:
                              no_check_capacity: bool, size: int | None = None) -> tuple:
         """allocate's checks before its transaction; the arguments of _insert_allocate.
         ``size`` (MB) given: known already, no STAT probe of PATH."""
-        ds = await self.db.run(read_ds, ds_id)
+        ds = await self.db.read(read_ds, ds_id)
         _check_allocate_ds(ds)
         if size is None:
             size = await self._probe_size(tmpl, ds, caller)

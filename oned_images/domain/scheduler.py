@@ -207,15 +207,13 @@ class Scheduler:
         """One pass; with several daemons on one database one at a time across them
         (a claim, README "Several daemons"): a daemon that finds another's pass running
         tries again after PAUSE.  deploy's row locks keep each placement correct."""
-        shared = getattr(self.db, "is_postgres", False)
-        if shared and not await self.db.run(daemons.hold_alone, "scheduler", 0, "pass"):
+        if not await self.db.run(daemons.hold_alone, "scheduler", 0, "pass"):
             self._again = bool(self._fresh)
             return
         try:
             await self._pass()
         finally:
-            if shared:
-                await self.db.run(daemons.release, "scheduler", 0)
+            await self.db.run(daemons.release, "scheduler", 0)
 
     async def _pass(self) -> None:
         # the pass owns this set (the reactor adds new ids to a new one meanwhile)

@@ -248,7 +248,7 @@ class Templates:
 
     async def info(self, caller: Caller, oid: int, extended: bool) -> Served:
         if not extended:
-            row = await self.db.run(info_row, oid, TemplateRow)
+            row = await self.db.read(info_row, oid, TemplateRow)
             if row is None:
                 raise errors.no_exists(OBJ, oid)
             if not caller.is_admin:
@@ -292,7 +292,7 @@ class Templates:
         where = pool_filter(caller, self.identity.acl, flag, TemplateRow, "TEMPLATE")
         order = self.identity.user_option(caller, "API_LIST_ORDER",
                                           self.config.api_list_order).upper()
-        bodies = await self.db.run(pool_bodies, where, order != "ASC", start, end, TemplateRow)
+        bodies = await self.db.read(pool_bodies, where, order != "ASC", start, end, TemplateRow)
         return Served.pool("VMTEMPLATE_POOL", bodies)
 
     async def _mutate(self, caller: Caller, oid: int, fn, conflict=None) -> None:

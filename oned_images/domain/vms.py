@@ -522,7 +522,7 @@ class Vms:
 
     # -------------------------------------------------------------- reading
     async def info(self, caller: Caller, oid: int) -> Served:
-        row = await self.db.run(info_row_vm, oid)
+        row = await self.db.read(info_row_vm, oid)
         if row is None:
             raise errors.no_exists(OBJ, oid)
         if not caller.is_admin:
@@ -549,7 +549,7 @@ class Vms:
         order = self.identity.user_option(caller, "API_LIST_ORDER",
                                           self.config.api_list_order).upper()
         column = VmRow.ext_rpc if extended else VmRow.short_rpc
-        bodies = await self.db.run(pool_bodies, where, order != "ASC", start, end, VmRow,
+        bodies = await self.db.read(pool_bodies, where, order != "ASC", start, end, VmRow,
                                    column)
         return Served.pool("VM_POOL", bodies)
 

@@ -6,7 +6,9 @@ daemon that runs it, written in the transaction that makes the action due (see
 :func:`claim`), so no daemon can see due work without an owner.  Work whose owner is
 gone (no row, or a lease in the past) is taken over by :mod:`oned_images.domain.images`'s
 reconciliation, the same code a single daemon runs at its restart; those takeovers are
-serialised by a transaction-level advisory lock, so two daemons never take the same work.
+serialised by a transaction-level advisory lock on PostgreSQL (on SQLite every writing
+transaction already holds the database's writer lock, store/database.py), so two daemons
+never take the same work.
 
 Every function here runs inside a :meth:`Database.run` transaction.  Times are Unix
 seconds of the daemons' clocks: their hosts must keep time (NTP), as any lease needs.
@@ -63,7 +65,8 @@ def _postgres() -> bool:
 
 
 def serialise_takeovers() -> None:
-    """Held until the transaction ends: one reconciliation or takeover at a time."""
+    """Held until the transaction ends: one reconciliation or takeover at a time (SQLite:
+    the writer lock that every :meth:`Database.run` transaction holds)."""
     if _postgres():
         database_proxy.obj.execute_sql("SELECT pg_advisory_xact_lock(%s)", (TAKEOVER_KEY,))
 
@@ -252,7 +255,7 @@ def owns(kind: str, oid: int) -> bool:
         return True
     query = (DriverClaimRow.select(DriverClaimRow.owner)
              .where((DriverClaimRow.kind == kind) & (DriverClaimRow.oid == oid)))
-    if _postgres():
+    if _postgres():  # (SQLite: the writer lock)
         query = query.for_update()  # a takeover waits until this reply is stored
     row = query.tuples().first()
     return row is not None and row[0] == me.name

@@ -2,8 +2,18 @@
 
 Every unit of database work is a plain function run by :meth:`Database.run` on a
 dedicated thread pool inside one transaction; it returns plain data, never query
-objects.  SQLite gets exactly one thread (one writer, no "database is locked");
-PostgreSQL gets a small pool with row locks (``SELECT … FOR UPDATE``).
+objects.  SQLite gets exactly one thread per daemon; PostgreSQL gets a small pool with
+row locks (``SELECT … FOR UPDATE``).
+
+Several daemons on one SQLite file (same host): every transaction that may write
+(:meth:`Database.run`) first takes the database's writer lock (:class:`WriteLock`, a
+``flock`` the DB thread waits for, in the kernel's queue) and then ``BEGIN IMMEDIATE``,
+so writers of all the daemons run one after the other, each from the latest commit:
+what ``FOR UPDATE`` gives on PostgreSQL, without SQLite's busy handler (which polls with
+sleeps of up to 100 ms) and without SQLITE_BUSY_SNAPSHOT (a deferred transaction that
+read, then writes after another process committed).  Transactions that only read
+(:meth:`Database.read`: info and pool listings, the cache counters) stay deferred: a WAL
+snapshot that neither waits for nor holds back the writers.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +33,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 
 from oned_images.model.settings import DbSettings
+from oned_images.store.lock import WriteLock
 from oned_images.store.models import database_proxy
 
 T = TypeVar("T")
@@ -217,6 +229,9 @@ class Database:
         threads = 1 if settings.backend == "sqlite" else max(1, settings.connections)
         self.pool = Workers(reactor, threads, "db")
         self.is_postgres = settings.backend == "postgresql"
+        #: SQLite: one writer at a time across the daemons on the file (None in memory)
+        self.writers = (WriteLock(settings.path) if not self.is_postgres
+                        and settings.path not in ("", ":memory:") else None)
         #: called with the seconds each transaction of run() took (metrics).
         self.observe: Callable[[float], None] | None = None
 
@@ -227,14 +242,21 @@ class Database:
         self.pool.stop()
         if not self.db.is_closed():
             self.db.close()
+        if self.writers is not None:
+            self.writers.close()
 
-    def _in_transaction(self, fn: Callable[..., T], args: tuple) -> T:
+    def _in_transaction(self, fn: Callable[..., T], args: tuple, write: bool = True) -> T:
         db = self.db
         if db.is_closed():
             db.connect(reuse_if_open=True)
         try:
-            with db.atomic():
-                return fn(*args)
+            if self.is_postgres:
+                with db.atomic():
+                    return fn(*args)
+            if write:  # the writer lock first, released after the commit
+                with self.writers or nullcontext(), db.atomic("IMMEDIATE"):
+                    return fn(*args)
+            return self._read_only(fn, args)
         except peewee.InterfaceError:
             db.close()
             raise
@@ -244,15 +266,31 @@ class Database:
                 db.close()
             raise
 
+    def _read_only(self, fn: Callable[..., T], args: tuple) -> T:
+        """A deferred SQLite transaction; a write in it is a programming error (it
+        would upgrade without the writer lock) and is rolled back with one."""
+        conn = self.db.connection()
+        before = conn.total_changes
+        with self.db.atomic():
+            result = fn(*args)
+            if conn.total_changes != before:
+                raise RuntimeError(f"{getattr(fn, '__qualname__', fn)!r} wrote in a "
+                                   "read-only transaction: run it with Database.run")
+            return result
+
     def run(self, fn: Callable[..., T], *args: Any):
         """Deferred firing with ``fn(*args)`` run in one transaction off the reactor."""
-        return self.pool.call(self._timed, fn, args)
+        return self.pool.call(self._timed, fn, args, True)
 
-    def _timed(self, fn: Callable[..., T], args: tuple) -> T:
+    def read(self, fn: Callable[..., T], *args: Any):
+        """:meth:`run` for a ``fn`` that only reads (see the module docstring)."""
+        return self.pool.call(self._timed, fn, args, False)
+
+    def _timed(self, fn: Callable[..., T], args: tuple, write: bool) -> T:
         """The transaction, timed for /metrics (``observe`` is called on the DB thread)."""
         started = time.perf_counter()
         try:
-            return self._in_transaction(fn, args)
+            return self._in_transaction(fn, args, write)
         finally:
             if self.observe is not None:
                 self.observe(time.perf_counter() - started)
@@ -260,3 +298,7 @@ class Database:
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """For start-up and CLI commands, before the reactor runs."""
         return self._in_transaction(fn, args)
+
+    def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`run_sync` for a ``fn`` that only reads."""
+        return self._in_transaction(fn, args, False)

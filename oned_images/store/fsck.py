@@ -178,7 +178,7 @@ def run(database: Database, var_location: str, repair: bool) -> tuple[list[str],
             lines.append(f"note: driver processes left by a daemon that died still run "
                          f"(process groups {drivers}); their files may show up as "
                          "unreferenced")
-        current = database.run_sync(schema.version, database.db)
+        current = database.read_sync(schema.version, database.db)
         if current is None:
             return lines, ("fsck: the database is empty (no oned-images has started on "
                            "it)"), 2
@@ -186,7 +186,8 @@ def run(database: Database, var_location: str, repair: bool) -> tuple[list[str],
             return lines, (f"fsck: the database has schema version {current}, this release "
                            f"checks version {schema.CURRENT}: run oned-images db upgrade "
                            "first"), 2
-        findings, strays = database.run_sync(check_database, repair, bool(running))
+        check = database.run_sync if repair else database.read_sync  # beside daemons
+        findings, strays = check(check_database, repair, bool(running))
         if repair:
             move_strays(strays)
     finally:

@@ -4,25 +4,28 @@
 ``db fsck --repair`` take it for their work, so neither can rewrite a database
 under a daemon and no daemon can start in the middle of a restore or repair.
 
-* SQLite: an exclusive ``flock`` on ``<database file>.lock`` (it names the
-  holder).  The kernel drops it when the holder dies, even by kill -9, so a
+* SQLite: a ``flock`` on ``<database file>.lock`` (it names the holders, one
+  line each).  The kernel drops it when the holder dies, even by kill -9, so a
   crash never leaves a stale lock; the file is opened close-on-exec, so driver
-  scripts (which may outlive a killed daemon) never inherit it.
+  scripts (which may outlive a killed daemon) never inherit it.  Daemons take
+  it shared (several serve one file on one host), the tools exclusive.
 * PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a
   connection of its own, held by the server for that connection (advisory
   locks are per database, so daemons on other databases of the same server are
   not affected); its ``application_name`` names the holder.  Daemons take it
   shared (several serve one PostgreSQL database), the tools exclusive.
 
-SQLite serves one daemon: a second ``serve`` on the same file is refused with a
-message saying so (its one writer and its file locks are local to one host).
+Several daemons on one SQLite file must run on one host (``flock`` and SQLite's own
+WAL locks are local); their writes go one at a time through :class:`WriteLock`.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
+import threading
 
 from oned_images.model.settings import DbSettings
 from oned_images.store.schema import SchemaError
@@ -46,6 +49,46 @@ def sqlite_lock_path(db_path: str) -> str:
     return db_path + ".lock"
 
 
+def sqlite_write_lock_path(db_path: str) -> str:
+    return db_path + ".write-lock"
+
+
+class WriteLock:
+    """One writing transaction at a time on an SQLite file, across its daemons' DB
+    threads (see store/database.py): an exclusive ``flock`` on
+    ``<database file>.write-lock``, waited for in the kernel (no polling), and a
+    thread lock, since a ``flock`` does not exclude threads sharing its descriptor.
+    Released right after the commit; the kernel drops it when a daemon dies."""
+
+    def __init__(self, db_path: str) -> None:
+        self.path = sqlite_write_lock_path(db_path)
+        self._fd: int | None = None
+        self._thread = threading.Lock()
+
+    def __enter__(self) -> WriteLock:
+        self._thread.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread.release()
+
+    def close(self) -> None:
+        with self._thread:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 def pg_connect(settings: DbSettings, application_name: str = "oned-images"):
     """A psycopg2 connection with the daemon's settings (autocommit)."""
     import psycopg2
@@ -63,6 +106,7 @@ class DatabaseLock:
     def __init__(self, settings: DbSettings) -> None:
         self.settings = settings
         self._fd: int | None = None
+        self._shared = False
         self._conn = None
 
     @property
@@ -79,23 +123,27 @@ class DatabaseLock:
 
     def _acquire_sqlite(self, name: str, shared: bool = False) -> None:
         path = sqlite_lock_path(self.settings.path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_APPEND, 0o600)
+        line = (name + "\n").encode()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _try_flock(fd, fcntl.LOCK_EX):  # alone: the names start anew
+                os.ftruncate(fd, 0)
+                os.write(fd, line)
+                if shared and not _try_flock(fd, fcntl.LOCK_SH):  # kept shared
+                    raise BlockingIOError
+            elif shared and _try_flock(fd, fcntl.LOCK_SH):  # beside other daemons
+                os.write(fd, line)  # O_APPEND: one line per holder
+            else:
+                raise BlockingIOError
         except BlockingIOError:
             try:
-                other = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+                other = _live_holders(os.pread(fd, 64 * 1024, 0).decode("utf-8", "replace"))
             finally:
                 os.close(fd)
-            hint = ""
-            if shared and other.startswith("oned-images serve"):
-                hint = ("; SQLite serves one daemon: to run several, put them on one "
-                        "PostgreSQL database (DB = [ BACKEND = \"postgresql\", ... ])")
             raise DatabaseInUse(f"The database {self.settings.path} is in use by "
-                                f"{other or 'another process'}{hint}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (name + "\n").encode(), 0)
+                                f"{other or 'another process'}") from None
         self._fd = fd
+        self._shared = shared
 
     def _acquire_pg(self, name: str, shared: bool = False) -> None:
         conn = pg_connect(self.settings, name)
@@ -112,7 +160,8 @@ class DatabaseLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            if not self._shared:  # a daemon's line may stand beside others' (it is
+                os.ftruncate(self._fd, 0)  # skipped once its process is gone)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
         if self._conn is not None:
@@ -124,6 +173,30 @@ class DatabaseLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _try_flock(fd: int, how: int) -> bool:
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+_PID = re.compile(r"\(pid (\d+) on ([^)]*)\)")
+
+
+def _live_holders(text: str) -> str:
+    """The holder lines of an SQLite lock file whose process still runs (a daemon
+    that stopped while others held the lock leaves its line behind), joined."""
+    here = socket.gethostname()
+    live = []
+    for line in filter(None, (ln.strip() for ln in text.splitlines())):
+        m = _PID.search(line)
+        if m is None or m.group(2) != here or os.path.exists(f"/proc/{m.group(1)}"):
+            if line not in live:
+                live.append(line)
+    return ", ".join(live)
 
 
 def pg_lock_holder(cur) -> str:

@@ -180,7 +180,7 @@ class VmRow(PoolObject):
         indexes = ((("uid",), False), (("gid",), False), (("state",), False),
                    (("oid",), False))
 class DaemonRow(BaseModel):
-    """A daemon serving this database (several on PostgreSQL): its lease and where it runs.
+    """A daemon serving this database (several can): its lease and where it runs.
 
     ``lease_until`` (Unix time) is renewed every third of DAEMON_LEASE; a row whose lease
     has passed belongs to a dead daemon, whose work another daemon takes over."""
@@ -218,7 +218,7 @@ class DriverClaimRow(BaseModel):
 
 class CacheVersionRow(BaseModel):
     """One counter per cached set of tables, bumped by a trigger on every write to them
-    (PostgreSQL), so a daemon knows its cache is stale before it serves a call."""
+    (store/versions.py), so a daemon knows its cache is stale before it serves a call."""
 
     name = peewee.CharField(max_length=64, primary_key=True)
     version = peewee.BigIntegerField(default=0)

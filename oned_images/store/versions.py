@@ -1,9 +1,10 @@
-"""Caches that stay right when several daemons write one PostgreSQL database.
+"""Caches that stay right when several daemons write one database.
 
 A daemon keeps some tables in memory (users, groups and ACLs: every call reads them).
-Each such cache is registered here with its tables; a PostgreSQL trigger on those
-tables bumps the cache's counter in ``cache_versions`` in the writing transaction, so
-no code path that writes them can forget to.  Before a call is answered, the daemon
+Each such cache is registered here with its tables; a trigger on those tables (a
+statement trigger on PostgreSQL, row triggers on SQLite, which has no other kind) bumps
+the cache's counter in ``cache_versions`` in the writing transaction, so no code path
+that writes them can forget to.  Before a call is answered, the daemon
 reads the counters and reloads every cache whose counter moved.
 
 Why counters and not LISTEN/NOTIFY: a notification reaches the other daemons some time
@@ -18,8 +19,6 @@ renewal tells it how many daemons are live, inside the renewal's transaction, an
 joining daemon serves only once every other one has renewed after it registered
 (``daemons.others_saw``), so none of them can still believe it is alone.  A daemon that
 becomes alone again reads the counters once more before it stops reading them.
-
-SQLite runs one daemon (store/lock.py refuses a second): nothing to check there.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import peewee
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -48,10 +48,19 @@ END $$ LANGUAGE plpgsql
 """
 
 
+_SQLITE_TRIGGER = (
+    'CREATE TRIGGER "{trigger}" AFTER {event} ON "{table}" '
+    "FOR EACH ROW BEGIN INSERT INTO cache_versions (name, version) VALUES ('{name}', 1) "
+    "ON CONFLICT (name) DO UPDATE SET version = version + 1; END")
+
+
 def install_triggers(caches: dict[str, list[str]]) -> None:
     """Create the bump function and one statement trigger per (cache, table); run at
     every start (a restored database comes back without triggers)."""
     db = database_proxy.obj
+    if isinstance(db, peewee.SqliteDatabase):
+        _install_sqlite_triggers(caches)
+        return
     db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SETUP_KEY,))
     db.execute_sql(_FUNCTION)
     for name, tables in caches.items():
@@ -62,6 +71,26 @@ def install_triggers(caches: dict[str, list[str]]) -> None:
                 f'CREATE TRIGGER "{trigger}" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE '
                 f'ON "{table}" FOR EACH STATEMENT EXECUTE FUNCTION '
                 f"oned_images_bump_cache('{name}')")
+        CacheVersionRow.insert(name=name, version=0).on_conflict_ignore().execute()
+
+
+def _install_sqlite_triggers(caches: dict[str, list[str]]) -> None:
+    """Three row triggers per (cache, table), under the writer lock (store/database.py).
+    Only missing or different ones are (re)made: a schema change makes every other
+    daemon's connection prepare its statements again."""
+    db = database_proxy.obj
+    have = dict(db.execute_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                               "AND name LIKE 'oned_images_cache_%'").fetchall())
+    for name, tables in caches.items():
+        for table in tables:
+            for event in ("INSERT", "UPDATE", "DELETE"):
+                trigger = f"oned_images_cache_{table}_{event.lower()}"
+                sql = _SQLITE_TRIGGER.format(trigger=trigger, table=table, event=event,
+                                             name=name)
+                if have.get(trigger) == sql:
+                    continue
+                db.execute_sql(f'DROP TRIGGER IF EXISTS "{trigger}"')
+                db.execute_sql(sql)
         CacheVersionRow.insert(name=name, version=0).on_conflict_ignore().execute()
 
 
@@ -99,7 +128,7 @@ class CacheVersions:
         self.caches[name] = Cache(list(tables), reload)
 
     def setup_sync(self) -> None:
-        """At start, on PostgreSQL: triggers in place, the current counters known."""
+        """At start: triggers in place, the current counters known."""
         if not self.enabled:
             return
         self.db.run_sync(install_triggers, {n: c.tables for n, c in self.caches.items()})
@@ -131,7 +160,7 @@ class CacheVersions:
             self._once = False
             error = None
             try:
-                versions = await self.db.run(read_versions)
+                versions = await self.db.read(read_versions)
                 for name, version in versions.items():
                     cache = self.caches.get(name)
                     if cache is None or self.known.get(name) == version:

@@ -338,7 +338,11 @@ def _undo_v6(d) -> None:
 
 
 def _undo_v7(d) -> None:
-    """Back to schema 6: no daemon, claim, cache version or marker tables."""
+    """Back to schema 6: no daemon, claim, cache version or marker tables (nor the
+    SQLite triggers that bump cache_versions, which every start makes)."""
+    if backend() == "sqlite":
+        for (name,) in sql(d, "SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+            sql(d, f'DROP TRIGGER "{name}"')
     for table in ("daemons", "driver_claims", "cache_versions", "datastore_markers"):
         sql(d, f"DROP TABLE {table}")
 

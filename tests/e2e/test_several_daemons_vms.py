@@ -1,4 +1,4 @@
-"""VM work with several daemons on one PostgreSQL database (README "Several daemons"):
+"""VM work with several daemons on one database (README "Several daemons"):
 each VM's transfer or dummy driver step is claimed by the daemon that made it due, runs
 once, is left alone by a restarting daemon while its owner lives, and is taken over
 after a kill -9 of its owner once the lease has run out; driver scripts die with their
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_several_daemons import LEASE, db_status, ok, postgres_only, several  # noqa: F401
+from tests.e2e.test_several_daemons import LEASE, db_status, ok, several  # noqa: F401
 from tests.support.daemon import REPO, wait_for
 from tests.support.remotes import driver_config, make_remotes, processes_with
 from tests.support.seed import num
 
-pytestmark = [postgres_only, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.timeout(120)]
 
 ACTIVE, RUNNING = 3, 3
 

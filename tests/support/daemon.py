@@ -41,6 +41,8 @@ class Daemon:
     #: the PostgreSQL database is another daemon's (several daemons on one database):
     #: drop() leaves it to that daemon.
     shares_db: bool = False
+    #: SQLite: another daemon's database file (several daemons on one file)
+    sqlite_path: Path | None = None
 
     @property
     def url(self) -> str:
@@ -57,6 +59,8 @@ class Daemon:
     def db_config(self) -> str:
         url = backend()
         if url == "sqlite":
+            if self.sqlite_path is not None:
+                return f'DB = [ BACKEND = "sqlite", PATH = "{self.sqlite_path}" ]\n'
             return 'DB = [ BACKEND = "sqlite" ]\n'
         if self.pg_db is None:
             self.pg_db = "oned_test_" + uuid.uuid4().hex[:12]
@@ -155,19 +159,25 @@ class Daemon:
 
 
 def start_several(tmp: Path, count: int, extra_config: str = "") -> list[Daemon]:
-    """``count`` daemons on one PostgreSQL database (README "Several daemons"), each with
-    its own VAR_LOCATION and port and a name of its own (DAEMON_NAME = d0, d1, ...); the
-    datastores live under the first one's DATASTORE_LOCATION, which all of them see.
-    Drop them in reverse order (the first owns the database)."""
+    """``count`` daemons on one database (README "Several daemons": PostgreSQL, or the
+    first one's SQLite file), each with its own VAR_LOCATION and port and a name of its
+    own (DAEMON_NAME = d0, d1, ...); the datastores live under the first one's
+    DATASTORE_LOCATION, which all of them see.  Drop them in reverse order (the first
+    owns the database)."""
     first = Daemon(tmp / "d0", extra_config=extra_config + 'DAEMON_NAME = "d0"\n').start()
     shared = f'DATASTORE_LOCATION = "{first.var / "datastores"}"\n'
     first.extra_config += shared
     daemons = [first]
     for n in range(1, count):
-        d = Daemon(tmp / f"d{n}", extra_config=extra_config + shared
-                   + f'DAEMON_NAME = "d{n}"\n', pg_db=first.pg_db, shares_db=True)
-        daemons.append(d.start())
+        daemons.append(joining(first, tmp / f"d{n}", extra_config + shared
+                               + f'DAEMON_NAME = "d{n}"\n').start())
     return daemons
+
+
+def joining(first: Daemon, tmp: Path, extra_config: str = "") -> Daemon:
+    """A daemon (not started) on ``first``'s database."""
+    return Daemon(tmp, extra_config=extra_config, pg_db=first.pg_db, shares_db=True,
+                  sqlite_path=first.var / "one.db" if first.pg_db is None else None)
 
 
 def _pg_admin(url: str, sql: str) -> None:
