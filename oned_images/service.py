@@ -241,7 +241,7 @@ class Daemon:
                      how=how, path=str(path))
         me = daemons.Me(cfg.daemon_name or daemons.default_name(
             self._listening.getHost().port), socket.gethostname(), os.getpid(),
-            os.path.abspath(cfg.var_location), float(cfg.daemon_lease))
+            os.path.abspath(cfg.run_location), float(cfg.daemon_lease))
         daemons.set_current(me)
         self._registered, live = db.run_sync(daemons.register, me)
         logs.set_daemon_name(me.name)

@@ -8,12 +8,15 @@ the takeover lock, one monitor per datastore) holds between workers as it holds 
 hosts.  What this module adds is one host's plumbing:
 
 * the port: the parent binds and listens once and the workers inherit that one socket
-  (``reactor.adoptStreamPort``).  Measured on 2 cores against SO_REUSEPORT (each worker
-  a socket of its own in one kernel group): both spread new connections evenly enough
-  (bench figures in the commit/README), but with one shared queue a worker that dies
-  loses no queued connection and a restarting worker takes none before it is ready,
-  while a SO_REUSEPORT socket answers its share with resets when its worker dies and
-  holds its share in a backlog nobody reads while it starts;
+  (``reactor.adoptStreamPort``), rather than each binding a socket of its own with
+  SO_REUSEPORT.  Measured on 2 cores, WORKERS = 2, system.version on a new connection
+  per call: both spread the calls evenly (1 client: 194/206 and 201/199 of 400; 8
+  clients: 411/389 and 385/415 of 800), but 8 clients got 1,600-1,660 calls/s from the
+  shared socket against 950-1,240/s from SO_REUSEPORT, whose hash can queue a
+  connection behind a busy worker while the other one idles (with one queue the idle
+  worker takes it).  One queue also loses nothing when a worker dies (a SO_REUSEPORT
+  socket resets the connections queued on it) and a restarting worker takes no
+  connection before it is ready;
 * the parent (:class:`Supervisor`, no reactor: a select loop over a self-pipe for
   signals and an sd_notify socket of its own): starts worker 1 alone (so a start-up
   error is reported once, by it), then the others; tells systemd READY once every

@@ -1158,9 +1158,8 @@ class ImageManager:
         for gone in dead:
             log.warn("Daemon {name} (on {host}) stopped renewing its lease: taking over "
                      "its driver work", name=gone.name, host=gone.host)
-            if me is not None and gone.host == me.host and \
-                    gone.var_location != self.config.var_location:
-                await self._clear_leftovers(os.path.join(gone.var_location, "run"))
+            if me is not None and gone.host == me.host and gone.var_location != me.var_location:
+                await self._clear_leftovers(gone.var_location)  # its run_location
         retaken = {f.image_id for f in actions}
         for ds_id in await self.db.run(_fs_datastore_ids):
             if not await self.db.run(_sweep_if_idle, ds_id, retaken):

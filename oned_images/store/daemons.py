@@ -38,6 +38,7 @@ class Me:
     name: str
     host: str
     pid: int
+    #: DaemonConfig.run_location (its driver pid records), in the ``var_location`` column.
     var_location: str
     lease: float
 
