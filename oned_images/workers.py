@@ -54,8 +54,9 @@ log = Logger(namespace="OnM")
 #: how a worker finds the inherited listening socket.
 LISTEN_FD_ENV = "ONED_IMAGES_LISTEN_FD"
 PR_SET_PDEATHSIG = 1
-#: seconds SIGTERM'd workers get before SIGKILL when the parent stops.
-STOP_GRACE = 60.0
+#: seconds SIGTERM'd workers get before SIGKILL when the parent stops (within the
+#: shipped unit's TimeoutStopSec = 30).
+STOP_GRACE = 25.0
 
 
 # --------------------------------------------------------------- the worker's side
@@ -236,6 +237,11 @@ class Supervisor:
 
     # ---------------------------------------------------------------- the loop
     def _wait(self, timeout: float) -> None:
+        """Wait for a signal, a notification or ``timeout``; ping systemd's watchdog
+        (start-up included: the workers' start can be longer than WatchdogSec)."""
+        if self.watchdog is not None:
+            systemd.notify("WATCHDOG=1")
+            timeout = min(timeout, self.watchdog)
         try:
             select.select([self._notify, self._wake_r], [], [], max(0.0, timeout))
         except InterruptedError:
@@ -301,8 +307,6 @@ class Supervisor:
                 if w.restart_at is not None and self.clock() >= w.restart_at:
                     self.spawn(w)
             self._check_watchdog()
-            if self.watchdog is not None:
-                systemd.notify("WATCHDOG=1")
         self.stop()
         return self.exit_code
 

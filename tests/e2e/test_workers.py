@@ -248,3 +248,36 @@ def test_a_port_in_use_stops_the_parent_before_any_worker(workers, fresh_daemon)
     assert out.returncode == 1
     assert out.stderr == (f"oned-images: cannot listen on 127.0.0.1:{a.port}: "
                           "Address already in use\n")
+
+
+@postgres_only
+def test_under_systemd_the_parent_is_ready_once_and_kills_a_worker_that_hangs(fresh_daemon):
+    """NOTIFY_SOCKET: READY=1 comes once, from the parent, after both workers are ready;
+    the parent pings the watchdog; a worker that stops its pings to the parent (SIGSTOP)
+    is killed and started again; STOPPING=1 at the end."""
+    from tests.e2e.test_systemd import NotifySocket
+
+    d = fresh_daemon(WORKERS, start=False)
+    notify = NotifySocket(d.tmp / "port")
+    d.env.update(NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="2000000")
+    try:
+        d.start()
+        pids = children(d.proc.pid)
+        ready = wait_for(lambda: [m for m in notify.messages if "READY=1" in m.text])
+        assert len(ready) == 1 and ready[0].port_answered
+        assert ready[0].text == (
+            f"READY=1\nSTATUS=Listening on http://127.0.0.1:{d.port}/RPC2 with 2 workers "
+            f"(pids {pids[1]}, {pids[2]})\nMAINPID={d.proc.pid}")
+        seen = len(notify.messages)
+        wait_for(lambda: notify.texts()[seen:].count("WATCHDOG=1") >= 2, timeout=5)
+        os.kill(pids[1], signal.SIGSTOP)
+        new = wait_for(lambda: (c := children(d.proc.pid)).get(1) not in (None, pids[1])
+                       and c[1], timeout=20)
+        wait_for(lambda: f"Worker 1 (pid {new}) is ready" in d.log_text(), timeout=30)
+        assert (f"Worker 1 (pid {pids[1]}) stopped its watchdog pings: killing it"
+                in d.log_text())
+        assert d.stop() == 0
+        assert notify.texts()[-1] == "STOPPING=1\nSTATUS=Stopping the workers"
+        assert [m for m in notify.messages if "READY=1" in m.text] == ready
+    finally:
+        notify.close()
