@@ -281,3 +281,34 @@ def test_under_systemd_the_parent_is_ready_once_and_kills_a_worker_that_hangs(fr
         assert [m for m in notify.messages if "READY=1" in m.text] == ready
     finally:
         notify.close()
+
+
+@postgres_only
+def test_an_upload_over_one_connection_is_staged_in_its_workers_directory(workers):
+    """Each worker stages its own uploads (uploads/w<k>/: a worker's start-up must not
+    judge a sibling's uploads); the copy of the finished upload reads it from there."""
+    import requests
+
+    from tests.e2e.test_uploads import ADMIN, TUS, meta
+
+    d = workers()
+    body = os.urandom(300_000)
+    with requests.Session() as http:  # tus clients keep their connection
+        reply = http.post(f"http://127.0.0.1:{d.port}/uploads/", timeout=30, headers={
+            **TUS, **ADMIN, "Upload-Length": str(len(body)),
+            "Upload-Metadata": meta(name="up", type="DATABLOCK")})
+        assert reply.status_code == 201
+        url = reply.headers["Location"]
+        staged = [p for p in (d.var / "uploads").glob("w*/*.bin")]
+        assert [p.parent.name for p in staged] in (["w1"], ["w2"]), staged
+        for offset in (0, len(body) // 2):
+            part = body[offset:offset + len(body) // 2] if offset == 0 else body[offset:]
+            reply = http.patch(url, data=part, timeout=30, headers={
+                **TUS, **ADMIN, "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream"})
+            assert reply.status_code == 204, reply.text
+    iid = int(reply.headers["X-One-Image-Id"])
+    doc = wait_for(lambda: (x := ok(d, "one.image.info", iid)) and "<STATE>1</STATE>" in x
+                   and x, timeout=30)
+    source = doc.split("<SOURCE><![CDATA[")[1].split("]]>")[0]
+    assert Path(source).read_bytes() == body
