@@ -48,6 +48,7 @@ from twisted.logger import Logger
 
 from oned_images import systemd
 from oned_images.config import DaemonConfig
+from oned_images.model.settings import default_daemon_name, serves_several_daemons
 
 log = Logger(namespace="OnM")
 
@@ -63,9 +64,7 @@ STOP_GRACE = 25.0
 def worker_config(config: DaemonConfig, worker: int, port: int) -> DaemonConfig:
     """Worker ``worker``'s configuration: its own name (``<DAEMON_NAME or host:port>-w<k>``)
     and run directory; everything else is the parent's."""
-    from oned_images.store import daemons
-
-    base = config.daemon_name or daemons.default_name(port)
+    base = config.daemon_name or default_daemon_name(port)
     return dataclasses.replace(config, worker=worker, daemon_name=f"{base}-w{worker}")
 
 
@@ -359,8 +358,6 @@ def listen(config: DaemonConfig) -> socket.socket:
 def supervise(config: DaemonConfig, port_file: str | None) -> int:
     """``oned-images serve`` with WORKERS > 1: the parent's whole life; the exit status."""
     from oned_images.logs import set_daemon_name, start_logging
-    from oned_images.store import daemons
-    from oned_images.store.lock import serves_several_daemons
 
     if not serves_several_daemons(config.db):
         print(f"oned-images: configuration error: WORKERS = {config.workers} runs "
@@ -376,7 +373,7 @@ def supervise(config: DaemonConfig, port_file: str | None) -> int:
         return 1
     os.makedirs(config.var_location, exist_ok=True)
     observer = start_logging(config.log_system, config.log_file, config.log_debug_level)
-    set_daemon_name(config.daemon_name or daemons.default_name(sock.getsockname()[1]))
+    set_daemon_name(config.daemon_name or default_daemon_name(sock.getsockname()[1]))
     argv = [sys.executable, "-m", "oned_images", "serve"]
     if config.source_file:
         argv += ["--config", config.source_file]

@@ -38,12 +38,6 @@ class DatabaseInUse(SchemaError):
     schema mismatch (one line, exit 1)."""
 
 
-def serves_several_daemons(settings: DbSettings) -> bool:
-    """Whether several daemons (on several hosts, or WORKERS > 1 on one) may serve this
-    database: the one place that answers it.  SQLite does not (the refusal below)."""
-    return settings.backend != "sqlite"
-
-
 def holder_name(what: str) -> str:
     return f"{what} (pid {os.getpid()} on {socket.gethostname()})"
 
