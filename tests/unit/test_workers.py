@@ -87,3 +87,27 @@ def test_a_worker_that_exits_before_it_is_ready_fails_the_start_and_no_other_sta
     worker, code = failed.value.args
     assert (worker.index, code) == (1, 3)
     assert sup.workers[1].proc is None
+
+
+def test_db_fsck_sees_driver_processes_a_killed_worker_left(tmp_path):
+    """fsck --repair must not take a running copy's files for strays: it finds the
+    driver records of every worker (VAR_LOCATION/run/w<k>/drivers), not only run/."""
+    import subprocess
+
+    from oned_images.store.fsck import leftover_drivers
+
+    script = tmp_path / "cp-script"
+    script.write_text("#!/bin/sh\nsleep 30\n")
+    script.chmod(0o755)
+    procs = [subprocess.Popen([str(script)]) for _ in range(2)]
+    try:
+        for where, proc in zip(("run", "run/w2"), procs, strict=True):
+            records = tmp_path / where / "drivers"
+            records.mkdir(parents=True)
+            (records / str(proc.pid)).write_text(str(script))
+        assert leftover_drivers(str(tmp_path)) == sorted(p.pid for p in procs)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert leftover_drivers(str(tmp_path)) == []
