@@ -35,19 +35,46 @@ class Endpoint:
         session = Path(auth_file).read_text().strip().splitlines()[0] if auth_file else ""
         return cls(url, session, pid)
 
+    def pids(self) -> list[int]:
+        """The server and its child processes: with WORKERS > 1 the workers serve (and
+        the parent idles); a daemon's children are its driver scripts."""
+        if self.pid is None:
+            return []
+        out = [self.pid]
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                out += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return out
+
     def cpu_seconds(self) -> float | None:
-        """The server's user + system CPU time so far (its threads together)."""
+        """The server's user + system CPU time so far (its threads and its live child
+        processes together: the workers when WORKERS > 1)."""
         if self.pid is None:
             return None
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # ended meanwhile
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float | None:
+        """Resident memory of the server (summed over its workers when WORKERS > 1)."""
         if self.pid is None:
             return None
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        total = 0
+        for pid in self.pids():
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            total += sum(int(line.split()[1]) for line in text.splitlines()
+                         if line.startswith("VmRSS:"))
+        return total / 1024
         return None
 
 

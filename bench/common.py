@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import sys
@@ -26,7 +27,14 @@ class BenchDaemon(Daemon):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def start_daemon(extra: str = "LOG = [ SYSTEM = \"std\", DEBUG_LEVEL = 1 ]\n") -> Daemon:
+def start_daemon(extra: str = "LOG = [ SYSTEM = \"std\", DEBUG_LEVEL = 1 ]\n",
+                 workers: int = 1, db: str | None = None) -> Daemon:
+    """``workers``: WORKERS (needs PostgreSQL); ``db``: a PostgreSQL URL as ONED_TEST_DB
+    takes it (a database of its own is created there), default ONED_TEST_DB or SQLite."""
+    if db:
+        os.environ["ONED_TEST_DB"] = db
+    if workers > 1:
+        extra += f"WORKERS = {workers}\n"
     d = BenchDaemon(Path(tempfile.mkdtemp(prefix="oned-bench-")), extra_config=extra)
     return d.start()
 

@@ -4,7 +4,8 @@ Usage:
   python -m bench.figures                          # starts its own daemon (bench.common)
   python -m bench.figures --url http://host:2633/RPC2 --auth FILE [--pid PID]
 options: --mode keep|new|both (default both), --n CALLS (2000), --images 10000,
-         --copy-mb 100 (0: no copy figures), --only version,info,allocate,pool,copy
+         --copy-mb 100 (0: no copy figures), --only version,info,allocate,pool,copy,
+         its own daemon: --workers N (WORKERS), --db postgresql://... (its backend)
 
 FILE holds ``user:password`` (an oneadmin-group account: it allocates images in
 datastore 1).  With --pid (or its own daemon) the server's resident memory is read
@@ -173,6 +174,10 @@ def main() -> None:
     ap.add_argument("--copy-mb", type=int, default=100)
     ap.add_argument("--copy-runs", type=int, default=5)
     ap.add_argument("--only", default="version,info,allocate,pool,rss,copy")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="its own daemon: WORKERS (more than 1 needs --db or ONED_TEST_DB)")
+    ap.add_argument("--db", help="its own daemon: a PostgreSQL URL (postgresql://user:pw@"
+                                 "host:port/any: a database of its own is made there)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     modes = ("keep", "new") if args.mode == "both" else (args.mode,)
@@ -182,12 +187,13 @@ def main() -> None:
     else:
         from bench.common import SESSION, start_daemon
 
-        daemon = start_daemon()
+        daemon = start_daemon(workers=args.workers, db=args.db)
         ep = Endpoint(daemon.url, SESSION, daemon.proc.pid)
     try:
         load = os.getloadavg()
         print(f"endpoint {ep.url}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-              f"{os.cpu_count()} cpus", flush=True)
+              f"{os.cpu_count()} cpus" + (f"; WORKERS = {args.workers}" if daemon else ""),
+              flush=True)
         if (rss := ep.rss_mb()) is not None:
             print(f"server RSS at start: {rss:.1f} MB", flush=True)
         c = Client(ep, "keep")

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port-file", default=None,
                        help="write the bound TCP port to this file once listening "
                             "(useful with PORT = 0)")
+    serve.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # workers.py
     _db_parser(sub)
     return parser
 
@@ -119,7 +120,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.action in ("backup", "restore", "fsck"):
             raise SystemExit(_db_tool(args, config))
         raise SystemExit(_db(args.action, config))
-    _serve(config, args.port_file)
+    if config.workers > 1 and not args.worker:
+        from oned_images.workers import supervise
+
+        raise SystemExit(supervise(config, args.port_file))
+    _serve(config, args.port_file, args.worker)
 
 
 def _db(action: str, config) -> int:
@@ -247,7 +252,7 @@ def _limit_malloc_arenas() -> None:
         pass
 
 
-def _serve(config, port_file: str | None) -> None:
+def _serve(config, port_file: str | None, worker: int = 0) -> None:
     from pathlib import Path
 
     _limit_malloc_arenas()
@@ -264,7 +269,13 @@ def _serve(config, port_file: str | None) -> None:
     from oned_images.memory import keep_large_buffers_off_the_heap
 
     keep_large_buffers_off_the_heap()
-    daemon = Daemon(reactor, config, port_file=port_file)
+    listen_socket = None
+    if worker:  # one of WORKERS (oned_images/workers.py): the parent's socket, a name
+        from oned_images import workers
+
+        listen_socket = workers.inherited_socket()
+        config = workers.worker_config(config, worker, listen_socket.getsockname()[1])
+    daemon = Daemon(reactor, config, port_file=port_file, listen_socket=listen_socket)
     daemon.observer = observer
     # logrotate: SIGHUP reopens oned.log (on the reactor, not inside a write).
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(observer.reopen))
@@ -280,18 +291,20 @@ def _serve(config, port_file: str | None) -> None:
         print(f"oned-images: {_cannot_open(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     where = config.log_file if config.log_system == "file" else "standard error"
-    print(f"oned-images: config {config.source_file} ({config.source_why}), "
-          f"database {config.db.backend} "
-          f"({daemon.app.db.settings.path or config.db.server}), datastores in "
-          f"{config.datastore_location}, log in {where}", file=sys.stderr)
+    if worker <= 1:  # of several workers, the first says it for all
+        print(f"oned-images: config {config.source_file} ({config.source_why}), "
+              f"database {config.db.backend} "
+              f"({daemon.app.db.settings.path or config.db.server}), datastores in "
+              f"{config.datastore_location}, log in {where}", file=sys.stderr)
     if daemon.bootstrap_note:
         print(f"oned-images: {daemon.bootstrap_note}", file=sys.stderr)
 
     from twisted.internet import defer
 
     def started(port: int) -> None:
-        print(f"oned-images: listening on http://{config.listen_address}:{port}/RPC2",
-              file=sys.stderr, flush=True)
+        if not worker:  # the parent says it once all workers listen
+            print(f"oned-images: listening on http://{config.listen_address}:{port}/RPC2",
+                  file=sys.stderr, flush=True)
 
     def failed(failure) -> None:
         print(f"oned-images: cannot start: {failure.getErrorMessage()}", file=sys.stderr)

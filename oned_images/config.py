@@ -208,6 +208,10 @@ class DaemonConfig:
     daemon_name: str = ""
     #: seconds a dead daemon's driver work waits before another daemon takes it over.
     daemon_lease: int = 30
+    #: accept processes sharing the port (oned_images/workers.py); 1: this process serves.
+    workers: int = 1
+    #: which of them this process is (0: not a worker); its run-time files are its own.
+    worker: int = 0
     source_file: str = ""
     #: why source_file was read (--config, $ONE_LOCATION, /etc/one, packaged default).
     source_why: str = ""
@@ -233,6 +237,12 @@ class DaemonConfig:
     @property
     def staging_dir(self) -> str:
         return self.upload_staging_dir or os.path.join(self.var_location, "uploads")
+
+    @property
+    def run_location(self) -> str:
+        """Driver pid records, action TMPDIRs, TM journals: one process's own."""
+        run = os.path.join(self.var_location, "run")
+        return os.path.join(run, f"w{self.worker}") if self.worker else run
 
     @property
     def log_file(self) -> str:
@@ -267,6 +277,7 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "WEB_PAGE": ("web_page", _yes_no),
     "DAEMON_NAME": ("daemon_name", _text),
     "DAEMON_LEASE": ("daemon_lease", _positive),
+    "WORKERS": ("workers", _positive),
 }
 MULTI = ("IMAGE_RESTRICTED_ATTR",)
 

@@ -20,7 +20,7 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from oned_images import logs
+from oned_images import logs, workers
 from oned_images.config import WEB_ROOT, DaemonConfig
 from oned_images.domain import vm_takeover
 from oned_images.domain.clusters import Clusters
@@ -166,6 +166,8 @@ class Daemon:
     db_lock: DatabaseLock | None = None
     ready: defer.Deferred = field(default_factory=defer.Deferred)
     systemd: Notifier | None = None
+    #: a worker's listening socket, inherited from the parent (oned_images/workers.py).
+    listen_socket: socket.socket | None = None
 
     def open_database_settings(self) -> DbSettings:
         cfg = self.config
@@ -183,8 +185,10 @@ class Daemon:
         until start() attaches the site after reconciliation."""
         cfg = self.config
         try:
-            self._listening = self.reactor.listenTCP(cfg.port, _NotReadyYet(),
-                                                     interface=cfg.listen_address)
+            self._listening = (
+                workers.adopt(self.reactor, self.listen_socket, _NotReadyYet())
+                if self.listen_socket is not None else
+                self.reactor.listenTCP(cfg.port, _NotReadyYet(), interface=cfg.listen_address))
         except CannotListenError as exc:
             why = getattr(exc.socketError, "strerror", None) or str(exc.socketError)
             raise StartupError(f"cannot listen on {cfg.listen_address}:{cfg.port}: "
@@ -206,8 +210,8 @@ class Daemon:
             self.bind()
         drivers = DriverRunner(self.reactor, cfg.driver, cfg)
         check_drivers(cfg.driver, drivers.environment()["PATH"])
-        for state in (cfg.var_location, Path(cfg.var_location) / "run",
-                      reaper.run_dir(cfg.var_location), cfg.datastore_location):
+        for state in (cfg.var_location, Path(cfg.var_location) / "run", cfg.run_location,
+                      reaper.run_dir(cfg.run_location), cfg.datastore_location):
             private_dir(state)
         auth_dir = Path(cfg.var_location) / ".one"
         if auth_dir.exists():
@@ -237,7 +241,7 @@ class Daemon:
                      how=how, path=str(path))
         me = daemons.Me(cfg.daemon_name or daemons.default_name(
             self._listening.getHost().port), socket.gethostname(), os.getpid(),
-            os.path.abspath(cfg.var_location), float(cfg.daemon_lease))
+            os.path.abspath(cfg.run_location), float(cfg.daemon_lease))
         daemons.set_current(me)
         self._registered, live = db.run_sync(daemons.register, me)
         logs.set_daemon_name(me.name)

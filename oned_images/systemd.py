@@ -18,7 +18,6 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet import task
 from twisted.logger import Logger
 
 log = Logger(namespace="OnM")
@@ -63,12 +62,14 @@ class Notifier:
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
-        self._watchdog: task.LoopingCall | None = None
+        self._watchdog: Any = None  # a LoopingCall once started
 
     def starting(self, status: str) -> None:
         """Start the watchdog pings (harmless before READY) and say what start does."""
         interval = watchdog_interval() if self.enabled else None
         if interval is not None:
+            from twisted.internet import task  # (not at import: the WORKERS parent has no reactor)
+
             self._watchdog = task.LoopingCall(notify, "WATCHDOG=1")
             self._watchdog.clock = self.reactor
             self._watchdog.start(interval, now=True)

@@ -1152,15 +1152,14 @@ class ImageManager:
         are swept only while no live action writes into it.
         """
         if at_start:
-            await self._clear_leftovers(self.config.var_location)
+            await self._clear_leftovers(self.config.run_location)
         actions, report, dead = await self.db.run(self._reconcile_txn, at_start)
         me = daemons.current()
         for gone in dead:
             log.warn("Daemon {name} (on {host}) stopped renewing its lease: taking over "
                      "its driver work", name=gone.name, host=gone.host)
-            if me is not None and gone.host == me.host and \
-                    gone.var_location != self.config.var_location:
-                await self._clear_leftovers(gone.var_location)
+            if me is not None and gone.host == me.host and gone.var_location != me.var_location:
+                await self._clear_leftovers(gone.var_location)  # its run_location
         retaken = {f.image_id for f in actions}
         for ds_id in await self.db.run(_fs_datastore_ids):
             if not await self.db.run(_sweep_if_idle, ds_id, retaken):
@@ -1171,11 +1170,11 @@ class ImageManager:
             self._start(follow)
         return report
 
-    async def _clear_leftovers(self, var_location: str) -> None:
-        """Stop the driver processes a dead run recorded under ``var_location``."""
-        await deferToThread(reaper.kill_leftover_groups, var_location,
+    async def _clear_leftovers(self, run_location: str) -> None:
+        """Stop the driver processes a dead run recorded under ``run_location``."""
+        await deferToThread(reaper.kill_leftover_groups, run_location,
                             self.config.driver.kill_grace)
-        await deferToThread(reaper.clear_action_tmp, var_location)
+        await deferToThread(reaper.clear_action_tmp, run_location)
 
     async def heartbeat(self) -> None:
         """Renew this daemon's lease; take over the work of daemons whose lease ran out.

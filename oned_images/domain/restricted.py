@@ -9,6 +9,7 @@ admit ``/var/tmpfoo``, and the path is resolved (symlinks, ``..``) first.
 from __future__ import annotations
 
 import os
+import re
 
 
 def _under(path: str, directory: str) -> bool:
@@ -62,8 +63,11 @@ def staged_env(config, path: str) -> dict[str, str]:
     """The one allowance through the protection above: the copy of an uploaded image
     may read (and move) exactly its own staged file, named by ONED_STAGED_FILE; any
     other PATH under the staging directory stays refused (the file must sit directly
-    in it, as oned_images.store.staging names them)."""
+    in it, or in a worker's ``w<k>`` directory there: domain/uploads.py)."""
     staging = os.path.realpath(config.staging_dir)
-    if path and os.path.dirname(os.path.realpath(path)) == staging:
+    where = os.path.dirname(os.path.realpath(path)) if path else ""
+    if where and (where == staging or (os.path.dirname(where) == staging
+                                       and re.fullmatch(r"w[1-9][0-9]*",
+                                                        os.path.basename(where)))):
         return {"ONED_STAGED_FILE": os.path.realpath(path)}
     return {}

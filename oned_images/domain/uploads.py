@@ -15,6 +15,7 @@ same rules after a restart.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import secrets
 import time
@@ -106,7 +107,11 @@ class UploadManager:
     busy: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.staging = Staging(self.app.config.staging_dir)
+        # WORKERS > 1: each worker's uploads are its own (a worker's start-up reconcile
+        # must not judge a sibling's uploads in progress); restricted.staged_env knows.
+        worker = self.app.config.worker
+        self.staging = Staging(os.path.join(self.app.config.staging_dir, f"w{worker}")
+                               if worker else self.app.config.staging_dir)
 
     @property
     def config(self):

@@ -25,19 +25,20 @@ log = Logger(namespace="ImM")
 DRIVER_FILE = re.compile(r"^([0-9a-f]{32})(\.tmp|\.download|\.tmp\.conv|\.snap|\.md5sum)?$")
 
 
-def run_dir(var_location: str) -> Path:
-    return Path(var_location) / "run" / "drivers"
+def run_dir(run_location: str) -> Path:
+    """``run_location``: DaemonConfig.run_location (VAR_LOCATION/run, a worker's own below)."""
+    return Path(run_location) / "drivers"
 
 
-def action_tmp_root(var_location: str) -> Path:
+def action_tmp_root(run_location: str) -> Path:
     """Parent of the private TMPDIR each action gets (removed when the action ends)."""
-    return Path(var_location) / "run" / "tmp"
+    return Path(run_location) / "tmp"
 
 
-def clear_action_tmp(var_location: str) -> list[str]:
+def clear_action_tmp(run_location: str) -> list[str]:
     """Remove the TMPDIRs of actions a previous run left (kill -9, crash): after
     kill_leftover_groups nothing uses them any more."""
-    root = action_tmp_root(var_location)
+    root = action_tmp_root(run_location)
     try:
         names = sorted(os.listdir(root))
     except OSError:
@@ -50,15 +51,15 @@ def clear_action_tmp(var_location: str) -> list[str]:
     return names
 
 
-def record(var_location: str, pid: int, script: str) -> None:
-    d = run_dir(var_location)
+def record(run_location: str, pid: int, script: str) -> None:
+    d = run_dir(run_location)
     d.mkdir(parents=True, exist_ok=True)
     (d / str(pid)).write_text(script)
 
 
-def forget(var_location: str, pid: int) -> None:
+def forget(run_location: str, pid: int) -> None:
     try:
-        (run_dir(var_location) / str(pid)).unlink()
+        (run_dir(run_location) / str(pid)).unlink()
     except FileNotFoundError:
         pass
 
@@ -74,9 +75,9 @@ def _alive_with(pid: int, script: str) -> bool:
     return script.encode() in cmdline
 
 
-def kill_leftover_groups(var_location: str, grace: float = 5.0) -> list[int]:
+def kill_leftover_groups(run_location: str, grace: float = 5.0) -> list[int]:
     """Terminate the process groups a previous daemon left running; returns their pids."""
-    d = run_dir(var_location)
+    d = run_dir(run_location)
     if not d.is_dir():
         return []
     victims = []

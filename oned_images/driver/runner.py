@@ -233,7 +233,7 @@ class DriverRunner:
                     extra: dict[str, str] | None) -> tuple[dict[str, str], str]:
         """The environment of one action, with a private TMPDIR under VAR_LOCATION
         (removed when the action ends, swept at start by reaper.clear_action_tmp)."""
-        tmpdir = str(reaper.action_tmp_root(self.config.var_location)
+        tmpdir = str(reaper.action_tmp_root(self.config.run_location)
                      / f"{action}-{oid}-{next(_tmp_ids)}")
         os.makedirs(tmpdir, mode=0o700)
         return {**self.environment(), **(extra or {}), "TMPDIR": tmpdir}, tmpdir
@@ -340,7 +340,7 @@ class DriverRunner:
         # Twisted clears transport.pid once the process is reaped: keep our own copy
         # for forget(), or the record outlives the action.
         pid = transport.pid
-        reaper.record(self.config.var_location, pid, script)
+        reaper.record(self.config.run_location, pid, script)
         running = _Running(pid, collector)
         self._running[key] = running
         timeout = (self.settings.timeouts if timeouts is None else timeouts).get(action)
@@ -359,7 +359,7 @@ class DriverRunner:
             if timer is not None and timer.active():
                 timer.cancel()
             self._running.pop(key, None)
-            reaper.forget(self.config.var_location, pid)
+            reaper.forget(self.config.run_location, pid)
             # (in a thread: an rmdir waits for the file system's journal, which a copy's
             # or the database's fsync can hold for milliseconds; the name is never reused)
             self.reactor.callInThread(shutil.rmtree, tmpdir, ignore_errors=True)

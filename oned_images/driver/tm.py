@@ -419,7 +419,7 @@ class TransferManager:
 
     # ------------------------------------------------------------- journal
     def _journal_dir(self) -> Path:
-        return Path(self.config.var_location) / "run" / "tm"
+        return Path(self.config.run_location) / "tm"
 
     def _journal(self, vm_id: int, op: str, actions: Sequence[TmAction]) -> None:
         directory = self._journal_dir()

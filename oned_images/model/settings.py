@@ -6,6 +6,7 @@ Keeping them here lets config.py depend only on this package, not on store/ or r
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 
@@ -20,6 +21,18 @@ class DbSettings:
     db_name: str = "opennebula"
     connections: int = 4
     timeout_ms: int = 2500
+
+
+def serves_several_daemons(settings: DbSettings) -> bool:
+    """Whether several daemons (on several hosts, or WORKERS > 1 on one) may serve this
+    database: the one place that answers it.  SQLite does not (store/lock.py refuses a
+    second daemon on one file)."""
+    return settings.backend != "sqlite"
+
+
+def default_daemon_name(port: int) -> str:
+    """DAEMON_NAME when the configuration gives none: host name:port."""
+    return f"{socket.gethostname()}:{port}"
 
 
 @dataclass(frozen=True)

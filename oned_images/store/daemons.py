@@ -16,13 +16,13 @@ seconds of the daemons' clocks: their hosts must keep time (NTP), as any lease n
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import peewee
 
+from oned_images.model.settings import default_daemon_name
 from oned_images.store.models import DaemonRow, DriverClaimRow, database_proxy
 
 #: "onedimg2": the transaction lock that serialises reconciliations and takeovers.
@@ -40,6 +40,7 @@ class Me:
     name: str
     host: str
     pid: int
+    #: DaemonConfig.run_location (its driver pid records), in the ``var_location`` column.
     var_location: str
     lease: float
 
@@ -56,8 +57,7 @@ def current() -> Me | None:
     return _current
 
 
-def default_name(port: int) -> str:
-    return f"{socket.gethostname()}:{port}"
+default_name = default_daemon_name
 
 
 def _postgres() -> bool:

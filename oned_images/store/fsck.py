@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import peewee
 from lxml import etree
@@ -223,12 +224,12 @@ def check_database(repair: bool, daemon_running: bool) -> tuple[list[Finding], l
 
 def leftover_drivers(var_location: str) -> list[int]:
     """Driver process groups a killed daemon left running (they outlive it, see
-    driver.reaper): their half-written files must not be taken for strays."""
-    directory = reaper.run_dir(var_location)
-    if not directory.is_dir():
-        return []
+    driver.reaper): their half-written files must not be taken for strays.  Workers
+    (WORKERS > 1) record theirs under run/w<k>/."""
+    run = Path(var_location) / "run"
     alive = []
-    for entry in directory.iterdir():
+    for entry in [e for d in (run, *run.glob("w[0-9]*")) if reaper.run_dir(d).is_dir()
+                  for e in reaper.run_dir(d).iterdir()]:
         try:
             pid, script = int(entry.name), entry.read_text()
         except (ValueError, OSError):

@@ -1,0 +1,314 @@
+"""WORKERS = N (oned_images/workers.py): N daemons accept on one port under a small
+parent that starts, restarts and stops them.  Each worker is a daemon of README
+"Several daemons", so this needs PostgreSQL while SQLite serves one daemon."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+import xmlrpc.client
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_several_daemons import db_status, fs_guarded_remotes, ok
+from tests.support.daemon import REPO, Daemon, backend, wait_for
+from tests.support.remotes import driver_config, processes_with
+
+postgres_only = pytest.mark.skipif(
+    backend() == "sqlite", reason="WORKERS > 1 runs several daemons on one database; "
+    "SQLite serves one daemon (store.lock.serves_several_daemons)")
+LEASE = 3
+WORKERS = f"WORKERS = 2\nDAEMON_LEASE = {LEASE}\n"
+
+
+@pytest.fixture
+def workers(fresh_daemon):
+    def make(extra: str = "") -> Daemon:
+        return fresh_daemon(WORKERS + extra)
+
+    return make
+
+
+def children(pid: int) -> dict[int, int]:
+    """worker index -> pid of the parent's children (their command line names it)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"--worker" in cmd:
+                out[int(cmd[cmd.index(b"--worker") + 1])] = int(child)
+    return out
+
+
+def metrics_pages(d: Daemon, names: set[str], tries: int = 200) -> dict[str, str]:
+    """/metrics of each worker (a scrape reaches one of them): name -> page."""
+    pages: dict[str, str] = {}
+    for _ in range(tries):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics").read().decode()
+        name = re.search(r'oned_images_daemon_info\{host="[^"]*",name="([^"]*)"\}', text)[1]
+        pages.setdefault(name, text)
+        if set(pages) == names:
+            return pages
+    raise AssertionError(f"only {sorted(pages)} answered /metrics")
+
+
+def counter(page: str, method: str) -> float:
+    m = re.search(rf'^oned_images_xmlrpc_calls_total\{{method="{re.escape(method)}",'
+                  r'result="success"\} (\S+)$', page, re.M)
+    return float(m[1]) if m else 0.0
+
+
+@postgres_only
+def test_two_workers_answer_calls_each_in_its_own_process(workers):
+    d = workers()
+    pids = children(d.proc.pid)
+    assert sorted(pids) == [1, 2] and len(set(pids.values())) == 2
+    name = f"{os.uname().nodename}:{d.port}"
+    lines = db_status(d).splitlines()[1:]
+    assert [ln.split(", lease")[0] for ln in lines] == [
+        f"daemon {name}-w{k}: pid {pids[k]} on {os.uname().nodename}" for k in (1, 2)]
+    for _ in range(60):  # a new connection per call, as most clients do
+        assert xmlrpc.client.ServerProxy(d.url).one.system.version(d.session())[0] is True
+    pages = metrics_pages(d, {f"{name}-w1", f"{name}-w2"})
+    answered = [counter(pages[f"{name}-w{k}"], "one.system.version") for k in (1, 2)]
+    assert answered[0] > 0 and answered[1] > 0, answered
+    assert sum(answered) == 60
+    log = d.log_text()
+    for k in (1, 2):
+        assert f" [{name}-w{k}] [Z0][ReM][D]: Req:" in log
+        assert f" [{name}] [Z0][OnM][I]: Worker {k} (pid {pids[k]}) is ready\n" in log
+    assert (f"oned-images: listening on http://127.0.0.1:{d.port}/RPC2 (2 workers, pids "
+            f"{pids[1]}, {pids[2]})\n") in log
+    assert log.count("oned-images: config ") == 1  # the start-up lines: once, not per worker
+
+
+@postgres_only
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_copies_through_both_workers_finish_once_and_a_killed_worker_is_restarted(
+        workers, tmp_path, request):
+    """Copies allocated on new connections land on both workers; kill -9 of one: the
+    parent restarts it (same name), its claimed copies are run again, each image is
+    copied by one process at a time and ends READY."""
+    state = tmp_path / "state"
+    state.mkdir()
+    remotes = fs_guarded_remotes(tmp_path / "remotes", state)
+    src = Path("/var/tmp") / f"oned-images-workers-{os.getpid()}.raw"  # under SAFE_DIRS
+    src.write_bytes(os.urandom(4 * 1024 * 1024))
+    request.addfinalizer(lambda: src.unlink(missing_ok=True))
+    d = workers(driver_config(remotes, "-t 15 -d dummy,fs"))
+    name = f"{os.uname().nodename}:{d.port}"
+    pids = children(d.proc.pid)
+
+    def allocate(n: int) -> int:
+        return ok(d, "one.image.allocate",
+                  f'NAME="c{n}"\nPATH="{src}"\nLIMIT_TRANSFER_BW="1M"', 1)
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = sorted(pool.map(allocate, range(16)))
+    assert len(set(ids)) == 16
+    runs = state / "runs"
+    wait_for(lambda: runs.exists() and len(runs.read_text().split()) >= 16, timeout=30)
+    held = {k: re.findall(r"image (\d+) cp", line) for line in db_status(d).splitlines()
+            for k in (1, 2) if line.startswith(f"daemon {name}-w{k}:")}
+    assert held[1] and held[2], held  # both workers took copies
+    victim = pids[2]
+    os.kill(victim, signal.SIGKILL)
+    new = wait_for(lambda: (c := children(d.proc.pid)).get(2) not in (None, victim)
+                   and c[2], timeout=20)
+    assert children(d.proc.pid)[1] == pids[1]  # the other one was left alone
+
+    def settled() -> bool:
+        return all("<STATE>1</STATE>" in ok(d, "one.image.info", i) for i in ids)
+
+    wait_for(settled, timeout=90, interval=0.5)
+    assert not (state / "twice").exists()
+    counts = {i: runs.read_text().split().count(str(i)) for i in ids}
+    assert {i for i, c in counts.items() if c > 1} <= {int(i) for i in held[2]}
+    assert all(c >= 1 for c in counts.values())
+    log = d.log_text()
+    assert re.search(rf" \[{re.escape(name)}\] \[Z0\]\[OnM\]\[W\]: Worker 2 \(pid {victim}\) "
+                     r"killed by signal 9 after [\d.]+ s: restarting it in 1 s\n", log), log[-3000:]
+    assert f" [{name}] [Z0][OnM][I]: Worker 2 started (pid {new})\n" in log
+    assert f" [{name}] [Z0][OnM][I]: Worker 2 (pid {new}) is ready\n" in log
+    base = Path(ok(d, "one.datastore.info", 1).split("<BASE_PATH><![CDATA[")[1]
+                .split("]]>")[0])
+    sources = {ok(d, "one.image.info", i).split("<SOURCE><![CDATA[")[1].split("]]>")[0]
+               for i in ids}
+    wait_for(lambda: {str(p) for p in base.iterdir()} == sources, timeout=2 * LEASE)
+
+
+def in_dir(marker: str) -> list[int]:
+    """Live processes other than workers whose working directory is under ``marker``
+    (driver scripts run in VAR_LOCATION)."""
+    found = []
+    for pid in processes_with(""):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cwd.startswith(marker) and b"oned_images" not in cmd:
+            found.append(pid)
+    return found
+
+
+def _slow_copy(d: Daemon, src: Path, n: int) -> int:
+    return ok(d, "one.image.allocate", f'NAME="slow{n}"\nPATH="{src}"\nLIMIT_TRANSFER_BW="1M"',
+              1)
+
+
+@postgres_only
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_the_parent_leaves_no_process(workers, tmp_path, request, how):
+    """SIGTERM: the parent stops every worker and exits 0.  kill -9 of the parent: the
+    workers get SIGTERM from the kernel (PR_SET_PDEATHSIG) and stop too.  Either way no
+    worker and no driver script of theirs is left."""
+    src = Path("/var/tmp") / f"oned-images-workers-stop-{os.getpid()}.raw"
+    src.write_bytes(os.urandom(30 * 1024 * 1024))
+    request.addfinalizer(lambda: src.unlink(missing_ok=True))
+    d = workers()
+    pids = children(d.proc.pid)
+    _slow_copy(d, src, 1)
+    _slow_copy(d, src, 2)
+    marker = str(d.tmp)  # every worker's command line and every driver's cwd name it
+    wait_for(lambda: len(in_dir(marker)) >= 2)  # the two copies' scripts run
+    parent = d.proc.pid
+    code = d.stop(getattr(signal, how))
+    assert code == (0 if how == "SIGTERM" else -9)
+
+    wait_for(lambda: processes_with(marker) + in_dir(marker) == [], timeout=30)
+    for pid in (parent, *pids.values()):
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def _config(d: Daemon) -> Path:
+    d.tmp.mkdir(parents=True, exist_ok=True)
+    return d.write_config()
+
+
+def _serve(conf: Path, tmp: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp), ONE_AUTH=str(tmp / "auth"))
+    return subprocess.run([sys.executable, "-m", "oned_images", "serve", "--config", str(conf)],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=str(tmp))
+
+
+def test_a_configuration_error_is_reported_once(fresh_daemon):
+    d = fresh_daemon("WORKERS = 0\n", start=False)
+    conf = _config(d)
+    line = conf.read_text().splitlines().index("WORKERS = 0") + 1
+    out = _serve(conf, d.tmp)
+    assert out.returncode == 2
+    assert out.stderr == (f"oned-images: configuration error: {conf}:{line}: WORKERS: "
+                          "bad value '0': expected a positive integer\n")
+
+
+@pytest.mark.skipif(backend() != "sqlite", reason="the SQLite refusal")
+def test_workers_on_sqlite_are_refused_with_what_to_do(fresh_daemon):
+    d = fresh_daemon(WORKERS, start=False)
+    out = _serve(_config(d), d.tmp)
+    assert out.returncode == 2
+    assert out.stderr == (
+        "oned-images: configuration error: WORKERS = 2 runs 2 daemons on one database, "
+        "and sqlite serves one daemon: use PostgreSQL (DB = [ BACKEND = \"postgresql\", "
+        "... ]) or WORKERS = 1\n")
+    assert not (d.var / "one.db").exists()  # refused before anything was created
+
+
+@postgres_only
+def test_a_worker_that_cannot_start_stops_the_parent_with_one_message(fresh_daemon):
+    """The database cannot be reached: worker 1 says why, once; the parent says that it
+    stops; worker 2 was never started."""
+    d = fresh_daemon(WORKERS, start=False)
+    conf = _config(d)
+    conf.write_text(conf.read_text().replace("PORT = 5432", "PORT = 1"))
+    out = _serve(conf, d.tmp)
+    assert out.returncode == 1
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("oned-images:")]
+    assert len(lines) == 2, out.stderr  # (the others are the log: LOG SYSTEM = std)
+    assert "Worker 2 started" not in out.stderr
+    assert lines[0].startswith("oned-images: cannot open the database: ")
+    assert lines[1] == "oned-images: worker 1 of 2 could not start (it exited with status 1): stopping"
+
+
+@postgres_only
+def test_a_port_in_use_stops_the_parent_before_any_worker(workers, fresh_daemon):
+    a = workers()
+    b = fresh_daemon(WORKERS, start=False)
+    conf = _config(b)
+    conf.write_text(conf.read_text().replace("PORT = 0\n", f"PORT = {a.port}\n"))
+    out = _serve(conf, b.tmp)
+    assert out.returncode == 1
+    assert out.stderr == (f"oned-images: cannot listen on 127.0.0.1:{a.port}: "
+                          "Address already in use\n")
+
+
+@postgres_only
+def test_under_systemd_the_parent_is_ready_once_and_kills_a_worker_that_hangs(fresh_daemon):
+    """NOTIFY_SOCKET: READY=1 comes once, from the parent, after both workers are ready;
+    the parent pings the watchdog; a worker that stops its pings to the parent (SIGSTOP)
+    is killed and started again; STOPPING=1 at the end."""
+    from tests.e2e.test_systemd import NotifySocket
+
+    d = fresh_daemon(WORKERS, start=False)
+    notify = NotifySocket(d.tmp / "port")
+    d.env.update(NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="2000000")
+    try:
+        d.start()
+        pids = children(d.proc.pid)
+        ready = wait_for(lambda: [m for m in notify.messages if "READY=1" in m.text])
+        assert len(ready) == 1 and ready[0].port_answered
+        assert ready[0].text == (
+            f"READY=1\nSTATUS=Listening on http://127.0.0.1:{d.port}/RPC2 with 2 workers "
+            f"(pids {pids[1]}, {pids[2]})\nMAINPID={d.proc.pid}")
+        seen = len(notify.messages)
+        wait_for(lambda: notify.texts()[seen:].count("WATCHDOG=1") >= 2, timeout=5)
+        os.kill(pids[1], signal.SIGSTOP)
+        new = wait_for(lambda: (c := children(d.proc.pid)).get(1) not in (None, pids[1])
+                       and c[1], timeout=20)
+        wait_for(lambda: f"Worker 1 (pid {new}) is ready" in d.log_text(), timeout=30)
+        assert (f"Worker 1 (pid {pids[1]}) stopped its watchdog pings: killing it"
+                in d.log_text())
+        assert d.stop() == 0
+        assert notify.texts()[-1] == "STOPPING=1\nSTATUS=Stopping the workers"
+        assert [m for m in notify.messages if "READY=1" in m.text] == ready
+    finally:
+        notify.close()
+
+
+@postgres_only
+def test_an_upload_over_one_connection_is_staged_in_its_workers_directory(workers):
+    """Each worker stages its own uploads (uploads/w<k>/: a worker's start-up must not
+    judge a sibling's uploads); the copy of the finished upload reads it from there."""
+    import requests
+
+    from tests.e2e.test_uploads import ADMIN, TUS, meta
+
+    d = workers()
+    body = os.urandom(300_000)
+    with requests.Session() as http:  # tus clients keep their connection
+        reply = http.post(f"http://127.0.0.1:{d.port}/uploads/", timeout=30, headers={
+            **TUS, **ADMIN, "Upload-Length": str(len(body)),
+            "Upload-Metadata": meta(name="up", type="DATABLOCK")})
+        assert reply.status_code == 201
+        url = reply.headers["Location"]
+        staged = [p for p in (d.var / "uploads").glob("w*/*.bin")]
+        assert [p.parent.name for p in staged] in (["w1"], ["w2"]), staged
+        for offset in (0, len(body) // 2):
+            part = body[offset:offset + len(body) // 2] if offset == 0 else body[offset:]
+            reply = http.patch(url, data=part, timeout=30, headers={
+                **TUS, **ADMIN, "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream"})
+            assert reply.status_code == 204, reply.text
+    iid = int(reply.headers["X-One-Image-Id"])
+    doc = wait_for(lambda: (x := ok(d, "one.image.info", iid)) and "<STATE>1</STATE>" in x
+                   and x, timeout=30)
+    source = doc.split("<SOURCE><![CDATA[")[1].split("]]>")[0]
+    assert Path(source).read_bytes() == body
