@@ -67,6 +67,13 @@ def _positive(value: str) -> int:
     return n
 
 
+def _non_negative(value: str) -> int:
+    n = int(value.strip())
+    if n < 0:
+        raise ValueError("expected 0 or a positive integer")
+    return n
+
+
 def _octal(value: str) -> int:
     n = int(value.strip(), 8)
     if not 0 <= n <= 0o777:
@@ -187,6 +194,9 @@ class DaemonConfig:
     tm: TmSettings = field(default_factory=TmSettings)
     #: seconds without a byte before a driver's transfer fails (ONED_STALL_TIMEOUT)
     driver_stall_timeout: int = 60
+    #: MiB a copy (cp) may write, decompressed (ONED_COPY_MAX_MB; 0 = only the
+    #: datastore's space bounds it)
+    driver_copy_max_mb: int = 0
     ds_mad_conf: tuple[DsMadConf, ...] = ()
     tm_mad_conf: tuple[TmMadConf, ...] = ()
     log_system: str = "file"
@@ -257,6 +267,7 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "DEFAULT_IMAGE_PERSISTENT": ("default_image_persistent", _text),
     "DEFAULT_IMAGE_PERSISTENT_NEW": ("default_image_persistent_new", _text),
     "DRIVER_STALL_TIMEOUT": ("driver_stall_timeout", _int),
+    "DRIVER_COPY_MAX_MB": ("driver_copy_max_mb", _non_negative),
     "METRICS": ("metrics", _metrics),
     "UPLOADS": ("uploads", _yes_no),
     "UPLOAD_STAGING_DIR": ("upload_staging_dir", _text),
