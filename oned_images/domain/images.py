@@ -546,15 +546,20 @@ class ImageManager:
         except _DryRun:
             pass
 
-    async def allocate_staged(self, caller: Caller, tmpl: Template, ds_id: int,
-                              size: int) -> int:
-        """allocate() of an upload's staged file (tmpl's PATH, ``size`` MB known): no
-        STAT probe; the cp may read exactly that file (restricted.staged_env) and the
-        file is removed once the cp ended (Followup.cleanup)."""
+    async def allocate_staged(self, caller: Caller, tmpl: Template, ds_id: int) -> int:
+        """allocate() of an upload's staged file (tmpl's PATH).  STAT measures it as
+        it measures a PATH (the size a compressed upload expands to: that is what the
+        capacity check and the quotas count, as for the same file given by PATH);
+        STAT and cp may read exactly that file (restricted.staged_env), and the file
+        is removed once the cp ended (Followup.cleanup)."""
+        staged = staged_env(self.config, tmpl.get("PATH") or "")
+        ds = await self.db.run(read_ds, ds_id)
+        _check_allocate_ds(ds)
+        size = await self._stat_size(tmpl.get("PATH") or "", ds, caller, staged)
         args = await self._allocate_args(caller, tmpl, ds_id, False, size)
         image_id, follow = await self.db.run(self._insert_allocate, *args)
         if follow is not None:
-            follow.env = {**(follow.env or {}), **staged_env(self.config, tmpl.get("PATH"))}
+            follow.env = {**(follow.env or {}), **staged}
             follow.cleanup = tmpl.get("PATH")
         self._start(follow)
         return image_id
@@ -639,21 +644,27 @@ class ImageManager:
         path = tmpl.get("PATH") or ""
         if path:
             self._check_path(path, ds)
-            request_id = _next_stat_id()
-            result = await self.drivers.run(
-                "stat", ds.ds_mad, request_id, drv_action.stat_data(path, ds),
-                key=("stat", request_id), mode=self._mode(ds.ds_mad),
-                env=url_policy(caller.is_admin), owner=caller.uid)
-            if result.timed_out:
-                raise errors.internal("Cannot parse image SIZE: Request timeout")
-            if not result.ok:
-                raise errors.internal(f"Cannot parse image SIZE: {result.error}")
-            match = re.match(r"\s*(\d+)", result.first_line)
-            if not match:
-                raise errors.internal(
-                    f"Cannot parse image SIZE: {result.first_line or 'empty STAT reply'}")
-            return int(match.group(1))
+            return await self._stat_size(path, ds, caller)
         raise AssertionError("unreachable: _known_size returns a size without a PATH")
+
+    async def _stat_size(self, path: str, ds: Datastore, caller: Caller,
+                         env: dict[str, str] | None = None) -> int:
+        """The datastore driver's STAT of ``path``: its size in MB (``env``: more of
+        the script's environment, an upload's ONED_STAGED_FILE)."""
+        request_id = _next_stat_id()
+        result = await self.drivers.run(
+            "stat", ds.ds_mad, request_id, drv_action.stat_data(path, ds),
+            key=("stat", request_id), mode=self._mode(ds.ds_mad),
+            env={**url_policy(caller.is_admin), **(env or {})}, owner=caller.uid)
+        if result.timed_out:
+            raise errors.internal("Cannot parse image SIZE: Request timeout")
+        if not result.ok:
+            raise errors.internal(f"Cannot parse image SIZE: {result.error}")
+        match = re.match(r"\s*(\d+)", result.first_line)
+        if not match:
+            raise errors.internal(
+                f"Cannot parse image SIZE: {result.first_line or 'empty STAT reply'}")
+        return int(match.group(1))
 
     def _check_path(self, path: str, ds: Datastore) -> None:
         always = protected_paths(self.config)

@@ -16,7 +16,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import requests
 
+from tests.e2e.test_uploads import ADMIN, TUS, endpoint, meta, staged
 from tests.support.daemon import Daemon, wait_for
 from tests.support.remotes import make_remotes
 from tests.support.seed import CTIME, fails, info, num, ok, template_dict, unique, wait_state
@@ -102,10 +104,17 @@ def test_a_gzip_bomb_by_path_ends_in_error_and_touches_nothing(d, inputs):
     wait_for(lambda: fails(d, "one.image.info", oid))
 
 
-def test_qcow2_inside_gzip_passes_the_capacity_check_but_not_the_copy(d, inputs):
+@pytest.fixture(scope="module")
+def fix_ds(d):
+    """A datastore whose monitor says 8 MB are free."""
     ds = ok(d, "one.datastore.allocate", f'NAME="{unique("fix")}"\nDS_MAD="fsfix"\n'
             'TM_MAD="local"\nSAFE_DIRS="/var/tmp"', -1)
     wait_for(lambda: num(ok(d, "one.datastore.info", ds), "FREE_MB") == 8)
+    return ds
+
+
+def test_qcow2_inside_gzip_passes_the_capacity_check_but_not_the_copy(d, inputs, fix_ds):
+    ds = fix_ds
     # plain compressed raw: STAT reports the expanded 16 MiB, which does not fit
     assert fails(d, "one.image.allocate", f'NAME="{unique()}"\nPATH="'
                  f'{zeros_gz(inputs / "sixteen.raw.gz", 16)}"', ds) == (
@@ -125,3 +134,42 @@ def test_qcow2_inside_gzip_passes_the_capacity_check_but_not_the_copy(d, inputs)
     assert tree(base) == {}
     assert num(wait_state(d, ok(d, "one.image.allocate", f'NAME="{unique()}"\nPATH="'
                                 f'{zeros_gz(inputs / "one.raw.gz", 1)}"', ds), 1), "SIZE") == 1
+
+
+def upload(d: Daemon, data: bytes, **metadata: str) -> requests.Response:
+    """A tus upload in one request (creation-with-upload)."""
+    hdrs = {**TUS, **ADMIN, "Upload-Length": str(len(data)), "Upload-Metadata": meta(**metadata),
+            "Content-Type": "application/offset+octet-stream"}
+    return requests.post(endpoint(d), data=data, headers=hdrs, timeout=60)
+
+
+def test_an_uploaded_bomb_is_measured_expanded_and_stopped(d, fix_ds):
+    def staged_data() -> list[str]:
+        return [name for name in staged(d) if name.endswith(".bin")]
+
+    before = staged_data()
+    bomb = gzip.compress(bytes(64 * MiB))
+    reply = upload(d, bomb, name=unique("up"), datastore="1")
+    assert reply.status_code == 201, reply.text
+    oid = int(reply.headers["X-One-Image-Id"])
+    xml = settled(d, oid)
+    # SIZE is what STAT measured on the staged file (64), not the 1 MB uploaded
+    assert (num(xml, "STATE"), num(xml, "SIZE")) == (5, 64)
+    path = re.search(r"<PATH><!\[CDATA\[(.*?)\]\]>", xml).group(1)
+    assert error_of(xml) == (
+        f"Error copying image in the datastore: Image {path} exceeds {COPY_MAX_MB} MiB, the "
+        "largest copy DRIVER_COPY_MAX_MB allows (oned-images.conf); raise it there and retry")
+    wait_for(lambda: staged_data() == before)
+    # the capacity check counts the expanded size: 16 MB do not fit in 8, although
+    # the upload is a few KB (and passed the check of its Upload-Length)
+    reply = upload(d, gzip.compress(bytes(16 * MiB)), name=unique("up"),
+                   datastore=str(fix_ds))
+    assert (reply.status_code, reply.text) == (
+        507, "[one.image.allocate] Not enough space in datastore\n")
+    assert "X-One-Image-Id" not in reply.headers
+    assert staged_data() == before
+    # a plain upload keeps its size
+    reply = upload(d, os.urandom(MiB + 1), name=unique("up"), datastore=str(fix_ds))
+    assert reply.status_code == 201, reply.text
+    xml = wait_state(d, int(reply.headers["X-One-Image-Id"]), 1)
+    assert num(xml, "SIZE") == 2
