@@ -142,6 +142,11 @@ BUILTIN_TM_MAD_CONF = (
 )
 
 
+#: the DS_MAD_CONF a driver this daemon ships gets when the file has none for it (oned
+#: 7.0's built-in values for both); any other DS_MAD needs a DS_MAD_CONF in the file.
+BUILTIN_DS_MAD_CONF = (DsMadConf("dummy"), DsMadConf("fs"))
+
+
 @dataclass(frozen=True)
 class DriverSettings:
     """DATASTORE_MAD: what oned passes to one_datastore as -t / -d / -w."""
@@ -229,6 +234,10 @@ class DaemonConfig:
             if conf.name == name:
                 return conf
         return DsMadConf(name)
+
+    def ds_mad_defined(self, name: str) -> bool:
+        """oned's get_ds_conf_attribute: a DS_MAD_CONF names this driver."""
+        return any(conf.name == name for conf in self.ds_mad_conf)
 
     def tm_mad(self, name: str) -> dict[str, str]:
         for conf in self.tm_mad_conf:
@@ -524,6 +533,8 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
         values["datastore_location"] = os.path.join(var, "datastores")
     configured = {conf.name for conf in tm_confs}
     tm_confs += [conf for conf in BUILTIN_TM_MAD_CONF if conf.name not in configured]
+    configured = {conf.name for conf in ds_confs}
+    ds_confs += [conf for conf in BUILTIN_DS_MAD_CONF if conf.name not in configured]
     return DaemonConfig(
         db=db, driver=driver, ds_mad_conf=tuple(ds_confs), tm_mad_conf=tuple(tm_confs),
         image_restricted_attr=tuple(restricted) if restricted else ("SOURCE",),

@@ -129,6 +129,22 @@ def _apply_tm_conf(tmpl: Template, ds_type: int, conf: dict[str, str]) -> None:
     tmpl.set("PERSISTENT_SNAPSHOTS", conf.get("PERSISTENT_SNAPSHOTS") or "YES")
 
 
+def ds_mad_error(config: DaemonConfig, ds_type: int, ds_mad: str,
+                 tmpl: Template) -> str | None:
+    """Datastore::set_ds_mad's refusals, at allocate and at every update: the DS_MAD
+    needs a DS_MAD_CONF (the file's or a built-in one, config.BUILTIN_DS_MAD_CONF) and
+    the template its REQUIRED_ATTRS; a system datastore has no DS_MAD."""
+    if ds_type == 1:
+        return None
+    if not config.ds_mad_defined(ds_mad):
+        return f'DS_MAD named "{ds_mad}" is not defined in oned.conf'
+    for attr in config.ds_mad(ds_mad).required_attrs:
+        if not tmpl.get(attr.upper()):
+            return (f'Datastore template is missing the "{attr.upper()}" attribute or '
+                    "it's empty.")
+    return None
+
+
 def tm_mad_error(config: DaemonConfig, tm_mad: str) -> str | None:
     """Datastore::set_tm_mad's refusal: a TM_MAD needs a TM_MAD_CONF (the file's or a
     built-in one, config.BUILTIN_TM_MAD_CONF), as in oned; the TM_MAD -d list is
@@ -169,10 +185,9 @@ def build_datastore(config: DaemonConfig, oid: int, tmpl: Template, owner: Calle
         ds_mad = "-"
     elif not ds_mad:
         raise errors.internal("No DS_MAD in template.")
-    for attr in config.ds_mad(ds_mad).required_attrs if ds_type != 1 else ():
-        if not tmpl.get(attr.upper()):
-            raise errors.internal(f'Datastore template is missing the "{attr.upper()}" '
-                                  "attribute or it's empty.")
+    err = ds_mad_error(config, ds_type, ds_mad, tmpl)
+    if err:
+        raise errors.internal(err)
     tmpl = tmpl.copy()
     if ds_type == 3:
         tm_mad = "-"
@@ -343,6 +358,9 @@ class Datastores:
                 _apply_tm_conf(t, current.type, self.config.tm_mad(new_tm_mad))
                 current.tm_mad = new_tm_mad
             t.set("TM_MAD", current.tm_mad)
+            err = ds_mad_error(self.config, current.type, current.ds_mad, t)
+            if err:
+                raise errors.internal(f"Cannot update template. {err}")
             write_ds(current)
 
         await self.db.run(txn)

@@ -20,7 +20,7 @@ import requests
 
 from tests.e2e.test_uploads import ADMIN, TUS, endpoint, meta, staged
 from tests.support.daemon import Daemon, wait_for
-from tests.support.remotes import make_remotes
+from tests.support.remotes import driver_config, make_remotes
 from tests.support.seed import CTIME, fails, info, num, ok, template_dict, unique, wait_state
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,10 +36,8 @@ def d(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
     actions = {a: f'#!/bin/sh\nexec "{FS / a}" "$@"\n' for a in ("cp", "stat", "rm")}
     remotes = make_remotes(tmp / "remotes", {"fsfix": {**actions, "monitor": FIXED_MONITOR}})
-    daemon = Daemon(tmp / "d", extra_config=(
-        f'DATASTORE_MAD = [ EXECUTABLE = "one_datastore", ARGUMENTS = "-t 15 -d dummy,fs,fsfix",'
-        f' REMOTES = "{remotes}", KILL_GRACE = 1 ]\n'
-        f"DRIVER_COPY_MAX_MB = {COPY_MAX_MB}\n")).start()
+    daemon = Daemon(tmp / "d", extra_config=driver_config(
+        remotes, "-t 15 -d dummy,fs,fsfix", f"DRIVER_COPY_MAX_MB = {COPY_MAX_MB}\n")).start()
     yield daemon
     daemon.drop()
 
