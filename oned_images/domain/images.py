@@ -177,9 +177,7 @@ def _capacity_error(config: DaemonConfig, ds: Datastore, size: int,
     the sizes of the copies still running in it are taken off first, so concurrent
     allocates and clones cannot together promise more than there is.
     """
-    check = ds.template.get("DATASTORE_CAPACITY_CHECK")
-    enabled = _yes(check) if check else config.datastore_capacity_check
-    if not enabled:
+    if not _capacity_checked(config, ds):
         return False
     limit = ds.template.get("LIMIT_MB")
     try:
@@ -189,6 +187,21 @@ def _capacity_error(config: DaemonConfig, ds: Datastore, size: int,
     if reserved and 0 < size <= avail:
         avail -= reserved_mb(ds.id)
     return size > max(avail, 0)
+
+
+def _capacity_checked(config: DaemonConfig, ds: Datastore) -> bool:
+    """DATASTORE_CAPACITY_CHECK of the datastore's template, else of the config."""
+    check = ds.template.get("DATASTORE_CAPACITY_CHECK")
+    return _yes(check) if check else config.datastore_capacity_check
+
+
+def copy_env(config: DaemonConfig, ds: Datastore, checked: bool = True) -> dict[str, str]:
+    """ONED_CAPACITY_CHECK of a cp: NO when the space was not checked at allocate
+    (the datastore's or the daemon's DATASTORE_CAPACITY_CHECK, or an admin's
+    allocate that skipped it), so the copy is then not bounded by the datastore's
+    FREE_MB/LIMIT_MB either, only by DRIVER_COPY_MAX_MB (fs_action.copy_limit)."""
+    return {"ONED_CAPACITY_CHECK":
+            "YES" if checked and _capacity_checked(config, ds) else "NO"}
 
 
 def _copying(img: Image) -> bool:
@@ -749,9 +762,11 @@ class ImageManager:
         insert_image(img)
         follow = None
         if action:
+            env = url_policy(caller.is_admin)
+            if action == "cp":
+                env.update(copy_env(self.config, ds, check_capacity))
             follow = Followup(action, img.id, ds.ds_mad, self._drv_data(img, ds),
-                              self._mode(ds.ds_mad), env=url_policy(caller.is_admin),
-                              owner=img.uid)
+                              self._mode(ds.ds_mad), env=env, owner=img.uid)
         return img.id, follow
 
     # ---------------------------------------------------------------- clone
@@ -1297,9 +1312,11 @@ class ImageManager:
                         owner = self.identity.users.get(img.uid)
                         admin = img.uid == 0 or (owner is not None and 0 in owner.groups)
                         staged = staged_env(self.config, img.path) if action == "cp" else {}
+                        # (whether an admin's allocate skipped the check is not stored)
+                        extra = {**staged, **copy_env(self.config, ds)} if action == "cp" else {}
                         actions.append(Followup(action, img.id, ds.ds_mad,
                                                 self._drv_data(img, ds), self._mode(ds.ds_mad),
-                                                env={**url_policy(admin), **staged},
+                                                env={**url_policy(admin), **extra},
                                                 owner=img.uid,
                                                 cleanup=staged.get("ONED_STAGED_FILE")))
                         report.append((img.id, action))

@@ -36,10 +36,10 @@ class LimitedDriver(Driver):
     ONED_COPY_MAX_MB chosen by the test."""
 
     def __init__(self, root, free: int = 900, used: int = 100, total: int = 1000,
-                 copy_max: str | None = None) -> None:
+                 copy_max: str | None = None, checked: str | None = None) -> None:
         super().__init__(root)
         self.figures = {"TOTAL_MB": total, "FREE_MB": free, "USED_MB": used}
-        self.copy_max = copy_max
+        self.copy_max, self.checked = copy_max, checked
 
     def doc(self, *args, **kw) -> str:
         text = super().doc(*args, **kw)
@@ -52,6 +52,8 @@ class LimitedDriver(Driver):
         env = super().env()
         if self.copy_max is not None:
             env["ONED_COPY_MAX_MB"] = self.copy_max
+        if self.checked is not None:
+            env["ONED_CAPACITY_CHECK"] = self.checked
         return env
 
 
@@ -207,3 +209,19 @@ def test_a_conversion_to_a_bigger_raw_file_is_refused(tmp_path):
     # kept as qcow2 (no DRIVER), the same image fits
     _, fmt = cp_result(drv, drv.cp(qcow))
     assert fmt == "qcow2"
+
+
+@pytest.mark.timeout(60)
+def test_an_unchecked_allocate_is_bounded_by_the_operator_only(tmp_path):
+    # ONED_CAPACITY_CHECK=NO: the allocate did not check the space (the datastore's
+    # DATASTORE_CAPACITY_CHECK is off, or an admin skipped it): FREE_MB is not a bound
+    drv = LimitedDriver(tmp_path, free=8, checked="NO")
+    dst, _ = cp_result(drv, drv.cp(zeros(drv, 16)))
+    assert dst.stat().st_size == 16 * MiB
+    drv.copy_max = "4"
+    src = zeros(drv, 16, "bz2")
+    assert_exact_failure(drv.cp(src), f"Image {src} exceeds 4 MiB, the largest copy "
+                                      "DRIVER_COPY_MAX_MB allows (oned-images.conf); raise "
+                                      "it there and retry")
+    drv.checked, drv.copy_max = "YES", None
+    assert_exact_failure(drv.cp(src), free_text(src, 8))

@@ -134,6 +134,24 @@ def test_qcow2_inside_gzip_passes_the_capacity_check_but_not_the_copy(d, inputs,
                                 f'{zeros_gz(inputs / "one.raw.gz", 1)}"', ds), 1), "SIZE") == 1
 
 
+def test_an_unchecked_allocate_is_not_bounded_by_free_mb(d, inputs, fix_ds):
+    # the datastore's DATASTORE_CAPACITY_CHECK is off, or oneadmin skips the check:
+    # the copy may then go past FREE_MB (up to DRIVER_COPY_MAX_MB)
+    src = zeros_gz(inputs / "sixteen-b.raw.gz", 16)
+    oid = ok(d, "one.image.allocate", f'NAME="{unique()}"\nPATH="{src}"', fix_ds, True)
+    assert num(wait_state(d, oid, 1), "SIZE") == 16
+    unchecked = ok(d, "one.datastore.allocate", f'NAME="{unique("fix")}"\nDS_MAD="fsfix"\n'
+                   'TM_MAD="local"\nSAFE_DIRS="/var/tmp"\nDATASTORE_CAPACITY_CHECK="NO"', -1)
+    wait_for(lambda: num(ok(d, "one.datastore.info", unchecked), "FREE_MB") == 8)
+    oid = ok(d, "one.image.allocate", f'NAME="{unique()}"\nPATH="{src}"', unchecked)
+    assert num(wait_state(d, oid, 1), "SIZE") == 16
+    bomb = zeros_gz(inputs / "bomb-b.raw.gz", 32)
+    oid = ok(d, "one.image.allocate", f'NAME="{unique()}"\nPATH="{bomb}"', unchecked)
+    assert error_of(settled(d, oid)) == (
+        f"Error copying image in the datastore: Image {bomb} exceeds {COPY_MAX_MB} MiB, the "
+        "largest copy DRIVER_COPY_MAX_MB allows (oned-images.conf); raise it there and retry")
+
+
 def upload(d: Daemon, data: bytes, **metadata: str) -> requests.Response:
     """A tus upload in one request (creation-with-upload)."""
     hdrs = {**TUS, **ADMIN, "Upload-Length": str(len(data)), "Upload-Metadata": meta(**metadata),

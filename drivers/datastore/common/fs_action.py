@@ -344,8 +344,10 @@ def copy_limit(doc: Document, src: str) -> tuple[int | None, str]:
     virtual size from its header, a URL may serve other bytes to cp than to STAT,
     the capacity check may be off), what the copy expands to may not go past the
     space the document says the datastore has: FREE_MB, or LIMIT_MB - USED_MB when
-    that is less (oned's Datastore::get_avail_mb), once monitored (TOTAL_MB > 0);
-    nor past the operator's DRIVER_COPY_MAX_MB (ONED_COPY_MAX_MB)."""
+    that is less (oned's Datastore::get_avail_mb), once monitored (TOTAL_MB > 0) and
+    unless the allocate did not check the space (ONED_CAPACITY_CHECK=NO: the
+    datastore's DATASTORE_CAPACITY_CHECK is off, or an admin skipped the check); nor
+    past the operator's DRIVER_COPY_MAX_MB (ONED_COPY_MAX_MB)."""
     limits: list[tuple[int, str]] = []
     operator = _mb(os.environ.get("ONED_COPY_MAX_MB", "") or "0") or 0
     if operator > 0:
@@ -353,7 +355,8 @@ def copy_limit(doc: Document, src: str) -> tuple[int | None, str]:
                                  "(oned-images.conf); raise it there and retry"))
     ds_id = doc["DATASTORE/ID"]
     total, free, used = (_mb(doc[f"DATASTORE/{k}"]) for k in ("TOTAL_MB", "FREE_MB", "USED_MB"))
-    if total and total > 0 and free is not None:
+    checked = os.environ.get("ONED_CAPACITY_CHECK", "YES").upper() != "NO"
+    if checked and total and total > 0 and free is not None:
         limits.append((max(free, 0), f"the free space of datastore {ds_id} (FREE_MB); "
                                      "free space there and retry"))
         cap = _mb(doc["DATASTORE/TEMPLATE/LIMIT_MB"])

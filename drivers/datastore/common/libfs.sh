@@ -77,6 +77,8 @@
 #   ONED_COPY_MAX_MB      MiB a cp may write (DRIVER_COPY_MAX_MB; 0 = no limit of its
 #                         own): "Image <path> exceeds N MiB, ..." (fs_action.copy_limit,
 #                         which also bounds a copy by the datastore's FREE_MB/LIMIT_MB).
+#   ONED_CAPACITY_CHECK   cp only: NO when its allocate did not check the space; the
+#                         copy is then not bounded by FREE_MB/LIMIT_MB.
 #   TMPDIR                a private directory of the action, removed when it ends and
 #                         swept at the daemon's start.
 #
