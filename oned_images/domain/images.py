@@ -195,7 +195,7 @@ def _capacity_checked(config: DaemonConfig, ds: Datastore) -> bool:
     return _yes(check) if check else config.datastore_capacity_check
 
 
-def copy_env(config: DaemonConfig, ds: Datastore, checked: bool = True) -> dict[str, str]:
+def _copy_env(config: DaemonConfig, ds: Datastore, checked: bool = True) -> dict[str, str]:
     """ONED_CAPACITY_CHECK of a cp: NO when the space was not checked at allocate
     (the datastore's or the daemon's DATASTORE_CAPACITY_CHECK, or an admin's
     allocate that skipped it), so the copy is then not bounded by the datastore's
@@ -764,7 +764,7 @@ class ImageManager:
         if action:
             env = url_policy(caller.is_admin)
             if action == "cp":
-                env.update(copy_env(self.config, ds, check_capacity))
+                env.update(_copy_env(self.config, ds, check_capacity))
             follow = Followup(action, img.id, ds.ds_mad, self._drv_data(img, ds),
                               self._mode(ds.ds_mad), env=env, owner=img.uid)
         return img.id, follow
@@ -1313,7 +1313,7 @@ class ImageManager:
                         admin = img.uid == 0 or (owner is not None and 0 in owner.groups)
                         staged = staged_env(self.config, img.path) if action == "cp" else {}
                         # (whether an admin's allocate skipped the check is not stored)
-                        extra = {**staged, **copy_env(self.config, ds)} if action == "cp" else {}
+                        extra = {**staged, **_copy_env(self.config, ds)} if action == "cp" else {}
                         actions.append(Followup(action, img.id, ds.ds_mad,
                                                 self._drv_data(img, ds), self._mode(ds.ds_mad),
                                                 env={**url_policy(admin), **extra},
