@@ -67,6 +67,13 @@ def _positive(value: str) -> int:
     return n
 
 
+def _non_negative(value: str) -> int:
+    n = int(value.strip())
+    if n < 0:
+        raise ValueError("expected 0 or a positive integer")
+    return n
+
+
 def _octal(value: str) -> int:
     n = int(value.strip(), 8)
     if not 0 <= n <= 0o777:
@@ -135,6 +142,11 @@ BUILTIN_TM_MAD_CONF = (
 )
 
 
+#: the DS_MAD_CONF a driver this daemon ships gets when the file has none for it (oned
+#: 7.0's built-in values for both); any other DS_MAD needs a DS_MAD_CONF in the file.
+BUILTIN_DS_MAD_CONF = (DsMadConf("dummy"), DsMadConf("fs"))
+
+
 @dataclass(frozen=True)
 class DriverSettings:
     """DATASTORE_MAD: what oned passes to one_datastore as -t / -d / -w."""
@@ -187,6 +199,9 @@ class DaemonConfig:
     tm: TmSettings = field(default_factory=TmSettings)
     #: seconds without a byte before a driver's transfer fails (ONED_STALL_TIMEOUT)
     driver_stall_timeout: int = 60
+    #: MiB a copy (cp) may write, decompressed (ONED_COPY_MAX_MB; 0 = only the
+    #: datastore's space bounds it)
+    driver_copy_max_mb: int = 0
     ds_mad_conf: tuple[DsMadConf, ...] = ()
     tm_mad_conf: tuple[TmMadConf, ...] = ()
     log_system: str = "file"
@@ -223,6 +238,10 @@ class DaemonConfig:
             if conf.name == name:
                 return conf
         return DsMadConf(name)
+
+    def ds_mad_defined(self, name: str) -> bool:
+        """oned's get_ds_conf_attribute: a DS_MAD_CONF names this driver."""
+        return any(conf.name == name for conf in self.ds_mad_conf)
 
     def tm_mad(self, name: str) -> dict[str, str]:
         for conf in self.tm_mad_conf:
@@ -267,6 +286,7 @@ SCALARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "DEFAULT_IMAGE_PERSISTENT": ("default_image_persistent", _text),
     "DEFAULT_IMAGE_PERSISTENT_NEW": ("default_image_persistent_new", _text),
     "DRIVER_STALL_TIMEOUT": ("driver_stall_timeout", _int),
+    "DRIVER_COPY_MAX_MB": ("driver_copy_max_mb", _non_negative),
     "METRICS": ("metrics", _metrics),
     "UPLOADS": ("uploads", _yes_no),
     "UPLOAD_STAGING_DIR": ("upload_staging_dir", _text),
@@ -524,6 +544,8 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
         values["datastore_location"] = os.path.join(var, "datastores")
     configured = {conf.name for conf in tm_confs}
     tm_confs += [conf for conf in BUILTIN_TM_MAD_CONF if conf.name not in configured]
+    configured = {conf.name for conf in ds_confs}
+    ds_confs += [conf for conf in BUILTIN_DS_MAD_CONF if conf.name not in configured]
     return DaemonConfig(
         db=db, driver=driver, ds_mad_conf=tuple(ds_confs), tm_mad_conf=tuple(tm_confs),
         image_restricted_attr=tuple(restricted) if restricted else ("SOURCE",),

@@ -98,12 +98,10 @@ def _target(value: str) -> str:
 def _apply_tm_conf(tmpl: Template, ds_type: int, conf: dict[str, str]) -> None:
     """Datastore::set_tm_mad: what TM_MAD_CONF imposes on the template.
 
-    It runs at allocate and at every update whose template names a TM_MAD, and its
-    values replace the template's.  oned refuses a TM_MAD without TM_MAD_CONF; this
-    daemon lets it through (tests and foreign drivers use such names) and then only
-    adds nothing.
+    It runs at allocate and at every update whose template names a TM_MAD (checked by
+    tm_mad_error first), and its values replace the template's.
     """
-    if not conf or ds_type == 3:
+    if ds_type == 3:
         return
     if ds_type == 1:
         tmpl.set("SHARED", "YES" if conf.get("SHARED", "").upper() == "YES" else "NO")
@@ -129,6 +127,31 @@ def _apply_tm_conf(tmpl: Template, ds_type: int, conf: dict[str, str]) -> None:
     tmpl.set("ALLOW_ORPHANS", conf.get("ALLOW_ORPHANS") or "NO")
     # oned 7.0.2's stock "local" has no PERSISTENT_SNAPSHOTS, yet its datastores show YES.
     tmpl.set("PERSISTENT_SNAPSHOTS", conf.get("PERSISTENT_SNAPSHOTS") or "YES")
+
+
+def ds_mad_error(config: DaemonConfig, ds_type: int, ds_mad: str,
+                 tmpl: Template) -> str | None:
+    """Datastore::set_ds_mad's refusals, at allocate and at every update: the DS_MAD
+    needs a DS_MAD_CONF (the file's or a built-in one, config.BUILTIN_DS_MAD_CONF) and
+    the template its REQUIRED_ATTRS; a system datastore has no DS_MAD."""
+    if ds_type == 1:
+        return None
+    if not config.ds_mad_defined(ds_mad):
+        return f'DS_MAD named "{ds_mad}" is not defined in oned.conf'
+    for attr in config.ds_mad(ds_mad).required_attrs:
+        if not tmpl.get(attr.upper()):
+            return (f'Datastore template is missing the "{attr.upper()}" attribute or '
+                    "it's empty.")
+    return None
+
+
+def tm_mad_error(config: DaemonConfig, tm_mad: str) -> str | None:
+    """Datastore::set_tm_mad's refusal: a TM_MAD needs a TM_MAD_CONF (the file's or a
+    built-in one, config.BUILTIN_TM_MAD_CONF), as in oned; the TM_MAD -d list is
+    checked only when a transfer runs (driver/tm.py)."""
+    if config.tm_mad(tm_mad):
+        return None
+    return f'TM_MAD named "{tm_mad}" is not defined in oned.conf'
 
 
 def disk_type_error(ds_type: int, name: str) -> str | None:
@@ -162,16 +185,18 @@ def build_datastore(config: DaemonConfig, oid: int, tmpl: Template, owner: Calle
         ds_mad = "-"
     elif not ds_mad:
         raise errors.internal("No DS_MAD in template.")
-    for attr in config.ds_mad(ds_mad).required_attrs if ds_type != 1 else ():
-        if not tmpl.get(attr.upper()):
-            raise errors.internal(f'Datastore template is missing the "{attr.upper()}" '
-                                  "attribute or it's empty.")
+    err = ds_mad_error(config, ds_type, ds_mad, tmpl)
+    if err:
+        raise errors.internal(err)
     tmpl = tmpl.copy()
     if ds_type == 3:
         tm_mad = "-"
     else:
         if not tm_mad:
             raise errors.internal("No TM_MAD in template.")
+        err = tm_mad_error(config, tm_mad)
+        if err:
+            raise errors.internal(err)
         _apply_tm_conf(tmpl, ds_type, config.tm_mad(tm_mad))
     tmpl.remove("NAME")
     tmpl.remove("BASE_PATH")
@@ -327,9 +352,15 @@ class Datastores:
                 t.set("DS_MAD", current.ds_mad)
             new_tm_mad = t.get("TM_MAD") or ""
             if new_tm_mad and current.type != 3:
+                err = tm_mad_error(self.config, new_tm_mad)
+                if err:
+                    raise errors.internal(f"Cannot update template. {err}")
                 _apply_tm_conf(t, current.type, self.config.tm_mad(new_tm_mad))
                 current.tm_mad = new_tm_mad
             t.set("TM_MAD", current.tm_mad)
+            err = ds_mad_error(self.config, current.type, current.ds_mad, t)
+            if err:
+                raise errors.internal(f"Cannot update template. {err}")
             write_ds(current)
 
         await self.db.run(txn)

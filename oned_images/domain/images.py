@@ -177,9 +177,7 @@ def _capacity_error(config: DaemonConfig, ds: Datastore, size: int,
     the sizes of the copies still running in it are taken off first, so concurrent
     allocates and clones cannot together promise more than there is.
     """
-    check = ds.template.get("DATASTORE_CAPACITY_CHECK")
-    enabled = _yes(check) if check else config.datastore_capacity_check
-    if not enabled:
+    if not _capacity_checked(config, ds):
         return False
     limit = ds.template.get("LIMIT_MB")
     try:
@@ -189,6 +187,21 @@ def _capacity_error(config: DaemonConfig, ds: Datastore, size: int,
     if reserved and 0 < size <= avail:
         avail -= reserved_mb(ds.id)
     return size > max(avail, 0)
+
+
+def _capacity_checked(config: DaemonConfig, ds: Datastore) -> bool:
+    """DATASTORE_CAPACITY_CHECK of the datastore's template, else of the config."""
+    check = ds.template.get("DATASTORE_CAPACITY_CHECK")
+    return _yes(check) if check else config.datastore_capacity_check
+
+
+def _copy_env(config: DaemonConfig, ds: Datastore, checked: bool = True) -> dict[str, str]:
+    """ONED_CAPACITY_CHECK of a cp: NO when the space was not checked at allocate
+    (the datastore's or the daemon's DATASTORE_CAPACITY_CHECK, or an admin's
+    allocate that skipped it), so the copy is then not bounded by the datastore's
+    FREE_MB/LIMIT_MB either, only by DRIVER_COPY_MAX_MB (fs_action.copy_limit)."""
+    return {"ONED_CAPACITY_CHECK":
+            "YES" if checked and _capacity_checked(config, ds) else "NO"}
 
 
 def _copying(img: Image) -> bool:
@@ -546,15 +559,20 @@ class ImageManager:
         except _DryRun:
             pass
 
-    async def allocate_staged(self, caller: Caller, tmpl: Template, ds_id: int,
-                              size: int) -> int:
-        """allocate() of an upload's staged file (tmpl's PATH, ``size`` MB known): no
-        STAT probe; the cp may read exactly that file (restricted.staged_env) and the
-        file is removed once the cp ended (Followup.cleanup)."""
+    async def allocate_staged(self, caller: Caller, tmpl: Template, ds_id: int) -> int:
+        """allocate() of an upload's staged file (tmpl's PATH).  STAT measures it as
+        it measures a PATH (the size a compressed upload expands to: that is what the
+        capacity check and the quotas count, as for the same file given by PATH);
+        STAT and cp may read exactly that file (restricted.staged_env), and the file
+        is removed once the cp ended (Followup.cleanup)."""
+        staged = staged_env(self.config, tmpl.get("PATH") or "")
+        ds = await self.db.run(read_ds, ds_id)
+        _check_allocate_ds(ds)
+        size = await self._stat_size(tmpl.get("PATH") or "", ds, caller, staged)
         args = await self._allocate_args(caller, tmpl, ds_id, False, size)
         image_id, follow = await self.db.run(self._insert_allocate, *args)
         if follow is not None:
-            follow.env = {**(follow.env or {}), **staged_env(self.config, tmpl.get("PATH"))}
+            follow.env = {**(follow.env or {}), **staged}
             follow.cleanup = tmpl.get("PATH")
         self._start(follow)
         return image_id
@@ -639,21 +657,27 @@ class ImageManager:
         path = tmpl.get("PATH") or ""
         if path:
             self._check_path(path, ds)
-            request_id = _next_stat_id()
-            result = await self.drivers.run(
-                "stat", ds.ds_mad, request_id, drv_action.stat_data(path, ds),
-                key=("stat", request_id), mode=self._mode(ds.ds_mad),
-                env=url_policy(caller.is_admin), owner=caller.uid)
-            if result.timed_out:
-                raise errors.internal("Cannot parse image SIZE: Request timeout")
-            if not result.ok:
-                raise errors.internal(f"Cannot parse image SIZE: {result.error}")
-            match = re.match(r"\s*(\d+)", result.first_line)
-            if not match:
-                raise errors.internal(
-                    f"Cannot parse image SIZE: {result.first_line or 'empty STAT reply'}")
-            return int(match.group(1))
+            return await self._stat_size(path, ds, caller)
         raise AssertionError("unreachable: _known_size returns a size without a PATH")
+
+    async def _stat_size(self, path: str, ds: Datastore, caller: Caller,
+                         env: dict[str, str] | None = None) -> int:
+        """The datastore driver's STAT of ``path``: its size in MB (``env``: more of
+        the script's environment, an upload's ONED_STAGED_FILE)."""
+        request_id = _next_stat_id()
+        result = await self.drivers.run(
+            "stat", ds.ds_mad, request_id, drv_action.stat_data(path, ds),
+            key=("stat", request_id), mode=self._mode(ds.ds_mad),
+            env={**url_policy(caller.is_admin), **(env or {})}, owner=caller.uid)
+        if result.timed_out:
+            raise errors.internal("Cannot parse image SIZE: Request timeout")
+        if not result.ok:
+            raise errors.internal(f"Cannot parse image SIZE: {result.error}")
+        match = re.match(r"\s*(\d+)", result.first_line)
+        if not match:
+            raise errors.internal(
+                f"Cannot parse image SIZE: {result.first_line or 'empty STAT reply'}")
+        return int(match.group(1))
 
     def _check_path(self, path: str, ds: Datastore) -> None:
         always = protected_paths(self.config)
@@ -738,9 +762,11 @@ class ImageManager:
         insert_image(img)
         follow = None
         if action:
+            env = url_policy(caller.is_admin)
+            if action == "cp":
+                env.update(_copy_env(self.config, ds, check_capacity))
             follow = Followup(action, img.id, ds.ds_mad, self._drv_data(img, ds),
-                              self._mode(ds.ds_mad), env=url_policy(caller.is_admin),
-                              owner=img.uid)
+                              self._mode(ds.ds_mad), env=env, owner=img.uid)
         return img.id, follow
 
     # ---------------------------------------------------------------- clone
@@ -1285,9 +1311,11 @@ class ImageManager:
                         owner = self.identity.users.get(img.uid)
                         admin = img.uid == 0 or (owner is not None and 0 in owner.groups)
                         staged = staged_env(self.config, img.path) if action == "cp" else {}
+                        # (whether an admin's allocate skipped the check is not stored)
+                        extra = {**staged, **_copy_env(self.config, ds)} if action == "cp" else {}
                         actions.append(Followup(action, img.id, ds.ds_mad,
                                                 self._drv_data(img, ds), self._mode(ds.ds_mad),
-                                                env={**url_policy(admin), **staged},
+                                                env={**url_policy(admin), **extra},
                                                 owner=img.uid,
                                                 cleanup=staged.get("ONED_STAGED_FILE")))
                         report.append((img.id, action))

@@ -5,8 +5,9 @@ An upload is created only if one.image.allocate would accept its image right now
 Upload-Length, name and type rules, RESTRICTED attributes) and the staging space
 limits allow it: nothing is stored before that.  Its bytes are then appended
 (store/staging.py); when the last one arrives the image is allocated from the
-staged file as oned does from a PATH (LOCKED, cp, READY) and the cp may read that
-one file (restricted.staged_env).  Each user sees only their own uploads: another
+staged file as oned does from a PATH (STAT, so the capacity check and quotas count
+the size it expands to; LOCKED, cp, READY) and STAT and cp may read that one file
+(restricted.staged_env).  Each user sees only their own uploads: another
 user's id is "not found", so ids do not leak.  Expired, terminated, failed and
 finished uploads leave nothing in the staging directory; reconcile() applies the
 same rules after a restart.
@@ -227,8 +228,7 @@ class UploadManager:
         try:
             tmpl = Template.parse(upload.template)
             try:
-                image_id = await self.app.images.allocate_staged(caller, tmpl, upload.ds_id,
-                                                                 upload.size_mb)
+                image_id = await self.app.images.allocate_staged(caller, tmpl, upload.ds_id)
             except errors.OneError as exc:
                 await self._drop(upload)
                 raise _one_error(exc, caller) from None

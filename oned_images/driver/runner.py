@@ -223,6 +223,7 @@ class DriverRunner:
             "LC_ALL": "C",
             "ONED_PROTECTED_PATHS": "\n".join(protected_paths(self.config)),
             "ONED_STALL_TIMEOUT": str(self.config.driver_stall_timeout),
+            "ONED_COPY_MAX_MB": str(self.config.driver_copy_max_mb),
         }
         for key in ENV_PASSTHROUGH:
             if key in os.environ:

@@ -66,7 +66,7 @@ def capd(tmp_path_factory):
         a: script for a in ("cp", "mkfs", "clone", "rm", "stat", "monitor")}})
     d = Daemon(tmp / "d", extra_config=(
         f'DATASTORE_MAD = [ EXECUTABLE = "one_datastore", ARGUMENTS = "-t 15 -d dummy,fs,cap", '
-        f'REMOTES = "{remotes}", KILL_GRACE = 1 ]\n')).start()
+        f'REMOTES = "{remotes}", KILL_GRACE = 1 ]\nDS_MAD_CONF = [ NAME = "cap" ]\n')).start()
     d.gates = gates  # type: ignore[attr-defined]
     yield d
     d.drop()

@@ -591,3 +591,72 @@ def test_update_checks_the_disk_type(daemon, admin):
                                              'DS_MAD="fs"\nTM_MAD="local"', -1))
     ok(proxy.one.datastore.update(s, fid, 'DISK_TYPE="CDROM"', 1))
     assert "<DISK_TYPE>0</DISK_TYPE>" in ok(proxy.one.datastore.info(s, fid))
+
+
+def test_a_tm_mad_without_tm_mad_conf_is_refused(daemon, admin):
+    # Datastore::set_tm_mad: the TM_MAD must have a TM_MAD_CONF (the file's or one of
+    # the built-in four); allocate and update refuse any other, nothing is stored
+    proxy, s = admin
+    m = "[one.datastore.allocate]"
+    name = unique("tm")
+    for template in (f'NAME="{name}"\nDS_MAD="fs"\nTM_MAD="nosuch"',
+                     f'NAME="{name}"\nTYPE="SYSTEM_DS"\nTM_MAD="nosuch"',
+                     f'NAME="{name}"\nTYPE="FILE_DS"\nDS_MAD="fs"\nTM_MAD="nosuch"'):
+        fails(proxy.one.datastore.allocate(s, template, -1),
+              f'{m} TM_MAD named "nosuch" is not defined in oned.conf', INTERNAL)
+    # a backup datastore has no TM_MAD ("-"): whatever it names is not checked
+    bid = ok(proxy.one.datastore.allocate(
+        s, f'NAME="{unique("b")}"\nTYPE="BACKUP_DS"\nDS_MAD="dummy"\nTM_MAD="nosuch"', -1))
+    assert "<TM_MAD><![CDATA[-]]></TM_MAD>" in ok(proxy.one.datastore.info(s, bid))
+    oid, name = new_ds(proxy, s)
+    before = info(proxy, s, oid)
+    m = "[one.datastore.update]"
+    for append in (0, 1):
+        fails(proxy.one.datastore.update(s, oid, 'TM_MAD="nosuch"\nX="1"', append),
+              f'{m} Cannot update template. TM_MAD named "nosuch" is not defined in '
+              "oned.conf", INTERNAL)
+    assert info(proxy, s, oid) == before == ds_doc(oid, name, IMAGE_DS_TEMPLATE)
+    # the four built-in TM_MAD_CONFs are defined without a line in the file
+    for tm in ("dummy", "shared", "qcow2", "local"):
+        assert ok(proxy.one.datastore.update(s, oid, f'TM_MAD="{tm}"', 1)) == oid
+    assert "<TM_MAD><![CDATA[local]]></TM_MAD>" in ok(proxy.one.datastore.info(s, oid))
+
+
+def test_a_ds_mad_without_ds_mad_conf_is_refused(fresh_daemon):
+    # Datastore::set_ds_mad: the DS_MAD needs a DS_MAD_CONF (the file's, or the
+    # built-in dummy and fs); update checks it again, with its REQUIRED_ATTRS
+    d = fresh_daemon('DS_MAD_CONF = [ NAME = "needy", REQUIRED_ATTRS = "BRIDGE_LIST, X" ]\n')
+    proxy, s = d.raw(), d.session()
+    m = "[one.datastore.allocate]"
+    name = unique("dsm")
+    for template in (f'NAME="{name}"\nDS_MAD="nosuch"\nTM_MAD="local"',
+                     f'NAME="{name}"\nDS_MAD="nosuch"',
+                     f'NAME="{name}"\nTYPE="BACKUP_DS"\nDS_MAD="nosuch"'):
+        fails(proxy.one.datastore.allocate(s, template, -1),
+              f'{m} DS_MAD named "nosuch" is not defined in oned.conf', INTERNAL)
+    fails(proxy.one.datastore.allocate(s, f'NAME="{name}"\nDS_MAD="needy"\nTM_MAD="local"\n'
+                                          'BRIDGE_LIST="h"', -1),
+          f'{m} Datastore template is missing the "X" attribute or it\'s empty.', INTERNAL)
+    needy = ok(proxy.one.datastore.allocate(
+        s, f'NAME="{name}"\nDS_MAD="needy"\nTM_MAD="local"\nBRIDGE_LIST="h"\nX="1"', -1))
+    oid, other = new_ds(proxy, s)
+    before = info(proxy, s, oid)
+    m = "[one.datastore.update]"
+    for append in (0, 1):
+        fails(proxy.one.datastore.update(s, oid, 'DS_MAD="nosuch"', append),
+              f'{m} Cannot update template. DS_MAD named "nosuch" is not defined in '
+              "oned.conf", INTERNAL)
+    assert info(proxy, s, oid) == before == ds_doc(oid, other, IMAGE_DS_TEMPLATE)
+    # the required attributes are checked at every update of the template
+    needy_before = info(proxy, s, needy)
+    fails(proxy.one.datastore.update(s, needy, 'BRIDGE_LIST="h"', 0),
+          f'{m} Cannot update template. Datastore template is missing the "X" attribute '
+          "or it's empty.", INTERNAL)
+    assert info(proxy, s, needy) == needy_before
+    assert ok(proxy.one.datastore.update(s, needy, 'Y="2"', 1)) == needy
+    # a system datastore has none ("-") and needs none
+    sid = ok(proxy.one.datastore.allocate(s, f'NAME="{unique("sys")}"\nTYPE="SYSTEM_DS"\n'
+                                             'TM_MAD="local"', -1))
+    assert ok(proxy.one.datastore.update(s, sid, 'Z="1"', 1)) == sid
+    assert ok(proxy.one.datastore.update(s, oid, 'DS_MAD="dummy"', 1)) == oid
+

@@ -149,7 +149,7 @@ def gated(tmp_path_factory) -> Gated:
     body = GATED_DRIVER.format(python=sys.executable, gates=str(gates))
     write_scripts(remotes / "datastore" / "gated", {a: body for a in ACTIONS})
     conf = (f'DATASTORE_MAD = [ EXECUTABLE = "one_datastore", ARGUMENTS = "-t 64 -d gated", '
-            f'REMOTES = "{remotes}", KILL_GRACE = 1 ]\n')
+            f'REMOTES = "{remotes}", KILL_GRACE = 1 ]\nDS_MAD_CONF = [ NAME = "gated" ]\n')
     d = Daemon(tmp / "daemon", extra_config=conf).start()
     try:
         ds = datastore(d, 'NAME="sm-gated"\nDS_MAD="gated"\nTM_MAD="dummy"\n')

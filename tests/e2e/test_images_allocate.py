@@ -492,7 +492,9 @@ def test_group_scoped_token_decides_the_group(daemon, ds):
         f"[one.image.allocate] User [{uid}] : Not authorized to perform CREATE IMAGE.", 512, -1)
 
 
-def test_never_monitored_datastore_has_no_space(daemon):
+def test_never_monitored_datastore_has_no_space(fresh_daemon):
+    # a DS_MAD_CONF (oned refuses a datastore without one) but no monitor script
+    daemon = fresh_daemon('DS_MAD_CONF = [ NAME = "nosuch" ]\n')
     dsid = ok(daemon, "one.datastore.allocate", 'NAME="unmonitored"\nDS_MAD="nosuch"\n'
               'TM_MAD="dummy"', -1)
     assert fails(daemon, M, 'NAME="big"\nTYPE="DATABLOCK"\nSIZE="1"', dsid) == (

@@ -154,7 +154,8 @@ def test_driver_timeouts(tmp_path):
 
 
 def test_missing_driver_script(tmp_path):
-    d = flaky_daemon(tmp_path)
+    # a DS_MAD_CONF (oned refuses a datastore without one) but no scripts
+    d = flaky_daemon(tmp_path, extra_config='DS_MAD_CONF = [ NAME = "nosuch" ]\n')
     try:
         ds = ok(d, "one.datastore.allocate", 'NAME="nodrv"\nDS_MAD="nosuch"\nTM_MAD="dummy"\n'
                 'DATASTORE_CAPACITY_CHECK="NO"', -1)

@@ -170,7 +170,8 @@ def test_persistent_needs_the_datastore(daemon, ds):
         "[one.image.persistent] Datastore no longer exists.", 8192, -1)
 
 
-def test_lvm_datastores_cannot_change_persistency(daemon):
+def test_lvm_datastores_cannot_change_persistency(fresh_daemon):
+    daemon = fresh_daemon('DS_MAD_CONF = [ NAME = "LVM" ]\n')
     lvm = ok(daemon, "one.datastore.allocate",
              'NAME="lvm-ds"\nDS_MAD="LVM"\nTM_MAD="dummy"\nDATASTORE_CAPACITY_CHECK="NO"', -1)
     oid = register(daemon, lvm)

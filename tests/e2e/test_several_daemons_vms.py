@@ -59,7 +59,9 @@ def cluster(tmp_path, several):  # noqa: F811 (the fixture of test_several_daemo
     remotes = count_remotes(tmp_path / "remotes", state)
     conf = driver_config(remotes, "-t 15 -d dummy,fs",
                          'TM_MAD = [ EXECUTABLE = "one_tm", '
-                         'ARGUMENTS = "-d dummy,shared,count" ]\n')
+                         'ARGUMENTS = "-d dummy,shared,count" ]\n'
+                         'TM_MAD_CONF = [ NAME = "count", LN_TARGET = "NONE", '
+                         'CLONE_TARGET = "SYSTEM", SHARED = "YES" ]\n')
     daemons = several(3, conf)
     a = daemons[0]
     hid = ok(a, "one.host.allocate", "h1", "dummy", "dummy", -1)

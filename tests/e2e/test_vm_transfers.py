@@ -237,7 +237,9 @@ def bad(tmp_path_factory):
     conf = (f'DATASTORE_MAD = [ EXECUTABLE = "one_datastore", ARGUMENTS = "-t 15 -d dummy,fs", '
             f'REMOTES = "{remotes}", KILL_GRACE = 1 ]\n'
             'TM_MAD = [ EXECUTABLE = "one_tm", ARGUMENTS = "-d dummy,shared,qcow2,local,bad '
-            '-w 3" ]\n')
+            '-w 3" ]\n'
+            'TM_MAD_CONF = [ NAME = "bad", LN_TARGET = "NONE", CLONE_TARGET = "SYSTEM", '
+            'SHARED = "YES" ]\n')
     d = Daemon(tmp / "daemon", extra_config=conf).start()
     d.modes = remotes / "tm" / "bad"  # type: ignore[attr-defined]
     d.hid = host(d)  # type: ignore[attr-defined]

@@ -28,7 +28,17 @@ def make_remotes(root: Path, drivers: dict[str, dict[str, str]]) -> Path:
 
 def driver_config(root: Path, names: str, extra: str = "") -> str:
     return (f'DATASTORE_MAD = [ EXECUTABLE = "one_datastore", ARGUMENTS = "{names}", '
-            f'REMOTES = "{root}", KILL_GRACE = 1 ]\n' + extra)
+            f'REMOTES = "{root}", KILL_GRACE = 1 ]\n' + extra + ds_mad_confs(names))
+
+
+def ds_mad_confs(arguments: str) -> str:
+    """A DS_MAD_CONF for each driver of ARGUMENTS' ``-d`` list beyond the built-in
+    dummy and fs: as in oned, a datastore's DS_MAD must have one.  They come last: the
+    first DS_MAD_CONF of a name counts, so a test's own (MODE, REQUIRED_ATTRS) wins."""
+    words = arguments.split()
+    names = words[words.index("-d") + 1].split(",") if "-d" in words[:-1] else []
+    return "".join(f'DS_MAD_CONF = [ NAME = "{name}" ]\n' for name in names
+                   if name and name not in ("dummy", "fs"))
 
 
 def processes_with(marker: str) -> list[int]:

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from lxml import etree
 
 from tests.support.daemon import REPO, Daemon, backend, wait_for
+from tests.support.remotes import ds_mad_confs
 from tests.support.xsd import validate
 
 DUMMY_DS = 'NAME="{name}"\nDS_MAD="dummy"\nTM_MAD="dummy"\n'
@@ -426,7 +427,7 @@ def write_driver(remotes: Path, name: str = "flaky") -> Path:
 
 def driver_config(remotes: Path, names: str = "dummy,fs,flaky", timeouts: str = "") -> str:
     conf = (f'DATASTORE_MAD = [ EXECUTABLE = "one_datastore", ARGUMENTS = "-t 15 -d {names}", '
-            f'REMOTES = "{remotes}", KILL_GRACE = 1 ]\n')
+            f'REMOTES = "{remotes}", KILL_GRACE = 1 ]\n' + ds_mad_confs(f"-d {names}"))
     if timeouts:
         conf += f"DRIVER_TIMEOUT = [ {timeouts} ]\n"
     return conf

@@ -330,6 +330,46 @@ def valid_rate(text: str) -> bool:
     return digits.isascii() and digits.isdigit()
 
 
+def _mb(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def copy_limit(doc: Document, src: str) -> tuple[int | None, str]:
+    """(bytes, error text): the most a cp may write, holes included (None: no limit).
+
+    Whatever the image's SIZE said at allocate (STAT reads a compressed qcow2's
+    virtual size from its header, a URL may serve other bytes to cp than to STAT,
+    the capacity check may be off), what the copy expands to may not go past the
+    space the document says the datastore has: FREE_MB, or LIMIT_MB - USED_MB when
+    that is less (oned's Datastore::get_avail_mb), once monitored (TOTAL_MB > 0) and
+    unless the allocate did not check the space (ONED_CAPACITY_CHECK=NO: the
+    datastore's DATASTORE_CAPACITY_CHECK is off, or an admin skipped the check); nor
+    past the operator's DRIVER_COPY_MAX_MB (ONED_COPY_MAX_MB)."""
+    limits: list[tuple[int, str]] = []
+    operator = _mb(os.environ.get("ONED_COPY_MAX_MB", "") or "0") or 0
+    if operator > 0:
+        limits.append((operator, "the largest copy DRIVER_COPY_MAX_MB allows "
+                                 "(oned-images.conf); raise it there and retry"))
+    ds_id = doc["DATASTORE/ID"]
+    total, free, used = (_mb(doc[f"DATASTORE/{k}"]) for k in ("TOTAL_MB", "FREE_MB", "USED_MB"))
+    checked = os.environ.get("ONED_CAPACITY_CHECK", "YES").upper() != "NO"
+    if checked and total and total > 0 and free is not None:
+        limits.append((max(free, 0), f"the free space of datastore {ds_id} (FREE_MB); "
+                                     "free space there and retry"))
+        cap = _mb(doc["DATASTORE/TEMPLATE/LIMIT_MB"])
+        if cap is not None and used is not None and cap - used < free:
+            limits.append((max(cap - used, 0),
+                           f"what datastore {ds_id} may still use (LIMIT_MB {cap} - USED_MB "
+                           f"{used}); raise its LIMIT_MB and retry"))
+    if not limits:
+        return None, ""
+    mb, why = min(limits, key=lambda item: item[0])
+    return mb << 20, f"Image {src} exceeds {mb} MiB, {why}"
+
+
 def cp_action(doc: Document, cleanup: list[str]) -> str:
     """fs/cp: import IMAGE/PATH into BASE_PATH; "<SOURCE> <FORMAT>"."""
     src = doc["IMAGE/PATH"]
@@ -350,6 +390,7 @@ def cp_action(doc: Document, cleanup: list[str]) -> str:
     tmp = dst + ".tmp"
     cleanup += [tmp, tmp + ".conv", dst]
     src = local_path(src)
+    max_bytes, too_big = copy_limit(doc, src)
     if check_scheme(src):
         log("INFO", f"Downloading {src} into {dst}")
     if bw:
@@ -359,7 +400,7 @@ def cp_action(doc: Document, cleanup: list[str]) -> str:
         "restricted_dirs": doc["DATASTORE/TEMPLATE/RESTRICTED_DIRS"],
         "allowed_networks": doc["DATASTORE/TEMPLATE/URL_ALLOWED_NETWORKS"],
         "md5": doc["IMAGE/TEMPLATE/MD5"], "sha1": doc["IMAGE/TEMPLATE/SHA1"], "limit": bw,
-        "no_decompress": is_yes(no_decompress)})
+        "no_decompress": is_yes(no_decompress), "max_bytes": max_bytes, "too_big": too_big})
 
     fmt, backing, external, vsize = image_info(tmp)
     if backing:
@@ -372,6 +413,8 @@ def cp_action(doc: Document, cleanup: list[str]) -> str:
             and doc["DATASTORE/TEMPLATE/CONVERT"].lower() != "no"):
         if src_mod.which("qemu-img") is None:
             raise Fail(QEMU_NEEDED.format(what=f"convert images to {driver}"))
+        if max_bytes is not None and vsize > max_bytes:   # the converted file's size
+            raise Fail(too_big)
         log("INFO", f"Converting {stored} image to {driver}")
         run_progress(f"Error converting image to {driver}",
                      ["qemu-img", "convert", "-p", "-f", stored, "-O", driver, "--", tmp,

@@ -12,6 +12,8 @@ Options:
     --md5 X --sha1 X                         expected checksums of the source bytes (copy)
     --no-decompress                          store compressed data as it is (copy)
     --limit RATE                             bytes/s, k/m/g suffixes of 1024 (copy)
+    (copy() also takes max_bytes / too_big: the largest file it may write, holes
+    included, and the error text when the data go past it; fs_action.py sets them)
 Environment:
     HOME                  always restricted (as in OpenNebula's scripts)
     ONED_PROTECTED_PATHS  newline-separated files and directories of the daemon itself
@@ -628,15 +630,27 @@ class FileBody(Body):
 # ------------------------------------------------------------------ copy --
 
 class SparseWriter:
-    """Writes a stream into ``fd`` leaving holes where whole HOLE blocks are zero."""
+    """Writes a stream into ``fd`` leaving holes where whole HOLE blocks are zero.
 
-    def __init__(self, fd: int) -> None:
+    ``limit`` (bytes, None = none) bounds the file's size, holes included: a stream
+    (decompression, download) that would go past it raises Fail(``too_big``) before
+    writing, so a decompression bomb stops at the limit even when its data are zeros
+    that take no disk space here (they would as soon as the image is copied on)."""
+
+    def __init__(self, fd: int, limit: int | None = None, too_big: str = "") -> None:
         self.fd = fd
         self.pos = 0
+        self.limit, self.too_big = limit, too_big
+
+    def check(self, size: int) -> None:
+        """Fail(too_big) when a file of ``size`` bytes would exceed the limit."""
+        if self.limit is not None and size > self.limit:
+            raise Fail(self.too_big)
 
     def write(self, data: bytes) -> None:
         # (bytes slices compare with memcmp; memoryview comparison is item by item)
         view, start, n = memoryview(data), 0, len(data)
+        self.check(self.pos + n)
 
         def zero(a: int, b: int) -> bool:
             return data[a:b] == (ZERO_HOLE if b - a == HOLE else bytes(b - a))
@@ -778,13 +792,14 @@ def copy(src: str, dst: str, opts: dict) -> None:
 
 
 def _copy_body(src, body, out_fd, fd, st, opts, wanted) -> None:
-    out = SparseWriter(out_fd)
+    out = SparseWriter(out_fd, opts.get("max_bytes"), opts.get("too_big", ""))
     try:
         first = body.read(BLOCK)
         kind = "" if opts["no_decompress"] else compression_of(first)
         chunks = _chunks(first, body)
         if not kind and fd is not None and not wanted and not body.rate \
                 and stat.S_ISREG(st.st_mode):
+            out.check(st.st_size)
             if opts.get("staged") and _move(opts["staged"], opts["dst"]):
                 log("INFO", "moved the uploaded file into the datastore")
                 return

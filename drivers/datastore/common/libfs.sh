@@ -74,6 +74,11 @@
 #   ONED_STALL_TIMEOUT    seconds without a byte before a transfer fails
 #                         ("Error downloading <url>: no data received for N seconds");
 #                         DRIVER_STALL_TIMEOUT in the daemon's config, 60 by default.
+#   ONED_COPY_MAX_MB      MiB a cp may write (DRIVER_COPY_MAX_MB; 0 = no limit of its
+#                         own): "Image <path> exceeds N MiB, ..." (fs_action.copy_limit,
+#                         which also bounds a copy by the datastore's FREE_MB/LIMIT_MB).
+#   ONED_CAPACITY_CHECK   cp only: NO when its allocate did not check the space; the
+#                         copy is then not bounded by FREE_MB/LIMIT_MB.
 #   TMPDIR                a private directory of the action, removed when it ends and
 #                         swept at the daemon's start.
 #
