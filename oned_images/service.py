@@ -222,7 +222,11 @@ class Daemon:
         if not db.is_postgres:
             private_sqlite_files(db.settings.path)
         self.db_lock = DatabaseLock(db.settings)
-        self.db_lock.acquire("oned-images serve", shared=True)
+        try:
+            self.db_lock.acquire("oned-images serve", shared=True)
+        except OSError as exc:  # the SQLite file's directory is missing or not ours
+            raise StartupError(f"cannot open the database: {exc.filename}: "
+                               f"{exc.strerror}") from None
         fresh = db.run_sync(schema.check, db.db)
         if fresh:
             name, password, path, generated = oneadmin_credentials()

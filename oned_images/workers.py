@@ -361,9 +361,9 @@ def supervise(config: DaemonConfig, port_file: str | None) -> int:
 
     if not serves_several_daemons(config.db):
         print(f"oned-images: configuration error: WORKERS = {config.workers} runs "
-              f"{config.workers} daemons on one database, and {config.db.backend} serves "
-              "one daemon: use PostgreSQL (DB = [ BACKEND = \"postgresql\", ... ]) or "
-              "WORKERS = 1", file=sys.stderr)
+              f"{config.workers} daemons on one database, and an in-memory SQLite "
+              "database serves one daemon: give DB a PATH (a file) or use PostgreSQL, or "
+              "set WORKERS = 1", file=sys.stderr)
         return 2
     try:
         sock = listen(config)

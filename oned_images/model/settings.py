@@ -25,9 +25,16 @@ class DbSettings:
 
 def serves_several_daemons(settings: DbSettings) -> bool:
     """Whether several daemons (on several hosts, or WORKERS > 1 on one) may serve this
-    database: the one place that answers it.  SQLite does not (store/lock.py refuses a
-    second daemon on one file)."""
-    return settings.backend != "sqlite"
+    database: the one place that answers it.  An SQLite file does, for daemons of one
+    host (store/lock.py, store/database.py WriteLock); an in-memory one is a daemon's
+    own."""
+    return settings.backend != "sqlite" or not is_memory_sqlite(settings.path)
+
+
+def is_memory_sqlite(path: str) -> bool:
+    """An SQLite database that lives in one process (``:memory:``, ``file:…mode=memory``
+    URIs).  An empty path is the daemon's default file (DaemonConfig.db_path)."""
+    return path == ":memory:" or (path.startswith("file:") and "memory" in path)
 
 
 def default_daemon_name(port: int) -> str:
