@@ -350,3 +350,48 @@ def test_setting_vm_and_image_limits(daemon):
     finally:
         defaults(daemon, "one.groupquota.update", "IMAGE=[ID=9,RVMS=-2]")
     assert section(defaults(daemon, "one.groupquota.info"), "IMAGE_QUOTA") == image_quota()
+
+
+# ------------------------------------------------------------------ disks
+def test_attach_detach_and_disk_snapshots_move_system_disk_size_and_rvms(daemon, ds, host):
+    sys_ds = ok(daemon, "one.datastore.allocate",
+                f'NAME="{unique("qsys")}"\nTYPE="SYSTEM_DS"\nTM_MAD="dummy"', -1)
+    uid, s, gid = member(daemon)
+    a = image_of(daemon, ds, uid, gid, size=10)
+    b = image_of(daemon, ds, uid, gid, size=4)
+    oid = ok(daemon, "one.vm.allocate", f"{SMALL}{NOWHERE}\nDISK=[IMAGE_ID={a}]", True,
+             session=s)
+    ok(daemon, "one.vm.deploy", oid, host, False, sys_ds, "")
+    wait_vm(daemon, oid, 3, 3)
+
+    def held(size: int, *images: tuple[int, int], limits: dict | None = None) -> str:
+        return (vm_quota(vm_vector(CPU="0.25", MEMORY=32, RUNNING_CPU="0.25",
+                                   RUNNING_MEMORY=32, RUNNING_VMS=1, SYSTEM_DISK_SIZE=size,
+                                   VMS=1))
+                + image_quota(*(image_vector(i, n, (limits or {}).get(i, -1))
+                                for i, n in images)))
+
+    assert user_q(daemon, uid) == held(10, (a, 1))
+    ok(daemon, "one.user.quota", uid, f"IMAGE=[ID={b},RVMS=0]")
+    assert fails(daemon, "one.vm.attach", oid, f"DISK=[IMAGE_ID={b}]", session=s) == (
+        f"[one.vm.attach] User [{uid}] : user [{uid}] limit of 0 reached for RVMS quota in "
+        f"IMAGE with ID: {b}.", AUTHZ, -1)
+    assert vm_state(daemon, oid) == (3, 3)
+    assert num(info(daemon, b), "STATE") == 1  # not acquired
+    ok(daemon, "one.user.quota", uid, f"IMAGE=[ID={b},RVMS=-1]")
+    ok(daemon, "one.vm.attach", oid, f"DISK=[IMAGE_ID={b}]", session=s)
+    wait_vm(daemon, oid, 3, 3)
+    assert user_q(daemon, uid) == held(14, (a, 1), (b, 1))
+    # a snapshot of the disk copied into the system datastore takes its size there too
+    ok(daemon, "one.vm.disksnapshotcreate", oid, 0, "s0", session=s)
+    wait_for(lambda: "DISK_SNAPSHOT_TOTAL_SIZE><![CDATA[10" in ok(daemon, "one.vm.info", oid)
+             and vm_state(daemon, oid) == (3, 3), timeout=20)
+    assert user_q(daemon, uid) == held(24, (a, 1), (b, 1))
+    assert group_q(daemon, gid) == held(24, (a, 1), (b, 1))
+    ok(daemon, "one.vm.detach", oid, 1, session=s)
+    wait_for(lambda: vm_state(daemon, oid) == (3, 3)
+             and f"<IMAGE_ID><![CDATA[{b}]]>" not in ok(daemon, "one.vm.info", oid), timeout=20)
+    assert user_q(daemon, uid) == held(20, (a, 1))
+    ok(daemon, "one.vm.action", "terminate", oid, session=s)
+    wait_vm(daemon, oid, 6)
+    assert (user_q(daemon, uid), group_q(daemon, gid)) == (EMPTY, EMPTY)
