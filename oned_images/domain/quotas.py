@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from lxml import etree
 
 from oned_images import errors
-from oned_images.store.models import GroupQuotasRow, SystemAttributeRow, UserQuotasRow
+from oned_images.store.models import (
+    GroupQuotasRow,
+    GroupRow,
+    SystemAttributeRow,
+    UserQuotasRow,
+    UserRow,
+)
 from oned_images.store.pools import for_update
 from oned_images.template import Template, cdata
 
@@ -240,6 +245,12 @@ def _del(doc: Doc, section: str, qid: str, usage: Usage) -> None:
     _cleanup(doc[section], section, qid, is_default=False)
 
 
+def _owner_exists(kind: str, oid: int) -> bool:
+    """A VM of a deleted user or group gets no quota row back for it."""
+    model = UserRow if kind == USER else GroupRow
+    return model.select(model.oid).where(model.oid == oid).exists()
+
+
 def _accounted(uid: int, gid: int) -> list[tuple[str, int]]:
     """Request::quota_authorization: nobody for oneadmin / group oneadmin, nor for -1."""
     out = []
@@ -297,7 +308,7 @@ def release(uid: int, gid: int, ds_id: int, size: float, images: int = 1) -> Non
     _release(uid, gid, _ds_request(ds_id, size, images))
 
 
-def _lock_all(old: tuple[int, int], new: tuple[int, int]) -> tuple[tuple[int, int],
+def lock_sides(old: tuple[int, int], new: tuple[int, int]) -> tuple[tuple[int, int],
                                                                    tuple[int, int]]:
     """chown's rows locked in one order (users, then groups, by id) before any changes,
     so two chowns in opposite directions cannot deadlock; rows of the new side are
@@ -318,7 +329,7 @@ def _lock_all(old: tuple[int, int], new: tuple[int, int]) -> tuple[tuple[int, in
 def move(old: tuple[int, int], new: tuple[int, int], ds_id: int, size: float) -> None:
     """chown of an image: charge the new owner and/or group (only the side that
     changes), then release the old one."""
-    (old_uid, old_gid), (new_uid, new_gid) = _lock_all(old, new)
+    (old_uid, old_gid), (new_uid, new_gid) = lock_sides(old, new)
     charge(new_uid, new_gid, ds_id, size)
     release(old_uid, old_gid, ds_id, size)
 
@@ -332,16 +343,35 @@ def vm_request(usage: Usage, images: Iterable[int] = ()) -> Request:
     return request
 
 
+def ds_request(datastores: Mapping[int, float]) -> Request:
+    """VirtualMachineDisks::image_ds_quotas: SIZE (IMAGES 0) per datastore that holds a
+    disk of the VM itself (TM target SELF)."""
+    return [("DATASTORE", str(ds), {"SIZE": float(size), "IMAGES": 0.0})
+            for ds, size in datastores.items()]
+
+
 def vm_charge(uid: int, gid: int, usage: Usage, images: Iterable[int] = (),
-              check: bool = True, dry_run: bool = False) -> None:
+              datastores: Mapping[int, float] | None = None, check: bool = True,
+              dry_run: bool = False) -> None:
     """Charge a VM's usage (VM_QUOTA) and its image DISKs (IMAGE_QUOTA RVMS) to its
-    owner and group, or raise AUTHORIZATION with oned's text.  ``check`` false: add
-    without looking at the limits (Quotas::vm_add); ``dry_run``: only check."""
+    owner and group, then its SELF disks (DATASTORE_QUOTA), or raise AUTHORIZATION with
+    oned's text.  ``check`` false: add without looking at the limits
+    (Quotas::vm_add); ``dry_run``: only check."""
     _apply(uid, gid, vm_request(usage, list(images)), check, dry_run)
+    if datastores:
+        _apply(uid, gid, ds_request(datastores), check, dry_run)
 
 
-#: what a VM holds: its (uid, gid), its VM_QUOTA usage and its image DISKs
-Held = tuple[tuple[int, int], Usage, Iterable[int]]
+#: what a VM holds: its (uid, gid), its VM_QUOTA usage, its image DISKs (one id per
+#: DISK) and the MB of its SELF disks per datastore
+Held = tuple[tuple[int, int], Usage, Iterable[int], Mapping[int, float]]
+
+
+def _held_items(usage: Usage, images: Iterable[int],
+                datastores: Mapping[int, float]) -> list[tuple[tuple[str, str, str], float]]:
+    request = vm_request(usage, images) + ds_request(datastores)
+    return [((section, qid, metric), value) for section, qid, use in request
+            for metric, value in use.items()]
 
 
 def vm_moved(old: Held, new: Held) -> None:
@@ -350,32 +380,28 @@ def vm_moved(old: Held, new: Held) -> None:
     checks are the callers', :func:`vm_charge` with ``dry_run``).  Each user or group
     row is touched only when its share changes, in the one lock order (users, then
     groups, by id); counters that go down get Quota::del_quota's cleanup."""
-    sides: dict[tuple[str, int], tuple[dict[str, float], Counter[int]]] = {}
-    for (owner, usage, images), sign in ((old, -1.0), (new, 1.0)):
-        images = list(images)
+    sides: dict[tuple[str, int], dict[tuple[str, str, str], float]] = {}
+    for (owner, *what), sign in ((old, -1.0), (new, 1.0)):
+        items = _held_items(*what)
         for side in _accounted(*owner):
-            vm, img = sides.setdefault(side, ({}, Counter()))
-            for metric, value in usage.items():
-                vm[metric] = vm.get(metric, 0.0) + sign * value
-            for iid in images:
-                img[iid] += int(sign)
+            share = sides.setdefault(side, {})
+            for key, value in items:
+                share[key] = share.get(key, 0.0) + sign * value
     for kind, oid in sorted(sides, key=lambda k: (k[0] != USER, k[1])):
-        vm, img = sides[(kind, oid)]
-        plus = {m: v for m, v in vm.items() if v > 0}
-        minus = {m: -v for m, v in vm.items() if v < 0}
-        if not (plus or minus or any(img.values())):
+        plus: dict[tuple[str, str], dict[str, float]] = {}
+        minus: dict[tuple[str, str], dict[str, float]] = {}
+        for (section, qid, metric), value in sides[(kind, oid)].items():
+            if value > 0:
+                plus.setdefault((section, qid), {})[metric] = value
+            elif value < 0:
+                minus.setdefault((section, qid), {})[metric] = -value
+        if not (plus or minus):
             continue
-        doc = read(kind, oid, lock=True, create=bool(plus) or any(n > 0 for n in img.values()))
-        if plus:
-            _check_add(doc, empty(), "", "VM", "", plus, check=False)
-        for iid, n in img.items():
-            for _ in range(n):
-                _check_add(doc, empty(), "", "IMAGE", str(iid), {"RVMS": 1.0}, check=False)
-        if minus:
-            _del(doc, "VM", "", minus)
-        for iid, n in img.items():
-            for _ in range(-n):
-                _del(doc, "IMAGE", str(iid), {"RVMS": 1.0})
+        doc = read(kind, oid, lock=True, create=bool(plus) and _owner_exists(kind, oid))
+        for (section, qid), use in plus.items():
+            _check_add(doc, empty(), "", section, qid, use, check=False)
+        for (section, qid), use in minus.items():
+            _del(doc, section, qid, use)
         write(kind, oid, doc)
 
 

@@ -1,6 +1,7 @@
 """What a virtual machine charges to its owner's and group's VM_QUOTA and IMAGE_QUOTA
-(vms.md §5.13), worked out from the VM's template and state; domain/quotas.py keeps
-the counters.
+(vms.md §5.13), and to DATASTORE_QUOTA for disks kept in their image datastore (TM
+target SELF), worked out from the VM's template and state; domain/quotas.py keeps the
+counters.
 
 oned 7.0 charges VMS, CPU, MEMORY and SYSTEM_DISK_SIZE for as long as the VM exists
 (allocate/instantiate until DONE), RVMS 1 per image DISK, and RUNNING_VMS,
@@ -97,6 +98,22 @@ def system_disk_size(tmpl: Template) -> float:
     return float(total)
 
 
+def self_sizes(tmpl: Template) -> dict[int, float]:
+    """VirtualMachineDisks::image_ds_quotas: the MB (with snapshots) of each disk whose
+    TM target is SELF (the copy lives in the image datastore), per DATASTORE_ID."""
+    out: dict[int, float] = {}
+    for disk in _disks(tmpl):
+        if _tm_target(disk) != "SELF":
+            continue
+        size, ds = _int(disk.get("SIZE")), _int(disk.get("DATASTORE_ID"))
+        if size is None or ds is None:
+            continue
+        size += _int(disk.get("DISK_SNAPSHOT_TOTAL_SIZE")) or 0
+        if size:
+            out[ds] = out.get(ds, 0.0) + size
+    return out
+
+
 def image_ids(tmpl: Template) -> list[int]:
     """One id per DISK with an IMAGE_ID, in DISK order (QuotaImage::check)."""
     out = []
@@ -130,16 +147,16 @@ def held(vm: Vm) -> quotas.Held:
     """What ``vm`` holds in its state: nothing once DONE; else the whole VM (RUNNING_*
     only in a running state) and RVMS per image DISK."""
     if vm.state == V.DONE:
-        return (vm.uid, vm.gid), {}, []
+        return (vm.uid, vm.gid), {}, [], {}
     return ((vm.uid, vm.gid), usage(vm.template, with_running=running(vm.state, vm.lcm_state)),
-            image_ids(vm.template))
+            image_ids(vm.template), self_sizes(vm.template))
 
 
 def charge_new(uid: int, gid: int, tmpl: Template) -> None:
     """allocate / instantiate (VirtualMachineAllocate::allocate_authorization): the
     whole VM, RUNNING_* included whatever its first state, and RVMS per image DISK;
     over a limit: AUTHORIZATION with oned's text."""
-    quotas.vm_charge(uid, gid, usage(tmpl), image_ids(tmpl))
+    quotas.vm_charge(uid, gid, usage(tmpl), image_ids(tmpl), self_sizes(tmpl))
 
 
 def written(old: Vm | None, new: Vm) -> None:
@@ -166,9 +183,11 @@ def check_owner(vm: Vm, uid: int, gid: int) -> None:
     room for the VM as it is (AUTHORIZATION); -1 leaves a side alone."""
     if vm.state == V.DONE:
         return
-    _, use, images = held(vm)
-    quotas.vm_charge(uid if uid != vm.uid else -1, gid if gid != vm.gid else -1, use,
-                     images, dry_run=True)
+    _, use, images, datastores = held(vm)
+    # every row the move will touch, locked first in the one order (two opposite
+    # chowns must not each hold the row the other waits for)
+    _old, (new_uid, new_gid) = quotas.lock_sides((vm.uid, vm.gid), (uid, gid))
+    quotas.vm_charge(new_uid, new_gid, use, images, datastores, dry_run=True)
 
 
 def check_disk(vm: Vm, disk: Vector) -> None:
@@ -177,4 +196,4 @@ def check_disk(vm: Vm, disk: Vector) -> None:
     one = Template()
     one.add("DISK", disk)
     quotas.vm_charge(vm.uid, vm.gid, {"VMS": 0.0, "SYSTEM_DISK_SIZE": system_disk_size(one)},
-                     image_ids(one), dry_run=True)
+                     image_ids(one), self_sizes(one), dry_run=True)

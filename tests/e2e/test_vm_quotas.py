@@ -11,6 +11,7 @@ import pytest
 from tests.support.daemon import wait_for
 from tests.support.seed import (
     call,
+    datastore,
     fails,
     group,
     info,
@@ -395,3 +396,33 @@ def test_attach_detach_and_disk_snapshots_move_system_disk_size_and_rvms(daemon,
     ok(daemon, "one.vm.action", "terminate", oid, session=s)
     wait_vm(daemon, oid, 6)
     assert (user_q(daemon, uid), group_q(daemon, gid)) == (EMPTY, EMPTY)
+
+
+def test_disks_kept_in_their_image_datastore_charge_its_datastore_quota(fresh_daemon):
+    """A TM whose CLONE_TARGET is SELF keeps the VM's copy in the image datastore: its
+    SIZE (IMAGES 0) is charged to the VM owner's DATASTORE_QUOTA (checked at allocate,
+    after the VM quotas) and released at DONE."""
+    d = fresh_daemon('TM_MAD_CONF = [ NAME = "selftm", LN_TARGET = "NONE", '
+                     'CLONE_TARGET = "SELF", SHARED = "YES" ]')
+    ds = datastore(d, 'NAME="selfds"\nDS_MAD="dummy"\nTM_MAD="selftm"')
+    uid, s, gid = member(d)
+    iid = image_of(d, ds, uid, gid, size=30)
+    ds_entry = (f"<DATASTORE><ID>{c(ds)}</ID><IMAGES>{c(-1)}</IMAGES><IMAGES_USED>{c(1)}"
+                f"</IMAGES_USED><SIZE>{c(-1)}</SIZE><SIZE_USED>{c(30)}</SIZE_USED></DATASTORE>")
+    assert section(ok(d, "one.user.info", uid), "DATASTORE_QUOTA") == (
+        f"<DATASTORE_QUOTA>{ds_entry}</DATASTORE_QUOTA>")
+    oid = ok(d, "one.vm.allocate", f"{SMALL}\nDISK=[IMAGE_ID={iid}]", True, session=s)
+    doc = ok(d, "one.user.info", uid)
+    assert section(doc, "DATASTORE_QUOTA") == "<DATASTORE_QUOTA>" + ds_entry.replace(
+        f"<SIZE_USED>{c(30)}", f"<SIZE_USED>{c(60)}") + "</DATASTORE_QUOTA>"
+    assert section(doc, "VM_QUOTA") == vm_quota(vm_vector(
+        CPU="0.25", MEMORY=32, RUNNING_CPU="0.25", RUNNING_MEMORY=32, RUNNING_VMS=1, VMS=1))
+    ok(d, "one.user.quota", uid, f"DATASTORE=[ID={ds},SIZE=89]")
+    assert fails(d, "one.vm.allocate", f"{SMALL}\nDISK=[IMAGE_ID={iid}]", True, session=s) == (
+        f"[one.vm.allocate] User [{uid}] : user [{uid}] limit of 89 reached for SIZE quota in "
+        f"DATASTORE with ID: {ds}.", AUTHZ, -1)
+    ok(d, "one.vm.action", "terminate", oid, session=s)
+    assert section(ok(d, "one.user.info", uid), "DATASTORE_QUOTA") == (
+        "<DATASTORE_QUOTA>" + ds_entry.replace(f"<SIZE>{c(-1)}", f"<SIZE>{c(89)}")
+        + "</DATASTORE_QUOTA>")
+    assert user_q(d, uid) == EMPTY
