@@ -6,6 +6,9 @@ every USER / GROUP document against user.xsd / group.xsd."""
 
 from __future__ import annotations
 
+import threading
+import xmlrpc.client
+
 import pytest
 
 from tests.support.daemon import wait_for
@@ -426,3 +429,51 @@ def test_disks_kept_in_their_image_datastore_charge_its_datastore_quota(fresh_da
         "<DATASTORE_QUOTA>" + ds_entry.replace(f"<SIZE>{c(-1)}", f"<SIZE>{c(89)}")
         + "</DATASTORE_QUOTA>")
     assert user_q(d, uid) == EMPTY
+
+
+# ------------------------------------------------------------------ races
+def test_concurrent_instantiates_and_terminates_against_a_limit(daemon, ds):
+    """Many VMs of one user and group at once (same images: image rows, then quota
+    rows, locked in one order): exactly the limit wins, and the counters end exact."""
+    uid, s, gid = member(daemon)
+    iid = image_of(daemon, ds, uid, gid)
+    k, n = 3, 10
+    ok(daemon, "one.user.quota", uid, f"VM=[VMS={k}]")
+    tid = ok(daemon, "one.template.allocate",
+             f'NAME="{unique("t")}"\n{SMALL}\nDISK=[IMAGE_ID={iid}]', session=s)
+    replies: list = []
+    start = threading.Barrier(n)
+
+    def one_instantiate() -> None:
+        proxy = xmlrpc.client.ServerProxy(daemon.url, allow_none=True)
+        start.wait()
+        replies.append(proxy.one.template.instantiate(s, tid, "", True, "", False))
+
+    threads = [threading.Thread(target=one_instantiate) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    won = [r[1] for r in replies if r[0] is True]
+    lost = {r[1] for r in replies if r[0] is False}
+    assert (len(replies), len(won)) == (n, k)
+    assert lost == {f"[one.template.instantiate] User [{uid}] : user [{uid}] limit of {k} "
+                    "reached for VMS quota in VM."}
+    used = vm_vector({"VMS": k}, CPU="0.75", MEMORY=32 * k, RUNNING_CPU="0.75",
+                     RUNNING_MEMORY=32 * k, RUNNING_VMS=k, SYSTEM_DISK_SIZE=k, VMS=k)
+    assert user_q(daemon, uid) == vm_quota(used) + image_quota(image_vector(iid, k))
+    assert num(info(daemon, iid), "RUNNING_VMS") == k
+
+    def one_terminate(oid: int) -> None:
+        proxy = xmlrpc.client.ServerProxy(daemon.url, allow_none=True)
+        replies.append(proxy.one.vm.action(s, "terminate", oid))
+
+    replies.clear()
+    threads = [threading.Thread(target=one_terminate, args=(oid,)) for oid in won]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r[0] for r in replies] == [True] * k
+    assert user_q(daemon, uid) == vm_quota(vm_vector({"VMS": k})) + image_quota()
+    assert group_q(daemon, gid) == EMPTY
