@@ -136,8 +136,15 @@ def test_a_vm_on_hold_shows_as_in_oned_and_terminate_empties_the_sections(daemon
         "<DEFAULT_USER_QUOTAS><DATASTORE_QUOTA></DATASTORE_QUOTA><NETWORK_QUOTA>"
         "</NETWORK_QUOTA><VM_QUOTA></VM_QUOTA><IMAGE_QUOTA></IMAGE_QUOTA>"
         "</DEFAULT_USER_QUOTAS></USER>")
+    # the pools list the same sections in each object's QUOTAS (user_pool.xsd,
+    # group_pool.xsd validate them)
+    mine = doc[doc.index("<DATASTORE_QUOTA>"):doc.index("<DEFAULT_USER_QUOTAS>")]
+    assert f"<QUOTAS><ID>{uid}</ID>{mine}</QUOTAS>" in ok(daemon, "one.userpool.info")
+    assert "<QUOTAS><ID>1</ID><DATASTORE_QUOTA>" in ok(daemon, "one.grouppool.info")
+    assert section(ok(daemon, "one.group.info", 1), "VM_QUOTA") == section(doc, "VM_QUOTA")
     ok(daemon, "one.vm.action", "terminate", oid, session=s)
     assert user_q(daemon, uid) == EMPTY
+    assert group_q(daemon, 1) == EMPTY
     # the group users (1) was charged and released the same way; oneadmin never is
     assert "<VM_QUOTA></VM_QUOTA>" in ok(daemon, "one.user.info", 0)
 
