@@ -314,6 +314,26 @@ def test_resume_of_a_running_vm_over_the_limit_says_quota_first(daemon, host):
     assert user_q(daemon, uid) == EMPTY
 
 
+def test_recover_delete_and_hold_release_keep_the_counters_exact(daemon):
+    uid, s, gid = member(daemon)
+    oid = ok(daemon, "one.vm.allocate", SMALL + NOWHERE, True, session=s)
+    other = ok(daemon, "one.vm.allocate", SMALL + NOWHERE, False, session=s)
+    both = vm_quota(vm_vector(CPU="0.50", MEMORY=64, RUNNING_CPU="0.50", RUNNING_MEMORY=64,
+                              RUNNING_VMS=2, VMS=2)) + image_quota()
+    assert user_q(daemon, uid) == both
+    # HOLD and PENDING are both running states: release and hold change nothing
+    ok(daemon, "one.vm.action", "release", oid, session=s)
+    ok(daemon, "one.vm.action", "hold", other, session=s)
+    assert user_q(daemon, uid) == both
+    ok(daemon, "one.vm.recover", oid, 3)
+    assert vm_state(daemon, oid) == (6, 0)
+    assert user_q(daemon, uid) == vm_quota(vm_vector(
+        CPU="0.25", MEMORY=32, RUNNING_CPU="0.25", RUNNING_MEMORY=32, RUNNING_VMS=1,
+        VMS=1)) + image_quota()
+    ok(daemon, "one.vm.action", "terminate-hard", other, session=s)
+    assert (user_q(daemon, uid), group_q(daemon, gid)) == (EMPTY, EMPTY)
+
+
 def test_chown_moves_the_vm_and_its_images(daemon, ds):
     uid, s, gid = member(daemon)
     other, _s2, ogid = member(daemon)
