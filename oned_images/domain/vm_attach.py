@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from oned_images import errors
 from oned_images.config import DaemonConfig
 from oned_images.domain import snapshots as snap
-from oned_images.domain import vm_disks, vm_tm, vm_transfer
+from oned_images.domain import vm_disks, vm_quotas, vm_tm, vm_transfer
 from oned_images.domain import vm_states as vs
 from oned_images.domain.identity import Identity
 from oned_images.domain.images import read_image
@@ -162,6 +162,7 @@ class VmAttach:
             work.add("DISK", disk)
             vm_disks.acquire_disks(oid, vm.uid, vm.gid, work, self.config, path="attach")
             added = [d for d in work.get_all("DISK") if isinstance(d, dict)][-1]
+            vm_quotas.check_disk(vm, added)
             iid = _int(added.get("IMAGE_ID"))
             cid = vm.history[-1].cid
             if iid is not None:

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
-from oned_images.domain import locks, vm_disks, vm_tm, vm_transfer
+from oned_images.domain import locks, vm_disks, vm_quotas, vm_tm, vm_transfer
 from oned_images.domain import vm_states as vs
 from oned_images.domain.datastores import ds_auth
 from oned_images.domain.hosts import OFFLINE, host_auth, read_host, write_host
@@ -107,7 +107,10 @@ def write_vm(vm: Vm) -> None:
     A write that moves the VM into a state with driver work due (a transfer, a dummy
     driver answer, a disk operation) claims that work for the running daemon in this
     transaction, and one that moves it out of such a state releases it (README
-    "Several daemons"): PREV_* still hold the state the row was read in."""
+    "Several daemons"): PREV_* still hold the state the row was read in.  What the
+    VM holds of its owner's quotas follows the write (vm_quotas.written)."""
+    stored = pools.body(VmRow, vm.id)
+    vm_quotas.written(vm_from(stored) if stored is not None else None, vm)
     old, new = (vm.prev_state, vm.prev_lcm_state), (vm.state, vm.lcm_state)
     if new != old:
         if transient(*new):
@@ -391,6 +394,7 @@ class Vms:
             os_vec = vm_t.get_vector("OS")
         os_vec["UUID"] = str(uuid.uuid4())
         vm_disks.acquire_disks(oid, caller.uid, caller.gid, vm_t, self.config, path=new.path)
+        vm_quotas.charge_new(caller.uid, caller.gid, vm_t)
         hold = new.hold or (vm_t.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
         if new.hold:
             vm_t.set("SUBMIT_ON_HOLD", "YES")
@@ -596,6 +600,8 @@ class Vms:
         def apply(vm: Vm) -> None:
             new_user, new_group = chown_plan(self._auth(caller), vm_auth(vm), vm.uid, vm.gid,
                                              user, group)
+            vm_quotas.check_owner(vm, new_user.id if new_user else vm.uid,
+                                  new_group.id if new_group else vm.gid)
             if new_user is not None:
                 vm.uid, vm.uname = new_user.id, new_user.name
             if new_group is not None:
@@ -708,6 +714,8 @@ class Vms:
             self._manage(caller, vm, op)
             if act is None:
                 raise errors.action(f'Action "{name}" is not supported')
+            if name == "resume":
+                vm_quotas.check_resume(vm)
             rule = vs.rule_for(act, vm.state, vm.lcm_state)
             if rule is None:
                 text = act.refusal.format(id=oid, state=vs.state_str(vm.state, vm.lcm_state))

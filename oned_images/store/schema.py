@@ -135,6 +135,19 @@ def _v8_image_vms(db: peewee.Database) -> None:
                        (new, served.encode("utf-8") if is_sqlite else served, oid))
 
 
+def _v9_vm_quotas(db: peewee.Database) -> None:
+    """VM_QUOTA and IMAGE_QUOTA (domain/vm_quotas.py): what the VMs of a v8 database
+    hold (every VM but the DONE ones) is counted into their owners' and groups' quotas,
+    as onedb fsck would, so their DONE later releases what was charged."""
+    from oned_images.domain import quotas, vm_quotas
+    from oned_images.xmldoc.vm import vm_from
+
+    rows = db.execute_sql("SELECT body FROM vm_pool WHERE state <> 6 ORDER BY oid").fetchall()
+    for (body,) in rows:
+        vm = vm_from(body)
+        quotas.vm_moved(((vm.uid, vm.gid), {}, [], {}), vm_quotas.held(vm))
+
+
 #: version -> migration taking the schema from version-1 to version.
 MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     1: _v1_initial,
@@ -145,6 +158,7 @@ MIGRATIONS: dict[int, Callable[[peewee.Database], None]] = {
     6: _v6_vms,
     7: _v7_several_daemons,
     8: _v8_image_vms,
+    9: _v9_vm_quotas,
 }
 CURRENT = max(MIGRATIONS)
 

@@ -1,6 +1,6 @@
 """USER / GROUP documents and their pools (user.xsd, group.xsd, api.md §8.3).
 
-The quota sections come rendered from domain.quotas (only DATASTORE_QUOTA is ever
+The quota sections come rendered from domain.quotas (NETWORK_QUOTA is never
 filled); a user or group without a quota row shows the empty sections of a fresh
 oned, and the pools list a QUOTAS element after every object, as oned's LEFT JOIN
 with its quota rows (which exist for every user and group) does.

@@ -33,16 +33,16 @@ def test_v1_database_is_refused_then_upgraded(fresh_daemon):
 
     with pytest.raises(RuntimeError) as exc:
         d.start()
-    assert ("Database schema version 1 is older than this oned-images needs (8). Back up the "
+    assert ("Database schema version 1 is older than this oned-images needs (9). Back up the "
             "database, then run: oned-images db upgrade") in str(exc.value)
 
     conf = d.tmp / "oned-images.conf"
     status = subprocess.run([sys.executable, "-m", "oned_images", "db", "status", "--config",
                              str(conf)], capture_output=True, text=True, timeout=60)
-    assert status.stdout.strip() == "schema version: 1; this release: 8"
+    assert status.stdout.strip() == "schema version: 1; this release: 9"
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(conf)], capture_output=True, text=True, timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2, 3, 4, 5, 6, 7, 8]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [2, 3, 4, 5, 6, 7, 8, 9]")
 
     d.start()
     assert d.raw().one.image.info(d.session(), iid)[1] == expected
@@ -62,7 +62,7 @@ def test_newer_database_is_refused(fresh_daemon):
     con.close()
     with pytest.raises(RuntimeError) as exc:
         d.start()
-    assert ("Database schema version 99 is newer than this oned-images knows (8). Run a newer "
+    assert ("Database schema version 99 is newer than this oned-images knows (9). Run a newer "
             "oned-images release.") in str(exc.value)
 
 
@@ -111,7 +111,7 @@ def test_postgresql_v2_bytea_bodies_are_migrated(fresh_daemon):
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
                         timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [3, 4, 5, 6, 7, 8]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [3, 4, 5, 6, 7, 8, 9]")
     d.start()
     assert d.raw().one.image.info(d.session(), iid)[1] == expected
 
@@ -140,12 +140,12 @@ def test_v3_database_gets_quota_tables_with_the_usage_of_its_images(fresh_daemon
     conn.close()
 
     with pytest.raises(RuntimeError, match=r"version 3 is older than this oned-images needs "
-                                           r"\(8\)"):
+                                           r"\(9\)"):
         d.start()
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
                         timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [4, 5, 6, 7, 8]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [4, 5, 6, 7, 8, 9]")
     d.start()
     assert ok(d, "one.imagepool.info", -2, -1, -1) == expected
     used = (f"<DATASTORE_QUOTA><DATASTORE><ID><![CDATA[{ds}]]></ID><IMAGES><![CDATA[-1]]>"
@@ -183,12 +183,12 @@ def test_v4_database_gets_cluster_host_and_template_tables(fresh_daemon):
     conn.close()
 
     with pytest.raises(RuntimeError, match=r"version 4 is older than this oned-images needs "
-                                           r"\(8\)"):
+                                           r"\(9\)"):
         d.start()
     up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
                         timeout=60)
-    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [5, 6, 7, 8]")
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [5, 6, 7, 8, 9]")
     d.start()
     assert ok(d, "one.imagepool.info", -2, -1, -1) == images
     assert ok(d, "one.cluster.info", 0) == cluster
@@ -198,3 +198,46 @@ def test_v4_database_gets_cluster_host_and_template_tables(fresh_daemon):
     assert ok(d, "one.template.allocate", f'NAME="t"\nDISK=[IMAGE_ID="{iid}"]') == 0
     assert fails(d, "one.template.info", 1) == (
         "[one.template.info] Error getting virtual machine template [1].", 1024, 1)
+
+
+def test_v8_database_counts_its_vms_into_the_vm_quotas(fresh_daemon):
+    """Schema 9 charges VM_QUOTA and IMAGE_QUOTA: the VMs a v8 database already has
+    (not the DONE ones) are counted into their owners' and groups' quotas, so their
+    terminate later gives back exactly that."""
+    from tests.support.seed import _connect, dummy_datastore, ok, register, section, user
+
+    d = fresh_daemon()
+    ds = dummy_datastore(d)
+    iid = register(d, ds, size=5)
+    ok(d, "one.image.chmod", iid, -1, -1, -1, -1, -1, -1, 1, -1, -1)  # OTHER_U
+    gid = ok(d, "one.group.allocate", "q9")
+    uid, s = user(d, "q9", groups=[gid, 1])
+    vm = f'CPU="0.5"\nMEMORY="16"\nDISK=[IMAGE_ID={iid}]\nDISK=[TYPE="swap",SIZE="8"]'
+    live = ok(d, "one.vm.allocate", vm, True, session=s)
+    gone = ok(d, "one.vm.allocate", vm, True, session=s)
+    ok(d, "one.vm.action", "terminate", gone, session=s)
+    held = section(ok(d, "one.user.info", uid), "VM_QUOTA") + section(
+        ok(d, "one.user.info", uid), "IMAGE_QUOTA")
+    assert "<VMS_USED><![CDATA[1]]></VMS_USED>" in held
+    assert "<SYSTEM_DISK_SIZE_USED><![CDATA[13]]></SYSTEM_DISK_SIZE_USED>" in held
+    d.stop()
+    conn, _ = _connect(d)
+    cur = conn.cursor()
+    cur.execute(f"DELETE FROM user_quotas WHERE user_oid = {uid}")  # as a v8 left them
+    cur.execute(f"DELETE FROM group_quotas WHERE group_oid = {gid}")
+    cur.execute("DELETE FROM schema_version WHERE version > 8")
+    conn.commit()
+    conn.close()
+    up = subprocess.run([sys.executable, "-m", "oned_images", "db", "upgrade", "--config",
+                         str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
+                        timeout=60)
+    assert (up.returncode, up.stdout.strip()) == (0, "applied migrations: [9]")
+    d.start()
+    doc = ok(d, "one.user.info", uid)
+    assert section(doc, "VM_QUOTA") + section(doc, "IMAGE_QUOTA") == held
+    doc = ok(d, "one.group.info", gid)
+    assert section(doc, "VM_QUOTA") + section(doc, "IMAGE_QUOTA") == held
+    ok(d, "one.vm.action", "terminate", live, session=s)
+    doc = ok(d, "one.user.info", uid)
+    assert section(doc, "VM_QUOTA") + section(doc, "IMAGE_QUOTA") == (
+        "<VM_QUOTA></VM_QUOTA><IMAGE_QUOTA></IMAGE_QUOTA>")

@@ -1,12 +1,14 @@
-"""The pure parts of domain/quotas: oned's number printing, Quota::set's limit rules,
-cleanup, and the documents (the accounting itself is pinned by tests/e2e/test_quotas.py)."""
+"""The pure parts of domain/quotas and domain/vm_quotas: oned's number printing,
+Quota::set's limit rules, cleanup, the documents, and the arithmetic of VM_QUOTA and
+IMAGE_QUOTA on in-memory documents (the accounting against the database is pinned by
+tests/e2e/test_quotas.py and tests/e2e/test_vm_quotas.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from oned_images import errors
-from oned_images.domain import quotas
+from oned_images.domain import quotas, vm_quotas
 from oned_images.template import Template
 
 
@@ -18,10 +20,12 @@ def test_float_str_is_one_util_float_to_str(value, text):
     assert quotas.float_str(value) == text
 
 
-def limits(text: str, entries=None, is_default=False):
-    entries = [] if entries is None else entries
-    quotas.set_limits(entries, Template.parse(text, replace_mode=False), is_default)
-    return entries
+def limits(text: str, entries=None, is_default=False, section="DATASTORE"):
+    doc = quotas.empty()
+    if entries is not None:
+        doc[section] = entries
+    quotas.set_limits(doc, Template.parse(text, replace_mode=False), is_default)
+    return doc[section]
 
 
 def test_omitted_limits_are_the_implicit_ones_and_counters_are_kept():
@@ -59,11 +63,130 @@ def test_bad_limits(text, is_default, shown):
 
 def test_documents_round_trip():
     entries = limits("DATASTORE=[ID=3,IMAGES=2,SIZE=2.5]")
-    xml = quotas.quotas_xml(9, entries)
+    xml = quotas.quotas_xml(9, {**quotas.empty(), "DATASTORE": entries})
     assert xml == (
         "<QUOTAS><ID>9</ID><DATASTORE_QUOTA><DATASTORE><ID><![CDATA[3]]></ID><IMAGES><![CDATA["
         "2]]></IMAGES><IMAGES_USED><![CDATA[0]]></IMAGES_USED><SIZE><![CDATA[2.50]]></SIZE>"
         "<SIZE_USED><![CDATA[0]]></SIZE_USED></DATASTORE></DATASTORE_QUOTA><NETWORK_QUOTA>"
         "</NETWORK_QUOTA><VM_QUOTA></VM_QUOTA><IMAGE_QUOTA></IMAGE_QUOTA></QUOTAS>")
     assert quotas.parse_entries(xml) == entries
-    assert quotas.parse_entries(quotas.defaults_xml(quotas.USER, entries)) == entries
+    assert quotas.parse_entries(quotas.defaults_xml(
+        quotas.USER, {**quotas.empty(), "DATASTORE": entries})) == entries
+
+
+# ------------------------------------------------------------------ VM and IMAGE
+def vm_entry(**used):
+    out = {}
+    for metric in quotas.VM_METRICS:
+        out[metric] = "-1"
+        out[f"{metric}_USED"] = used.get(metric, "0")
+    return out
+
+
+def test_vm_and_image_limits_are_set_without_and_with_an_id():
+    doc = quotas.empty()
+    quotas.set_limits(doc, Template.parse("VM=[VMS=2,RUNNING_CPU=1.5]\nIMAGE=[ID=4,RVMS=1]",
+                                          replace_mode=False), False)
+    assert doc["VM"] == [{**vm_entry(), "VMS": "2", "RUNNING_CPU": "1.50"}]
+    assert doc["IMAGE"] == [{"ID": "4", "RVMS": "1", "RVMS_USED": "0"}]
+    # back to the implicit limits with nothing used: both vectors go
+    quotas.set_limits(doc, Template.parse("VM=[VMS=-1]\nIMAGE=[ID=4]", replace_mode=False),
+                      False)
+    assert (doc["VM"], doc["IMAGE"]) == ([], [])
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("IMAGE=[RVMS=1]", "IMAGE = [ RVMS=1 ]"),
+    ("IMAGE=[ID=x,RVMS=1]", "IMAGE = [ ID=x,RVMS=1 ]"),
+    ("VM=[VMS=-3]", "VM = [ VMS=-3 ]"),
+    ("VM=[CPU=many,MEMORY=1]", "VM = [ CPU=many,MEMORY=1 ]"),
+])
+def test_bad_vm_and_image_limits(text, shown):
+    with pytest.raises(errors.OneError) as exc:
+        quotas.set_limits(quotas.empty(), Template.parse(text, replace_mode=False), False)
+    assert (exc.value.code, exc.value.detail) == (
+        errors.ErrorCode.ACTION, f"Negative limits or bad format in quota {shown}")
+
+
+def test_vm_check_order_text_and_default_limits():
+    doc, defaults = quotas.empty(), quotas.empty()
+    quotas.set_limits(defaults, Template.parse("VM=[MEMORY=100]", replace_mode=False), True)
+    use = {"VMS": 1.0, "RUNNING_VMS": 1.0, "CPU": 0.5, "RUNNING_CPU": 0.5, "MEMORY": 64.0,
+           "RUNNING_MEMORY": 64.0, "SYSTEM_DISK_SIZE": 0.0}
+    quotas._check_add(doc, defaults, "user [5]", "VM", "", use)
+    assert doc["VM"] == [vm_entry(VMS="1", RUNNING_VMS="1", CPU="0.50", RUNNING_CPU="0.50",
+                                  MEMORY="64", RUNNING_MEMORY="64")]
+    # MEMORY's default limit (100) refuses the second; nothing was added
+    with pytest.raises(errors.OneError) as exc:
+        quotas._check_add(doc, defaults, "user [5]", "VM", "", use)
+    assert exc.value.detail == "user [5] limit of 100 reached for MEMORY quota in VM"
+    assert doc["VM"][0]["VMS_USED"] == "1"
+    # the user's own limit wins, and VMS is checked before MEMORY
+    doc["VM"][0]["VMS"] = "1"
+    with pytest.raises(errors.OneError) as exc:
+        quotas._check_add(doc, defaults, "group [3]", "VM", "", use)
+    assert exc.value.detail == "group [3] limit of 1 reached for VMS quota in VM"
+    quotas._check_add(doc, quotas.empty(), "", "IMAGE", "7", {"RVMS": 1.0})
+    doc["IMAGE"][0]["RVMS"] = "1"
+    with pytest.raises(errors.OneError) as exc:
+        quotas._check_add(doc, quotas.empty(), "user [5]", "IMAGE", "7", {"RVMS": 1.0})
+    assert exc.value.detail == "user [5] limit of 1 reached for RVMS quota in IMAGE with ID: 7"
+
+
+def test_release_cleans_up_what_holds_nothing():
+    doc = quotas.empty()
+    use = {"VMS": 1.0, "CPU": 0.25, "MEMORY": 32.0, "SYSTEM_DISK_SIZE": 10.0}
+    quotas._check_add(doc, quotas.empty(), "", "VM", "", use, check=False)
+    quotas._check_add(doc, quotas.empty(), "", "IMAGE", "2", {"RVMS": 1.0}, check=False)
+    quotas._del(doc, "VM", "", {"VMS": 1.0, "CPU": 0.25, "MEMORY": 16.0})
+    assert doc["VM"][0]["MEMORY_USED"] == "16"
+    quotas._del(doc, "VM", "", {"MEMORY": 16.0, "SYSTEM_DISK_SIZE": 10.0})
+    quotas._del(doc, "IMAGE", "2", {"RVMS": 1.0})
+    assert (doc["VM"], doc["IMAGE"]) == ([], [])
+
+
+def test_documents_print_the_four_sections_in_oneds_order():
+    doc = quotas.empty()
+    quotas._check_add(doc, quotas.empty(), "", "IMAGE", "3", {"RVMS": 1.0}, check=False)
+    quotas._check_add(doc, quotas.empty(), "", "VM", "", {"VMS": 1.0}, check=False)
+    xml = quotas.sections_xml(doc)
+    assert xml == (
+        "<DATASTORE_QUOTA></DATASTORE_QUOTA><NETWORK_QUOTA></NETWORK_QUOTA><VM_QUOTA><VM>"
+        + "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in sorted(vm_entry(VMS="1").items()))
+        + "</VM></VM_QUOTA><IMAGE_QUOTA><IMAGE><ID><![CDATA[3]]></ID><RVMS><![CDATA[-1]]>"
+        "</RVMS><RVMS_USED><![CDATA[1]]></RVMS_USED></IMAGE></IMAGE_QUOTA>")
+    assert quotas.parse_doc(f"<QUOTAS><ID>1</ID>{xml}</QUOTAS>") == doc
+
+
+# ------------------------------------------------------------------ what a VM holds
+def vm_template(text: str) -> Template:
+    return Template.parse(text, replace_mode=False)
+
+
+def test_system_disk_size_counts_volatile_and_system_target_disks():
+    t = vm_template(
+        'CPU="0.5"\nMEMORY="128"\n'
+        'DISK=[TYPE="fs",SIZE="100"]\n'                                     # volatile
+        'DISK=[IMAGE_ID="1",SIZE="10",CLONE="YES",CLONE_TARGET="SYSTEM",'
+        'LN_TARGET="NONE",DISK_SNAPSHOT_TOTAL_SIZE="5"]\n'                  # copied there
+        'DISK=[IMAGE_ID="2",SIZE="20",CLONE="NO",CLONE_TARGET="SYSTEM",'
+        'LN_TARGET="NONE"]\n'                                               # used in place
+        'DISK=[IMAGE_ID="1",SIZE="40",CLONE="NO",CLONE_TARGET="SELF",LN_TARGET="SYSTEM"]')
+    assert vm_quotas.system_disk_size(t) == 155
+    assert vm_quotas.image_ids(t) == [1, 2, 1]
+    assert vm_quotas.usage(t) == {
+        "VMS": 1.0, "CPU": 0.5, "MEMORY": 128.0, "SYSTEM_DISK_SIZE": 155.0,
+        "RUNNING_VMS": 1.0, "RUNNING_CPU": 0.5, "RUNNING_MEMORY": 128.0}
+    assert vm_quotas.usage(t, basic=False) == {
+        "VMS": 0.0, "CPU": 0.0, "MEMORY": 0.0, "SYSTEM_DISK_SIZE": 0.0,
+        "RUNNING_VMS": 1.0, "RUNNING_CPU": 0.5, "RUNNING_MEMORY": 128.0}
+
+
+@pytest.mark.parametrize(("state", "lcm", "counted"), [
+    (1, 0, True), (2, 0, True), (10, 0, True), (11, 0, True),     # PENDING HOLD CLONING*
+    (3, 3, True), (3, 1, True), (3, 11, True), (3, 18, True),    # RUNNING PROLOG EPILOG …
+    (3, 51, False), (3, 33, False), (3, 63, False),              # … but not POWEROFF work
+    (4, 0, False), (5, 0, False), (6, 0, False), (8, 0, False), (9, 0, False),
+])
+def test_running_states(state, lcm, counted):
+    assert vm_quotas.running(state, lcm) is counted
