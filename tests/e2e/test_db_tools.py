@@ -403,19 +403,22 @@ def test_upgrade_moves_image_vms_ids_into_rows(fresh_daemon):
     empty <VMS></VMS>, and the served document is byte for byte the old body."""
     d = fresh_daemon()
     iid = register(d, 1, name="used-before-8")
+    vms = [d.raw().one.vm.allocate(d.session(), 'CPU="1"\nMEMORY="8"', True)[1]
+           for _ in range(3)]
+    a, b = vms[0], vms[2]  # VMs that exist: fsck checks the rows name live VMs
     d.stop()
     body = sql(d, "SELECT body FROM image_pool WHERE oid = ?", (iid,))[0][0]
     assert "<STATE>1</STATE>" in body and "<RUNNING_VMS>0</RUNNING_VMS>" in body
     used = body.replace("<STATE>1</STATE>", "<STATE>2</STATE>").replace(
         "<RUNNING_VMS>0</RUNNING_VMS>", "<RUNNING_VMS>2</RUNNING_VMS>")
-    old = used.replace("<VMS></VMS>", "<VMS><ID>3</ID><ID>18</ID></VMS>")
+    old = used.replace("<VMS></VMS>", f"<VMS><ID>{a}</ID><ID>{b}</ID></VMS>")
     sql(d, "UPDATE image_pool SET body = ?, body_rpc = NULL WHERE oid = ?", (old, iid))
     _undo_v8(d)
     sql(d, "DELETE FROM schema_version WHERE version >= 8")
     up = db(d, "upgrade")
     assert (up.returncode, up.stdout) == (0, "applied migrations: [8, 9]\n"), up.stderr
     assert sql(d, "SELECT image_oid, vm_oid FROM image_vms ORDER BY vm_oid") == [
-        (iid, 3), (iid, 18)]
+        (iid, a), (iid, b)]
     assert sql(d, "SELECT body FROM image_pool WHERE oid = ?", (iid,))[0][0] == used
     assert db(d, "fsck").stdout == ""
     d.start()
