@@ -345,6 +345,21 @@ def test_scripts_are_executable_and_parse():
 
 
 @pytest.mark.timeout(60)
+def test_python_actions_run_from_any_path_and_ignore_python_variables(drv):
+    """The Python actions find common/ from their own path, called by a relative path
+    from their directory too, and their interpreter ignores PYTHON* variables (-I)."""
+    doc = base64.b64encode(drv.doc(None).encode())
+    env = {**drv.env(), "PYTHONPATH": str(drv.root), "PYTHONSTARTUP": "/nonexistent"}
+    (drv.root / "fs_action.py").write_text("raise SystemExit('imported the wrong module')\n")
+    for argv, cwd in (([str(FS_DIR / "monitor"), "1"], drv.root), (["./monitor", "1"], FS_DIR)):
+        proc = subprocess.run(argv, input=doc, capture_output=True, env=env, cwd=cwd,
+                              check=False, timeout=30)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert [line.split("=")[0] for line in proc.stdout.decode().splitlines()] == [
+            "USED_MB", "FREE_MB", "TOTAL_MB"]
+
+
+@pytest.mark.timeout(60)
 def test_shellcheck_clean():
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck missing")
