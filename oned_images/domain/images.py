@@ -268,6 +268,9 @@ class Followup:
     owner: int | None = None
     #: a file removed once the action ended (an upload's staged file)
     cleanup: str | None = None
+    #: the image's datastore when the maker knew it: the action starts without a
+    #: database round trip to look it up (_hidden_datastore)
+    ds_id: int | None = None
 
     def __post_init__(self) -> None:
         """A Followup is made only inside the transaction that makes its action due:
@@ -337,7 +340,7 @@ class ImageManager:
 
     async def _run_action(self, follow: Followup) -> None:
         try:
-            hidden = await self._hidden_datastore(follow.image_id)
+            hidden = await self._hidden_datastore(follow.image_id, follow.ds_id)
             if hidden:
                 result = DriverResult(follow.action, follow.image_id, 255, "", "", error=hidden)
             else:
@@ -766,7 +769,7 @@ class ImageManager:
             if action == "cp":
                 env.update(_copy_env(self.config, ds, check_capacity))
             follow = Followup(action, img.id, ds.ds_mad, self._drv_data(img, ds),
-                              self._mode(ds.ds_mad), env=env, owner=img.uid)
+                              self._mode(ds.ds_mad), env=env, owner=img.uid, ds_id=ds.id)
         return img.id, follow
 
     # ---------------------------------------------------------------- clone
@@ -847,7 +850,7 @@ class ImageManager:
             replies.set_state(src, new_state)
         write_image(src)
         return img.id, Followup("clone", img.id, target.ds_mad, self._drv_data(img, target),
-                                self._mode(target.ds_mad), owner=img.uid)
+                                self._mode(target.ds_mad), owner=img.uid, ds_id=target.id)
 
     # --------------------------------------------------------------- delete
     async def delete(self, caller: Caller, oid: int, force: bool, *,

@@ -158,6 +158,37 @@ def test_sparse_writer_leaves_holes(tmp_path):
     assert os.stat(out).st_blocks * 512 <= 4 * src.HOLE
 
 
+@pytest.mark.parametrize("how", ["kernel", "stream"])
+def test_copies_start_write_back_as_they_go_and_fsync_at_the_end(tmp_path, monkeypatch, how):
+    """Every WRITEBACK bytes copied, the write-back of what came before starts (so the
+    fsync at the end waits for the tail only), in order and without gaps; the copy is
+    still fsynced once, after its last write."""
+    monkeypatch.setenv("HOME", "/nonexistent-home")
+    monkeypatch.setenv("ONED_PROTECTED_PATHS", "")
+    monkeypatch.setattr(src, "WRITEBACK", 1 << 20)
+    monkeypatch.setattr(src, "COPY_CHUNK", 1 << 20)
+    monkeypatch.setattr(src, "_reflink", lambda *a: False)   # (a reflink writes nothing)
+    if how == "stream":   # the read-and-write path (no copy_file_range)
+        monkeypatch.setattr(src, "_copy_fd_kernel", lambda *a: False)
+    calls: list[tuple] = []
+    real_fadvise, real_fsync = os.posix_fadvise, os.fsync
+    monkeypatch.setattr(src.os, "posix_fadvise",
+                        lambda fd, off, n, advice: (calls.append(("advise", off, n, advice)),
+                                                    real_fadvise(fd, off, n, advice))[1])
+    monkeypatch.setattr(src.os, "fsync", lambda fd: (calls.append(("fsync",)),
+                                                     real_fsync(fd))[1])
+    data = os.urandom((5 << 20) + 12345)
+    (tmp_path / "in").write_bytes(data)
+    src.copy(str(tmp_path / "in"), str(tmp_path / "out"), _copy_opts())
+    assert (tmp_path / "out").read_bytes() == data
+    advised = [c for c in calls if c[0] == "advise"]
+    assert {c[3] for c in advised} == {os.POSIX_FADV_DONTNEED}
+    ends = [off + n for _, off, n, _ in advised]
+    assert [off for _, off, _, _ in advised] == [0, *ends[:-1]]   # contiguous, in order
+    assert ends[-1] == 5 << 20 and all(n >= 1 << 20 for _, _, n, _ in advised)
+    assert calls[-1] == ("fsync",) and calls.count(("fsync",)) == 1
+
+
 @pytest.mark.parametrize("kind,comp", [("gzip", gzip.compress), ("bzip2", bz2.compress),
                                        ("xz", lzma.compress)])
 def test_decompressed_concatenated_and_truncated(kind, comp):
