@@ -330,7 +330,7 @@ def test_recover_success_failure_delete_and_refusals(bad, inputs):
     ok(d, "one.vm.recover", oid, 1)  # success: the prolog counts as done
     wait_vm(d, oid, ACTIVE, RUNNING)
     assert fails(d, "one.vm.recover", oid, 7)[:2] == (
-        "[one.vm.recover] Recover operation 7 is not supported", 2048)
+        "[one.vm.recover] Wrong recovery operation code", 2048)
     ok(d, "one.vm.action", "poweroff", oid)
     wait_vm(d, oid, POWEROFF)
     assert fails(d, "one.vm.recover", oid, 1)[:2] == (
