@@ -232,6 +232,31 @@ def _clean_up(vm: Vm, caller: Caller, *, resubmit: bool) -> None:
     _host_leave(vm)
 
 
+def _free_vm_resources(vm: Vm) -> None:
+    """DispatchManager::free_vm_resources without the image check: the images are
+    released as at the end of a normal run (persistent ones READY), the VM is DONE, and
+    the current HISTORY record is closed (RETIME if the VM ran, ETIME).  Writes the VM."""
+    vm_disks.release_disks(vm.id, vm.template, failed=False,
+                           snapshots=vm_tm.snapshots_by_disk(vm))
+    now = _now()
+    vm.state, vm.lcm_state, vm.etime = V.DONE, L.LCM_INIT, now
+    if vm.history:
+        h = vm.history[-1]
+        if h.rstime and not h.retime:
+            h.retime = now
+        h.etime = h.etime or now
+    write_vm(vm)
+
+
+@dataclass(frozen=True)
+class _Cleanup:
+    """recover delete's answer for a VM that ended at once: the transfer that deletes
+    its files (None: none) and the owner whose driver slots it takes."""
+
+    transfer: Any
+    owner: int
+
+
 # ------------------------------------------------------------------ building a VM
 def _split(tmpl: Template) -> tuple[Template, Template]:
     """VirtualMachine::insert's two templates: VM attributes and the user's others."""
@@ -796,7 +821,7 @@ class Vms:
         if op not in RECOVER_OPS:
             raise errors.action("Wrong recovery operation code")
 
-        def txn() -> tuple[int, int] | None:
+        def txn() -> tuple[int, int] | _Cleanup | None:
             vm = read_vm(oid, lock=True)
             self._manage(caller, vm, Op.ADMIN)
             if op == 3:
@@ -829,6 +854,9 @@ class Vms:
             return self._step(oid)
 
         moved = await self.db.run(txn)
+        if isinstance(moved, _Cleanup):
+            self._run_cleanup(oid, moved)
+            moved = vs.DONE_NOW
         running = self._running.get(oid)
         if self.tms is not None and running is not None and op != 2:
             now = await self.db.run(lambda: read_vm(oid).lcm_state)
@@ -836,7 +864,7 @@ class Vms:
                 # the transfer of the state the VM left is stale (never the cleanup an
                 # answer may already have started for the state it is in now)
                 self.tms.cancel(oid)
-        if op == 5 and moved == vs.DONE_NOW:
+        if op in (3, 5) and moved == vs.DONE_NOW:
             self._forget_files(oid)
         elif moved is not None and moved[0] == V.PENDING:
             self._placed(oid)
@@ -844,16 +872,33 @@ class Vms:
             self._drive(oid, *moved)
         return oid
 
-    def _recover_delete(self, vm: Vm, caller: Caller) -> tuple[int, int] | None:
+    def _recover_delete(self, vm: Vm,
+                        caller: Caller) -> tuple[int, int] | _Cleanup | None:
+        """DispatchManager::delete_vm: an ACTIVE VM goes CLEANUP_DELETE (its images are
+        released when the cleanup ends, persistent ones ERROR); a VM that is not
+        running ends at once with its images released as at a normal end, and one with
+        files (POWEROFF, SUSPENDED on the host; STOPPED, UNDEPLOYED on the front-end)
+        gets their cleanup transfer started, whose answer nobody waits for."""
         if vm.state == V.DONE:
             raise errors.action("VM cannot be recovered in DONE state")
-        now = _now()
         if vm.state in (V.PENDING, V.HOLD, V.CLONING, V.CLONING_FAILURE, V.INIT):
-            vm_disks.release_disks(vm.id, vm.template, failed=False,
-                                   snapshots=vm_tm.snapshots_by_disk(vm))
-            vm.state, vm.lcm_state, vm.etime = V.DONE, L.LCM_INIT, now
-            write_vm(vm)
+            _free_vm_resources(vm)
             return None
+        if vm.state != V.ACTIVE:
+            cleanup = None
+            if vm.history:
+                left = vm.state in (V.STOPPED, V.UNDEPLOYED)
+                try:
+                    cleanup = vm_transfer.epilog(
+                        vm, self.config.datastore_location,
+                        host=tm_frontend() if left else None, cleanup=True)
+                except vm_transfer.TransferError as exc:
+                    log.error("VM {oid}: epilog_delete not run: {why}", oid=vm.id,
+                              why=exc.text)
+            if vm.state in (V.POWEROFF, V.SUSPENDED):
+                _host_leave(vm)
+            _free_vm_resources(vm)
+            return _Cleanup(cleanup, vm.uid)
         _clean_up(vm, caller, resubmit=False)
         vm.state = V.ACTIVE
         write_vm(vm)
@@ -905,17 +950,20 @@ class Vms:
             return None
         if vm.state in (V.SUSPENDED, V.POWEROFF, V.ACTIVE):
             _host_leave(vm)
-        vm_disks.release_disks(vm.id, vm.template, failed=False,
-                               snapshots=vm_tm.snapshots_by_disk(vm))
-        now = _now()
-        vm.state, vm.lcm_state, vm.etime = V.DONE, L.LCM_INIT, now
-        if vm.history:
-            h = vm.history[-1]
-            if h.rstime and not h.retime:
-                h.retime = now
-            h.etime = h.etime or now
-        write_vm(vm)
+        _free_vm_resources(vm)
         return vs.DONE_NOW
+
+    def _run_cleanup(self, oid: int, cleanup: _Cleanup) -> None:
+        """The epilog_delete of a VM that is DONE already (recover delete of a VM that
+        was not running): started and logged, its answer changes nothing."""
+        transfer = cleanup.transfer
+        if self.tms is None or transfer is None or vm_transfer.runs_nothing(transfer):
+            return
+        d = defer.ensureDeferred(self.tms.transfer(oid, transfer.actions, op=transfer.op,
+                                                   owner=cleanup.owner, env=transfer.env))
+        d.addCallback(lambda result: result.ok or log.warn(
+            "VM {oid}: the cleanup of a deleted VM failed: {why}", oid=oid, why=result.info))
+        d.addErrback(lambda f: log.failure("VM {oid}: cleanup transfer crashed", f, oid=oid))
 
     def _forget_files(self, oid: int) -> None:
         """The daemon's own files of a VM that is DONE (context.sh, transfer files)."""

@@ -358,3 +358,30 @@ def test_prolog_copies_the_kernel_and_initrd_files(rec, inputs):
     wait_vm(d, oid, DONE)
     assert not vdir.exists()  # the VM directory's DELETE takes them
     assert Path(ksrc).read_bytes() == kfile.read_bytes()
+
+
+# ------------------------------------------------------------------ delete (3) when not running
+def test_delete_of_a_stopped_vm_ends_it_at_once_and_cleans_up_on_the_front_end(rec, inputs):
+    """DispatchManager::delete_vm of a STOPPED VM: the epilog_delete runs on the
+    front-end (where the files are) while the VM is DONE already, its images READY."""
+    d = rec
+    hang(d)
+    oid, nonp, pers, _ = two_disk_vm(d, inputs)
+    running(d, oid)
+    ok(d, "one.vm.action", "stop", oid)
+    wait_vm(d, oid, STOPPED)
+    vdir = sysdir(d, d.sys_ds, oid)
+    ok(d, "one.vm.recover", oid, 3)
+    doc = ok(d, "one.vm.info", oid)
+    assert (num(doc, "STATE"), num(doc, "LCM_STATE"), num(doc, "ETIME") > 0) == (DONE, 0, True)
+    assert image_vms(d, pers) == (READY, 0, [])
+    assert image_vms(d, nonp) == (READY, 0, [])
+    wait_for(lambda: not vdir.exists())
+    fe, sysd = socket.gethostname(), f"{d.var}/datastores/{d.sys_ds}/{oid}"
+    wait_for(lambda: transfers(d, oid)[-1].startswith("# epilog_delete"))
+    assert transfers(d, oid)[-1] == (
+        "# epilog_delete\n"
+        f"DELETE rec {fe}:{sysd}/disk.0 {oid} {d.img_ds}\n"
+        f"DELETE rec {fe}:{sysd}/disk.1 {oid} {d.img_ds}\n"
+        f"DELETE rec {fe}:{sysd} {oid} {d.sys_ds}\n")
+    assert num(ok(d, "one.vm.info", oid), "STATE") == DONE
