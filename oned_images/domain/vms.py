@@ -233,9 +233,11 @@ def _clean_up(vm: Vm, caller: Caller, *, resubmit: bool) -> None:
 
 
 def _free_vm_resources(vm: Vm) -> None:
-    """DispatchManager::free_vm_resources without the image check: the images are
-    released as at the end of a normal run (persistent ones READY), the VM is DONE, and
-    the current HISTORY record is closed (RETIME if the VM ran, ETIME).  Writes the VM."""
+    """DispatchManager::free_vm_resources for a VM ended by recover delete (not
+    running) or delete-db: the images are released as at the end of a normal run
+    (persistent ones READY: delete-db skips oned's image check, and the check finds
+    nothing to fail in a VM that is not ACTIVE), the VM is DONE, and the current
+    HISTORY record is closed (RETIME if the VM ran, ETIME).  Writes the VM."""
     vm_disks.release_disks(vm.id, vm.template, failed=False,
                            snapshots=vm_tm.snapshots_by_disk(vm))
     now = _now()
@@ -253,7 +255,7 @@ class _Cleanup:
     """recover delete's answer for a VM that ended at once: the transfer that deletes
     its files (None: none) and the owner whose driver slots it takes."""
 
-    transfer: Any
+    transfer: vm_transfer.Transfer | None
     owner: int
 
 
@@ -812,8 +814,9 @@ class Vms:
     async def recover(self, caller: Caller, oid: int, op: int) -> int:
         """one.vm.recover (VirtualMachineRecover): 0 failure, 1 success (answer the VM's
         pending driver operation as if it had failed / succeeded), 2 retry (a *_FAILURE
-        state runs its operation again), 3 delete (CLEANUP_DELETE: the VM's files are
-        deleted, nothing saved, and its persistent images end in ERROR, vms.md §1.4),
+        state runs its operation again), 3 delete (an ACTIVE VM: CLEANUP_DELETE, the
+        VM's files are deleted, nothing saved, and its persistent images end in ERROR,
+        vms.md §1.4; any other: DONE at once, see _recover_delete),
         4 delete-recreate (the VM's files are deleted and it is PENDING again, same id,
         images kept), 5 delete-db (DONE at once, no driver runs, images released).
         The operation code is checked before the VM is looked up; ADMIN right (oned.conf
@@ -900,7 +903,6 @@ class Vms:
             _free_vm_resources(vm)
             return _Cleanup(cleanup, vm.uid)
         _clean_up(vm, caller, resubmit=False)
-        vm.state = V.ACTIVE
         write_vm(vm)
         return V.ACTIVE, L.CLEANUP_DELETE
 
