@@ -238,6 +238,9 @@ STEPS: dict[int, Step] = {
     L.SHUTDOWN: Step((A, L.EPILOG), "shutdown"),
     L.EPILOG: Step((V.DONE, L.LCM_INIT), "epilog", leaves_host=True, done=True),
     L.CLEANUP_DELETE: Step((V.DONE, L.LCM_INIT), "delete", leaves_host=True, done=True),
+    # delete-recreate: the files are gone, the VM waits to be placed again (its images
+    # stay acquired); DispatchManager::trigger_resubmit
+    L.CLEANUP_RESUBMIT: Step((V.PENDING, L.LCM_INIT), "delete", leaves_host=True),
     L.SHUTDOWN_POWEROFF: Step((V.POWEROFF, L.LCM_INIT), "shutdown"),
     L.SAVE_SUSPEND: Step((V.SUSPENDED, L.LCM_INIT), "save"),
     L.SAVE_STOP: Step((A, L.EPILOG_STOP), "save"),
@@ -258,3 +261,29 @@ TM_FAILURE: dict[int, int] = {
 }
 #: a TM *_FAILURE state -> the operation it failed (recover retry/success)
 FAILURE_OF: dict[int, int] = {failure: lcm for lcm, failure in TM_FAILURE.items()}
+
+#: HISTORY ACTION codes of the recover operations that end a VM's run (VMActions)
+DELETE_ACTION, DELETE_RECREATE_ACTION = 13, 14
+#: LifeCycleManager::clean_up_vm: the LCM states whose cleanup closes the prolog
+#: (PETIME) or the epilog (EETIME) of the current record; of the others, those in
+#: :data:`CLEANUP_KEEPS_TIMES` close nothing and the rest close the running time
+#: (RETIME)
+CLEANUP_PROLOG = frozenset({
+    L.PROLOG, L.PROLOG_RESUME, L.PROLOG_RESUME_FAILURE, L.PROLOG_UNDEPLOY,
+    L.PROLOG_UNDEPLOY_FAILURE, L.PROLOG_FAILURE, L.PROLOG_MIGRATE, L.PROLOG_MIGRATE_FAILURE,
+    L.PROLOG_MIGRATE_POWEROFF, L.PROLOG_MIGRATE_POWEROFF_FAILURE, L.PROLOG_MIGRATE_SUSPEND,
+    L.PROLOG_MIGRATE_SUSPEND_FAILURE, L.PROLOG_MIGRATE_UNKNOWN,
+    L.PROLOG_MIGRATE_UNKNOWN_FAILURE,
+})
+CLEANUP_EPILOG = frozenset({
+    L.EPILOG_STOP, L.EPILOG_UNDEPLOY, L.EPILOG, L.EPILOG_FAILURE, L.EPILOG_STOP_FAILURE,
+    L.EPILOG_UNDEPLOY_FAILURE,
+})
+CLEANUP_KEEPS_TIMES = frozenset({
+    L.LCM_INIT, L.CLEANUP_RESUBMIT, L.CLEANUP_DELETE, L.HOTPLUG_SAVEAS_UNDEPLOYED,
+    L.HOTPLUG_SAVEAS_STOPPED, L.HOTPLUG_PROLOG_POWEROFF, L.HOTPLUG_EPILOG_POWEROFF,
+    L.DISK_SNAPSHOT_POWEROFF, L.DISK_SNAPSHOT_REVERT_POWEROFF, L.DISK_SNAPSHOT_DELETE_POWEROFF,
+    L.DISK_SNAPSHOT_SUSPENDED, L.DISK_SNAPSHOT_REVERT_SUSPENDED,
+    L.DISK_SNAPSHOT_DELETE_SUSPENDED, L.DISK_SNAPSHOT_DELETE, L.BACKUP_POWEROFF,
+    L.DISK_RESIZE_POWEROFF, L.DISK_RESIZE_UNDEPLOYED,
+})

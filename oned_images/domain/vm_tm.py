@@ -101,6 +101,32 @@ def snapshots_by_disk(vm: Vm) -> dict[int, Template]:
     return out
 
 
+def tm_target(disk: Vector) -> str:
+    """VirtualMachineDisk::get_tm_target: CLONE_TARGET of a copied disk (CLONE=YES),
+    LN_TARGET of one used in place, "" without CLONE (a volatile disk)."""
+    clone = (disk.get("CLONE") or "").upper()
+    if not clone:
+        return ""
+    return ((disk.get("CLONE_TARGET") if clone == "YES" else disk.get("LN_TARGET")) or
+            "").upper()
+
+
+def drop_non_persistent_snapshots(vm: Vm) -> None:
+    """VirtualMachineDisks::delete_non_persistent_snapshots (delete-recreate): the
+    snapshot list of every disk whose data is not used in place (TM target other than
+    NONE) goes, with the disk's DISK_SNAPSHOT_ACTIVE/_ID/_TOTAL_SIZE; the files the
+    snapshots were in go with the disks themselves."""
+    dropped = set()
+    for disk in disks(vm):
+        disk_id = vector_int(disk.get("DISK_ID"))
+        if disk_id is None or snapshot_list(vm, disk_id) is None or tm_target(disk) == "NONE":
+            continue
+        dropped.add(disk_id)
+        for attr in ("DISK_SNAPSHOT_ACTIVE", "DISK_SNAPSHOT_ID", "DISK_SNAPSHOT_TOTAL_SIZE"):
+            disk.pop(attr, None)
+    vm.snapshots = [t for t in vm.snapshots if vector_int(t.get("DISK_ID")) not in dropped]
+
+
 def resume_state(state: int, lcm: int) -> tuple[int, int]:
     """The state a hot operation returns the VM to, from its transient LCM state."""
     return BACK.get(lcm, (state, lcm))

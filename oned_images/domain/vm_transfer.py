@@ -173,10 +173,66 @@ def context_files(vm: Vm) -> list[str]:
     return out
 
 
+#: the OS attributes of the kernel and initrd files (vms.md §3.2), in line order
+OS_FILES = ("KERNEL", "INITRD")
+
+
+@dataclass(frozen=True)
+class OsFile:
+    """A kernel or initrd file of the VM's OS: its image in a files datastore and the
+    name it gets in the VM directory."""
+
+    base: str
+    source: str
+    ds_id: str
+    tm_mad: str
+
+    @property
+    def name(self) -> str:
+        return self.base.lower()
+
+
+def os_files(vm: Vm) -> list[OsFile]:
+    """prolog_os_transfer_commands' choice: KERNEL then INITRD, each only when OS has
+    <BASE>_DS and the <BASE>_DS_SOURCE, _DSID and _TM that VM creation resolved it to
+    (an OS/KERNEL without KERNEL_DS is a path on the host and travels nowhere)."""
+    os_vec = vm.template.get_vector("OS") or {}
+    out = []
+    for base in OS_FILES:
+        if not os_vec.get(f"{base}_DS"):
+            continue
+        source, ds_id, tm_mad = (os_vec.get(f"{base}_DS_{a}") or ""
+                                 for a in ("SOURCE", "DSID", "TM"))
+        if source and ds_id and tm_mad:
+            out.append(OsFile(base, source, ds_id, tm_mad))
+    return out
+
+
+def set_os_paths(vm: Vm, location: str) -> None:
+    """TransferManager::trigger_prolog: OS/KERNEL and OS/INITRD name the copies the
+    PROLOG makes in the VM directory (``<sysdir>/kernel``, ``<sysdir>/initrd``)."""
+    os_vec = vm.template.get_vector("OS")
+    if os_vec is None:
+        return
+    w = where(vm, location)
+    for f in os_files(vm):
+        os_vec[f.base] = f"{w.dir}/{f.name}"
+
+
+def os_file_lines(vm: Vm, w: Where, fe: str) -> list[TmAction]:
+    """``CLONE <files ds tm> <fe>:<SOURCE> <host>:<sysdir>/kernel <vm> <files ds>`` (then
+    ``initrd``): unlike a disk line the SOURCE always gets the front-end prefix and
+    the line never a ``.<system tm>`` suffix."""
+    return [_build(TmAction, "CLONE", f.tm_mad,
+                   (f"{fe}:{f.source}", f"{w.host}:{w.dir}/{f.name}", str(vm.id), f.ds_id))
+            for f in os_files(vm)]
+
+
 def prolog(vm: Vm, location: str, vms_location: str, *, fe: str | None = None) -> Transfer:
     """The PROLOG transfer of a deploy: CLONE or LN per image disk, MKIMAGE / MKSWAP per
-    volatile disk, then CONTEXT (the daemon runs the context line too: there is no VMM
-    driver to do it).  ``vms_location`` is where context.sh is (VAR/vms)."""
+    volatile disk, CLONE of the kernel and initrd files, then CONTEXT (the daemon runs
+    the context line too: there is no VMM driver to do it).  ``vms_location`` is where
+    context.sh is (VAR/vms)."""
     w = where(vm, location)
     fe = fe or tm.frontend()
     actions: list[TmAction] = []
@@ -204,6 +260,7 @@ def prolog(vm: Vm, location: str, vms_location: str, *, fe: str | None = None) -
                 env["ONED_DISK_FS"] = disk["FS"]
             actions.append(_build(tm.mkimage, w.sys_tm, size, fmt, w.host, w.disk(disk_id),
                                   vm.id, w.sys_ds))
+    actions += os_file_lines(vm, w, fe)
     ctx = vm.template.get_vector("CONTEXT")
     if ctx is not None:
         script = os.path.join(vms_location, str(vm.id), "context.sh")

@@ -209,6 +209,59 @@ def _host_leave(vm: Vm) -> None:
     write_host(h)
 
 
+def _clean_up(vm: Vm, caller: Caller, *, resubmit: bool) -> None:
+    """LifeCycleManager::clean_up_vm's record keeping when a VM's run is cut short
+    (recover delete / delete-recreate, terminate from a failure): CLEANUP_DELETE or
+    CLEANUP_RESUBMIT, the requester's ACTION (13 / 14) in the current HISTORY record,
+    the end of the phase the VM was in, and the host's capacity back.  The record's
+    ETIME is written when the cleanup ends (_step): until then an ETIME says the VM
+    had left its host before (STOPPED/UNDEPLOYED: its files are on the front-end).
+    The caller writes the VM and starts the cleanup transfer."""
+    prev = vm.lcm_state
+    vm.lcm_state = L.CLEANUP_RESUBMIT if resubmit else L.CLEANUP_DELETE
+    vm.resched = 0
+    if not vm.history:
+        return
+    now = _now()
+    h = vm.history[-1]
+    h.action = vs.DELETE_RECREATE_ACTION if resubmit else vs.DELETE_ACTION
+    h.uid, h.gid, h.request_id = caller.uid, caller.gid, _request_id()
+    if prev in vs.CLEANUP_PROLOG:
+        h.petime = now
+    elif prev in vs.CLEANUP_EPILOG:
+        h.eetime = now
+    elif prev not in vs.CLEANUP_KEEPS_TIMES:
+        h.retime = now
+    _host_leave(vm)
+
+
+def _free_vm_resources(vm: Vm) -> None:
+    """DispatchManager::free_vm_resources for a VM ended by recover delete (not
+    running) or delete-db: the images are released as at the end of a normal run
+    (persistent ones READY: delete-db skips oned's image check, and the check finds
+    nothing to fail in a VM that is not ACTIVE), the VM is DONE, and the current
+    HISTORY record is closed (RETIME if the VM ran, ETIME).  Writes the VM."""
+    vm_disks.release_disks(vm.id, vm.template, failed=False,
+                           snapshots=vm_tm.snapshots_by_disk(vm))
+    now = _now()
+    vm.state, vm.lcm_state, vm.etime = V.DONE, L.LCM_INIT, now
+    if vm.history:
+        h = vm.history[-1]
+        if h.rstime and not h.retime:
+            h.retime = now
+        h.etime = h.etime or now
+    write_vm(vm)
+
+
+@dataclass(frozen=True)
+class _Cleanup:
+    """recover delete's answer for a VM that ended at once: the transfer that deletes
+    its files (None: none) and the owner whose driver slots it takes."""
+
+    transfer: vm_transfer.Transfer | None
+    owner: int
+
+
 # ------------------------------------------------------------------ building a VM
 def _split(tmpl: Template) -> tuple[Template, Template]:
     """VirtualMachine::insert's two templates: VM attributes and the user's others."""
@@ -696,6 +749,8 @@ class Vms:
             vm_transfer.volatile_disk_info(
                 vm.template, ds,
                 self.config.tm_mad(ds.tm_mad).get("DRIVER") or ds.template.get("DRIVER") or "")
+            if first == L.PROLOG:
+                vm_transfer.set_os_paths(vm, self.config.datastore_location)
             vm.state, vm.lcm_state = V.ACTIVE, first
             _host_join(h, vm)
             write_host(h)
@@ -748,8 +803,8 @@ class Vms:
                 if vm.state in (V.POWEROFF, V.SUSPENDED, V.ACTIVE):
                     h.retime = h.retime or now
                 h.estime = now
-            elif lcm == L.CLEANUP_DELETE and h is not None:
-                h.petime = h.petime or now
+            elif lcm == L.CLEANUP_DELETE:
+                _clean_up(vm, caller, resubmit=False)
             vm.state, vm.lcm_state = state, lcm
             write_vm(vm)
             return state, lcm
@@ -765,17 +820,27 @@ class Vms:
 
     # -------------------------------------------------------------- recover
     async def recover(self, caller: Caller, oid: int, op: int) -> int:
-        """one.vm.recover: 0 failure, 1 success (answer the VM's pending driver operation
-        as if it had failed / succeeded), 2 retry (a *_FAILURE state runs its operation
-        again), 3 delete (CLEANUP_DELETE: the VM's files are deleted, nothing saved, and
-        its persistent images end in ERROR, vms.md §1.4).  ADMIN right."""
-        def txn() -> tuple[int, int] | None:
+        """one.vm.recover (VirtualMachineRecover): 0 failure, 1 success (answer the VM's
+        pending driver operation as if it had failed / succeeded), 2 retry (a *_FAILURE
+        state runs its operation again), 3 delete (an ACTIVE VM: CLEANUP_DELETE, the
+        VM's files are deleted, nothing saved, and its persistent images end in ERROR,
+        vms.md §1.4; any other: DONE at once, see _recover_delete),
+        4 delete-recreate (the VM's files are deleted and it is PENDING again, same id,
+        images kept), 5 delete-db (DONE at once, no driver runs, images released).
+        The operation code is checked before the VM is looked up; ADMIN right (oned.conf
+        VM_ADMIN_OPERATIONS: recover, retry, delete)."""
+        if op not in RECOVER_OPS:
+            raise errors.action("Wrong recovery operation code")
+
+        def txn() -> tuple[int, int] | _Cleanup | None:
             vm = read_vm(oid, lock=True)
             self._manage(caller, vm, Op.ADMIN)
-            if op not in RECOVER_OPS:
-                raise errors.action(f"Recover operation {op} is not supported")
             if op == 3:
-                return self._recover_delete(vm)
+                return self._recover_delete(vm, caller)
+            if op == 4:
+                return self._delete_recreate(vm, caller)
+            if op == 5:
+                return self._delete_db(vm)
             if vm.state != V.ACTIVE:
                 raise errors.action("Recover actions available only for ACTIVE VMs")
             base = vs.FAILURE_OF.get(vm.lcm_state)
@@ -800,6 +865,9 @@ class Vms:
             return self._step(oid)
 
         moved = await self.db.run(txn)
+        if isinstance(moved, _Cleanup):
+            self._run_cleanup(oid, moved)
+            moved = vs.DONE_NOW
         running = self._running.get(oid)
         if self.tms is not None and running is not None and op != 2:
             now = await self.db.run(lambda: read_vm(oid).lcm_state)
@@ -807,27 +875,110 @@ class Vms:
                 # the transfer of the state the VM left is stale (never the cleanup an
                 # answer may already have started for the state it is in now)
                 self.tms.cancel(oid)
-        if moved is not None:
+        if op in (3, 5) and moved == vs.DONE_NOW:
+            self._forget_files(oid)
+        elif moved is not None and moved[0] == V.PENDING:
+            self._placed(oid)
+        elif moved is not None:
             self._drive(oid, *moved)
         return oid
 
-    def _recover_delete(self, vm: Vm) -> tuple[int, int] | None:
+    def _recover_delete(self, vm: Vm,
+                        caller: Caller) -> tuple[int, int] | _Cleanup | None:
+        """DispatchManager::delete_vm: an ACTIVE VM goes CLEANUP_DELETE (its images are
+        released when the cleanup ends, persistent ones ERROR); a VM that is not
+        running ends at once with its images released as at a normal end, and one with
+        files (POWEROFF, SUSPENDED on the host; STOPPED, UNDEPLOYED on the front-end)
+        gets their cleanup transfer started, whose answer nobody waits for."""
         if vm.state == V.DONE:
             raise errors.action("VM cannot be recovered in DONE state")
-        now = _now()
         if vm.state in (V.PENDING, V.HOLD, V.CLONING, V.CLONING_FAILURE, V.INIT):
-            vm_disks.release_disks(vm.id, vm.template, failed=False,
-                                   snapshots=vm_tm.snapshots_by_disk(vm))
-            vm.state, vm.lcm_state, vm.etime = V.DONE, L.LCM_INIT, now
-            write_vm(vm)
+            _free_vm_resources(vm)
             return None
-        h = vm.history[-1] if vm.history else None
-        if h is not None:
-            h.action = 13
-            h.petime = h.petime or now
-        vm.state, vm.lcm_state = V.ACTIVE, L.CLEANUP_DELETE
+        if vm.state != V.ACTIVE:
+            cleanup = None
+            if vm.history:
+                left = vm.state in (V.STOPPED, V.UNDEPLOYED)
+                try:
+                    cleanup = vm_transfer.epilog(
+                        vm, self.config.datastore_location,
+                        host=tm_frontend() if left else None, cleanup=True)
+                except vm_transfer.TransferError as exc:
+                    log.error("VM {oid}: epilog_delete not run: {why}", oid=vm.id,
+                              why=exc.text)
+            if vm.state in (V.POWEROFF, V.SUSPENDED):
+                _host_leave(vm)
+            _free_vm_resources(vm)
+            return _Cleanup(cleanup, vm.uid)
+        _clean_up(vm, caller, resubmit=False)
         write_vm(vm)
         return V.ACTIVE, L.CLEANUP_DELETE
+
+    def _delete_recreate(self, vm: Vm, caller: Caller) -> tuple[int, int] | None:
+        """DispatchManager::delete_recreate: an ACTIVE VM's files are deleted first
+        (CLEANUP_RESUBMIT, LifeCycleManager::trigger_delete_recreate), then it is
+        PENDING; a STOPPED/UNDEPLOYED or HOLD VM is PENDING at once (its files stay
+        where they are: the next PROLOG writes the disks again).  The images stay
+        acquired and the HISTORY stays (the next deploy opens SEQ+1); the snapshot
+        lists of disks not used in place go."""
+        state = vm.state
+        if state == V.POWEROFF:
+            raise errors.action("Cannot delete-recreate a powered off VM. Resume it first")
+        if state == V.SUSPENDED:
+            raise errors.action("Cannot delete-recreate a suspended VM. Resume it first")
+        if state == V.DONE:
+            raise errors.action("Cannot delete-recreate a VM already in DONE state")
+        if state in (V.INIT, V.PENDING, V.CLONING, V.CLONING_FAILURE):
+            return None
+        if state == V.ACTIVE:
+            if vm.lcm_state == L.CLEANUP_DELETE:
+                log.error("VM {oid}: delete-recreate of a VM in CLEANUP_DELETE ignored",
+                          oid=vm.id)
+                return None
+            if vm.lcm_state == L.CLEANUP_RESUBMIT:
+                return self._step(vm.id)  # the cleanup's answer, at once
+            _clean_up(vm, caller, resubmit=True)
+            vm_tm.drop_non_persistent_snapshots(vm)
+            write_vm(vm)
+            return V.ACTIVE, L.CLEANUP_RESUBMIT
+        if state in (V.STOPPED, V.UNDEPLOYED):
+            vm_tm.drop_non_persistent_snapshots(vm)
+        if vm.history:
+            h = vm.history[-1]
+            h.action, h.uid, h.gid, h.request_id = (vs.DELETE_RECREATE_ACTION, caller.uid,
+                                                    caller.gid, _request_id())
+        vm.state, vm.lcm_state = V.PENDING, L.LCM_INIT
+        write_vm(vm)
+        return V.PENDING, L.LCM_INIT
+
+    def _delete_db(self, vm: Vm) -> tuple[int, int] | None:
+        """DispatchManager::delete_vm_db: DONE at once without any driver (the files in
+        the system datastore stay); the host gets its capacity back and the images are
+        released as at the end of a normal run (persistent ones READY, never ERROR:
+        free_vm_resources without the image check)."""
+        if vm.state == V.DONE:
+            return None
+        if vm.state in (V.SUSPENDED, V.POWEROFF, V.ACTIVE):
+            _host_leave(vm)
+        _free_vm_resources(vm)
+        return vs.DONE_NOW
+
+    def _run_cleanup(self, oid: int, cleanup: _Cleanup) -> None:
+        """The epilog_delete of a VM that is DONE already (recover delete of a VM that
+        was not running): started and logged, its answer changes nothing."""
+        transfer = cleanup.transfer
+        if self.tms is None or transfer is None or vm_transfer.runs_nothing(transfer):
+            return
+        d = defer.ensureDeferred(self.tms.transfer(oid, transfer.actions, op=transfer.op,
+                                                   owner=cleanup.owner, env=transfer.env))
+        d.addCallback(lambda result: result.ok or log.warn(
+            "VM {oid}: the cleanup of a deleted VM failed: {why}", oid=oid, why=result.info))
+        d.addErrback(lambda f: log.failure("VM {oid}: cleanup transfer crashed", f, oid=oid))
+
+    def _forget_files(self, oid: int) -> None:
+        """The daemon's own files of a VM that is DONE (context.sh, transfer files)."""
+        shutil.rmtree(os.path.join(self.config.var_location, "vms", str(oid)),
+                      ignore_errors=True)
 
     # -------------------------------------------------------------- the dummy drivers
     def _drive(self, oid: int, state: int, lcm: int) -> None:
@@ -844,7 +995,9 @@ class Vms:
         d = defer.ensureDeferred(self._answer_async(oid))
 
         def next_step(moved: tuple[int, int] | None) -> None:
-            if moved is not None:
+            if moved is not None and moved[0] == V.PENDING:
+                self._placed(oid)  # delete-recreate's cleanup is done
+            elif moved is not None:
                 self._drive(oid, *moved)
 
         d.addCallback(next_step)
@@ -936,7 +1089,7 @@ class Vms:
                 from_fe = bool(vm.history[-1].etime)  # STOPPED/UNDEPLOYED: it left
                 transfer = vm_transfer.epilog(
                     vm, cfg.datastore_location, host=tm_frontend() if from_fe else None,
-                    cleanup=lcm == L.CLEANUP_DELETE)
+                    cleanup=lcm in CLEANUPS)
                 if oid in self._resumed:
                     transfer = vm_transfer.without_saved(transfer)
         except vm_transfer.TransferError as exc:
@@ -999,7 +1152,7 @@ class Vms:
                 h.retime = h.retime or now
                 h.estime = now
             if step.leaves_host:
-                h.eetime = now if vm.lcm_state != L.CLEANUP_DELETE else h.eetime
+                h.eetime = now if vm.lcm_state not in CLEANUPS else h.eetime
                 h.etime = h.etime or now
         if step.leaves_host:
             _host_leave(vm)
@@ -1010,6 +1163,8 @@ class Vms:
             vm.etime = now
             shutil.rmtree(os.path.join(self.config.var_location, "vms", str(oid)),
                           ignore_errors=True)
+        if vm.lcm_state == L.CLEANUP_RESUBMIT:
+            vm.deploy_id = ""  # DispatchManager::trigger_resubmit
         vm.state, vm.lcm_state = state, lcm
         write_vm(vm)
         return state, lcm
@@ -1061,10 +1216,14 @@ class Vms:
 STALE = (-1, -1)
 #: the transient LCM states a TM transfer answers (the others: the dummy VMM)
 TM_STATES = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY, L.EPILOG,
-                       L.EPILOG_STOP, L.EPILOG_UNDEPLOY, L.CLEANUP_DELETE})
+                       L.EPILOG_STOP, L.EPILOG_UNDEPLOY, L.CLEANUP_DELETE,
+                       L.CLEANUP_RESUBMIT})
+#: the cleanups (recover delete, delete-recreate): their transfer never saves a disk
+CLEANUPS = frozenset({L.CLEANUP_DELETE, L.CLEANUP_RESUBMIT})
 PROLOGS = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY})
-#: one.vm.recover operation codes handled (4 delete-recreate, 5 delete-db are not)
-RECOVER_OPS = {0: "failure", 1: "success", 2: "retry", 3: "delete"}
+#: one.vm.recover operation codes
+RECOVER_OPS = {0: "failure", 1: "success", 2: "retry", 3: "delete", 4: "delete-recreate",
+               5: "delete-db"}
 #: the transfer files' ops of the life cycle (vms.md §7.1)
 LIFE_CYCLE_OPS = frozenset({"prolog", "epilog", "epilog_stop", "epilog_delete"})
 

@@ -268,13 +268,13 @@ class _Transfer:
 
 #: what a TM script killed with KILL can leave half-written (our scripts write these
 #: names and rename them when complete; TERM makes them delete their own)
-_PARTIAL = re.compile(r"^(disk\.\d+|\d+)\.tmp(\.conv)?$")
+_PARTIAL = re.compile(r"^(disk\.\d+|\d+|kernel|initrd)\.tmp(\.conv)?$")
 
 
 def sweep_partial_files(datastore_location: str,
                         vm_ids: Collection[int] | None = None) -> list[str]:
-    """Delete the partial files of TM actions a dead daemon left: ``disk.<n>.tmp`` in VM
-    directories and ``<id>.tmp`` in ``.snap`` directories of every datastore.  Call it
+    """Delete the partial files of TM actions a dead daemon left: ``disk.<n>.tmp``,
+    ``kernel.tmp`` and ``initrd.tmp`` in VM directories and ``<id>.tmp`` in ``.snap`` directories of every datastore.  Call it
     at start, after reaper.kill_leftover_groups and before any transfer runs (the
     image datastores' ``<hash>.tmp`` are reaper.sweep_orphans' job).
 

@@ -621,3 +621,32 @@ def test_a_datastore_directory_may_be_a_symlink(lay, tmp_path):
     assert sorted(p.name for p in (elsewhere / str(VM)).iterdir()) == ["disk.0", "disk.0.snap"]
     lay.ok("qcow2", "delete", host(lay.sysdir()), VM, 0)
     assert list(elsewhere.iterdir()) == []
+
+
+# ------------------------------------------------------- kernel and initrd --
+
+@pytest.mark.parametrize("tm", ["shared", "qcow2"])
+def test_clone_of_a_kernel_and_an_initrd_is_a_plain_copy(lay, tm):
+    """The PROLOG's ``CLONE <tm> fe:SOURCE host:<sysdir>/kernel|initrd vmid dsid`` lines
+    (OS/KERNEL_DS, INITRD_DS): a byte copy whatever the TM (a qcow2 overlay would not
+    boot); clone only, and only those two names."""
+    kernel, initrd = lay.images / ("k" * 32), lay.images / ("r" * 32)
+    kernel.write_bytes(b"\x7fELF kernel" * 3000)
+    initrd.write_bytes(b"\x1f\x8b initrd" * 3000)
+    lay.ok(tm, "clone", fe(kernel), host(f"{lay.sysdir()}/kernel"), VM, 1)
+    lay.ok(tm, "clone", fe(initrd), host(f"{lay.sysdir()}/initrd"), VM, 1)
+    assert lay.system_files() == [str(VM), f"{VM}/initrd", f"{VM}/kernel"]
+    vmdir = lay.system / str(VM)
+    assert (vmdir / "kernel").read_bytes() == kernel.read_bytes()
+    assert (vmdir / "initrd").read_bytes() == initrd.read_bytes()
+    assert not (vmdir / "kernel").is_symlink()
+    lay.failed(tm, "ln", fe(kernel), host(f"{lay.sysdir()}/kernel"), VM, 1,
+               text=f"Not allowed to use {lay.real}/0/{VM}/kernel: not a disk (<dir>/disk.<n>)")
+    lay.failed(tm, "clone", fe(kernel), host(lay.sysdir()), VM, 1,
+               text=f"Not allowed to use {lay.real}/0/{VM}: not a disk (<dir>/disk.<n>) nor "
+                    "<dir>/kernel|initrd")
+    lay.failed(tm, "clone", fe(kernel), host(f"{lay.sysdir()}/kernel.1"), VM, 1,
+               text=f"Not allowed to use {lay.real}/0/{VM}/kernel.1: not a directory or disk "
+                    f"of VM {VM}")
+    lay.ok(tm, "delete", host(lay.sysdir()), VM, 0)
+    assert lay.system_files() == []

@@ -123,3 +123,56 @@ def test_check_tm_mad_disks_at_the_first_deploy():
     same = Template.parse(DISKS, replace_mode=False)
     vt.check_tm_mad_disks(same, _ds(0, "QCOW2"), lambda i: None)  # same TM: untouched
     assert "LN_TARGET" not in same.get_all("DISK")[0]
+
+
+OS_FILES = ('OS=[KERNEL_DS="$FILE[IMAGE_ID=5]",KERNEL_DS_ID="5",KERNEL_DS_SOURCE="/d/2/kk",'
+            'KERNEL_DS_DSID="2",KERNEL_DS_TM="local",INITRD_DS="$FILE[IMAGE_ID=6]",'
+            'INITRD_DS_ID="6",INITRD_DS_SOURCE="host9:/d/2/ii",INITRD_DS_DSID="2",'
+            'INITRD_DS_TM="ssh",UUID="u"]\n')
+
+
+def test_prolog_copies_kernel_and_initrd_after_the_disks_and_before_the_context():
+    """prolog_os_transfer_commands: KERNEL then INITRD, the SOURCE always behind the
+    front-end's name (even one holding ':'), never a .<system tm> suffix."""
+    t = vt.prolog(vm(OS_FILES + DISKS), LOC, "/var/vms", fe=FE)
+    assert lines(t)[4:] == [
+        "CLONE local fe:/d/2/kk h1:/d/0/7/kernel 7 2",
+        "CLONE ssh fe:host9:/d/2/ii h1:/d/0/7/initrd 7 2",
+        "CONTEXT shared /var/vms/7/context.sh /d/2/cc:my_file h1:/d/0/7/disk.4 7 0",
+    ]
+    v = vm(OS_FILES)
+    vt.set_os_paths(v, LOC)
+    assert (v.template.get_vector("OS")["KERNEL"], v.template.get_vector("OS")["INITRD"]) == (
+        "/d/0/7/kernel", "/d/0/7/initrd")
+
+
+@pytest.mark.parametrize("os_text", [
+    'OS=[KERNEL="/boot/vmlinuz",INITRD="/boot/initrd",UUID="u"]',  # host paths: no copy
+    'OS=[KERNEL_DS_SOURCE="/d/2/kk",KERNEL_DS_DSID="2",KERNEL_DS_TM="local"]',  # no KERNEL_DS
+    'OS=[KERNEL_DS="$FILE[IMAGE_ID=5]",KERNEL_DS_DSID="2",KERNEL_DS_TM="local"]',  # no SOURCE
+    'OS=[INITRD_DS="$FILE[IMAGE_ID=6]",INITRD_DS_SOURCE="/d/2/ii",INITRD_DS_TM="local"]',
+])
+def test_no_os_line_without_every_resolved_attribute(os_text):
+    v = vm(os_text)
+    assert lines(vt.prolog(v, LOC, "/var/vms", fe=FE)) == []
+    before = dict(v.template.get_vector("OS"))
+    vt.set_os_paths(v, LOC)
+    assert dict(v.template.get_vector("OS")) == before
+
+
+def test_delete_recreate_drops_the_snapshots_of_disks_not_used_in_place():
+    from oned_images.domain import vm_tm
+
+    v = vm('DISK=[DISK_ID="0",IMAGE_ID="3",CLONE="YES",CLONE_TARGET="SYSTEM",LN_TARGET="NONE",'
+           'DISK_SNAPSHOT_ACTIVE="YES",DISK_SNAPSHOT_ID="0",DISK_SNAPSHOT_TOTAL_SIZE="4"]\n'
+           'DISK=[DISK_ID="1",IMAGE_ID="4",CLONE="NO",CLONE_TARGET="SYSTEM",LN_TARGET="NONE",'
+           'DISK_SNAPSHOT_TOTAL_SIZE="4"]\n'
+           'DISK=[DISK_ID="2",IMAGE_ID="5",CLONE="NO",LN_TARGET="SYSTEM",'
+           'DISK_SNAPSHOT_TOTAL_SIZE="4"]')
+    v.snapshots = [Template.parse(f'DISK_ID="{i}"\nNEXT_SNAPSHOT="1"') for i in (0, 1, 2)]
+    vm_tm.drop_non_persistent_snapshots(v)
+    assert [t.get("DISK_ID") for t in v.snapshots] == ["1"]
+    d0, d1, d2 = v.template.get_all("DISK")
+    assert dict(d0) == {"DISK_ID": "0", "IMAGE_ID": "3", "CLONE": "YES",
+                        "CLONE_TARGET": "SYSTEM", "LN_TARGET": "NONE"}
+    assert d1["DISK_SNAPSHOT_TOTAL_SIZE"] == "4" and "DISK_SNAPSHOT_TOTAL_SIZE" not in d2

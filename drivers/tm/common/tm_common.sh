@@ -15,6 +15,8 @@
 # cpds and snap_*, system datastore for mkimage, mkswap, context and the
 # VM directory's delete):
 #   clone|ln    fe:SOURCE host:<sysdir>/disk.<n> vmid dsid
+#   clone       fe:SOURCE host:<sysdir>/kernel|initrd vmid dsid (a files
+#               datastore's KERNEL/RAMDISK image: always a plain copy)
 #   mvds        host:<sysdir>/disk.<n> SOURCE vmid dsid
 #   cpds        host:<sysdir>/disk.<n> SOURCE snapid|-1 vmid dsid
 #   delete      host:<sysdir>[/disk.<n>] vmid dsid
@@ -139,18 +141,21 @@ tm_in_datastores() {
 }
 
 # tm_sys_path VAR ARG [SYS_DS]: ARG must name <DS_LOCATION>/<system ds>/<VMID>
-# (KIND=dir) or <...>/<VMID>/disk.<n> (KIND=disk); sets VAR, KIND, SYS_DS_ID,
-# VM_DIR, DISK_ID (disk only).  With SYS_DS the system datastore must be it.
+# (KIND=dir), <...>/<VMID>/disk.<n> (KIND=disk) or <...>/<VMID>/kernel|initrd
+# (KIND=os); sets VAR, KIND, SYS_DS_ID, VM_DIR, DISK_ID (disk only).  With SYS_DS
+# the system datastore must be it.
 tm_sys_path() {
     local _sp _rest=
     tm_arg_path _sp "$2"
     [[ $_sp != "$DS_LOCATION"/* ]] || _rest=${_sp#"$DS_LOCATION"/}
-    if [[ $_rest =~ ^([0-9]+)/([0-9]+)(/disk\.([0-9]+))?$ ]] &&
+    if [[ $_rest =~ ^([0-9]+)/([0-9]+)(/disk\.([0-9]+)|/kernel|/initrd)?$ ]] &&
         [ "${BASH_REMATCH[2]}" = "$VMID" ]; then
         SYS_DS_ID=${BASH_REMATCH[1]}
         # shellcheck disable=SC2034  # DISK_ID is for the actions
         DISK_ID=${BASH_REMATCH[4]}
-        if [ -n "${BASH_REMATCH[3]}" ]; then KIND=disk; else KIND=dir; fi
+        if [ -n "$DISK_ID" ]; then KIND=disk
+        elif [ -n "${BASH_REMATCH[3]}" ]; then KIND=os
+        else KIND=dir; fi
     else
         fail "Not allowed to use $_sp: not a directory or disk of VM $VMID in a system datastore of $DS_LOCATION"
     fi
@@ -329,7 +334,8 @@ tm_copy_image() {
 
 # ---------------------------------------------------------------- actions --
 
-# clone: copy (shared) or qcow2 overlay (qcow2) of the image as disk.<n>.
+# clone: copy (shared) or qcow2 overlay (qcow2) of the image as disk.<n>; a
+# kernel or initrd file (PROLOG of a VM with OS/KERNEL_DS, INITRD_DS) is copied.
 tm_clone() {
     local how=$1 src dst
     shift
@@ -337,8 +343,12 @@ tm_clone() {
     tm_location
     tm_vmid "$3"
     tm_image_arg src "$1" "$4"
-    tm_disk_arg "$2"
-    dst=$DISK_PATH
+    tm_sys_path dst "$2"
+    case $KIND in
+        disk) ;;
+        os) how=copy ;;
+        *) fail "Not allowed to use $dst: not a disk (<dir>/disk.<n>) nor <dir>/kernel|initrd" ;;
+    esac
     tm_readable_image "$src"
     run "Cannot create directory $VM_DIR" mkdir -p -- "$VM_DIR"
     cleanup_on_fail "$dst.tmp"
