@@ -149,6 +149,9 @@ class Supervisor:
         self.exit_code = 0
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        # never socket.getdefaulttimeout()'s: with a timeout an empty read raises
+        # TimeoutError, not BlockingIOError (a library in the process may set one)
+        self._notify.setblocking(False)
         self._notify.bind(f"\0oned-images-workers-{os.getpid()}-{os.urandom(4).hex()}")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._signals: list[int] = []

@@ -61,7 +61,10 @@ def rec(tmp_path_factory):
         script.chmod(0o755)
     conf = (f'DATASTORE_MAD = [ EXECUTABLE = "one_datastore", ARGUMENTS = "-t 15 -d dummy,fs", '
             f'REMOTES = "{remotes}", KILL_GRACE = 1 ]\n'
-            'TM_MAD = [ EXECUTABLE = "one_tm", ARGUMENTS = "-d dummy,shared,rec -w 20" ]\n')
+            'TM_MAD = [ EXECUTABLE = "one_tm", ARGUMENTS = "-d dummy,shared,rec -w 20" ]\n'
+            # rec runs the shared scripts: shared's TM_MAD_CONF (a TM_MAD needs one)
+            'TM_MAD_CONF = [ NAME = "rec", LN_TARGET = "NONE", CLONE_TARGET = "SYSTEM", '
+            'SHARED = "YES", DS_MIGRATE = "YES", ALLOW_ORPHANS = "FORMAT" ]\n')
     d = Daemon(tmp / "daemon", extra_config=conf).start()
     d.tmdir = remotes / "tm" / "rec"  # type: ignore[attr-defined]
     d.hid = host(d)  # type: ignore[attr-defined]

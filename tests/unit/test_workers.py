@@ -97,7 +97,9 @@ def test_db_fsck_sees_driver_processes_a_killed_worker_left(tmp_path):
     from oned_images.store.fsck import leftover_drivers
 
     script = tmp_path / "cp-script"
-    script.write_text("#!/bin/sh\nsleep 30\n")
+    # (not "sleep 30" last: dash execs a script's last command, and the process would
+    # no longer show the script's name)
+    script.write_text("#!/bin/sh\nsleep 30\nexit 0\n")
     script.chmod(0o755)
     procs = [subprocess.Popen([str(script)]) for _ in range(2)]
     try:
