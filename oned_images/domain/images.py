@@ -870,6 +870,7 @@ class ImageManager:
         return oid
 
     def _delete_txn(self, caller: Caller, oid: int, force: bool, from_template: bool = False):
+        daemons.lock_claim("image", oid)  # before the image row, as a driver reply does
         img = read_image(oid)
         op = Op.MANAGE
         locked = img.state in LOCKED_STATES

@@ -207,6 +207,18 @@ def claim(kind: str, oid: int, action: str) -> None:
      .execute())
 
 
+def lock_claim(kind: str, oid: int) -> None:
+    """Lock (kind, oid)'s claim row, if any, before the object's own row: a driver reply
+    takes the claim first (:func:`owns`), then the object, so a transaction that may
+    release the claim (an image delete) must take them in that order too, or the two
+    deadlock on PostgreSQL.  (SQLite: the writer lock orders everything.)"""
+    if _current is None or not _postgres():
+        return
+    (DriverClaimRow.select(DriverClaimRow.owner)
+     .where((DriverClaimRow.kind == kind) & (DriverClaimRow.oid == oid))
+     .for_update().tuples().first())
+
+
 def release(kind: str, oid: int) -> None:
     if _current is None:
         return
