@@ -360,7 +360,7 @@ def _value(value: object) -> str:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-#: replies whose served chunks hold this many bytes or more are left in parts.
+#: replies of this size or more are left in parts.
 JOIN_LIMIT = 1 << 20
 
 
@@ -372,9 +372,9 @@ class Parts:
 
     __slots__ = ("parts", "size")
 
-    def __init__(self, parts: list[bytes]) -> None:
+    def __init__(self, parts: list[bytes], size: int) -> None:
         self.parts = parts
-        self.size = sum(map(len, parts))
+        self.size = size
 
     def __len__(self) -> int:
         return self.size
@@ -395,9 +395,8 @@ class Parts:
 
 def response(values: list[object]) -> bytes | Parts:
     """An array result: ``[true, value, 0]`` or the 5-element failure; :class:`Parts`
-    when its served chunks reach JOIN_LIMIT."""
+    from JOIN_LIMIT bytes on."""
     parts = [_HEAD, b"<params>\r\n<param><value><array><data>\r\n"]
-    served = 0
     for i, value in enumerate(values):
         if i:
             parts.append(b"\r\n")
@@ -405,12 +404,12 @@ def response(values: list[object]) -> bytes | Parts:
             parts.append(b"<value><string>")
             parts.extend(value.chunks)
             parts.append(b"</string></value>")
-            served += sum(map(len, value.chunks))
         else:
             parts.append(_value(value).encode("utf-8"))
     parts.append(b"\r\n</data></array></value></param>\r\n</params>\r\n</methodResponse>\r\n")
-    if served >= JOIN_LIMIT:
-        return Parts(parts)
+    size = sum(map(len, parts))
+    if size >= JOIN_LIMIT:
+        return Parts(parts, size)
     return b"".join(parts)
 
 

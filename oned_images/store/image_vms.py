@@ -156,9 +156,12 @@ def ids_of(image_ids: list[int]) -> dict[int, list[int]]:
     reads its id range rather than a 10,000-term IN)."""
     if not image_ids:
         return {}
-    if len(image_ids) <= 500:
+    if len(image_ids) <= _IN_SIZES[-1]:
         wanted = set(image_ids)
-        rows = _in_query(len(wanted)).execute(*sorted(wanted)).fetchall()
+        ids = sorted(wanted)
+        size = next(s for s in _IN_SIZES if s >= len(ids))
+        ids += [ids[-1]] * (size - len(ids))  # a repeated id changes nothing in an IN
+        rows = _in_query(size).execute(*ids).fetchall()
     else:
         rows = _RANGE.execute(min(image_ids), max(image_ids)).fetchall()
         if not rows:
@@ -174,8 +177,9 @@ def ids_of(image_ids: list[int]) -> dict[int, list[int]]:
 _RANGE = Compiled(lambda low, high: T.select(T.image_oid, T.vm_oid)
                   .where((T.image_oid >= low) & (T.image_oid <= high))
                   .order_by(T.image_oid, T.vm_oid), _MARK_IMAGE, _MARK_VM)
-#: per number of ids: the IN query of a page, compiled once (its SQL cost more than
-#: the rest of a page of 200)
+#: the IN query of a page, compiled once per size (building its SQL cost more than
+#: the rest of a page of 200); a page's ids are padded to the next size
+_IN_SIZES = (10, 50, 200, 500)
 _IN: dict[int, Compiled] = {}
 
 
