@@ -28,6 +28,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.web import server
 from twisted.web.http import datetimeToString
 
+from oned_images import memory
 from oned_images.rpc import wire
 from oned_images.rpc.limits import DeadlineProtocol
 
@@ -231,7 +232,7 @@ class RpcFrontProtocol(protocol.Protocol, TimeoutMixin):
             return
         # A large reply is not joined with its headers (nor its parts together): they
         # are handed to sendmsg as they are (_PartsWriter).
-        parts = payload.parts if isinstance(payload, wire.Parts) else [payload]
+        parts = payload.take() if isinstance(payload, wire.Parts) else [payload]
         _PartsWriter(self, [b"".join(head), *parts], persistent).start()
 
     def _socket(self) -> Any:
@@ -354,6 +355,8 @@ class _PartsWriter:
             return
         proto.transport.unregisterProducer()
         self.parts = []
+        # on the next turn, once the callbacks that made the reply let go of its rows
+        proto.callLater(0, memory.release_freed_memory)
         if not proto.lost:
             proto._done(self.persistent)
 
@@ -376,3 +379,4 @@ class _PartsWriter:
         """The connection is gone: drop the reply."""
         self.parts = []
         self.index = self.offset = 0
+        self.proto.callLater(0, memory.release_freed_memory)

@@ -392,6 +392,12 @@ class Parts:
     def joined(self) -> bytes:
         return b"".join(self.parts)
 
+    def take(self) -> list[bytes]:
+        """The parts, handed over: the writer that sends them holds the last reference,
+        so they are freed as soon as they are sent."""
+        parts, self.parts = self.parts, []
+        return parts
+
 
 def response(values: list[object]) -> bytes | Parts:
     """An array result: ``[true, value, 0]`` or the 5-element failure; :class:`Parts`
