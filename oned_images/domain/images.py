@@ -36,7 +36,7 @@ from oned_images.domain.permissions import (
     Op,
     new_object_perms,
 )
-from oned_images.domain.pool_query import info_row, pool_bodies, pool_filter, row_auth
+from oned_images.domain.pool_query import info_row, pool_filter, pool_rows, row_auth
 from oned_images.domain.restricted import path_allowed, protected_paths, staged_env
 from oned_images.domain.states import (
     DISK_TYPES,
@@ -218,7 +218,7 @@ def _image_info_row(oid: int):
 
 
 def _image_pool_bodies(where, desc: bool, start: int, end: int) -> list[bytes]:
-    return image_vms.splice_page(pool_bodies(where, desc, start, end, ImageRow))
+    return image_vms.splice_rows(pool_rows(where, desc, start, end, ImageRow))
 
 
 def reserved_mb(ds_id: int) -> int:

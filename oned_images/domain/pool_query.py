@@ -14,7 +14,8 @@ from oned_images.domain.permissions import (
     acl_visible_terms,
 )
 from oned_images.store.compiled import Compiled
-from oned_images.store.models import PoolObject, database_proxy
+from oned_images.store.listing import fetch_rows
+from oned_images.store.models import PoolObject
 from oned_images.xmldoc.served import rpc_bytes
 
 
@@ -92,15 +93,15 @@ def info_row(oid: int, T: type[PoolObject]):
 
 
 def _rows(query: peewee.Query) -> list[tuple]:
-    """The query's rows as the driver returns them: its columns (oid, body_rpc) need
-    no conversion, and peewee's cursor wrapper adds a Python step per row (10,000
-    rows in memory: 87-120 ms through .tuples(), 26-58 ms straight)."""
-    return database_proxy.obj.execute_sql(*query.sql()).fetchall()
+    """The query's rows as the driver returns them (store/listing.py): its columns
+    (oid, body_rpc) need no conversion, and peewee's cursor wrapper adds a Python step
+    per row (10,000 rows in memory: 87-120 ms through .tuples(), 26-58 ms straight)."""
+    return fetch_rows(*query.sql())
 
 
-def pool_bodies(where, desc: bool, start: int, end: int,
-                T: type[PoolObject], column: peewee.Field | None = None) -> list[bytes]:
-    """One page of served bodies (``start``/``end`` as api.md §3: an id range, or
+def pool_rows(where, desc: bool, start: int, end: int,
+              T: type[PoolObject], column: peewee.Field | None = None) -> list[tuple[int, bytes]]:
+    """One page of (id, served body) (``start``/``end`` as api.md §3: an id range, or
     ``end < -1`` a page of ``-end`` rows from offset ``start``); ``column`` names
     another served column than ``body_rpc`` (the VM pool's short and extended forms,
     never NULL)."""
@@ -115,7 +116,7 @@ def pool_bodies(where, desc: bool, start: int, end: int,
         conds.append(T.oid >= start)
         if end != -1:
             conds.append(T.oid <= end)
-    query = T.select(served)
+    query = T.select(T.oid, served)
     for cond in conds:
         query = query.where(cond)
     query = query.order_by(T.oid.desc() if desc else T.oid.asc())
@@ -127,14 +128,22 @@ def pool_bodies(where, desc: bool, start: int, end: int,
                                        .offset(offset))]
             if not ids:
                 return []
-            query = (T.select(served).where(T.oid.in_(ids))
+            query = (T.select(T.oid, served).where(T.oid.in_(ids))
                      .order_by(T.oid.desc() if desc else T.oid.asc()))
         else:
             query = query.limit(limit)
-    rows = [r[0] for r in _rows(query)]
-    if any(r is None for r in rows):
+    rows = _rows(query)
+    if all(type(r[1]) is bytes for r in rows):
+        return rows
+    if any(r[1] is None for r in rows):
         # Rare: rows without the escaped copy; fetch their bodies by position.
         bodies = [r[0] for r in query.clone().select(T.body).tuples()]
-        return [served_body(b, r) for b, r in zip(bodies, rows, strict=True)]
-    return [r.encode("utf-8") if isinstance(r, str) else r for r in rows]
+        return [(r[0], served_body(b, r[1])) for b, r in zip(bodies, rows, strict=True)]
+    # text (PostgreSQL in another client encoding, a row another tool wrote)
+    return [(r[0], served_body("", r[1])) for r in rows]
 
+
+def pool_bodies(where, desc: bool, start: int, end: int,
+                T: type[PoolObject], column: peewee.Field | None = None) -> list[bytes]:
+    """The served bodies of :func:`pool_rows`."""
+    return [r[1] for r in pool_rows(where, desc, start, end, T, column)]

@@ -178,9 +178,11 @@ class RpcResource(resource.Resource):
         return server.NOT_DONE_YET
 
     @classmethod
-    def _write(cls, payload: bytes, request: server.Request) -> None:
+    def _write(cls, payload: bytes | wire.Parts, request: server.Request) -> None:
         if request.finished or request._disconnected:
             return
+        if isinstance(payload, wire.Parts):
+            payload = payload.joined()  # twisted.web joins what it is given anyway
         request.setHeader(b"Content-Type", b"text/xml; charset=utf-8")
         request.setHeader(b"Content-Length", str(len(payload)).encode())
         if len(payload) < SPLIT_WRITE:
@@ -213,15 +215,16 @@ class RpcResource(resource.Resource):
         elif not request.finished:
             request.loseConnection()  # a reply cut short must not hold the connection
 
-    async def dispatch(self, body: bytes, peer: str) -> bytes:
+    async def dispatch(self, body: bytes, peer: str) -> bytes | wire.Parts:
         """Answer one call; counted and timed for /metrics (oned_images.metrics)."""
         started, named = time.perf_counter(), [UNKNOWN_METHOD]
         payload = await self._answer(body, peer, named)
         if self.app.metrics is not None:
-            self.app.metrics.call_done(named[-1], payload, time.perf_counter() - started)
+            head = payload if isinstance(payload, bytes) else payload.prefix(256)
+            self.app.metrics.call_done(named[-1], head, time.perf_counter() - started)
         return payload
 
-    async def _answer(self, body: bytes, peer: str, named: list[str]) -> bytes:
+    async def _answer(self, body: bytes, peer: str, named: list[str]) -> bytes | wire.Parts:
         """The call's reply; appends the method's name to ``named`` once it is known."""
         try:
             if len(body) > PARSE_IN_THREAD:

@@ -360,8 +360,48 @@ def _value(value: object) -> str:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def response(values: list[object]) -> bytes:
-    """An array result: ``[true, value, 0]`` or the 5-element failure."""
+#: replies of this size or more are left in parts.
+JOIN_LIMIT = 1 << 20
+
+
+class Parts:
+    """A reply left in its parts: the bodies of a large listing are written as they
+    are (rpc/front.py hands them to sendmsg) instead of being joined into one more
+    buffer of the reply's size (a whole pool of 10,000 images: 18 MB, a fresh mmap
+    whose every page is faulted in, then freed: about a sixth of the listing's time)."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes], size: int) -> None:
+        self.parts = parts
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def prefix(self, size: int) -> bytes:
+        """At least the first ``size`` bytes (all of them when the reply is shorter)."""
+        out, have = [], 0
+        for part in self.parts:
+            if have >= size:
+                break
+            out.append(part)
+            have += len(part)
+        return b"".join(out)
+
+    def joined(self) -> bytes:
+        return b"".join(self.parts)
+
+    def take(self) -> list[bytes]:
+        """The parts, handed over: the writer that sends them holds the last reference,
+        so they are freed as soon as they are sent."""
+        parts, self.parts = self.parts, []
+        return parts
+
+
+def response(values: list[object]) -> bytes | Parts:
+    """An array result: ``[true, value, 0]`` or the 5-element failure; :class:`Parts`
+    from JOIN_LIMIT bytes on."""
     parts = [_HEAD, b"<params>\r\n<param><value><array><data>\r\n"]
     for i, value in enumerate(values):
         if i:
@@ -373,6 +413,9 @@ def response(values: list[object]) -> bytes:
         else:
             parts.append(_value(value).encode("utf-8"))
     parts.append(b"\r\n</data></array></value></param>\r\n</params>\r\n</methodResponse>\r\n")
+    size = sum(map(len, parts))
+    if size >= JOIN_LIMIT:
+        return Parts(parts, size)
     return b"".join(parts)
 
 
@@ -387,12 +430,12 @@ def fault(code: int, text: str) -> bytes:
     )
 
 
-def success(value: object) -> bytes:
+def success(value: object) -> bytes | Parts:
     return response([True, value, 0])
 
 
 def failure(message: str, code: int, resp_id: int) -> bytes:
-    return response([False, message, code, resp_id, I8(-1)])
+    return response([False, message, code, resp_id, I8(-1)])  # type: ignore[return-value]
 
 
 class Params:

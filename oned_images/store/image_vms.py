@@ -11,13 +11,12 @@ same bytes as before.  Called inside Database.run transactions.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from oned_images.model.ids import SortedIds
 from oned_images.model.objects import Image
 from oned_images.store.compiled import Compiled
-from oned_images.store.models import ImageVmRow, database_proxy
+from oned_images.store.models import ImageVmRow
 
 T = ImageVmRow
 _MARK_IMAGE, _MARK_VM = -(2**62) + 7, -(2**62) + 11
@@ -26,7 +25,6 @@ _MARK_IMAGE, _MARK_VM = -(2**62) + 7, -(2**62) + 11
 #: after the end of FS is the element itself (xmldoc.image._cut_vms)
 _EMPTY = b"&lt;/DATASTORE&gt;&lt;VMS&gt;&lt;/VMS&gt;"
 _FS_END = b"]]&gt;&lt;/FS&gt;"
-_SERVED_ID = re.compile(rb"^&lt;IMAGE&gt;&lt;ID&gt;(\d+)&lt;/ID&gt;")
 
 _HAS = Compiled(lambda image, vm: T.select(T.vm_oid).where(
     (T.image_oid == image) & (T.vm_oid == vm)).limit(1), _MARK_IMAGE, _MARK_VM)
@@ -159,19 +157,45 @@ def drop_image(image_id: int) -> None:
 
 
 def ids_of(image_ids: list[int]) -> dict[int, list[int]]:
-    """The VMS of several images (one query over their id range)."""
+    """The VMS of several images (one query: a page names its images, a whole pool
+    reads its id range rather than a 10,000-term IN)."""
     if not image_ids:
         return {}
-    wanted = set(image_ids)
-    # a page names its images; a whole pool reads its id range (no 10,000-term IN)
-    where = (T.image_oid.in_(sorted(wanted)) if len(wanted) <= 500 else
-             (T.image_oid >= min(wanted)) & (T.image_oid <= max(wanted)))
-    query = T.select(T.image_oid, T.vm_oid).where(where).order_by(T.image_oid, T.vm_oid)
+    if len(image_ids) <= _IN_SIZES[-1]:
+        wanted = set(image_ids)
+        ids = sorted(wanted)
+        size = next(s for s in _IN_SIZES if s >= len(ids))
+        ids += [ids[-1]] * (size - len(ids))  # a repeated id changes nothing in an IN
+        rows = _in_query(size).execute(*ids).fetchall()
+    else:
+        rows = _RANGE.execute(min(image_ids), max(image_ids)).fetchall()
+        if not rows:
+            return {}
+        wanted = set(image_ids)
     out: dict[int, list[int]] = {}
-    for image, vm in database_proxy.obj.execute_sql(*query.sql()).fetchall():
+    for image, vm in rows:
         if image in wanted:
             out.setdefault(int(image), []).append(int(vm))
     return out
+
+
+_RANGE = Compiled(lambda low, high: T.select(T.image_oid, T.vm_oid)
+                  .where((T.image_oid >= low) & (T.image_oid <= high))
+                  .order_by(T.image_oid, T.vm_oid), _MARK_IMAGE, _MARK_VM)
+#: the IN query of a page, compiled once per size (building its SQL cost more than
+#: the rest of a page of 200); a page's ids are padded to the next size
+_IN_SIZES = (10, 50, 200, 500)
+_IN: dict[int, Compiled] = {}
+
+
+def _in_query(count: int) -> Compiled:
+    query = _IN.get(count)
+    if query is None:
+        markers = [_MARK_IMAGE + 2 * n for n in range(count)]
+        query = _IN[count] = Compiled(lambda *ids: T.select(T.image_oid, T.vm_oid)
+                                      .where(T.image_oid.in_(list(ids)))
+                                      .order_by(T.image_oid, T.vm_oid), *markers)
+    return query
 
 
 def _filled(served: bytes, vms: list[int]) -> bytes:
@@ -193,14 +217,13 @@ def splice_one(image_id: int, served: bytes) -> bytes:
     return _filled(served, list(ids(image_id)))
 
 
-def splice_page(served: list[bytes]) -> list[bytes]:
-    """A listing page: each served body with its image's VMS."""
-    oids = []
-    for body in served:
-        m = _SERVED_ID.match(body)
-        oids.append(int(m.group(1)) if m else None)
-    vms = ids_of([o for o in oids if o is not None])
-    if not vms:
-        return served
-    return [_filled(b, vms.get(o, [])) if o is not None else b
-            for b, o in zip(served, oids, strict=True)]
+def splice_rows(rows: list[tuple[int, bytes]]) -> list[bytes]:
+    """A listing page from its (image id, served body) rows: each body with its
+    image's VMS (only the bodies of images that VMs use are rewritten)."""
+    bodies = [r[1] for r in rows]
+    vms = ids_of([r[0] for r in rows])
+    if vms:
+        for i, (oid, body) in enumerate(rows):
+            if oid in vms:
+                bodies[i] = _filled(body, vms[oid])
+    return bodies

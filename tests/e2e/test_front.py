@@ -175,3 +175,50 @@ def test_replies_the_socket_cannot_take_at_once_arrive_whole_and_in_order(daemon
         out += chunk
     s.close()
     assert _DATE.sub(b"\r\nDate: -\r\n", out) == normal * 6 + exchange(daemon, version)[0]
+
+
+def test_large_replies_are_written_whole_in_order_and_as_twisted_web_s(fresh_daemon):
+    """Replies from 1 MiB on are written in their parts with sendmsg (front._PartsWriter):
+    byte for byte twisted.web's reply, whole and in order when pipelined behind and
+    before other replies to a reader that waits (the socket full, the rest through the
+    transport), with Connection: close honoured; a reader that goes away in the middle
+    of one leaves the daemon serving."""
+    d = fresh_daemon()
+    words = " ".join(f"w{i}" for i in range(900))
+    one = xmlrpc.client.ServerProxy(d.url)
+    for n in range(250):
+        assert one.one.image.allocate(SESSION, f'NAME="big-{n}"\nSOURCE="/var/tmp/b{n}"\n'
+                                      f'FORMAT="raw"\nSIZE="1"\nDESCRIPTION="{words}"', 1)[0]
+    listing = request(body("one.imagepool.info", SESSION, -2, -1, -1))
+    version = request(body("one.system.version", SESSION))
+    normal, closed = exchange(d, listing)
+    assert len(normal) > 1 << 20 and normal.count(b"big-") == 250 and not closed
+    assert exchange(d, request(body("one.imagepool.info", SESSION, -2, -1, -1),
+                               extra=HANDED_OVER)) == (normal, False)
+    reply = normal[normal.index(b"\r\n\r\n") + 4:]
+    assert xmlrpc.client.loads(reply)[0][0][1].count("<IMAGE>") == 250
+    short = exchange(d, version)[0]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", d.port))
+    s.sendall(version + listing * 2 + version + listing)
+    time.sleep(1)  # the daemon writes while nothing is read
+    s.settimeout(20)
+    out = b""
+    while _whole(out) < 5:
+        chunk = s.recv(1 << 20)
+        assert chunk, "closed before the last reply"
+        out += chunk
+    s.close()
+    assert _DATE.sub(b"\r\nDate: -\r\n", out) == short + normal * 2 + short + normal
+    closing = exchange(d, request(body("one.imagepool.info", SESSION, -2, -1, -1),
+                                  extra=b"Connection: close\r\n"))
+    assert closing == (normal.replace(b" 200 OK\r\n", b" 200 OK\r\nConnection: close\r\n", 1),
+                       True)
+    for _ in range(3):  # gone after the first bytes of a listing
+        s = socket.create_connection(("127.0.0.1", d.port))
+        s.sendall(listing)
+        assert s.recv(1000)
+        s.close()
+    assert exchange(d, listing) == (normal, False)
+    assert "Traceback" not in d.log_text()
