@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +103,13 @@ def test_db_fsck_sees_driver_processes_a_killed_worker_left(tmp_path):
     script.write_text("#!/bin/sh\nsleep 30\nexit 0\n")
     script.chmod(0o755)
     procs = [subprocess.Popen([str(script)]) for _ in range(2)]
+    # Popen returns while execve still sets the new image up: /proc/<pid>/cmdline reads
+    # empty for a moment (a driver record is read long after its spawn)
+    deadline = time.monotonic() + 10
+    while not all(str(script).encode() in Path(f"/proc/{p.pid}/cmdline").read_bytes()
+                  for p in procs):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     try:
         for where, proc in zip(("run", "run/w2"), procs, strict=True):
             records = tmp_path / where / "drivers"
