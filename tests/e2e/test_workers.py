@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_several_daemons import call, db_status, fs_guarded_remotes, ok
-from tests.support.daemon import REPO, Daemon, backend, wait_for
+from tests.support.daemon import REPO, Daemon, backend, joining, wait_for
 from tests.support.remotes import driver_config, processes_with
 
 LEASE = 3
@@ -367,3 +368,38 @@ def test_identity_changed_through_one_worker_holds_on_every_next_call_without_a_
         assert answered >= 10, (k, answered)
         checks = gauge(page, "cache_checks") - gauge(was, "cache_checks")
         assert checks <= 8, (k, checks, answered)  # one per change (and renewal), not per call
+
+
+def test_with_another_daemon_on_the_database_the_workers_read_the_counters_per_call(
+        workers, tmp_path):
+    """A daemon that is not one of the parent's workers writes no shared counter: while
+    it is live the workers read the database's counters before each call (and are right
+    after a change made through it); once it has left they stop reading them."""
+    d = workers()
+    name = f"{os.uname().nodename}:{d.port}"
+    names = {f"{name}-w1", f"{name}-w2"}
+    other = joining(d, tmp_path / "other", f"DAEMON_LEASE = {LEASE}\n")
+    other.start()
+    try:
+        uid = ok(d, "one.user.allocate", "carol", "old", "", [])
+        assert all(call(d, "one.user.info", -1, session="carol:old")[0] for _ in range(24))
+        before = metrics_pages(d, names)
+        ok(other, "one.user.passwd", uid, "new")
+        refused = [False, "[one.user.info] User couldn't be authenticated, aborting call."]
+        assert [list(call(d, "one.user.info", -1, session="carol:old")[:2])
+                for _ in range(24)] == [refused] * 24
+        assert all(call(d, "one.user.info", -1, session="carol:new")[0] for _ in range(24))
+        during = metrics_pages(d, names)
+    finally:
+        other.drop()
+    for k in (1, 2):  # a read per call (the failed ones included)
+        page, was = during[f"{name}-w{k}"], before[f"{name}-w{k}"]
+        answered = counter(page, "one.user.info") - counter(was, "one.user.info")
+        checks = gauge(page, "cache_checks") - gauge(was, "cache_checks")
+        assert answered >= 5 and checks >= answered, (k, checks, answered)
+    time.sleep(LEASE)  # both renewed since it left: no stranger live
+    before = metrics_pages(d, names)
+    assert all(call(d, "one.user.info", -1, session="carol:new")[0] for _ in range(40))
+    after = metrics_pages(d, names)
+    assert sum(gauge(after[n], "cache_checks") - gauge(before[n], "cache_checks")
+               for n in names) <= 4
