@@ -167,6 +167,7 @@ class Supervisor:
         self.exit_code = 0
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._notify.settimeout(None)  # not socket.getdefaulttimeout() (pyone sets one)
         self._notify.bind(f"\0oned-images-workers-{os.getpid()}-{os.urandom(4).hex()}")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         #: made before any worker starts, kept for the restarted ones
