@@ -276,6 +276,8 @@ def _serve(config, port_file: str | None, worker: int = 0) -> None:
         listen_socket = workers.inherited_socket()
         config = workers.worker_config(config, worker, listen_socket.getsockname()[1])
     daemon = Daemon(reactor, config, port_file=port_file, listen_socket=listen_socket)
+    if worker:
+        daemon.shared_counters = workers.inherited_counters(worker)
     daemon.observer = observer
     # logrotate: SIGHUP reopens oned.log (on the reactor, not inside a write).
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(observer.reopen))

@@ -267,6 +267,8 @@ class _StateCollector:
             ("cached_sessions", "Checked session secrets held in the session cache"),
             ("cache_reloads", "Cache reloads because a daemon (this or another on the "
              "same database) wrote the cached tables"),
+            ("cache_checks", "Reads of the cache counters on the database before a "
+             "call (another daemon is live; WORKERS read shared memory instead)"),
         ):
             if name in state:
                 yield GaugeMetricFamily(PREFIX + name, help_text, value=state[name])

@@ -52,6 +52,7 @@ from oned_images.store.database import (
 )
 from oned_images.store.lock import DatabaseLock
 from oned_images.store.models import DatastoreRow
+from oned_images.store.shared_counters import SharedCounters
 from oned_images.store.versions import CacheVersions
 from oned_images.systemd import Notifier
 
@@ -168,6 +169,8 @@ class Daemon:
     systemd: Notifier | None = None
     #: a worker's listening socket, inherited from the parent (oned_images/workers.py).
     listen_socket: socket.socket | None = None
+    #: a worker's cache counters shared with its siblings (store/versions.py).
+    shared_counters: SharedCounters | None = None
 
     def open_database_settings(self) -> DbSettings:
         cfg = self.config
@@ -247,12 +250,12 @@ class Daemon:
             self._listening.getHost().port), socket.gethostname(), os.getpid(),
             os.path.abspath(cfg.run_location), float(cfg.daemon_lease))
         daemons.set_current(me)
-        self._registered, live = db.run_sync(daemons.register, me)
+        self._registered, live, strangers = db.run_sync(daemons.register, me)
         logs.set_daemon_name(me.name)
         identity = Identity(db, cfg)
-        versions = CacheVersions(db, enabled=True)
+        versions = CacheVersions(db, enabled=True, shared=self.shared_counters)
         versions.register("identity", ["user_pool", "group_pool", "acl"], identity.reload)
-        versions.peers(live)
+        versions.peers(live, strangers)
         versions.setup_sync()  # the counters first: a write after them reloads again
         identity.load_sync()
         datastores = Datastores(db, cfg, identity)
@@ -389,7 +392,8 @@ def instrument(app: App) -> Metrics:
         queued, running = app.drivers.load()
         return {"driver_queued_actions": queued, "driver_running_actions": running,
                 "cached_sessions": len(app.identity._sessions),
-                "cache_reloads": app.versions.reloads if app.versions else 0}
+                "cache_reloads": app.versions.reloads if app.versions else 0,
+                "cache_checks": app.versions.checks if app.versions else 0}
 
     metrics.read_state(state)
     me = daemons.current()

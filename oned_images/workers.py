@@ -23,6 +23,9 @@ hosts.  What this module adds is one host's plumbing:
   worker told it READY over that socket; forwards SIGTERM/SIGINT/SIGHUP; restarts a
   worker that dies with a back-off (:class:`Backoff`); kills a worker whose watchdog
   pings stop; exits with the worker's status when one cannot start at all;
+* the cache counters: a block of shared memory made before the first worker starts, so
+  the workers know that users, groups or ACLs changed without a database round trip
+  per call (store/versions.py, store/shared_counters.py);
 * the workers die with the parent: PR_SET_PDEATHSIG (SIGTERM, so a worker still leaves
   the daemons table and stops its drivers) is set in the child before exec, as the
   driver scripts get it through ``setpriv --pdeathsig``.
@@ -49,11 +52,15 @@ from twisted.logger import Logger
 from oned_images import systemd
 from oned_images.config import DaemonConfig
 from oned_images.model.settings import default_daemon_name, serves_several_daemons
+from oned_images.store import shared_counters
+from oned_images.store.shared_counters import SharedCounters
 
 log = Logger(namespace="OnM")
 
 #: how a worker finds the inherited listening socket.
 LISTEN_FD_ENV = "ONED_IMAGES_LISTEN_FD"
+#: and the cache counters the workers share (store/shared_counters.py).
+COUNTERS_FD_ENV = "ONED_IMAGES_COUNTERS_FD"
 PR_SET_PDEATHSIG = 1
 #: seconds SIGTERM'd workers get before SIGKILL when the parent stops (within the
 #: shipped unit's TimeoutStopSec = 30).
@@ -76,6 +83,17 @@ def inherited_socket() -> socket.socket | None:
     sock = socket.socket(fileno=int(fd))
     sock.set_inheritable(False)  # driver scripts must not hold the port
     return sock
+
+
+def inherited_counters(worker: int) -> SharedCounters | None:
+    """The shared cache counters the parent passed, mapped (None: none passed)."""
+    fd = os.environ.pop(COUNTERS_FD_ENV, "")
+    if not fd.isdigit():
+        return None
+    try:
+        return SharedCounters(int(fd), worker)
+    finally:
+        os.close(int(fd))  # the mapping stays; driver scripts get no descriptor
 
 
 def adopt(reactor: Any, sock: socket.socket, factory: Any) -> Any:
@@ -150,10 +168,12 @@ class Supervisor:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         # never socket.getdefaulttimeout()'s: with a timeout an empty read raises
-        # TimeoutError, not BlockingIOError (a library in the process may set one)
+        # TimeoutError, not BlockingIOError (pyone sets one)
         self._notify.setblocking(False)
         self._notify.bind(f"\0oned-images-workers-{os.getpid()}-{os.urandom(4).hex()}")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        #: made before any worker starts, kept for the restarted ones
+        self.counters = shared_counters.create(config.workers)
         self._signals: list[int] = []
         self.watchdog = systemd.watchdog_interval()  # systemd's, for the parent
 
@@ -161,6 +181,7 @@ class Supervisor:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env[LISTEN_FD_ENV] = str(self.sock.fileno())
+        env[COUNTERS_FD_ENV] = str(self.counters)
         env["NOTIFY_SOCKET"] = "@" + self._notify.getsockname()[1:].decode()
         env.pop("WATCHDOG_PID", None)
         if self.watchdog is not None:  # workers ping the parent at the same pace
@@ -173,7 +194,7 @@ class Supervisor:
         parent = os.getpid()
         w.proc = subprocess.Popen(
             [*self.argv, "--worker", str(w.index)], env=self._env(),
-            pass_fds=(self.sock.fileno(),), preexec_fn=lambda: _die_with_parent(parent))
+            pass_fds=(self.sock.fileno(), self.counters), preexec_fn=lambda: _die_with_parent(parent))
         w.started = w.pinged = self.clock()
         w.ready, w.restart_at = False, None
         log.info("Worker {k} started (pid {pid})", k=w.index, pid=w.proc.pid)

@@ -16,6 +16,7 @@ seconds of the daemons' clocks: their hosts must keep time (NTP), as any lease n
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,9 +93,9 @@ def _gone(host: str, pid: int, lease_until: float, now: float, here: bool = Fals
     return me is not None and host == me.host and pid != me.pid and not _pid_alive(pid)
 
 
-def register(me: Me) -> tuple[float, int]:
+def register(me: Me) -> tuple[float, int, int]:
     """The daemon's row, at start: (the time it was written, how many daemons are live
-    with this one).  A live daemon of the same name refuses it; the claims an earlier run
+    with this one, how many of them are not its siblings: :func:`census`).  A live daemon of the same name refuses it; the claims an earlier run
     under this name left (kill -9, then restart) lose their owner, so the reconciliation
     that follows takes them like any dead daemon's work."""
     now = time.time()
@@ -111,14 +112,14 @@ def register(me: Me) -> tuple[float, int]:
     DaemonRow.insert(name=me.name, host=me.host, pid=me.pid, var_location=me.var_location,
                      started=int(now), lease_until=now + me.lease, renewed=now).execute()
     DriverClaimRow.update(owner="").where(DriverClaimRow.owner == me.name).execute()
-    return now, len(live_names(now, here=True))
+    return (now, *census(now, here=True))
 
 
-def renew(me: Me, peers: Callable[[int], None] | None = None) -> bool:
+def renew(me: Me, peers: Callable[[int, int], None] | None = None) -> bool:
     """Push the lease forward; False when it had already run out (another daemon may have
     taken this daemon's work: it must stop its own driver actions).
 
-    ``peers`` is told how many daemons are live, inside the transaction: before its
+    ``peers`` is told :func:`census`, inside the transaction: before its
     commit, which a joining daemon waits for (:func:`others_saw`) before it serves."""
     now = time.time()
     row = DaemonRow.get_or_none(DaemonRow.name == me.name)
@@ -131,7 +132,7 @@ def renew(me: Me, peers: Callable[[int], None] | None = None) -> bool:
         DaemonRow.update(lease_until=now + me.lease, renewed=now).where(
             DaemonRow.name == me.name).execute()
     if peers is not None:
-        peers(len(live_names(now)))
+        peers(*census(now))
     return ok
 
 
@@ -157,6 +158,35 @@ def _rows() -> list[tuple[str, str, int, float, str]]:
 def live_names(now: float | None = None, here: bool = False) -> set[str]:
     now = time.time() if now is None else now
     return {n for n, h, p, lease, _v in _rows() if not _gone(h, p, lease, now, here)}
+
+
+def census(now: float, here: bool = False) -> tuple[int, int]:
+    """(live daemons with this one, those of them that are not its siblings)."""
+    me = _current
+    live = [(n, h, p) for n, h, p, lease, _v in _rows() if not _gone(h, p, lease, now, here)]
+    strangers = sum(1 for n, h, p in live if not (me and n == me.name) and not _sibling(n, h, p))
+    return len(live), strangers
+
+
+def _sibling(name: str, host: str, pid: int) -> bool:
+    """Whether daemon ``name`` is another worker of this daemon's parent (WORKERS,
+    oned_images/workers.py): a ``<base>-w<k>`` name on this one's base, on this host,
+    a child of this process's parent (the name alone could be anyone's)."""
+    me = _current
+    base, sep, k = me.name.rpartition("-w") if me else ("", "", "")
+    other, osep, other_k = name.rpartition("-w")
+    if not (sep and k.isdigit() and osep and other_k.isdigit() and other == base):
+        return False
+    parent = os.getppid()
+    return host == me.host and pid != me.pid and parent != 1 and _parent(pid) == parent
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = open(f"/proc/{pid}/stat", "rb").read()
+    except OSError:
+        return 0
+    return int(stat.rsplit(b")", 1)[1].split()[1])  # the field after the name: state, ppid
 
 
 @dataclass(frozen=True)

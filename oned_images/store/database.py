@@ -234,6 +234,9 @@ class Database:
                         and settings.path not in ("", ":memory:") else None)
         #: called with the seconds each transaction of run() took (metrics).
         self.observe: Callable[[float], None] | None = None
+        #: a writing transaction's last statement (on its DB thread, before the commit);
+        #: what it returns runs after the commit (store/versions.py, WORKERS only).
+        self.on_write: Callable[[], Callable[[], None]] | None = None
 
     def start(self) -> None:
         self.pool.start()
@@ -249,14 +252,18 @@ class Database:
         db = self.db
         if db.is_closed():
             db.connect(reuse_if_open=True)
+        hook = self.on_write if write else None
         try:
             if self.is_postgres:
                 with db.atomic():
-                    return fn(*args)
-            if write:  # the writer lock first, released after the commit
+                    result = fn(*args)
+                    committed = hook() if hook is not None else None
+            elif write:  # the writer lock first, released after the commit
                 with self.writers or nullcontext(), db.atomic("IMMEDIATE"):
-                    return fn(*args)
-            return self._read_only(fn, args)
+                    result = fn(*args)
+                    committed = hook() if hook is not None else None
+            else:
+                return self._read_only(fn, args)
         except peewee.InterfaceError:
             db.close()
             raise
@@ -265,6 +272,9 @@ class Database:
                 # A dropped server connection: reconnect on the next call.
                 db.close()
             raise
+        if committed is not None:
+            committed()
+        return result
 
     def _read_only(self, fn: Callable[..., T], args: tuple) -> T:
         """A deferred SQLite transaction; a write in it is a programming error (it

@@ -19,6 +19,25 @@ renewal tells it how many daemons are live, inside the renewal's transaction, an
 joining daemon serves only once every other one has renewed after it registered
 (``daemons.others_saw``), so none of them can still believe it is alone.  A daemon that
 becomes alone again reads the counters once more before it stops reading them.
+
+The workers of one parent (WORKERS = N, oned_images/workers.py) skip the read too while
+they are the only daemons live: they share the counters in memory
+(store/shared_counters.py).  Every writing transaction of a worker reads the counters
+as its last statement (``Database.on_write``, installed here: one small SELECT on the DB
+thread, inside the transaction, so it sees its own trigger bumps) and, after the commit
+and so before the writing call's reply is sent, raises the shared counters to what it
+read.  A client that saw that reply and calls a sibling finds the shared counter above
+the sibling's ``known``: the sibling reads the database as above and reloads.  Equal
+counters mean every commit a client of this parent saw is already in the cache, and
+the call goes on without a database round trip.  What can be missed, and what repairs
+it: a worker killed between its commit and the publish (its client got no reply; the
+next writing transaction of any worker, the lease renewals included, publishes what
+the database holds); a restarted worker (it maps the same block and reads the database
+once at start, then publishes it).  The renewal also counts the live daemons that are
+not siblings (``daemons.census``: same host, same parent process, a ``<base>-w<k>``
+name): while one is live, its writes reach no shared counter and every call reads the
+database as before; when the last one goes, the next call reads once more.  A daemon
+without WORKERS installs nothing of this.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from oned_images.store.models import CacheVersionRow, database_proxy
+from oned_images.store.shared_counters import SLOTS, SharedCounters
 
 log = Logger(namespace="ReM")
 
@@ -115,9 +135,16 @@ class CacheVersions:
     caches: dict[str, Cache] = field(default_factory=dict)
     known: dict[str, int] = field(default_factory=dict)
     reloads: int = 0
+    #: counter reads on the database (metrics)
+    checks: int = 0
     #: no other daemon is live: nothing can be stale (see the module docstring)
     alone: bool = True
+    #: WORKERS: the counters this parent's workers share (None: not a worker)
+    shared: SharedCounters | None = None
+    #: live daemons that are not this one's siblings (None: not counted yet)
+    strangers: int | None = None
     _once: bool = False
+    _slots: dict[str, int] = field(default_factory=dict)
     _waiting: list[defer.Deferred] = field(default_factory=list)
     _running: bool = False
 
@@ -126,6 +153,8 @@ class CacheVersions:
         """A cache of ``tables``: ``reload`` runs before the next call whenever any
         daemon wrote one of them (another helper's VM cache registers the same way)."""
         self.caches[name] = Cache(list(tables), reload)
+        if len(self.caches) > SLOTS:
+            raise ValueError(f"more than {SLOTS} caches: raise shared_counters.SLOTS")
 
     def setup_sync(self) -> None:
         """At start: triggers in place, the current counters known."""
@@ -133,20 +162,41 @@ class CacheVersions:
             return
         self.db.run_sync(install_triggers, {n: c.tables for n, c in self.caches.items()})
         self.known = self.db.run_sync(read_versions)
+        if self.shared is not None:
+            self._slots = {name: slot for slot, name in enumerate(sorted(self.caches))}
+            self.shared.publish(self._by_slot(self.known))
+            self.db.on_write = self._last_statement
 
-    def peers(self, live: int) -> None:
-        """How many daemons are live (this one included); called inside the renewal's
-        transaction, on a DB thread, so it holds before another daemon sees the commit."""
+    def _by_slot(self, versions: dict[str, int]) -> dict[int, int]:
+        return {self._slots[n]: v for n, v in versions.items() if n in self._slots}
+
+    def _last_statement(self) -> Callable[[], None]:
+        """``Database.on_write``: the counters as this transaction leaves them; they are
+        published once it committed."""
+        rows = self.db.db.execute_sql("SELECT name, version FROM cache_versions").fetchall()
+        versions = self._by_slot({n: int(v) for n, v in rows})
+        shared = self.shared
+        return lambda: shared.publish(versions)
+
+    def peers(self, live: int, strangers: int | None = None) -> None:
+        """How many daemons are live (this one included) and how many of them are not
+        this worker's siblings; called inside the renewal's transaction, on a DB thread,
+        so it holds before another daemon sees the commit."""
         alone = live <= 1
-        if alone and not self.alone:
-            self._once = True  # what the last peer wrote before it left
+        if (alone and not self.alone) or (strangers == 0 and self.strangers):
+            self._once = True  # what the last peer (or stranger) wrote before it left
         self.alone = alone
+        self.strangers = strangers
 
     def fresh(self) -> defer.Deferred | None:
         """None when nothing can be stale (one daemon); else fires once every cache
         reflects what was committed before this call."""
         if not self.enabled or (self.alone and not self._once):
             return None
+        if self.shared is not None and self.strangers == 0 and not self._once:
+            value, known = self.shared.value, self.known
+            if not any(value(slot) > known.get(name, 0) for name, slot in self._slots.items()):
+                return None  # every commit a client of this parent saw is in the caches
         d: defer.Deferred = defer.Deferred()
         self._waiting.append(d)
         if not self._running:
@@ -158,6 +208,7 @@ class CacheVersions:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             self._once = False
+            self.checks += 1
             error = None
             try:
                 versions = await self.db.read(read_versions)

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_several_daemons import db_status, fs_guarded_remotes, ok
-from tests.support.daemon import REPO, Daemon, backend, wait_for
+from tests.e2e.test_several_daemons import call, db_status, fs_guarded_remotes, ok
+from tests.support.daemon import REPO, Daemon, backend, joining, wait_for
 from tests.support.remotes import driver_config, processes_with
 
 LEASE = 3
@@ -307,3 +308,98 @@ def test_an_upload_over_one_connection_is_staged_in_its_workers_directory(worker
                    and x, timeout=30)
     source = doc.split("<SOURCE><![CDATA[")[1].split("]]>")[0]
     assert Path(source).read_bytes() == body
+
+
+def gauge(page: str, name: str) -> float:
+    return float(re.search(rf"^oned_images_{name} (\S+)$", page, re.M)[1])
+
+
+def test_identity_changed_through_one_worker_holds_on_every_next_call_without_a_db_read(
+        workers):
+    """store/versions.py: the workers learn of a password, group or ACL change from the
+    counters they share in memory.  Each call below is a new connection (either worker
+    may answer); every one after the change must see it, and the workers read the
+    database's counters only when something changed, not once per call."""
+    d = workers()
+    name = f"{os.uname().nodename}:{d.port}"
+    names = {f"{name}-w1", f"{name}-w2"}
+    uid = ok(d, "one.user.allocate", "bob", "old", "", [])
+    gid = ok(d, "one.group.allocate", "team")
+    spare = ok(d, "one.group.allocate", "spare")
+    acl_with_spare = ok(d, "one.acl.info")
+    denied = [False, f"[one.group.info] User [{uid}] : Not authorized to perform USE GROUP "
+                     f"[{gid}]."]
+
+    def each_call(method: str, *args, session: str = "bob:old"):
+        return [list(call(d, method, *args, session=session)[:2]) for _ in range(24)]
+
+    wait_for(lambda: "cache_checks" in metrics_pages(d, names)[f"{name}-w1"], timeout=10)
+    assert each_call("one.user.info", -1) == [[True, ok(d, "one.user.info", uid)]] * 24
+    before = metrics_pages(d, names)
+
+    with xmlrpc.client.ServerProxy(d.url) as one:  # the change and its reply: one connection
+        assert one.one.user.passwd(d.session(), uid, "new")[0] is True
+    refused = [False, "[one.user.info] User couldn't be authenticated, aborting call."]
+    assert each_call("one.user.info", -1) == [refused] * 24
+    assert all(doc[0] for doc in each_call("one.user.info", -1, session="bob:new"))
+    assert each_call("one.group.info", gid, session="bob:new") == [denied] * 24
+
+    with xmlrpc.client.ServerProxy(d.url) as one:
+        assert one.one.user.chgrp(d.session(), uid, gid)[0] is True
+    docs = each_call("one.user.info", -1, session="bob:new")
+    assert {doc[1].split("<GID>")[1].split("<")[0] for doc in docs} == {str(gid)}
+    assert all(reply[0] for reply in each_call("one.group.info", gid, session="bob:new"))
+
+    with xmlrpc.client.ServerProxy(d.url) as one:  # out of the group: its rights go at once
+        assert one.one.user.chgrp(d.session(), uid, 1)[0] is True
+    assert each_call("one.group.info", gid, session="bob:new") == [denied] * 24
+
+    with xmlrpc.client.ServerProxy(d.url) as one:  # a group's ACL rules deleted with it
+        assert one.one.group.delete(d.session(), spare)[0] is True
+    acl = ok(d, "one.acl.info")
+    assert acl != acl_with_spare
+    assert each_call("one.acl.info", session=d.session()) == [[True, acl]] * 24
+
+    after = metrics_pages(d, names)
+    for k in (1, 2):  # both answered after the changes, and read the database rarely
+        page, was = after[f"{name}-w{k}"], before[f"{name}-w{k}"]
+        answered = sum(counter(page, m) - counter(was, m)
+                       for m in ("one.user.info", "one.group.info", "one.acl.info"))
+        assert answered >= 10, (k, answered)
+        checks = gauge(page, "cache_checks") - gauge(was, "cache_checks")
+        assert checks <= 8, (k, checks, answered)  # one per change (and renewal), not per call
+
+
+def test_with_another_daemon_on_the_database_the_workers_read_the_counters_per_call(
+        workers, tmp_path):
+    """A daemon that is not one of the parent's workers writes no shared counter: while
+    it is live the workers read the database's counters before each call (and are right
+    after a change made through it); once it has left they stop reading them."""
+    d = workers()
+    name = f"{os.uname().nodename}:{d.port}"
+    names = {f"{name}-w1", f"{name}-w2"}
+    other = joining(d, tmp_path / "other", f"DAEMON_LEASE = {LEASE}\n")
+    other.start()
+    try:
+        uid = ok(d, "one.user.allocate", "carol", "old", "", [])
+        assert all(call(d, "one.user.info", -1, session="carol:old")[0] for _ in range(24))
+        before = metrics_pages(d, names)
+        ok(other, "one.user.passwd", uid, "new")
+        refused = [False, "[one.user.info] User couldn't be authenticated, aborting call."]
+        assert [list(call(d, "one.user.info", -1, session="carol:old")[:2])
+                for _ in range(24)] == [refused] * 24
+        assert all(call(d, "one.user.info", -1, session="carol:new")[0] for _ in range(24))
+        during = metrics_pages(d, names)
+    finally:
+        other.drop()
+    for k in (1, 2):  # a read per call (the failed ones included)
+        page, was = during[f"{name}-w{k}"], before[f"{name}-w{k}"]
+        answered = counter(page, "one.user.info") - counter(was, "one.user.info")
+        checks = gauge(page, "cache_checks") - gauge(was, "cache_checks")
+        assert answered >= 5 and checks >= answered, (k, checks, answered)
+    time.sleep(LEASE)  # both renewed since it left: no stranger live
+    before = metrics_pages(d, names)
+    assert all(call(d, "one.user.info", -1, session="carol:new")[0] for _ in range(40))
+    after = metrics_pages(d, names)
+    assert sum(gauge(after[n], "cache_checks") - gauge(before[n], "cache_checks")
+               for n in names) <= 4
