@@ -29,7 +29,7 @@ class BenchDaemon(Daemon):
 
 def start_daemon(extra: str = "LOG = [ SYSTEM = \"std\", DEBUG_LEVEL = 1 ]\n",
                  workers: int = 1, db: str | None = None) -> Daemon:
-    """``workers``: WORKERS (needs PostgreSQL); ``db``: a PostgreSQL URL as ONED_TEST_DB
+    """``workers``: WORKERS (SQLite file or PostgreSQL); ``db``: a PostgreSQL URL as ONED_TEST_DB
     takes it (a database of its own is created there), default ONED_TEST_DB or SQLite."""
     if db:
         os.environ["ONED_TEST_DB"] = db
