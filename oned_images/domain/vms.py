@@ -550,20 +550,8 @@ class Vms:
             if body is None:
                 continue
             vm = vm_from(body)
-            if vm.state != V.CLONING:
-                continue
-            verdict = vm_disks.cloning_check(vm.template)
-            if verdict == "failed":
-                vm.state = V.CLONING_FAILURE
-            elif verdict == "ready":
-                vm_disks.clear_all_cloning(vm.template)
-                hold = (vm.template.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
-                vm.state = V.HOLD if hold else V.PENDING
-                if not hold:
-                    pending.append(oid)
-            else:
-                continue
-            write_vm(vm)
+            if vm.state == V.CLONING and _cloning_checked(vm):
+                pending.append(oid)
         return pending
 
     async def _persistent_clones(self, caller: Caller, tid: int) -> None:
@@ -841,8 +829,13 @@ class Vms:
                 return self._delete_recreate(vm, caller)
             if op == 5:
                 return self._delete_db(vm)
+            if op != 2 and vm.state == V.CLONING_FAILURE:
+                # DispatchManager::recover: disk_lock_success / _failure, the same check
+                return (V.PENDING, L.LCM_INIT) if _cloning_checked(vm) else None
             if vm.state != V.ACTIVE:
-                raise errors.action("Recover actions available only for ACTIVE VMs")
+                what = "a retry" if op == 2 else "a recover operation"
+                raise errors.action(f"Could not perform {what} on VM {oid}, wrong state "
+                                    f"{vs.state_str(vm.state, vm.lcm_state)}.")
             base = vs.FAILURE_OF.get(vm.lcm_state)
             if op == 2:
                 if base is None:
@@ -891,7 +884,7 @@ class Vms:
         files (POWEROFF, SUSPENDED on the host; STOPPED, UNDEPLOYED on the front-end)
         gets their cleanup transfer started, whose answer nobody waits for."""
         if vm.state == V.DONE:
-            raise errors.action("VM cannot be recovered in DONE state")
+            return None  # DispatchManager::delete_vm: nothing to do, success
         if vm.state in (V.PENDING, V.HOLD, V.CLONING, V.CLONING_FAILURE, V.INIT):
             _free_vm_resources(vm)
             return None
@@ -1258,3 +1251,22 @@ def info_row_vm(oid: int):
         return None
     return (rpc_bytes(row[0]), *row[1:])
 
+
+def _cloning_checked(vm: Vm) -> bool:
+    """LifeCycleManager::trigger_disk_lock_success for a CLONING or CLONING_FAILURE VM
+    (vms.md §5.3 step 7): every CLONING image ready -> HOLD (SUBMIT_ON_HOLD) or PENDING,
+    one in ERROR -> CLONING_FAILURE, else CLONING; written when it moved.  True: the VM
+    is PENDING now (the scheduler's to place).  Runs inside a DB transaction."""
+    verdict = vm_disks.cloning_check(vm.template)
+    before = vm.state
+    if verdict == "failed":
+        vm.state = V.CLONING_FAILURE
+    elif verdict == "ready":
+        vm_disks.clear_all_cloning(vm.template)
+        hold = (vm.template.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
+        vm.state = V.HOLD if hold else V.PENDING
+    else:
+        vm.state = V.CLONING
+    if vm.state != before or verdict == "ready":
+        write_vm(vm)
+    return vm.state == V.PENDING

@@ -567,6 +567,16 @@ def test_cloning_failure_when_the_copy_fails(flaky, fds):
     assert fails(d, "one.vm.allocate", SMALL + disks(iid), True) == (
         f"[one.vm.allocate] DISK 0: Cannot acquire image {iid}, it is in state: ERROR",
         INTERNAL, -1)
+    # recover success/failure of CLONING_FAILURE is the lock check again
+    # (DispatchManager::recover -> disk_lock_success): the image is still ERROR, so the VM
+    # stays; retry is an ACTIVE VM's only
+    doc = ok(d, "one.vm.info", oid)
+    for op in (1, 0):
+        assert ok(d, "one.vm.recover", oid, op) == oid
+        assert ok(d, "one.vm.info", oid) == doc
+    assert fails(d, "one.vm.recover", oid, 2)[:2] == (
+        f"[one.vm.recover] Could not perform a retry on VM {oid}, wrong state "
+        "CLONING_FAILURE.", ACTION)
     # terminate releases nothing from an ERROR image (vms.md §1.4 QUIRK)
     terminate(d, oid)
     assert vm_state(d, oid) == (VM_DONE, 0)

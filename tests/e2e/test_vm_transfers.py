@@ -335,8 +335,12 @@ def test_recover_success_failure_delete_and_refusals(bad, inputs):
         "[one.vm.recover] Wrong recovery operation code", 2048)
     ok(d, "one.vm.action", "poweroff", oid)
     wait_vm(d, oid, POWEROFF)
+    # DispatchManager::recover / retry (oned 7.0's texts)
     assert fails(d, "one.vm.recover", oid, 1)[:2] == (
-        "[one.vm.recover] Recover actions available only for ACTIVE VMs", 2048)
+        f"[one.vm.recover] Could not perform a recover operation on VM {oid}, wrong state "
+        "POWEROFF.", 2048)
+    assert fails(d, "one.vm.recover", oid, 2)[:2] == (
+        f"[one.vm.recover] Could not perform a retry on VM {oid}, wrong state POWEROFF.", 2048)
     # delete of a VM that is not running (DispatchManager::delete_vm): DONE when the call
     # returns, images released as at a normal end (persistent READY, not ERROR), the
     # files deleted by a cleanup transfer that runs after (nothing saved)
@@ -346,8 +350,9 @@ def test_recover_success_failure_delete_and_refusals(bad, inputs):
     assert field(doc, "HISTORY_RECORDS/HISTORY[last()]/ACTION") == "19"
     wait_for(lambda: not vdir.exists())
     assert num(ok(d, "one.image.info", pers), "STATE") == READY
-    assert fails(d, "one.vm.recover", oid, 3)[:2] == (
-        "[one.vm.recover] VM cannot be recovered in DONE state", 2048)
+    # delete of a DONE VM: nothing to do, success (DispatchManager::delete_vm)
+    assert ok(d, "one.vm.recover", oid, 3) == oid
+    assert ok(d, "one.vm.info", oid) == doc
     assert fails(d, "one.vm.recover", 9999, 3)[:2] == (
         "[one.vm.recover] Error getting virtual machine [9999].", 1024)
 
