@@ -31,7 +31,7 @@ from oned_images.domain.permissions import Caller
 from oned_images.domain.states import ImageState as S
 from oned_images.store import pools
 from oned_images.store.models import DatastoreRow, ImageRow
-from oned_images.store.staging import Staging, Upload
+from oned_images.store.staging import ID, Busy, Staging, Upload
 from oned_images.template import Template
 from oned_images.xmldoc.image import image_from
 
@@ -106,6 +106,10 @@ class UploadManager:
     uploads: dict[str, Upload] = field(default_factory=dict)
     #: ids with a PATCH (or the allocation) in progress
     busy: set[str] = field(default_factory=set)
+    #: WORKERS > 1: the data-file locks this worker holds (id -> descriptor), and the
+    #: finished uploads whose record a sibling holds (claim)
+    locks: dict[str, int] = field(default_factory=dict)
+    homes: dict[str, Staging] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # WORKERS > 1: each worker's uploads are its own (a worker's start-up reconcile
@@ -117,6 +121,104 @@ class UploadManager:
     @property
     def config(self):
         return self.app.config
+
+    # ------------------------------------------- WORKERS > 1: one upload, any worker
+    @property
+    def shared(self) -> bool:
+        """The workers of one parent stage uploads side by side, and a client's next
+        request may reach any of them (a new connection goes to whichever accepts)."""
+        return bool(self.config.worker)
+
+    async def claim(self, caller: Caller, upload_id: str, lock: bool = False) -> None:
+        """Before a request on an upload, with WORKERS > 1: make this worker's view of
+        it the files' (the upload may have moved to a sibling and back), and take an
+        idle upload a sibling staged, so that resuming works whichever worker the
+        client reaches.  ``lock``: also hold its data file's lock (one writer among
+        the workers) until :meth:`unlock`.  A finished upload is not moved (its image's
+        copy reads the file where it is), nor one a sibling is writing to: their record
+        is read where it lies (HEAD answers; a PATCH gets 409).  Another
+        user's upload is left alone (find says "No such upload")."""
+        if not self.shared or not ID.match(upload_id):
+            return
+        busy = Refused(409, "Another request is writing to this upload")
+        if upload_id in self.busy:
+            if lock:
+                raise busy
+            return
+        try:
+            upload, home, fd, moved = await deferToThread(self._claim_sync, caller.uid,
+                                                          upload_id, lock)
+        except Busy:
+            raise busy from None
+        if upload_id in self.busy:  # a request of this worker began meanwhile
+            if fd is not None:
+                os.close(fd)
+            if lock:
+                raise busy
+            return
+        self.homes.pop(upload_id, None)
+        if upload is None:
+            self.uploads.pop(upload_id, None)
+            return
+        self.uploads[upload_id] = upload
+        if home is not None:
+            self.homes[upload_id] = home
+        if moved:
+            log.info("Upload {id} of user {uid} taken over from another worker",
+                     id=upload_id, uid=upload.uid)
+        if fd is not None:
+            self.unlock(upload_id)
+            self.locks[upload_id] = fd
+
+    def unlock(self, upload_id: str) -> None:
+        fd = self.locks.pop(upload_id, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _siblings(self) -> list[Staging]:
+        root = self.config.staging_dir
+        own = os.path.basename(self.staging.directory)
+        try:
+            names = sorted(os.listdir(root))
+        except FileNotFoundError:
+            return []
+        return [Staging(os.path.join(root, n)) for n in names
+                if n != own and re.fullmatch(r"w[1-9][0-9]*", n)]
+
+    def _claim_sync(self, uid: int, upload_id: str,
+                    lock: bool) -> tuple[Upload | None, Staging | None, int | None, bool]:
+        """(the upload as staged now, the sibling directory holding a finished one,
+        the lock, whether it was moved here); on a thread."""
+        own = self.staging
+        upload = own.load(upload_id)
+        if upload is not None:
+            if not lock or upload.image_id >= 0:
+                return upload, None, None, False
+            fd = own.lock(upload_id)
+            if fd is not None:
+                return own.load(upload_id), None, fd, False
+        for sibling in self._siblings():
+            theirs = sibling.load(upload_id)
+            if theirs is None:
+                continue
+            if theirs.uid != uid:
+                return None, None, None, False
+            if theirs.image_id >= 0:
+                return theirs, sibling, None, False
+            try:
+                fd = own.take(sibling, upload_id)
+            except Busy:
+                if lock:
+                    raise
+                # a HEAD while the sibling writes: what it has stored so far
+                return sibling.load(upload_id), sibling, None, False
+            if fd is None:
+                return None, None, None, False
+            if not lock:
+                os.close(fd)
+                fd = None
+            return own.load(upload_id), None, fd, True
+        return None, None, None, False
 
     # ----------------------------------------------------------- lookups
     def find(self, caller: Caller, upload_id: str) -> Upload:
@@ -249,7 +351,8 @@ class UploadManager:
         if upload.image_id >= 0:
             # the image owns the bytes now; only the record goes
             self.uploads.pop(upload_id, None)
-            await deferToThread(self.staging.remove_record, upload_id)
+            home = self.homes.pop(upload_id, self.staging)
+            await deferToThread(home.remove_record, upload_id)
             return
         await self._drop(upload)
 

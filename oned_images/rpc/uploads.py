@@ -185,7 +185,7 @@ def got_length(app: Any, request: Any, length: int | None) -> None:
     request.content = _Sink(st)
     path = request.channel._path  # (the channel forgets it once the headers are in)
     stale = _stale(app) if st.method in ("PATCH", "POST") else None
-    if stale is not None:
+    if stale is not None or (st.method == "PATCH" and app.uploads.shared):
         st.creating = defer.ensureDeferred(_decide_when_fresh(app, request, st, length, path,
                                                               stale))
         return
@@ -193,17 +193,22 @@ def got_length(app: Any, request: Any, length: int | None) -> None:
 
 
 async def _decide_when_fresh(app: Any, request: Any, st: BodyState, length: int | None,
-                             path: bytes, stale: defer.Deferred) -> Any:
-    """With other daemons live: the body waits (connection paused, early chunks held)
-    until the caches are fresh, then is decided as one daemon decides it at once."""
+                             path: bytes, stale: defer.Deferred | None) -> Any:
+    """With other daemons live, or a PATCH with WORKERS > 1: the body waits (connection
+    paused, early chunks held) until the caches are fresh and the upload is this
+    worker's (_claimed), then is decided as one daemon decides it at once."""
     mine = st.creating
     transport = _transport(request) if request.channel is not None else None
     if transport is not None:
         transport.pauseProducing()
     try:
-        await stale
+        if stale is not None:
+            await stale
+        if st.method == "PATCH" and app.uploads.shared:
+            await _claimed(app, request, st, path)
         st.creating = None
-        _decide(app, request, st, length, path)
+        if st.refused is None:
+            _decide(app, request, st, length, path)
         inner, st.creating = st.creating, mine
         if inner is not None:
             return await inner  # a creation with upload: _create takes the early chunks
@@ -219,6 +224,27 @@ async def _decide_when_fresh(app: Any, request: Any, st: BodyState, length: int 
     finally:
         if transport is not None:
             transport.resumeProducing()
+
+
+async def _claimed(app: Any, request: Any, st: BodyState, path: bytes) -> None:
+    """WORKERS > 1: the PATCH's upload is made this worker's and locked for the request
+    (UploadManager.claim; released by _release).  An unauthenticated request claims
+    nothing (_decide refuses it as before)."""
+    try:
+        _check_version(request)
+        caller = _caller(app, request)
+    except Refused:
+        return
+    try:
+        await app.uploads.claim(caller, _upload_id(path), lock=True)
+    except Refused as refused:
+        st.refused = refused
+
+
+def _release(app: Any, st: BodyState) -> None:
+    """The request that holds its upload's lock (WORKERS > 1) is over."""
+    if st.upload is not None:
+        app.uploads.unlock(st.upload.id)
 
 
 def _decide(app: Any, request: Any, st: BodyState, length: int | None, path: bytes) -> None:
@@ -240,6 +266,8 @@ def _decide(app: Any, request: Any, st: BodyState, length: int | None, path: byt
             st.creating = defer.ensureDeferred(_create(app, request, st))
     except Refused as refused:
         st.refused = refused
+        if st.method == "PATCH":
+            app.uploads.unlock(_upload_id(path))
 
 
 async def _create(app: Any, request: Any, st: BodyState):
@@ -282,6 +310,7 @@ def body_lost(request: Any) -> None:
     d = defer.ensureDeferred(_settle(st.app, st))
     d.addErrback(lambda f: log.failure("Upload {id}: settling a cut PATCH failed", f,
                                        id=st.upload.id))
+    d.addBoth(lambda _: _release(st.app, st))
 
 
 async def _settle(app: Any, st: BodyState) -> tuple[bool, str | None]:
@@ -360,6 +389,7 @@ class UploadResource(_AsyncResource):
                 raise Refused(404 if request.path.rstrip(b"/") != UPLOADS_PATH else 405,
                               "No such upload")
             if method == "HEAD":
+                await self.app.uploads.claim(caller, upload_id)
                 upload = self.app.uploads.find(caller, upload_id)
                 request.setHeader(b"Upload-Offset", str(upload.offset).encode())
                 request.setHeader(b"Upload-Length", str(upload.length).encode())
@@ -373,7 +403,11 @@ class UploadResource(_AsyncResource):
                 await self._patched(request, st, caller)
                 return self._end(request, 204)
             if method == "DELETE":
-                await self.app.uploads.terminate(caller, upload_id)
+                await self.app.uploads.claim(caller, upload_id, lock=True)
+                try:
+                    await self.app.uploads.terminate(caller, upload_id)
+                finally:
+                    self.app.uploads.unlock(upload_id)
                 return self._end(request, 204)
             request.setHeader(b"Allow", b"OPTIONS, HEAD, POST, PATCH, DELETE")
             raise Refused(405, f"{method} is not a tus method")
@@ -390,6 +424,12 @@ class UploadResource(_AsyncResource):
         if st.ended:   # (the connection was lost: body_lost settles it)
             raise Refused(400, "Connection lost")
         st.ended = True
+        try:
+            await self._settled(request, st, caller)
+        finally:
+            _release(self.app, st)
+
+    async def _settled(self, request: server.Request, st: BodyState, caller: Any) -> None:
         keep, why = await _settle(self.app, st)
         upload = st.upload
         request.setHeader(b"Upload-Offset", str(upload.offset).encode())

@@ -11,10 +11,13 @@ reactor.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
+
+from oned_images.template import Template
 
 ID = re.compile(r"^[0-9a-f]{32}$")
 #: mode of staged files: the daemon's only (the driver reads them as the same user)
@@ -43,6 +46,10 @@ class Upload:
         data = asdict(self)
         data.pop("offset")
         return data
+
+
+class Busy(Exception):
+    """Another worker is writing to the upload (it holds the data file's lock)."""
 
 
 class Staging:
@@ -93,6 +100,73 @@ class Staging:
 
     def truncate(self, upload_id: str, offset: int) -> None:
         os.truncate(self.data_path(upload_id), offset)
+
+    # -------------------------------------------- between the workers of one parent
+    def has(self, upload_id: str) -> bool:
+        return os.path.exists(self._record_path(upload_id))
+
+    def load(self, upload_id: str) -> Upload | None:
+        """The upload as its files hold it now (offset: the data file's size); None: not
+        staged here (or half gone)."""
+        try:
+            with open(self._record_path(upload_id), encoding="utf-8") as src:
+                upload = Upload(**json.load(src))
+        except (OSError, ValueError, TypeError):
+            return None
+        try:
+            upload.offset = os.stat(self.data_path(upload_id)).st_size
+        except FileNotFoundError:
+            if upload.image_id < 0:
+                return None
+            upload.offset = upload.length
+        return upload
+
+    def lock(self, upload_id: str) -> int | None:
+        """An exclusive lock on the upload's data file, held by the returned descriptor
+        until it is closed: the one writer among the workers.  None: not staged here
+        (any more); raises Busy: another worker holds it."""
+        try:
+            fd = os.open(self.data_path(upload_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Busy(upload_id) from None
+        if not self.has(upload_id):  # moved away before the lock was ours
+            os.close(fd)
+            return None
+        return fd
+
+    def take(self, sibling: Staging, upload_id: str) -> int | None:
+        """Move a sibling worker's idle upload here, under its lock (returned, held):
+        the data file is linked here, the sidecar renamed (so it is always in exactly
+        one directory), then the sibling's link removed; a crash in between leaves a
+        data file without sidecar, which that directory's next start removes, and the
+        bytes in the other.  PATH in the template is renamed with it.  None: gone."""
+        fd = sibling.lock(upload_id)
+        if fd is None:
+            return None
+        try:
+            mine = self.data_path(upload_id)
+            try:
+                os.unlink(mine)  # a leftover of a crash here
+            except FileNotFoundError:
+                pass
+            os.link(sibling.data_path(upload_id), mine)
+            os.replace(sibling._record_path(upload_id), self._record_path(upload_id))
+            os.unlink(sibling.data_path(upload_id))
+            upload = self.load(upload_id)
+            if upload is not None:
+                tmpl = Template.parse(upload.template)
+                tmpl.set("PATH", mine)
+                upload.template = tmpl.to_text()
+                self.save(upload)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def load_all(self) -> tuple[list[Upload], list[str]]:
         """(uploads found, names removed): a sidecar that cannot be read, and a data

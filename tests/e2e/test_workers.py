@@ -4,6 +4,7 @@ parent that starts, restarts and stops them.  Each worker is a daemon of README
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -342,6 +343,106 @@ def test_an_upload_over_one_connection_is_staged_in_its_workers_directory(worker
                    and x, timeout=30)
     source = doc.split("<SOURCE><![CDATA[")[1].split("]]>")[0]
     assert Path(source).read_bytes() == body
+
+
+def tus(line: WorkerLine, name: str, method: str, url: str, body: bytes = b"",
+        headers: dict | None = None, auth: dict | None = None):
+    """One tus request through the connection worker ``name`` accepted."""
+    from tests.e2e.test_uploads import ADMIN, TUS
+
+    conn = line.conns[name]
+    conn.request(method, url, body=body or None, headers={
+        **TUS, **(auth or ADMIN), **(headers or {})})
+    reply = conn.getresponse()
+    return reply.status, dict(reply.getheaders()), reply.read()
+
+
+def patch_headers(offset: int) -> dict:
+    return {"Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
+
+
+def test_an_upload_resumes_through_whichever_worker_the_client_reaches(workers):
+    """A tus client that reconnects may reach the other worker: that worker takes the
+    upload over (its files move to uploads/w<k>/ under the data file's lock) and the
+    upload goes on where it stopped, back and forth, to one image holding every byte.
+    Another user's upload id is "No such upload" through either worker, and nothing
+    moves; while one worker writes to the upload the other answers a HEAD with what is
+    stored so far and a PATCH with 409."""
+    from tests.e2e.test_uploads import ADMIN, basic, meta
+
+    d = workers()
+    name = f"{os.uname().nodename}:{d.port}"
+    w1, w2 = f"{name}-w1", f"{name}-w2"
+    line = WorkerLine(d, {w1, w2})
+    staged = d.var / "uploads"
+    try:
+        body = os.urandom(3 * 100_000)
+        status, head, _ = tus(line, w1, "POST", "/uploads/", headers={
+            "Upload-Length": str(len(body)), "Upload-Metadata": meta(name="moving",
+                                                                     type="DATABLOCK")})
+        assert status == 201
+        url = "/uploads/" + head["Location"].rsplit("/", 1)[1]
+        upload_id = url.rsplit("/", 1)[1]
+        assert tus(line, w1, "PATCH", url, body[:100_000], patch_headers(0))[0] == 204
+        assert sorted(p.relative_to(staged).as_posix() for p in staged.glob("w*/*")) == [
+            f"w1/{upload_id}.bin", f"w1/{upload_id}.json"]
+
+        # another user: not found through either worker, and the files stay in w1
+        uid = ok(d, "one.user.allocate", "mallory", "pw", "", [])
+        assert uid > 0
+        for w in (w2, w1):
+            status, _, text = tus(line, w, "HEAD", url, auth=basic("mallory", "pw"))
+            assert (status, text) == (404, b"")
+            status, _, text = tus(line, w, "PATCH", url, b"x" * 10, patch_headers(100_000),
+                                  auth=basic("mallory", "pw"))
+            assert (status, text) == (404, b"No such upload\n")
+        assert (staged / "w1" / f"{upload_id}.json").exists()
+
+        # HEAD through w2: the offset as w1 left it; the upload is w2's now
+        status, head, _ = tus(line, w2, "HEAD", url)
+        assert (status, head["Upload-Offset"], head["Upload-Length"]) == (
+            200, "100000", str(len(body)))
+        assert sorted(p.relative_to(staged).as_posix() for p in staged.glob("w*/*")) == [
+            f"w2/{upload_id}.bin", f"w2/{upload_id}.json"]
+        record = json.loads((staged / "w2" / f"{upload_id}.json").read_text())
+        assert f'PATH="{staged / "w2" / upload_id}.bin"' in record["template"]
+        assert tus(line, w2, "PATCH", url, body[100_000:200_000],
+                   patch_headers(100_000))[0] == 204
+        assert "taken over from another worker" in d.log_text()
+
+        # while w2 writes (a PATCH whose body is half sent), w1 answers 409
+        conn = line.conns[w2]
+        conn.putrequest("PATCH", url)
+        for key, value in {"Tus-Resumable": "1.0.0", **ADMIN, **patch_headers(200_000),
+                           "Content-Length": "100000"}.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        conn.send(body[200_000:250_000])
+        wait_for(lambda: (staged / "w2" / f"{upload_id}.bin").stat().st_size == 250_000,
+                 timeout=10)
+        status, head, _ = tus(line, w1, "HEAD", url)  # what is stored so far
+        assert (status, head["Upload-Offset"]) == (200, "250000")
+        status, _, text = tus(line, w1, "PATCH", url, body[200_000:], patch_headers(200_000))
+        assert (status, text) == (409, b"Another request is writing to this upload\n")
+        conn.send(body[250_000:])
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == 204
+        iid = int(reply.getheader("X-One-Image-Id"))
+        # the finished upload's record is read where it lies (not moved: its copy reads
+        # the data file there)
+        status, head, _ = tus(line, w1, "HEAD", url)
+        assert (status, head["Upload-Offset"], head["X-One-Image-Id"]) == (
+            200, str(len(body)), str(iid))
+        doc = wait_for(lambda: (x := ok(d, "one.image.info", iid)) and "<STATE>1</STATE>" in x
+                       and x, timeout=30)
+        source = doc.split("<SOURCE><![CDATA[")[1].split("]]>")[0]
+        assert Path(source).read_bytes() == body
+        assert tus(line, w1, "DELETE", url)[0] == 204
+        assert tus(line, w2, "HEAD", url)[0] == 404
+        assert list(staged.glob("w*/*")) == []
+    finally:
+        line.close()
 
 
 def gauge(page: str, name: str) -> float:
