@@ -196,7 +196,7 @@ def _capacity_checked(config: DaemonConfig, ds: Datastore) -> bool:
 
 
 def _copy_env(config: DaemonConfig, ds: Datastore, checked: bool = True) -> dict[str, str]:
-    """ONED_CAPACITY_CHECK of a cp: NO when the space was not checked at allocate
+    """ONED_CAPACITY_CHECK of a cp (and of the STAT before it): NO when the space was not checked at allocate
     (the datastore's or the daemon's DATASTORE_CAPACITY_CHECK, or an admin's
     allocate that skipped it), so the copy is then not bounded by the datastore's
     FREE_MB/LIMIT_MB either, only by DRIVER_COPY_MAX_MB (fs_action.copy_limit)."""
@@ -571,7 +571,8 @@ class ImageManager:
         staged = staged_env(self.config, tmpl.get("PATH") or "")
         ds = await self.db.run(read_ds, ds_id)
         _check_allocate_ds(ds)
-        size = await self._stat_size(tmpl.get("PATH") or "", ds, caller, staged)
+        size = await self._stat_size(tmpl.get("PATH") or "", ds, caller,
+                                     {**staged, **_copy_env(self.config, ds)})
         args = await self._allocate_args(caller, tmpl, ds_id, False, size)
         image_id, follow = await self.db.run(self._insert_allocate, *args)
         if follow is not None:
@@ -587,7 +588,7 @@ class ImageManager:
         ds = await self.db.read(read_ds, ds_id)
         _check_allocate_ds(ds)
         if size is None:
-            size = await self._probe_size(tmpl, ds, caller)
+            size = await self._probe_size(tmpl, ds, caller, no_check_capacity)
         return self._checked_args(caller, tmpl, ds, no_check_capacity, size)
 
     def _checked_args(self, caller: Caller, tmpl: Template, ds: Datastore,
@@ -652,7 +653,8 @@ class ImageManager:
         raise errors.internal(
             f"Cannot parse image SIZE: Either PATH or SOURCE are required for {itype.name}")
 
-    async def _probe_size(self, tmpl: Template, ds: Datastore, caller: Caller) -> int:
+    async def _probe_size(self, tmpl: Template, ds: Datastore, caller: Caller,
+                          no_check_capacity: bool) -> int:
         """oned's ImageAllocate size probe (api.md §6.4), STAT through the driver."""
         size = self._known_size(tmpl)
         if size is not None:
@@ -660,13 +662,16 @@ class ImageManager:
         path = tmpl.get("PATH") or ""
         if path:
             self._check_path(path, ds)
-            return await self._stat_size(path, ds, caller)
+            checked = not (caller.is_admin and no_check_capacity)
+            return await self._stat_size(path, ds, caller,
+                                         _copy_env(self.config, ds, checked))
         raise AssertionError("unreachable: _known_size returns a size without a PATH")
 
     async def _stat_size(self, path: str, ds: Datastore, caller: Caller,
                          env: dict[str, str] | None = None) -> int:
         """The datastore driver's STAT of ``path``: its size in MB (``env``: more of
-        the script's environment, an upload's ONED_STAGED_FILE)."""
+        the script's environment: an upload's ONED_STAGED_FILE, and ONED_CAPACITY_CHECK,
+        since STAT expands a compressed image no further than cp may write it)."""
         request_id = _next_stat_id()
         result = await self.drivers.run(
             "stat", ds.ds_mad, request_id, drv_action.stat_data(path, ds),

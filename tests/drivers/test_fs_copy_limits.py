@@ -25,6 +25,7 @@ from tests.drivers.test_fs_driver import (  # noqa: F401  (http_server: a fixtur
     cp_result,
     http_server,
     ok,
+    stat,
     stat_mb,
 )
 
@@ -225,3 +226,52 @@ def test_an_unchecked_allocate_is_bounded_by_the_operator_only(tmp_path):
                                       "it there and retry")
     drv.checked, drv.copy_max = "YES", None
     assert_exact_failure(drv.cp(src), free_text(src, 8))
+
+
+# ---------------------------------------------------------------- STAT's bound
+@pytest.mark.timeout(60)
+def test_stat_expands_a_bomb_no_further_than_the_datastore_space(tmp_path):
+    """STAT measures a compressed raw image by expanding it; it stops one byte past the
+    datastore's space and answers one MiB more than that space (the daemon then says
+    oned's "Not enough space in datastore", as for the true size), quickly."""
+    drv = LimitedDriver(tmp_path, free=8)
+    src = drv.inp / "huge.raw.gz"
+    src.write_bytes(gzip.compress(bytes(64 * MiB)) * 64)  # 4 GiB of zeros
+    started = time.monotonic()
+    assert stat_mb(drv, src) == 9
+    assert time.monotonic() - started < 10
+    # within the space: the true size
+    assert stat_mb(drv, zeros(drv, 8)) == 8
+    assert stat_mb(drv, zeros(drv, 8, extra=1)) == 9
+    # LIMIT_MB - USED_MB below FREE_MB bounds it the same way
+    res = ok(drv.run("stat", {"PATH": str(src)}, oid="0", ds_template={"LIMIT_MB": "105"}))
+    assert res.out == "6\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["gz", "bz2"])
+def test_stat_past_the_operators_limit_fails_with_cps_text(tmp_path, kind):
+    drv = LimitedDriver(tmp_path, copy_max="4")
+    src = zeros(drv, 16, kind)
+    assert_exact_failure(stat(drv, src), f"Image {src} exceeds 4 MiB, the largest copy "
+                                         "DRIVER_COPY_MAX_MB allows (oned-images.conf); "
+                                         "raise it there and retry")
+    assert stat_mb(drv, zeros(drv, 4, kind)) == 4
+
+
+@pytest.mark.timeout(60)
+def test_stat_of_an_unchecked_allocate_counts_past_free_mb(tmp_path):
+    drv = LimitedDriver(tmp_path, free=8, checked="NO")
+    assert stat_mb(drv, zeros(drv, 16)) == 16
+    # and an unmonitored datastore bounds nothing either
+    drv = LimitedDriver(tmp_path / "u", total=0, free=0, used=0)
+    assert stat_mb(drv, zeros(drv, 16)) == 16
+
+
+@pytest.mark.timeout(60)
+def test_stat_of_a_remote_bomb_is_bounded_too(tmp_path, http_server):  # noqa: F811
+    drv = LimitedDriver(tmp_path, free=8)
+    (http_server.dir / "bomb.raw.gz").write_bytes(gzip.compress(bytes(256 * MiB)))
+    started = time.monotonic()
+    assert stat_mb(drv, f"{http_server.url}/bomb.raw.gz") == 9
+    assert time.monotonic() - started < 10

@@ -2,8 +2,9 @@
 writes is bounded by the datastore's space and DRIVER_COPY_MAX_MB (README "Drivers",
 drivers/datastore/common/fs_action.copy_limit); a copy that goes past it ends in ERROR
 with a text naming the limit, its partial file is removed, and nothing else in the
-datastore changes.  Uploads are measured by STAT like a PATH, so their capacity check
-and quotas count the expanded size, not the compressed one."""
+datastore changes.  STAT expands an image no further than that (a bomb is refused at
+allocate).  Uploads are measured by STAT like a PATH, so their capacity check and
+quotas count the expanded size, not the compressed one."""
 
 from __future__ import annotations
 
@@ -84,12 +85,26 @@ def test_a_gzip_bomb_by_path_ends_in_error_and_touches_nothing(d, inputs):
     before = tree(base)
     bomb = zeros_gz(inputs / "bomb.raw.gz", 64)
     assert bomb.stat().st_size < 128 * 1024
-    oid = ok(d, "one.image.allocate", f'NAME="{unique("bomb")}"\nPATH="{bomb}"', 1)
+    # STAT expands it no further than DRIVER_COPY_MAX_MB: the allocate is refused with
+    # cp's text, and no image is made
+    before_pool = ok(d, "one.imagepool.info", -2, -1, -1)
+    assert fails(d, "one.image.allocate", f'NAME="{unique("bomb")}"\nPATH="{bomb}"', 1) == (
+        f"[one.image.allocate] Cannot parse image SIZE: Image {bomb} exceeds {COPY_MAX_MB} "
+        "MiB, the largest copy DRIVER_COPY_MAX_MB allows (oned-images.conf); raise it there "
+        "and retry", 8192, -1)
+    assert ok(d, "one.imagepool.info", -2, -1, -1) == before_pool
+    assert tree(base) == before
+    # a copy that goes past the limit anyway (a qcow2 whose header claims less than
+    # follows it) ends in ERROR with that text
+    qcow = inputs / "tiny.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), "1M"], check=True)
+    qbomb = inputs / "bomb-1.qcow2.gz"
+    qbomb.write_bytes(gzip.compress(qcow.read_bytes() + bytes(64 * MiB)))
+    oid = ok(d, "one.image.allocate", f'NAME="{unique("bomb")}"\nPATH="{qbomb}"', 1)
     xml = settled(d, oid)
-    # STAT measured the expanded size; the copy stopped at DRIVER_COPY_MAX_MB
-    assert (num(xml, "STATE"), num(xml, "SIZE")) == (5, 64)
+    assert (num(xml, "STATE"), num(xml, "SIZE")) == (5, 1)
     assert error_of(xml) == (
-        f"Error copying image in the datastore: Image {bomb} exceeds {COPY_MAX_MB} MiB, the "
+        f"Error copying image in the datastore: Image {qbomb} exceeds {COPY_MAX_MB} MiB, the "
         "largest copy DRIVER_COPY_MAX_MB allows (oned-images.conf); raise it there and retry")
     assert tree(base) == before
     # the daemon keeps serving, and a copy within the limit works
@@ -146,10 +161,10 @@ def test_an_unchecked_allocate_is_not_bounded_by_free_mb(d, inputs, fix_ds):
     oid = ok(d, "one.image.allocate", f'NAME="{unique()}"\nPATH="{src}"', unchecked)
     assert num(wait_state(d, oid, 1), "SIZE") == 16
     bomb = zeros_gz(inputs / "bomb-b.raw.gz", 32)
-    oid = ok(d, "one.image.allocate", f'NAME="{unique()}"\nPATH="{bomb}"', unchecked)
-    assert error_of(settled(d, oid)) == (
-        f"Error copying image in the datastore: Image {bomb} exceeds {COPY_MAX_MB} MiB, the "
-        "largest copy DRIVER_COPY_MAX_MB allows (oned-images.conf); raise it there and retry")
+    assert fails(d, "one.image.allocate", f'NAME="{unique()}"\nPATH="{bomb}"', unchecked) == (
+        f"[one.image.allocate] Cannot parse image SIZE: Image {bomb} exceeds {COPY_MAX_MB} "
+        "MiB, the largest copy DRIVER_COPY_MAX_MB allows (oned-images.conf); raise it there "
+        "and retry", 8192, -1)
 
 
 def upload(d: Daemon, data: bytes, **metadata: str) -> requests.Response:
@@ -166,15 +181,19 @@ def test_an_uploaded_bomb_is_measured_expanded_and_stopped(d, fix_ds):
     before = staged_data()
     bomb = gzip.compress(bytes(64 * MiB))
     reply = upload(d, bomb, name=unique("up"), datastore="1")
+    # STAT measures the staged file expanded, and stops at DRIVER_COPY_MAX_MB: no image
+    assert reply.status_code == 400, reply.text
+    assert re.fullmatch(
+        r"\[one\.image\.allocate\] Cannot parse image SIZE: Image (\S+) exceeds "
+        rf"{COPY_MAX_MB} MiB, the largest copy DRIVER_COPY_MAX_MB allows \(oned-images\.conf"
+        r"\); raise it there and retry\n", reply.text), reply.text
+    assert "X-One-Image-Id" not in reply.headers
+    wait_for(lambda: staged_data() == before)
+    # a 20 MiB one fits: SIZE is what STAT measured (20), not the few KB uploaded
+    reply = upload(d, gzip.compress(bytes(20 * MiB)), name=unique("up"), datastore="1")
     assert reply.status_code == 201, reply.text
-    oid = int(reply.headers["X-One-Image-Id"])
-    xml = settled(d, oid)
-    # SIZE is what STAT measured on the staged file (64), not the 1 MB uploaded
-    assert (num(xml, "STATE"), num(xml, "SIZE")) == (5, 64)
-    path = re.search(r"<PATH><!\[CDATA\[(.*?)\]\]>", xml).group(1)
-    assert error_of(xml) == (
-        f"Error copying image in the datastore: Image {path} exceeds {COPY_MAX_MB} MiB, the "
-        "largest copy DRIVER_COPY_MAX_MB allows (oned-images.conf); raise it there and retry")
+    xml = wait_state(d, int(reply.headers["X-One-Image-Id"]), 1)
+    assert num(xml, "SIZE") == 20
     wait_for(lambda: staged_data() == before)
     # the capacity check counts the expanded size: 16 MB do not fit in 8, although
     # the upload is a few KB (and passed the check of its Upload-Length)

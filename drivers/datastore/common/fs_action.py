@@ -223,7 +223,22 @@ def stat_action(doc: Document) -> str:
     opts = {"safe_dirs": doc["DATASTORE/TEMPLATE/SAFE_DIRS"],
             "restricted_dirs": doc["DATASTORE/TEMPLATE/RESTRICTED_DIRS"],
             "allowed_networks": doc["DATASTORE/TEMPLATE/URL_ALLOWED_NETWORKS"]}
-    size = src_mod.size(src, opts)
+    # An image measured by expanding it (a compressed raw file) is expanded no further
+    # than cp would be allowed to write: a decompression bomb is not unpacked to its
+    # end to learn its size.  Past the datastore's space, the size reported is one MiB
+    # more than that space, so that the daemon refuses it with oned's "Not enough
+    # space in datastore" as it would the true size; past DRIVER_COPY_MAX_MB, STAT
+    # fails with cp's text.
+    limits = _limits(doc)
+    if limits:
+        mb, why, space = min(limits, key=lambda item: item[0])
+        opts["most"] = mb << 20
+    try:
+        size = src_mod.size(src, opts)
+    except src_mod.TooBig:
+        if space:
+            return str(mb + 1)
+        raise Fail(f"Image {src} exceeds {mb} MiB, {why}") from None
     return str((size + 1048575) // 1048576)
 
 
@@ -343,6 +358,28 @@ def _mb(text: str) -> int | None:
         return None
 
 
+def _limits(doc: Document) -> list[tuple[int, str, bool]]:
+    """(MiB, why, the datastore's space) of each bound on what an image may expand to:
+    see copy_limit."""
+    limits: list[tuple[int, str, bool]] = []
+    operator = _mb(os.environ.get("ONED_COPY_MAX_MB", "") or "0") or 0
+    if operator > 0:
+        limits.append((operator, "the largest copy DRIVER_COPY_MAX_MB allows "
+                                 "(oned-images.conf); raise it there and retry", False))
+    ds_id = doc["DATASTORE/ID"]
+    total, free, used = (_mb(doc[f"DATASTORE/{k}"]) for k in ("TOTAL_MB", "FREE_MB", "USED_MB"))
+    checked = os.environ.get("ONED_CAPACITY_CHECK", "YES").upper() != "NO"
+    if checked and total and total > 0 and free is not None:
+        limits.append((max(free, 0), f"the free space of datastore {ds_id} (FREE_MB); "
+                                     "free space there and retry", True))
+        cap = _mb(doc["DATASTORE/TEMPLATE/LIMIT_MB"])
+        if cap is not None and used is not None and cap - used < free:
+            limits.append((max(cap - used, 0),
+                           f"what datastore {ds_id} may still use (LIMIT_MB {cap} - USED_MB "
+                           f"{used}); raise its LIMIT_MB and retry", True))
+    return limits
+
+
 def copy_limit(doc: Document, src: str) -> tuple[int | None, str]:
     """(bytes, error text): the most a cp may write, holes included (None: no limit).
 
@@ -354,25 +391,10 @@ def copy_limit(doc: Document, src: str) -> tuple[int | None, str]:
     unless the allocate did not check the space (ONED_CAPACITY_CHECK=NO: the
     datastore's DATASTORE_CAPACITY_CHECK is off, or an admin skipped the check); nor
     past the operator's DRIVER_COPY_MAX_MB (ONED_COPY_MAX_MB)."""
-    limits: list[tuple[int, str]] = []
-    operator = _mb(os.environ.get("ONED_COPY_MAX_MB", "") or "0") or 0
-    if operator > 0:
-        limits.append((operator, "the largest copy DRIVER_COPY_MAX_MB allows "
-                                 "(oned-images.conf); raise it there and retry"))
-    ds_id = doc["DATASTORE/ID"]
-    total, free, used = (_mb(doc[f"DATASTORE/{k}"]) for k in ("TOTAL_MB", "FREE_MB", "USED_MB"))
-    checked = os.environ.get("ONED_CAPACITY_CHECK", "YES").upper() != "NO"
-    if checked and total and total > 0 and free is not None:
-        limits.append((max(free, 0), f"the free space of datastore {ds_id} (FREE_MB); "
-                                     "free space there and retry"))
-        cap = _mb(doc["DATASTORE/TEMPLATE/LIMIT_MB"])
-        if cap is not None and used is not None and cap - used < free:
-            limits.append((max(cap - used, 0),
-                           f"what datastore {ds_id} may still use (LIMIT_MB {cap} - USED_MB "
-                           f"{used}); raise its LIMIT_MB and retry"))
+    limits = _limits(doc)
     if not limits:
         return None, ""
-    mb, why = min(limits, key=lambda item: item[0])
+    mb, why, _ = min(limits, key=lambda item: item[0])
     return mb << 20, f"Image {src} exceeds {mb} MiB, {why}"
 
 

@@ -869,9 +869,17 @@ def _check_hashes(wanted) -> None:
 
 # ------------------------------------------------------------------ size --
 
+class TooBig(Exception):
+    """A size measured by expanding the image went past ``opts["most"]`` bytes: the
+    measuring stopped there (a decompression bomb is not expanded to its end)."""
+
+
 def size(src: str, opts: dict) -> int:
+    """The virtual size of SRC in bytes; ``opts["most"]`` (bytes, optional): stop with
+    TooBig once expanding the image shows it is larger."""
+    most = opts.get("most")
     if src.startswith(("http://", "https://")):
-        return _remote_size(src, Fetcher(Policy(opts["allowed_networks"])))
+        return _remote_size(src, Fetcher(Policy(opts["allowed_networks"])), most)
     rules = Rules(opts["safe_dirs"], opts["restricted_dirs"])
     fd, _, st = open_checked(src, rules, lambda why: f"cannot access '{src}' ({why})",
                              allow_dir=True)
@@ -893,7 +901,7 @@ def size(src: str, opts: dict) -> int:
             total = _xz_size(fd)
             if total is not None:
                 return total
-        return _count(src, kind, FileBody(os.dup(fd)), None)
+        return _count(src, kind, FileBody(os.dup(fd)), None, most)
     finally:
         os.close(fd)
 
@@ -920,8 +928,10 @@ def _xz_size(fd: int) -> int | None:
     return None
 
 
-def _count(src: str, kind: str, body: Body, deadline: float | None) -> int:
-    """Decompressed byte count of the whole stream (nothing stored)."""
+def _count(src: str, kind: str, body: Body, deadline: float | None,
+           most: int | None = None) -> int:
+    """Decompressed byte count of the whole stream (nothing stored), or TooBig past
+    ``most`` bytes."""
     def timed():
         for data in _chunks(body.read(BLOCK), body):
             if deadline is not None and time.monotonic() > deadline:
@@ -929,14 +939,19 @@ def _count(src: str, kind: str, body: Body, deadline: float | None) -> int:
                                  f"({os.environ.get('FS_STAT_REMOTE_TIMEOUT', '75')} s)")
             yield data
     try:
-        return sum(len(d) for d in (decompressed(kind, timed()) if kind else timed()))
+        total = 0
+        for data in (decompressed(kind, timed()) if kind else timed()):
+            total += len(data)
+            if most is not None and total > most:
+                raise TooBig(src)
+        return total
     except _codec_errors(FetchError, OSError) as exc:
         raise Fail(f"Cannot determine the size of {src}: {exc}") from None
     finally:
         body.close()
 
 
-def _remote_size(url: str, fetcher: Fetcher) -> int:
+def _remote_size(url: str, fetcher: Fetcher, most: int | None = None) -> int:
     """One ranged GET of the head (no HEAD request, which pre-signed URLs often refuse)
     gives the total and the format; full transfers only when the head cannot tell."""
     try:
@@ -972,7 +987,7 @@ def _remote_size(url: str, fetcher: Fetcher) -> int:
             body = Body(fetcher, fetcher.get(url))
         except FetchError as exc:
             raise Fail(f"Cannot determine the size of {url}: {exc}") from None
-        return _count(url, kind, body, time.monotonic() + limit)
+        return _count(url, kind, body, time.monotonic() + limit, most)
     log("INFO", f"Downloading {url} to read its header (at most {limit:g}s)")
     deadline = time.monotonic() + limit
     import tempfile
@@ -981,9 +996,13 @@ def _remote_size(url: str, fetcher: Fetcher) -> int:
             body = Body(fetcher, fetcher.get(url))
             out = SparseWriter(tmp.fileno())
             chunks = _chunks(body.read(BLOCK), body)
+            written = 0
             for data in (decompressed(kind, chunks) if kind else chunks):
                 if time.monotonic() > deadline:
                     raise FetchError(f"it takes longer than FS_STAT_REMOTE_TIMEOUT ({limit:g} s)")
+                written += len(data)
+                if most is not None and written > most:
+                    raise TooBig(url)  # (the image these bytes hold is about as large)
                 out.write(data)
             body.close()
             out.finish()
