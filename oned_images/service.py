@@ -79,6 +79,30 @@ def one_auth_path() -> Path:
     return Path.home() / ".one" / "one_auth"
 
 
+#: "onedimg4": daemons that start together on an empty database: one of them creates
+#: and bootstraps it, the others wait and find it made.
+BOOTSTRAP_KEY = int.from_bytes(b"onedimg4", "big")
+
+
+def _create_or_check(db: Database, cfg: DaemonConfig) -> tuple[Path, bool, str] | None:
+    """One transaction: the schema check, and on an empty database its creation and
+    oned's bootstrap (groups, users, ACLs, datastores 0-2).  Several daemons starting
+    together on one empty database would otherwise each find it empty and collide
+    half-way (a unique violation, a daemon dead at start); here they queue on a
+    transaction-level advisory lock (PostgreSQL) or the writer lock (SQLite), and only
+    the first finds it empty.  (the credentials file, generated or not, and the
+    serveradmin secret) when this daemon bootstrapped it; None when it was made."""
+    if db.is_postgres:
+        db.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_KEY,))
+    if not schema.check(db.db):
+        return None
+    name, password, path, generated = oneadmin_credentials()
+    server_secret = secrets.token_hex(16)
+    bootstrap_identity(name, password, server_secret)
+    bootstrap_datastores(cfg)
+    return path, generated, server_secret
+
+
 def oneadmin_credentials() -> tuple[str, str, Path, bool]:
     """(name, password, file, generated): oned's bootstrap reads ~/.one/one_auth."""
     path = one_auth_path()
@@ -230,12 +254,9 @@ class Daemon:
         except OSError as exc:  # the SQLite file's directory is missing or not ours
             raise StartupError(f"cannot open the database: {exc.filename}: "
                                f"{exc.strerror}") from None
-        fresh = db.run_sync(schema.check, db.db)
-        if fresh:
-            name, password, path, generated = oneadmin_credentials()
-            server_secret = secrets.token_hex(16)
-            db.run_sync(bootstrap_identity, name, password, server_secret)
-            db.run_sync(bootstrap_datastores, cfg)
+        made = db.run_sync(_create_or_check, db, cfg)
+        if made is not None:
+            path, generated, server_secret = made
             private_dir(auth_dir)
             for fname in ("sunstone_auth", "onegate_auth", "oneflow_auth"):
                 target = auth_dir / fname

@@ -160,8 +160,8 @@ def ensure_database(settings: DbSettings) -> bool:
             f'{settings.server}:{settings.port} and role "{settings.user}" may not create it: '
             f'as a superuser run CREATE DATABASE "{settings.db_name}" OWNER "{settings.user}"; '
             f'(or ALTER ROLE "{settings.user}" CREATEDB)') from None
-    except errors.DuplicateDatabase:
-        return False  # created meanwhile by another process
+    except (errors.DuplicateDatabase, errors.UniqueViolation):
+        return False  # created meanwhile by another process (either error, by timing)
     finally:
         conn.close()
     return True

@@ -463,3 +463,32 @@ def test_uploads_and_progress_see_another_daemons_user_changes_on_the_next_reque
         **auth("pw2"), "Upload-Length": "10",
         "Content-Type": "application/offset+octet-stream"})
     assert (with_body.status_code, with_body.headers["Upload-Offset"]) == (201, "2")
+
+
+def test_daemons_started_together_on_an_empty_database_bootstrap_it_once(tmp_path):
+    """Three daemons launched at the same moment on a database that does not exist yet:
+    one creates and bootstraps it (schema, users, groups, ACLs, datastores in one
+    serialised transaction), the others find it made; all three serve the same
+    documents, with the one oneadmin whose password the first wrote."""
+    first = Daemon(tmp_path / "d0", extra_config='DAEMON_NAME = "d0"\n')
+    first.var.mkdir(parents=True)  # (SQLite: the others open d0's file there)
+    first.write_config()  # names its database (PostgreSQL) before anyone starts
+    others = [joining(first, tmp_path / f"d{n}", f'DAEMON_NAME = "d{n}"\n') for n in (1, 2)]
+    made = [first, *others]
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda d: d.start(), made))
+        bootstrapped = [d for d in made if "Bootstrapped a new database" in d.log_text()]
+        assert len(bootstrapped) == 1, [d.log_text()[-2000:] for d in made]
+        docs = {d.tmp.name: (ok(d, "one.userpool.info"), ok(d, "one.grouppool.info"),
+                             ok(d, "one.acl.info"), ok(d, "one.datastorepool.info"))
+                for d in made}
+        assert len(set(docs.values())) == 1, docs
+        users, groups, _, datastores = docs["d0"]
+        assert users.count("<USER>") == 2 and groups.count("<GROUP>") == 2
+        assert datastores.count("<DATASTORE>") == 3
+        for d in made:
+            assert ok(d, "one.user.info", -1).count("<NAME>oneadmin</NAME>") == 1
+    finally:
+        for d in reversed(made):
+            d.drop()
