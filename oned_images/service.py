@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet import defer, protocol, task
 from twisted.internet.error import CannotListenError
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from oned_images import logs, workers
@@ -33,7 +34,7 @@ from oned_images.domain.templates import Templates
 from oned_images.domain.uploads import UploadManager
 from oned_images.domain.vm_disk_ops import VmDiskOps
 from oned_images.domain.vms import Vms
-from oned_images.driver import reaper
+from oned_images.driver import progress, reaper
 from oned_images.driver.checks import check_drivers
 from oned_images.driver.runner import DriverRunner
 from oned_images.driver.tm import ACTIONS as TM_ACTIONS
@@ -236,6 +237,9 @@ class Daemon:
         if self._listening is None:
             self.bind()
         drivers = DriverRunner(self.reactor, cfg.driver, cfg)
+        if cfg.worker:
+            drivers.progress.board = progress.Board(self.reactor, cfg.run_location,
+                                                    deferToThread)
         check_drivers(cfg.driver, drivers.environment()["PATH"])
         for state in (cfg.var_location, Path(cfg.var_location) / "run", cfg.run_location,
                       reaper.run_dir(cfg.run_location), cfg.datastore_location):

@@ -10,10 +10,13 @@ the XML-RPC documents, which stay exactly oned's.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -57,10 +60,17 @@ class Progress:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.records: dict[int, Record] = {}
+        #: WORKERS > 1: where the records are published for the sibling workers
+        self.board: Board | None = None
 
     def start(self, oid: int, action: str) -> None:
         now = self.clock()
         self.records[oid] = Record(action, 0, 0, now, now, now)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.board is not None:
+            self.board.changed(self.snapshot)
 
     def update(self, oid: int, action: str, done: int, total: int) -> None:
         now = self.clock()
@@ -68,6 +78,7 @@ class Progress:
         if rec is None:
             rec = self.records[oid] = Record(action, 0, 0, now, now, now)
         rec.done, rec.total, rec.updated = done, total, now
+        self._changed()
         if now - rec.logged >= LOG_EVERY:
             rec.logged = now
             eta = rec.eta(now)
@@ -79,6 +90,7 @@ class Progress:
 
     def end(self, oid: int) -> None:
         self.records.pop(oid, None)
+        self._changed()
 
     def snapshot(self, oids: set[int] | None = None) -> dict[str, dict]:
         """{"<id>": {"action", "done", "total", "rate", "eta"}} (rate in bytes/s, eta in
@@ -92,6 +104,88 @@ class Progress:
             out[str(oid)] = {"action": rec.action, "done": rec.done, "total": rec.total,
                              "rate": round(rec.rate(now)),
                              "eta": round(eta, 1) if eta is not None else None}
+        return out
+
+
+class Board:
+    """WORKERS > 1: each worker's records, published as ``<run>/w<k>/progress.json`` so
+    that GET /api/progress, which any worker may answer, shows every worker's copies.
+
+    A worker writes its snapshot at most once per EVERY seconds while copies report
+    (on a thread, replaced atomically), and at once when the set of copies changes; a
+    reader takes the siblings' files no older than FRESH seconds (a dead worker's file
+    says nothing).  Figures are at most EVERY seconds old; the reader's own are live."""
+
+    EVERY = 1.0
+    FRESH = 10.0
+
+    def __init__(self, reactor: Any, run_dir: str, in_thread: Callable) -> None:
+        self.reactor = reactor
+        self.path = os.path.join(run_dir, "progress.json")
+        self.parent = os.path.dirname(run_dir)
+        self.own = os.path.basename(run_dir)
+        self.in_thread = in_thread
+        self._keys: set[str] = set()
+        self._last = 0.0
+        self._writing = False
+        self._due: Any = None
+        self._pending: Callable[[], dict] | None = None
+
+    def changed(self, snapshot: Callable[[], dict]) -> None:
+        self._pending = snapshot
+        if self._writing or self._due is not None:
+            return
+        now = self.reactor.seconds()
+        keys = set(snapshot())
+        if keys != self._keys or now - self._last >= self.EVERY:
+            self._write()
+        else:
+            self._due = self.reactor.callLater(self._last + self.EVERY - now, self._write)
+
+    def _write(self) -> None:
+        self._due = None
+        snapshot, self._pending = self._pending, None
+        if snapshot is None:
+            return
+        data = snapshot()
+        self._keys, self._last, self._writing = set(data), self.reactor.seconds(), True
+        d = self.in_thread(self._write_sync, json.dumps(data))
+
+        def done(_: Any) -> None:
+            self._writing = False
+            if self._pending is not None:
+                self.changed(self._pending)
+
+        d.addErrback(lambda f: log.failure("progress board not written", f))
+        d.addBoth(done)
+
+    def _write_sync(self, text: str) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, self.path)
+
+    def siblings_sync(self) -> dict[str, dict]:
+        """The records the other workers published lately (on a thread)."""
+        out: dict[str, dict] = {}
+        try:
+            names = sorted(os.listdir(self.parent))
+        except FileNotFoundError:
+            return out
+        now = time.time()
+        for name in names:
+            if name == self.own or not re.fullmatch(r"w[1-9][0-9]*", name):
+                continue
+            path = os.path.join(self.parent, name, "progress.json")
+            try:
+                with open(path, encoding="utf-8") as src:
+                    if now - os.fstat(src.fileno()).st_mtime > self.FRESH:
+                        continue
+                    data = json.load(src)
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                out.update(data)
         return out
 
 

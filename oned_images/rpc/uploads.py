@@ -472,7 +472,8 @@ class UploadResource(_AsyncResource):
 
 class ProgressResource(_AsyncResource):
     """GET /api/progress: {"<image id>": {"action", "done", "total", "rate", "eta"}} of
-    the images being copied that the caller may USE (rate bytes/s, eta seconds)."""
+    the images being copied that the caller may USE (rate bytes/s, eta seconds), by
+    every worker of WORKERS > 1 (driver/progress.Board)."""
 
     async def _answer(self, request: server.Request) -> None:
         try:
@@ -486,14 +487,17 @@ class ProgressResource(_AsyncResource):
                 request.setHeader(b"WWW-Authenticate", b'Basic realm="OpenNebula"')
             return UploadResource._end(request, refused.status, refused.text)
         progress = self.app.drivers.progress
-        visible = set()
-        for oid in list(progress.records):
+        records = progress.snapshot()
+        if progress.board is not None:  # WORKERS > 1: the siblings' copies too
+            records = {**await deferToThread(progress.board.siblings_sync), **records}
+        visible = {}
+        for key in sorted(records, key=int):
             try:
-                await self.app.images.info(caller, oid)
+                await self.app.images.info(caller, int(key))
             except errors.OneError:
                 continue
-            visible.add(oid)
-        body = json.dumps(progress.snapshot(visible)).encode()
+            visible[key] = records[key]
+        body = json.dumps(visible).encode()
         if request.finished or request._disconnected:
             return
         request.setHeader(b"Content-Type", b"application/json")

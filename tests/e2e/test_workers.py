@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -443,6 +444,49 @@ def test_an_upload_resumes_through_whichever_worker_the_client_reaches(workers):
         assert list(staged.glob("w*/*")) == []
     finally:
         line.close()
+
+
+def test_progress_shows_the_copies_of_every_worker(workers):
+    """GET /api/progress answers for both workers whichever one a poll reaches (each
+    publishes its copies in run/w<k>/progress.json); another user sees none of them,
+    and a finished copy leaves both answers."""
+    from tests.e2e.test_uploads import ADMIN, basic
+
+    d = workers()
+    name = f"{os.uname().nodename}:{d.port}"
+    w1, w2 = f"{name}-w1", f"{name}-w2"
+    line = WorkerLine(d, {w1, w2})
+    base = Path("/var/tmp") / f"oned-images-wprogress-{os.getpid()}"
+    base.mkdir(parents=True, exist_ok=True)
+    src = base / "disk.raw"
+    src.write_bytes(os.urandom(6 << 20))
+    try:
+        uid = ok(d, "one.user.allocate", "eve", "pw", "", [])
+        assert uid > 0
+        # LIMIT_TRANSFER_BW: 1 MB/s, about 6 s; allocated through w1, so w1 copies
+        iid = line.call(w1, "one.image.allocate", d.session(),
+                        f'NAME="slow"\nPATH="{src}"\nLIMIT_TRANSFER_BW="1m"\n'
+                        'TYPE="DATABLOCK"', 1)[1]
+
+        def polled(w: str, auth: dict) -> dict:
+            conn = line.conns[w]
+            conn.request("GET", "/api/progress", headers=auth)
+            reply = conn.getresponse()
+            assert reply.status == 200
+            return json.loads(reply.read())
+
+        def both_midway():
+            seen = [polled(w, ADMIN).get(str(iid)) for w in (w1, w2)]
+            return seen if all(r and 0 < r["done"] < r["total"] for r in seen) else None
+
+        seen = wait_for(both_midway, timeout=30)
+        assert [(r["action"], r["total"]) for r in seen] == [("cp", 6 << 20)] * 2
+        assert [polled(w, basic("eve", "pw")) for w in (w1, w2)] == [{}, {}]
+        wait_for(lambda: "<STATE>1</STATE>" in ok(d, "one.image.info", iid), timeout=60)
+        wait_for(lambda: [polled(w, ADMIN) for w in (w1, w2)] == [{}, {}], timeout=10)
+    finally:
+        line.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def gauge(page: str, name: str) -> float:
