@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -256,6 +257,11 @@ class DaemonConfig:
     @property
     def staging_dir(self) -> str:
         return self.upload_staging_dir or os.path.join(self.var_location, "uploads")
+
+    @staticmethod
+    def is_worker_dir(name: str) -> bool:
+        """A worker's own directory name under run/ or the upload staging: ``w<k>``."""
+        return re.fullmatch(r"w[1-9][0-9]*", name) is not None
 
     @property
     def run_location(self) -> str:

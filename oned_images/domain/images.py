@@ -196,8 +196,8 @@ def _capacity_checked(config: DaemonConfig, ds: Datastore) -> bool:
 
 
 def _copy_env(config: DaemonConfig, ds: Datastore, checked: bool = True) -> dict[str, str]:
-    """ONED_CAPACITY_CHECK of a cp (and of the STAT before it): NO when the space was not checked at allocate
-    (the datastore's or the daemon's DATASTORE_CAPACITY_CHECK, or an admin's
+    """ONED_CAPACITY_CHECK of a cp (and of the STAT before it): NO when the space was
+    not checked at allocate (the datastore's or the daemon's DATASTORE_CAPACITY_CHECK, or an admin's
     allocate that skipped it), so the copy is then not bounded by the datastore's
     FREE_MB/LIMIT_MB either, only by DRIVER_COPY_MAX_MB (fs_action.copy_limit)."""
     return {"ONED_CAPACITY_CHECK":

@@ -9,7 +9,6 @@ admit ``/var/tmpfoo``, and the path is resolved (symlinks, ``..``) first.
 from __future__ import annotations
 
 import os
-import re
 
 
 def _under(path: str, directory: str) -> bool:
@@ -67,7 +66,6 @@ def staged_env(config, path: str) -> dict[str, str]:
     staging = os.path.realpath(config.staging_dir)
     where = os.path.dirname(os.path.realpath(path)) if path else ""
     if where and (where == staging or (os.path.dirname(where) == staging
-                                       and re.fullmatch(r"w[1-9][0-9]*",
-                                                        os.path.basename(where)))):
+                                       and config.is_worker_dir(os.path.basename(where)))):
         return {"ONED_STAGED_FILE": os.path.realpath(path)}
     return {}

@@ -183,7 +183,7 @@ class UploadManager:
         except FileNotFoundError:
             return []
         return [Staging(os.path.join(root, n)) for n in names
-                if n != own and re.fullmatch(r"w[1-9][0-9]*", n)]
+                if n != own and self.config.is_worker_dir(n)]
 
     def _claim_sync(self, uid: int, upload_id: str,
                     lock: bool) -> tuple[Upload | None, Staging | None, int | None, bool]:

@@ -20,6 +20,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from oned_images.config import DaemonConfig
+
 log = Logger(namespace="ImM")
 
 #: the message of an INFO line (after "INFO: " and an optional script name)
@@ -174,7 +176,7 @@ class Board:
             return out
         now = time.time()
         for name in names:
-            if name == self.own or not re.fullmatch(r"w[1-9][0-9]*", name):
+            if name == self.own or not DaemonConfig.is_worker_dir(name):
                 continue
             path = os.path.join(self.parent, name, "progress.json")
             try:
