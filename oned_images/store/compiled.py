@@ -43,12 +43,15 @@ class Compiled:
         self._cache[id(db)] = (db, sql, slots, list(params))
         return sql, slots, list(params)
 
+    def sql(self, *values: Any) -> tuple[str, list[Any]]:
+        """The SQL text and parameters of the query with ``values`` in the markers'
+        places (for a caller that runs it its own way: store/listing.py)."""
+        sql, slots, consts = self._compile(database_proxy.obj)
+        return sql, [consts[i] if s is None else values[s] for i, s in enumerate(slots)]
+
     def execute(self, *values: Any) -> Any:
         """The cursor of the query run with ``values`` in the markers' places."""
-        db = database_proxy.obj
-        sql, slots, consts = self._compile(db)
-        args = [consts[i] if s is None else values[s] for i, s in enumerate(slots)]
-        return db.execute_sql(sql, args)
+        return database_proxy.obj.execute_sql(*self.sql(*values))
 
     def first(self, *values: Any) -> Sequence[Any] | None:
         return self.execute(*values).fetchone()

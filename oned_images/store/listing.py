@@ -28,10 +28,13 @@ from oned_images.store.models import database_proxy
 _MAP_SIZE = 1 << 40
 
 
-def fetch_rows(sql: str, params: Sequence[Any]) -> list[tuple]:
-    """Every row of ``sql`` as the driver returns them (text as bytes, see above)."""
+def fetch_rows(sql: str, params: Sequence[Any], mapped: bool = True) -> list[tuple]:
+    """Every row of ``sql`` as the driver returns them (text as bytes, see above);
+    ``mapped``: read SQLite's pages through the map (a listing of many rows)."""
     db = database_proxy.obj
     if isinstance(db, peewee.SqliteDatabase):
+        if not mapped:
+            return db.execute_sql(sql, params).fetchall()
         db.execute_sql(f"PRAGMA mmap_size={_MAP_SIZE}")
         try:
             return db.execute_sql(sql, params).fetchall()
