@@ -233,7 +233,8 @@ class RpcFrontProtocol(protocol.Protocol, TimeoutMixin):
         # A large reply is not joined with its headers (nor its parts together): they
         # are handed to sendmsg as they are (_PartsWriter).
         parts = payload.take() if isinstance(payload, wire.Parts) else [payload]
-        _PartsWriter(self, [b"".join(head), *parts], persistent).start()
+        _PartsWriter(self, [b"".join(head), *parts], persistent,
+                     trim=len(payload) >= SPLIT_WRITE).start()
 
     def _socket(self) -> Any:
         """The connection's socket when bytes may be sent on it directly now: a TCP
@@ -322,20 +323,29 @@ class _PartsWriter:
     IOV_MAX = 1024
     PIECE = 1 << 16
 
-    def __init__(self, proto: RpcFrontProtocol, parts: list[bytes], persistent: bool) -> None:
+    def __init__(self, proto: RpcFrontProtocol, parts: list[bytes], persistent: bool,
+                 trim: bool) -> None:
         self.proto = proto
         self.parts = parts
         self.persistent = persistent
+        #: give freed memory back once sent (memory.release_freed_memory): a reply of
+        #: SPLIT_WRITE or more (a listing's bodies, made in the DB thread's arena)
+        self.trim = trim
         self.index = 0    # the first part not wholly sent
         self.offset = 0   # bytes of it already sent
 
     def start(self) -> None:
-        self.proto.transport.registerProducer(self, False)  # calls resumeProducing
+        """Most replies fit the socket's buffer: sent here at once, they need no
+        producer, and the connection's next call (or its close) is not a turn away."""
+        if self._send():
+            self._finish()
+        else:
+            self.proto.transport.registerProducer(self, False)  # calls resumeProducing
 
-    def resumeProducing(self) -> None:  # noqa: N802 (Twisted API)
-        """The transport holds nothing more to send: more of the reply."""
-        proto, parts = self.proto, self.parts
-        sock = proto._socket()
+    def _send(self) -> bool:
+        """As much of the reply as the socket takes now; True when it took the rest."""
+        parts = self.parts
+        sock = self.proto._socket()
         while sock is not None and self.index < len(parts):
             batch = parts[self.index:self.index + self.IOV_MAX]
             if self.offset:
@@ -347,18 +357,26 @@ class _PartsWriter:
             self._advance(sent)
             if sent < sum(map(len, batch)):
                 break
-        if self.index < len(parts):
+        return self.index >= len(parts)
+
+    def _finish(self) -> None:
+        self.parts = []
+        if self.trim:  # on the next turn, once the callbacks that made the reply let go
+            self.proto.callLater(0, memory.release_freed_memory)
+        if not self.proto.lost:
+            self.proto._done(self.persistent)
+
+    def resumeProducing(self) -> None:  # noqa: N802 (Twisted API)
+        """The transport holds nothing more to send: more of the reply."""
+        proto, parts = self.proto, self.parts
+        if not self._send():
             part = parts[self.index]
             piece = part[self.offset:self.offset + self.PIECE]
             self._advance(len(piece))
             proto.transport.write(piece)
             return
         proto.transport.unregisterProducer()
-        self.parts = []
-        # on the next turn, once the callbacks that made the reply let go of its rows
-        proto.callLater(0, memory.release_freed_memory)
-        if not proto.lost:
-            proto._done(self.persistent)
+        self._finish()
 
     def _advance(self, sent: int) -> None:
         """``sent`` more bytes are gone (empty parts on the way are passed too)."""
@@ -379,4 +397,5 @@ class _PartsWriter:
         """The connection is gone: drop the reply."""
         self.parts = []
         self.index = self.offset = 0
-        self.proto.callLater(0, memory.release_freed_memory)
+        if self.trim:
+            self.proto.callLater(0, memory.release_freed_memory)

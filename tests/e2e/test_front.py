@@ -17,6 +17,7 @@ import xmlrpc.client
 import pytest
 from twisted import __version__ as twisted_version
 
+from oned_images.rpc import wire
 from tests.support.daemon import ADMIN_PASSWORD
 
 SESSION = f"oneadmin:{ADMIN_PASSWORD}"
@@ -178,7 +179,7 @@ def test_replies_the_socket_cannot_take_at_once_arrive_whole_and_in_order(daemon
 
 
 def test_large_replies_are_written_whole_in_order_and_as_twisted_web_s(fresh_daemon):
-    """Replies from 1 MiB on are written in their parts with sendmsg (front._PartsWriter):
+    """Replies from 64 KiB on are written in their parts with sendmsg (front._PartsWriter):
     byte for byte twisted.web's reply, whole and in order when pipelined behind and
     before other replies to a reader that waits (the socket full, the rest through the
     transport), with Connection: close honoured; a reader that goes away in the middle
@@ -221,4 +222,27 @@ def test_large_replies_are_written_whole_in_order_and_as_twisted_web_s(fresh_dae
         assert s.recv(1000)
         s.close()
     assert exchange(d, listing) == (normal, False)
+    # a page from JOIN_LIMIT (64 KiB) to 1 MiB: in parts too, mostly in one sendmsg
+    page = request(body("one.imagepool.info", SESSION, -2, 3, -40))
+    paged, closed = exchange(d, page)
+    assert wire.JOIN_LIMIT < len(paged) < 1 << 20 and not closed
+    assert paged.count(b"big-") == 40 and b"big-246&lt;" in paged and b"big-247&lt;" not in paged
+    assert exchange(d, request(body("one.imagepool.info", SESSION, -2, 3, -40),
+                               extra=HANDED_OVER)) == (paged, False)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", d.port))
+    s.sendall(page + version + page * 3 + listing + page)
+    time.sleep(1)
+    s.settimeout(20)
+    out = b""
+    while _whole(out) < 7:
+        chunk = s.recv(1 << 20)
+        assert chunk, "closed before the last reply"
+        out += chunk
+    s.close()
+    assert _DATE.sub(b"\r\nDate: -\r\n", out) == paged + short + paged * 3 + normal + paged
+    assert exchange(d, request(body("one.imagepool.info", SESSION, -2, 3, -40),
+                               extra=b"Connection: close\r\n")) == (
+        paged.replace(b" 200 OK\r\n", b" 200 OK\r\nConnection: close\r\n", 1), True)
     assert "Traceback" not in d.log_text()
