@@ -538,12 +538,12 @@ class ImageManager:
                       no_check_capacity: bool) -> tuple[int, Followup | None]:
         """allocate() without a STAT: _allocate_args' checks in their order, then the
         insert, in one transaction."""
-        ds = read_ds(ds_id)
+        ds = read_ds(ds_id, lock=not tmpl.get("SOURCE"))  # (see _insert_allocate)
         _check_allocate_ds(ds)
         size = self._known_size(tmpl)
         assert size is not None   # (_probed said so)
         return self._insert_allocate(*self._checked_args(caller, tmpl, ds, no_check_capacity,
-                                                         size))
+                                                         size), ds=ds)
 
     async def check_allocate(self, caller: Caller, tmpl: Template, ds_id: int,
                              size: int) -> None:
@@ -697,12 +697,18 @@ class ImageManager:
 
     def _insert_allocate(self, caller: Caller, tmpl: Template, ds_id: int, size: int,
                          persistent: bool, type_text: str, perms: Permissions,
-                         check_capacity: bool) -> tuple[int, Followup | None]:
+                         check_capacity: bool, ds: Datastore | None = None,
+                         ) -> tuple[int, Followup | None]:
+        """The insert, in the caller's transaction; ``ds``: the datastore as this
+        transaction read it (locked, when the image copies), else it is read here."""
         # The datastore's row lock serialises the capacity checks of concurrent
         # allocates and clones with the inserts of their LOCKED images (reservations).
-        # An image registered by SOURCE copies nothing: allocate() checked it as oned.
-        ds = read_ds(ds_id, lock=True)
+        # An image registered by SOURCE copies nothing and reserves nothing: allocate()
+        # checked it as oned, and it does not hold the datastore's row (PostgreSQL:
+        # allocates by SOURCE into one datastore do not wait for each other there).
         copies = not tmpl.get("SOURCE")
+        if ds is None:
+            ds = read_ds(ds_id, lock=copies)
         if check_capacity and copies and _capacity_error(self.config, ds, size, reserved=True):
             raise errors.action("Not enough space in datastore")
         # ImageAllocate: the quota (IMAGES 1, SIZE) before the pool's checks; a later

@@ -31,6 +31,7 @@ _HAS = Compiled(lambda image, vm: T.select(T.vm_oid).where(
 _DROP = Compiled(lambda image, vm: T.delete().where(
     (T.image_oid == image) & (T.vm_oid == vm)), _MARK_IMAGE, _MARK_VM)
 _ADD = Compiled(lambda image, vm: T.insert(image_oid=image, vm_oid=vm), _MARK_IMAGE, _MARK_VM)
+_DROP_IMAGE = Compiled(lambda image: T.delete().where(T.image_oid == image), _MARK_IMAGE)
 _IDS = Compiled(lambda image: T.select(T.vm_oid).where(T.image_oid == image)
                 .order_by(T.vm_oid), _MARK_IMAGE)
 
@@ -153,7 +154,7 @@ def drop(image_id: int, vm_id: int) -> None:
 
 def drop_image(image_id: int) -> None:
     """The image row is gone: no VMS of it is left behind."""
-    T.delete().where(T.image_oid == image_id).execute()
+    _DROP_IMAGE.execute(image_id)
 
 
 def ids_of(image_ids: list[int]) -> dict[int, list[int]]:

@@ -15,11 +15,12 @@ import xmlrpc.client
 
 import pytest
 
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import ADMIN_PASSWORD, Daemon, backend, wait_for
 from tests.support.remotes import make_remotes
-from tests.support.seed import num, ok, unique
+from tests.support.seed import connect_db, num, ok, unique
 
 pytestmark = pytest.mark.timeout(120)
+SESSION = f"oneadmin:{ADMIN_PASSWORD}"
 
 DRIVER = '''#!{python}
 import base64, os, sys, time
@@ -224,3 +225,36 @@ def test_a_copy_ending_during_a_monitor_run_stays_counted(capd):
         (d.gates / "monitor-hold").write_text("0")
     wait_for(lambda: num(ok(d, "one.datastore.info", ds), "USED_MB") == 410, timeout=30)
     assert free_mb(d, ds) == 590
+
+
+@pytest.mark.skipif(backend() == "sqlite", reason="row locks: PostgreSQL (SQLite has "
+                    "one writer at a time)")
+def test_an_allocate_by_source_does_not_wait_for_the_datastore_row(daemon):
+    """Only an image that copies reserves space, so only its allocate holds the
+    datastore's row: with the row held elsewhere, an allocate by SOURCE completes, and
+    a datablock's waits until the row is let go (then completes)."""
+    conn, mark = connect_db(daemon)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT oid FROM datastore_pool WHERE oid = {mark} FOR UPDATE", (1,))
+        assert cur.fetchone() == (1,)
+
+        def allocate(template: str, out: list) -> threading.Thread:
+            t = threading.Thread(target=lambda: out.append(
+                xmlrpc.client.ServerProxy(daemon.url).one.image.allocate(SESSION, template, 1)))
+            t.start()
+            return t
+
+        by_source: list = []
+        allocate(f'NAME="{unique("src")}"\nSOURCE="/var/tmp/src"\nFORMAT="raw"\nSIZE="1"',
+                 by_source).join(10)
+        assert by_source and by_source[0][0] is True, "an allocate by SOURCE waited"
+        done: list = []
+        blocked = allocate(f'NAME="{unique("blk")}"\nTYPE="DATABLOCK"\nSIZE="1"', done)
+        blocked.join(1.5)
+        assert done == [] and blocked.is_alive()
+    finally:
+        conn.rollback()
+        conn.close()
+    blocked.join(30)
+    assert done and done[0][0] is True, done

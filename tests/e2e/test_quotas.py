@@ -335,10 +335,10 @@ def test_quota_comes_before_the_persistent_only_check(fresh_daemon):
 
 
 def test_deleted_owner_keeps_no_quota_row(daemon, qds):
-    from tests.support.seed import _connect
+    from tests.support.seed import connect_db
 
     def rows(uid: int) -> int:
-        conn, mark = _connect(daemon)
+        conn, mark = connect_db(daemon)
         try:
             cur = conn.cursor()
             cur.execute(f"SELECT COUNT(*) FROM user_quotas WHERE user_oid = {mark}", (uid,))

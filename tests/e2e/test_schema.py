@@ -119,7 +119,7 @@ def test_postgresql_v2_bytea_bodies_are_migrated(fresh_daemon):
 def test_v3_database_gets_quota_tables_with_the_usage_of_its_images(fresh_daemon):
     """Schema 4 adds oned's user_quotas, group_quotas and system_attributes; the images
     a v3 database already has are counted into their owners' datastore quotas."""
-    from tests.support.seed import _connect, dummy_datastore, ok, section, wait_state
+    from tests.support.seed import connect_db, dummy_datastore, ok, section, wait_state
 
     d = fresh_daemon()
     ds = dummy_datastore(d)
@@ -131,7 +131,7 @@ def test_v3_database_gets_quota_tables_with_the_usage_of_its_images(fresh_daemon
     wait_state(d, ok(d, "one.image.allocate", 'NAME="adm"\nTYPE="DATABLOCK"\nSIZE="9"', ds), 1)
     expected = ok(d, "one.imagepool.info", -2, -1, -1)
     d.stop()
-    conn, _ = _connect(d)
+    conn, _ = connect_db(d)
     cur = conn.cursor()
     for table in ("user_quotas", "group_quotas", "system_attributes"):
         cur.execute(f"DROP TABLE {table}")
@@ -165,7 +165,7 @@ def test_v3_database_gets_quota_tables_with_the_usage_of_its_images(fresh_daemon
 def test_v4_database_gets_cluster_host_and_template_tables(fresh_daemon):
     """Schema 5 adds oned's cluster_pool (with cluster 0 ``default``), host_pool and
     template_pool to a v4 database; its images are kept and the new pools work."""
-    from tests.support.seed import _connect, fails, ok
+    from tests.support.seed import connect_db, fails, ok
 
     d = fresh_daemon()
     iid = ok(d, "one.image.allocate", 'NAME="v4"\nSOURCE="/var/tmp/v4"\nFORMAT="raw"\n'
@@ -173,7 +173,7 @@ def test_v4_database_gets_cluster_host_and_template_tables(fresh_daemon):
     images = ok(d, "one.imagepool.info", -2, -1, -1)
     cluster = ok(d, "one.cluster.info", 0)
     d.stop()
-    conn, _ = _connect(d)
+    conn, _ = connect_db(d)
     cur = conn.cursor()
     for table in ("cluster_pool", "host_pool", "template_pool"):
         cur.execute(f"DROP TABLE {table}")
@@ -204,7 +204,7 @@ def test_v8_database_counts_its_vms_into_the_vm_quotas(fresh_daemon):
     """Schema 9 charges VM_QUOTA and IMAGE_QUOTA: the VMs a v8 database already has
     (not the DONE ones) are counted into their owners' and groups' quotas, so their
     terminate later gives back exactly that."""
-    from tests.support.seed import _connect, dummy_datastore, ok, register, section, user
+    from tests.support.seed import connect_db, dummy_datastore, ok, register, section, user
 
     d = fresh_daemon()
     ds = dummy_datastore(d)
@@ -221,7 +221,7 @@ def test_v8_database_counts_its_vms_into_the_vm_quotas(fresh_daemon):
     assert "<VMS_USED><![CDATA[1]]></VMS_USED>" in held
     assert "<SYSTEM_DISK_SIZE_USED><![CDATA[13]]></SYSTEM_DISK_SIZE_USED>" in held
     d.stop()
-    conn, _ = _connect(d)
+    conn, _ = connect_db(d)
     cur = conn.cursor()
     cur.execute(f"DELETE FROM user_quotas WHERE user_oid = {uid}")  # as a v8 left them
     cur.execute(f"DELETE FROM group_quotas WHERE group_oid = {gid}")

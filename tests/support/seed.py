@@ -240,7 +240,7 @@ def group(daemon: Daemon, name: str | None = None) -> int:
 
 
 # ------------------------------------------------------------------ stored bodies
-def _connect(daemon: Daemon):
+def connect_db(daemon: Daemon):
     url = backend()
     if url == "sqlite":
         return sqlite3.connect(str(daemon.var / "one.db"), timeout=30), "?"
@@ -254,7 +254,7 @@ def _connect(daemon: Daemon):
 
 
 def read_body(daemon: Daemon, oid: int) -> str:
-    conn, mark = _connect(daemon)
+    conn, mark = connect_db(daemon)
     try:
         cur = conn.cursor()
         cur.execute(f"SELECT body FROM image_pool WHERE oid = {mark}", (oid,))
@@ -268,7 +268,7 @@ def read_body(daemon: Daemon, oid: int) -> str:
 def write_body(daemon: Daemon, oid: int, body: str) -> None:
     """Overwrite an image's stored document while the daemon runs (it keeps no cache)."""
     etree.fromstring(body.encode("utf-8"))  # never store a broken document
-    conn, mark = _connect(daemon)
+    conn, mark = connect_db(daemon)
     try:
         cur = conn.cursor()
         # body_rpc NULL: the daemon then serves the escaped form of this new body.
