@@ -7,6 +7,14 @@ one per driver action (driver/runner.py) and one per database unit of work
 cache, and image counts, which need the database and are therefore computed on the
 DB thread by :meth:`Metrics.refresh` (awaited by the /metrics resource, never on the
 reactor) and served from a cache.  Every metric is documented in README "Metrics".
+
+With WORKERS > 1 a scrape reaches whichever worker accepts it, so each worker's page
+would be a part of the whole.  The parent then sets PROMETHEUS_MULTIPROC_DIR for the
+workers (workers.py), and prometheus_client's multiprocess mode keeps every counter
+and histogram in a file per process there; a scrape of any worker sums them all, a
+dead worker's counts included (counters never go back).  The in-memory gauges are then
+published to those files by each worker every PUBLISH_SECONDS (summed over the live
+workers), and daemon_info has one series per live worker.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ import peewee
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
-    Info,
     disable_created_metrics,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,6 +67,28 @@ MIN_REFRESH_SECONDS = 2.0
 COUNT_BUDGET = 0.05
 #: images counted per transaction: calls queued for the database run in between.
 COUNT_CHUNK = 1000
+#: WORKERS > 1: how often each worker publishes its in-memory gauges for the others'
+#: scrapes (a scraped worker publishes its own first).
+PUBLISH_SECONDS = 1.0
+
+#: the gauges read from memory at scrape time (Metrics.read_state's keys), with help.
+STATE_GAUGES = (
+    ("driver_queued_actions", "Driver actions waiting for a slot or for the action "
+     "before them on the same object"),
+    ("driver_running_actions", "Driver actions running now"),
+    ("cached_sessions", "Checked session secrets held in the session cache"),
+    ("cache_reloads", "Cache reloads because a daemon (this or another on the same "
+     "database) wrote the cached tables"),
+    ("cache_checks", "Reads of the cache counters on the database before a call "
+     "(another daemon is live; WORKERS read shared memory instead)"),
+)
+DAEMON_INFO_HELP = "This daemon among those serving one database (DAEMON_NAME)"
+
+
+def shared_between_processes() -> bool:
+    """prometheus_client's multiprocess mode is on in this process: its values live in
+    files under PROMETHEUS_MULTIPROC_DIR (chosen when the library was imported)."""
+    return values.ValueClass is not values.MutexValue
 #: the call label for method names the daemon does not know (client-chosen strings
 #: must not create series without bound).
 UNKNOWN_METHOD = "unknown"
@@ -144,7 +176,26 @@ class Metrics:
         self._counting: defer.Deferred | None = None
         self._reuse = MIN_REFRESH_SECONDS
         self._waiters: list[defer.Deferred] = []
-        reg.register(_StateCollector(self))
+        #: WORKERS > 1: the page sums every worker's files (module docstring)
+        self.shared = shared_between_processes()
+        self.daemon_info = Gauge(PREFIX + "daemon_info", DAEMON_INFO_HELP, ["host", "name"],
+                                 multiprocess_mode="livemax", registry=reg)
+        self._state_gauges: dict[str, Gauge] = {}
+        #: DAEMON_NAME, once known: the scrape's X-Daemon-Name header says which daemon
+        #: (which worker) answered
+        self.name = ""
+        if self.shared:
+            self._state_gauges = {
+                name: Gauge(PREFIX + name, help_text, multiprocess_mode="livesum",
+                            registry=reg) for name, help_text in STATE_GAUGES}
+            self.page = CollectorRegistry()
+            MultiProcessCollector(self.page)
+            self.page.register(_ImagesCollector(self))
+        else:
+            reg.register(_StateCollector(self))
+            reg.register(_ImagesCollector(self))
+            #: what a scrape encodes
+            self.page = reg
 
     # ----------------------------------------------------------------- hooks
     def call_done(self, method: str, payload: bytes, seconds: float) -> None:
@@ -180,9 +231,9 @@ class Metrics:
         self.db_seconds.observe(seconds)
 
     def name_daemon(self, name: str, host: str) -> None:
-        """oned_images_daemon_info{name, host}: which of several daemons this is."""
-        Info(PREFIX + "daemon", "This daemon among those serving one database "
-             "(DAEMON_NAME)", registry=self.registry).info({"name": name, "host": host})
+        """oned_images_daemon_info{name, host} 1: which of several daemons this is."""
+        self.daemon_info.labels(host, name).set(1)
+        self.name = name
 
     def read_state(self, fn: Callable[[], dict[str, float]]) -> None:
         """``fn`` returns the in-memory gauges (driver queue, sessions) at scrape time."""
@@ -192,6 +243,16 @@ class Metrics:
         """Read the in-memory gauges now, on the reactor, which owns that state: the
         text is then generated on a thread (about 10 ms of CPU for a thousand series)."""
         self._snapshot = self._state()
+        self.publish(self._snapshot)
+
+    def publish(self, state: dict[str, float] | None = None) -> None:
+        """WORKERS > 1: this worker's in-memory gauges into its files, for any worker's
+        scrape (on the reactor, every PUBLISH_SECONDS and before this worker's own)."""
+        if not self._state_gauges:
+            return
+        state = self._state() if state is None else state
+        for name, gauge in self._state_gauges.items():
+            gauge.set(state.get(name, 0))
 
     # ---------------------------------------------------------- image counts
     async def refresh(self, db: Any) -> None:
@@ -260,18 +321,22 @@ class _StateCollector:
 
     def collect(self) -> Iterable[Metric]:
         state = self.metrics._snapshot
-        for name, help_text in (
-            ("driver_queued_actions", "Driver actions waiting for a slot or for the "
-             "action before them on the same object"),
-            ("driver_running_actions", "Driver actions running now"),
-            ("cached_sessions", "Checked session secrets held in the session cache"),
-            ("cache_reloads", "Cache reloads because a daemon (this or another on the "
-             "same database) wrote the cached tables"),
-            ("cache_checks", "Reads of the cache counters on the database before a "
-             "call (another daemon is live; WORKERS read shared memory instead)"),
-        ):
+        for name, help_text in STATE_GAUGES:
             if name in state:
                 yield GaugeMetricFamily(PREFIX + name, help_text, value=state[name])
+
+
+class _ImagesCollector:
+    """Image counts from the database (Metrics.refresh): the same whichever daemon
+    or worker counts them, so never summed."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
         images = GaugeMetricFamily(
             PREFIX + "images", "Images by state and datastore id (counted on the "
             "database at scrape time, at most once a second)", labels=["state", "datastore"])

@@ -39,7 +39,7 @@ from oned_images.driver.checks import check_drivers
 from oned_images.driver.runner import DriverRunner
 from oned_images.driver.tm import ACTIONS as TM_ACTIONS
 from oned_images.driver.tm import TransferManager
-from oned_images.metrics import Metrics
+from oned_images.metrics import PUBLISH_SECONDS, Metrics
 from oned_images.rpc.metrics import MetricsResource
 from oned_images.rpc.resource import RpcSite
 from oned_images.rpc.uploads import ProgressResource, UploadResource
@@ -185,6 +185,7 @@ class Daemon:
     _flush: task.LoopingCall | None = None
     _expire: task.LoopingCall | None = None
     _heartbeat: task.LoopingCall | None = None
+    _publish: task.LoopingCall | None = None
     _registered: float = 0.0
     observer: Any = None
     bootstrap_note: str = ""
@@ -361,6 +362,11 @@ class Daemon:
             self._expire.clock = self.reactor
             self._expire.start(min(60, cfg.upload_expiration), now=False).addErrback(
                 lambda f: log.failure("upload expiry stopped", f))
+        if app.metrics is not None and app.metrics.shared:
+            self._publish = task.LoopingCall(app.metrics.publish)
+            self._publish.clock = self.reactor
+            self._publish.start(PUBLISH_SECONDS, now=True).addErrback(
+                lambda f: log.failure("publishing metrics stopped", f))
         if self.observer is not None:
             self._flush = task.LoopingCall(self.observer.flush)
             self._flush.clock = self.reactor
@@ -383,7 +389,7 @@ class Daemon:
             self.systemd.stopping()
         if self._listening is not None:
             await self._listening.stopListening()
-        for loop in (self._monitor, self._flush, self._expire, self._heartbeat):
+        for loop in (self._monitor, self._flush, self._expire, self._heartbeat, self._publish):
             if loop is not None and loop.running:
                 loop.stop()
         if self.app is not None:

@@ -26,6 +26,9 @@ hosts.  What this module adds is one host's plumbing:
 * the cache counters: a block of shared memory made before the first worker starts, so
   the workers know that users, groups or ACLs changed without a database round trip
   per call (store/versions.py, store/shared_counters.py);
+* the metrics: one page whichever worker a scrape reaches (prometheus_client's
+  multiprocess mode in ``VAR_LOCATION/run/metrics``, emptied at each start; a dead
+  worker's live gauges are dropped there, its counts kept; see metrics.py);
 * the workers die with the parent: PR_SET_PDEATHSIG (SIGTERM, so a worker still leaves
   the daemons table and stops its drivers) is set in the child before exec, as the
   driver scripts get it through ``setpriv --pdeathsig``.
@@ -61,6 +64,8 @@ log = Logger(namespace="OnM")
 LISTEN_FD_ENV = "ONED_IMAGES_LISTEN_FD"
 #: and the cache counters the workers share (store/shared_counters.py).
 COUNTERS_FD_ENV = "ONED_IMAGES_COUNTERS_FD"
+#: prometheus_client's multiprocess mode: where every worker keeps its metric values.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PR_SET_PDEATHSIG = 1
 #: seconds SIGTERM'd workers get before SIGKILL when the parent stops (within the
 #: shipped unit's TimeoutStopSec = 30).
@@ -174,6 +179,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         #: made before any worker starts, kept for the restarted ones
         self.counters = shared_counters.create(config.workers)
+        #: the workers' metric files (None with METRICS = "off": no instruments)
+        self.metrics_dir = metrics_dir(config) if config.metrics != "off" else None
         self._signals: list[int] = []
         self.watchdog = systemd.watchdog_interval()  # systemd's, for the parent
 
@@ -182,6 +189,10 @@ class Supervisor:
         env = dict(os.environ)
         env[LISTEN_FD_ENV] = str(self.sock.fileno())
         env[COUNTERS_FD_ENV] = str(self.counters)
+        if self.metrics_dir is not None:
+            env[METRICS_DIR_ENV] = self.metrics_dir
+        else:
+            env.pop(METRICS_DIR_ENV, None)
         env["NOTIFY_SOCKET"] = "@" + self._notify.getsockname()[1:].decode()
         env.pop("WATCHDOG_PID", None)
         if self.watchdog is not None:  # workers ping the parent at the same pace
@@ -246,6 +257,11 @@ class Supervisor:
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         log.warn("Worker {k} (pid {pid}) {how} after {ran:.1f} s: restarting it in "
                  "{delay:.0f} s", k=w.index, pid=w.proc.pid, how=how, ran=ran, delay=delay)
+        if self.metrics_dir is not None:
+            # its gauges leave the page with it; its counters stay in the totals
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(w.proc.pid, self.metrics_dir)
         w.proc, w.ready, w.restart_at = None, False, self.clock() + delay
 
     def _check_watchdog(self) -> None:
@@ -367,6 +383,18 @@ class Supervisor:
                 w.proc.wait()
         log.info("All workers stopped")
         self.flush()
+
+
+def metrics_dir(config: DaemonConfig) -> str:
+    """``VAR_LOCATION/run/metrics``, emptied of an earlier run's files: the workers'
+    counters start at zero at each start of the parent, as one daemon's do.  (The
+    parent imports prometheus_client only when a worker dies, to drop its gauges.)"""
+    path = os.path.join(config.run_location, "metrics")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    for entry in os.scandir(path):
+        if entry.is_file(follow_symlinks=False) and entry.name.endswith(".db"):
+            os.unlink(entry.path)
+    return path
 
 
 def listen(config: DaemonConfig) -> socket.socket:

@@ -72,10 +72,12 @@ class MetricsResource(resource.Resource):
         encoder, content_type = choose_encoder(
             (request.getHeader(b"accept") or b"").decode("latin-1"))
         metrics.snapshot()
-        payload = await deferToThread(encoder, metrics.registry)
+        payload = await deferToThread(encoder, metrics.page)
         if request.finished or request._disconnected:
             return
         request.setHeader(b"Content-Type", content_type.encode())
+        if metrics.name:
+            request.setHeader(b"X-Daemon-Name", metrics.name.encode())
         request.setHeader(b"Content-Length", str(len(payload)).encode())
         request.write(payload)
         request.finish()

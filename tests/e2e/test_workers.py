@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from oned_images.metrics import PUBLISH_SECONDS
 from tests.e2e.test_several_daemons import call, db_status, fs_guarded_remotes, ok
 from tests.support.daemon import REPO, Daemon, backend, joining, wait_for
 from tests.support.remotes import driver_config, processes_with
@@ -46,16 +47,26 @@ def children(pid: int) -> dict[int, int]:
     return out
 
 
+def scrape(d: Daemon) -> tuple[str, str]:
+    """One /metrics page on a new connection: (the worker that answered, the page)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics") as reply:
+        return reply.headers["X-Daemon-Name"], reply.read().decode()
+
+
 def metrics_pages(d: Daemon, names: set[str], tries: int = 200) -> dict[str, str]:
-    """/metrics of each worker (a scrape reaches one of them): name -> page."""
+    """A /metrics page from each worker (a scrape reaches one of them): name -> page."""
     pages: dict[str, str] = {}
     for _ in range(tries):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics").read().decode()
-        name = re.search(r'oned_images_daemon_info\{host="[^"]*",name="([^"]*)"\}', text)[1]
+        name, text = scrape(d)
         pages.setdefault(name, text)
         if set(pages) == names:
             return pages
     raise AssertionError(f"only {sorted(pages)} answered /metrics")
+
+
+def metrics_page(d: Daemon) -> str:
+    """The page, whichever worker answers (every worker's counts summed)."""
+    return scrape(d)[1]
 
 
 class WorkerLine:
@@ -70,9 +81,9 @@ class WorkerLine:
         for _ in range(tries):
             conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
             conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-            name = re.search(r'oned_images_daemon_info\{host="[^"]*",name="([^"]*)"\}',
-                             text)[1]
+            reply = conn.getresponse()
+            reply.read()
+            name = reply.headers["X-Daemon-Name"]
             if name in self.conns:
                 conn.close()
             else:
@@ -108,10 +119,9 @@ def test_two_workers_answer_calls_each_in_its_own_process(workers):
         f"daemon {name}-w{k}: pid {pids[k]} on {os.uname().nodename}" for k in (1, 2)]
     for _ in range(60):  # a new connection per call, as most clients do
         assert xmlrpc.client.ServerProxy(d.url).one.system.version(d.session())[0] is True
-    pages = metrics_pages(d, {f"{name}-w1", f"{name}-w2"})
-    answered = [counter(pages[f"{name}-w{k}"], "one.system.version") for k in (1, 2)]
-    assert answered[0] > 0 and answered[1] > 0, answered
-    assert sum(answered) == 60
+    # the page is the same whichever worker answers: the calls of both, summed
+    for page in metrics_pages(d, {f"{name}-w1", f"{name}-w2"}).values():
+        assert counter(page, "one.system.version") == 60
     log = d.log_text()
     for k in (1, 2):
         assert f" [{name}-w{k}] [Z0][ReM][D]: Req:" in log
@@ -119,6 +129,51 @@ def test_two_workers_answer_calls_each_in_its_own_process(workers):
     assert (f"oned-images: listening on http://127.0.0.1:{d.port}/RPC2 (2 workers, pids "
             f"{pids[1]}, {pids[2]})\n") in log
     assert log.count("oned-images: config ") == 1  # the start-up lines: once, not per worker
+
+
+def test_one_metrics_page_for_all_workers_and_a_restart_keeps_the_counts(workers):
+    """/metrics sums every worker's counters and live gauges whichever worker a scrape
+    reaches, lists each live worker in daemon_info once, and a worker killed and
+    restarted takes nothing back from the counters (its gauges leave with it)."""
+    d = workers()
+    name = f"{os.uname().nodename}:{d.port}"
+    names = {f"{name}-w1", f"{name}-w2"}
+    host = os.uname().nodename
+    lines = WorkerLine(d, names)
+    uid = ok(d, "one.user.allocate", "sam", "pw", "", [])
+    for k, n in ((1, 3), (2, 5)):  # 3 calls through worker 1, 5 through worker 2
+        for _ in range(n):
+            assert lines.call(f"{name}-w{k}", "one.user.info", "sam:pw", -1)[0] is True
+    failed = lines.call(f"{name}-w2", "one.user.info", "sam:wrong", -1)
+    assert failed[:2] == [False, "[one.user.info] User couldn't be authenticated, "
+                                 "aborting call."]
+    lines.close()
+    time.sleep(PUBLISH_SECONDS * 1.5)
+    pages = metrics_pages(d, names)
+    for page in pages.values():
+        assert counter(page, "one.user.info") == 8
+        assert re.search(r'^oned_images_xmlrpc_calls_total\{method="one.user.info",'
+                         r'result="failure"\} 1.0$', page, re.M), page
+        assert gauge(page, "login_failures_total") == 1
+        assert sorted(re.findall(r"^oned_images_daemon_info\{(.*)\} (\S+)$", page, re.M)) == [
+            (f'host="{host}",name="{name}-w1"', "1.0"), (f'host="{host}",name="{name}-w2"', "1.0")]
+        assert re.search(r'^oned_images_xmlrpc_call_duration_seconds_count\{'
+                         r'method="one.user.info"\} 9.0$', page, re.M), page
+    # sam's secret is cached in both workers: the gauge is their sum
+    sessions = gauge(pages[f"{name}-w1"], "cached_sessions")
+    assert sessions == gauge(pages[f"{name}-w2"], "cached_sessions") >= 2
+    pids = children(d.proc.pid)
+    os.kill(pids[2], signal.SIGKILL)
+    wait_for(lambda: children(d.proc.pid).get(2) not in (None, pids[2]), timeout=20)
+    wait_for(lambda: f"Worker 2 (pid {children(d.proc.pid)[2]}) is ready" in d.log_text(),
+             timeout=20)
+    time.sleep(PUBLISH_SECONDS * 1.5)
+    for page in metrics_pages(d, names).values():
+        assert counter(page, "one.user.info") == 8  # worker 2's five calls still counted
+        assert len(re.findall(r"^oned_images_daemon_info\{", page, re.M)) == 2
+        # the dead worker's cached sessions went with it; the new one has none yet
+        assert gauge(page, "cached_sessions") < sessions
+    assert uid > 0
 
 
 @pytest.mark.slow
@@ -516,9 +571,10 @@ def test_identity_changed_through_one_worker_holds_on_every_next_call_without_a_
         return [lines.call(n, method, session, *args)[:2]
                 for _ in range(12) for n in sorted(names)]
 
-    wait_for(lambda: "cache_checks" in metrics_pages(d, names)[f"{name}-w1"], timeout=10)
+    wait_for(lambda: "cache_checks" in metrics_page(d), timeout=10)
     assert each_call("one.user.info", -1) == [[True, ok(d, "one.user.info", uid)]] * 24
-    before = metrics_pages(d, names)
+    time.sleep(PUBLISH_SECONDS * 1.5)  # both workers' gauges published
+    before = metrics_page(d)
 
     with xmlrpc.client.ServerProxy(d.url) as one:  # the change and its reply: one connection
         assert one.one.user.passwd(d.session(), uid, "new")[0] is True
@@ -543,14 +599,14 @@ def test_identity_changed_through_one_worker_holds_on_every_next_call_without_a_
     assert acl != acl_with_spare
     assert each_call("one.acl.info", session=d.session()) == [[True, acl]] * 24
 
-    after = metrics_pages(d, names)
-    for k in (1, 2):  # both answered after the changes, and read the database rarely
-        page, was = after[f"{name}-w{k}"], before[f"{name}-w{k}"]
-        answered = sum(counter(page, m) - counter(was, m)
-                       for m in ("one.user.info", "one.group.info", "one.acl.info"))
-        assert answered >= 48, (k, answered)  # the successful calls of each_call
-        checks = gauge(page, "cache_checks") - gauge(was, "cache_checks")
-        assert checks <= 8, (k, checks, answered)  # one per change (and renewal), not per call
+    time.sleep(PUBLISH_SECONDS * 1.5)
+    after = metrics_page(d)
+    # the workers answered after the changes, and read the database rarely
+    answered = sum(counter(after, m) - counter(before, m)
+                   for m in ("one.user.info", "one.group.info", "one.acl.info"))
+    assert answered >= 96, answered  # the successful calls of each_call
+    checks = gauge(after, "cache_checks") - gauge(before, "cache_checks")
+    assert checks <= 16, (checks, answered)  # one per change (and renewal), not per call
     lines.close()
 
 
@@ -573,23 +629,24 @@ def test_with_another_daemon_on_the_database_the_workers_read_the_counters_per_c
 
         uid = ok(d, "one.user.allocate", "carol", "old", "", [])
         assert all(reply[0] for reply in each_call("carol:old"))
-        before = metrics_pages(d, names)
+        time.sleep(PUBLISH_SECONDS * 1.5)
+        before = metrics_page(d)
         ok(other, "one.user.passwd", uid, "new")
         refused = [False, "[one.user.info] User couldn't be authenticated, aborting call."]
         assert each_call("carol:old") == [refused] * 24
         assert all(reply[0] for reply in each_call("carol:new"))
-        during = metrics_pages(d, names)
+        time.sleep(PUBLISH_SECONDS * 1.5)
+        during = metrics_page(d)
         lines.close()
     finally:
         other.drop()
-    for k in (1, 2):  # a read per call (the refused ones included)
-        page, was = during[f"{name}-w{k}"], before[f"{name}-w{k}"]
-        answered = counter(page, "one.user.info") - counter(was, "one.user.info")
-        checks = gauge(page, "cache_checks") - gauge(was, "cache_checks")
-        assert answered == 12 and checks >= 24, (k, checks, answered)
+    # a read per call (the refused ones included), 24 through each worker
+    answered = counter(during, "one.user.info") - counter(before, "one.user.info")
+    checks = gauge(during, "cache_checks") - gauge(before, "cache_checks")
+    assert answered == 24 and checks >= 48, (checks, answered)
     time.sleep(LEASE)  # both renewed since it left: no stranger live
-    before = metrics_pages(d, names)
+    before = metrics_page(d)
     assert all(call(d, "one.user.info", -1, session="carol:new")[0] for _ in range(40))
-    after = metrics_pages(d, names)
-    assert sum(gauge(after[n], "cache_checks") - gauge(before[n], "cache_checks")
-               for n in names) <= 4
+    time.sleep(PUBLISH_SECONDS * 1.5)
+    after = metrics_page(d)
+    assert gauge(after, "cache_checks") - gauge(before, "cache_checks") <= 4

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from oned_images.config import DaemonConfig
-from oned_images.workers import Backoff, StartFailed, Supervisor, listen
+from oned_images.workers import Backoff, StartFailed, Supervisor, listen, metrics_dir
 
 #: a stand-in worker: READY=1 to the parent's NOTIFY_SOCKET (as systemd.Notifier does),
 #: then wait for a signal; EXIT=<n> in argv exits with n before READY instead.
@@ -37,7 +38,8 @@ class Clock:
 
 
 def supervisor(workers: int, mode: str = "ok", clock=time.monotonic) -> Supervisor:
-    config = DaemonConfig(workers=workers, listen_address="127.0.0.1", port=0)
+    config = DaemonConfig(workers=workers, listen_address="127.0.0.1", port=0,
+                          var_location=tempfile.mkdtemp(prefix="oned-sup-"))
     return Supervisor(config, listen(config), [sys.executable, "-c", CHILD, mode],
                       clock=clock)
 
@@ -121,3 +123,29 @@ def test_db_fsck_sees_driver_processes_a_killed_worker_left(tmp_path):
             proc.kill()
             proc.wait()
     assert leftover_drivers(str(tmp_path)) == []
+
+
+def test_the_metrics_directory_is_emptied_at_start_and_named_to_the_workers(tmp_path):
+    """Counters start at zero at each start of the parent, as one daemon's do: the
+    files an earlier run's workers left are removed (nothing else is touched), and
+    every worker is told where the files are; METRICS = "off" tells none."""
+    run = tmp_path / "run" / "metrics"
+    run.mkdir(parents=True)
+    (run / "counter_123.db").write_bytes(b"x" * 10)
+    (run / "keep.txt").write_text("not ours")
+    config = DaemonConfig(workers=2, var_location=str(tmp_path))
+    assert metrics_dir(config) == str(run)
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+    sup = supervisor(2)
+    try:
+        assert sup._env()["PROMETHEUS_MULTIPROC_DIR"] == sup.metrics_dir
+        assert Path(sup.metrics_dir).is_dir()
+    finally:
+        sup.sock.close()
+    off = DaemonConfig(workers=2, listen_address="127.0.0.1", port=0, metrics="off",
+                       var_location=str(tmp_path / "off"))
+    sup = Supervisor(off, listen(off), [sys.executable, "-c", CHILD, "ok"])
+    try:
+        assert sup.metrics_dir is None and "PROMETHEUS_MULTIPROC_DIR" not in sup._env()
+    finally:
+        sup.sock.close()
