@@ -18,8 +18,8 @@ import pytest
 from oned_images.store import schema
 from tests.support.daemon import REPO, backend, wait_for
 from tests.support.seed import (
-    _connect,
     call,
+    connect_db,
     dummy_datastore,
     edit_body,
     field,
@@ -54,7 +54,7 @@ def configured(d):
 
 
 def sql(d, statement: str, params: tuple = ()) -> list[tuple]:
-    conn, mark = _connect(d)
+    conn, mark = connect_db(d)
     try:
         cur = conn.cursor()
         cur.execute(statement.replace("?", mark), params)
