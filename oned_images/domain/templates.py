@@ -196,7 +196,8 @@ class Templates:
     def _auth(self, caller: Caller) -> AuthRequest:
         return AuthRequest(caller, self.identity.acl)
 
-    def _uid_of(self, uname: str) -> int | None:
+    def uid_of(self, uname: str) -> int | None:
+        """A user name's id from the identity cache (IMAGE_UNAME of a DISK), or None."""
         for user in self.identity.users.values():
             if user.name == uname:
                 return user.id
@@ -268,23 +269,8 @@ class Templates:
         return Served([rpc_bytes(vmtemplate_xml(t))])
 
     def _extend_disks(self, t: VmTemplate, uid: int) -> list:
-        """ImagePool::disk_attribute on each DISK (no acquire): DISK_ID is its position,
-        IMAGE_STATE the image's current state.  Returns the images named."""
-        named = []
-        disks = t.template.remove("DISK")
-        for n, disk in enumerate(disks):
-            disk = dict(disk) if isinstance(disk, dict) else {}
-            iid = disk_image_id(disk, uid, self._uid_of, _image_named)
-            img = _image_or_none(iid) if iid is not None else None
-            if img is not None:
-                named.append(img)
-                image_disk_attribute(disk, img, self.config)
-                ds_body = pools.body(DatastoreRow, img.datastore_id)
-                if ds_body is not None:
-                    datastore_disk_attribute(disk, datastore_from(ds_body))
-            disk["DISK_ID"] = str(n)
-            t.template.add("DISK", disk)
-        return named
+        """:func:`extend_disks` on ``t`` with this daemon's configuration and users."""
+        return extend_disks(t.template, uid, self.config, self.uid_of)
 
     async def pool_info(self, caller: Caller, flag: int, start: int, end: int) -> Served:
         if flag < -4:
@@ -339,7 +325,7 @@ class Templates:
         await self._mutate(caller, oid, apply)
         if recursive:
             t = await self.get(oid)
-            ids = await self.db.run(template_image_ids, t.template, caller.uid, self._uid_of)
+            ids = await self.db.run(template_image_ids, t.template, caller.uid, self.uid_of)
             failed = []
             for iid in ids:
                 try:
@@ -418,7 +404,7 @@ class Templates:
         def txn() -> list[int]:
             t = read_template(oid, lock=True)
             self._manage(caller, t)
-            ids = (template_image_ids(t.template, caller.uid, self._uid_of)
+            ids = (template_image_ids(t.template, caller.uid, self.uid_of)
                    if recursive else [])
             pools.delete(TemplateRow, oid)
             return ids
@@ -479,7 +465,7 @@ class Templates:
         """(DISK index, image id) of every DISK naming an existing image."""
         plan = []
         for n, disk in enumerate(_disks(tmpl)):
-            iid = disk_image_id(disk, uid, self._uid_of, _image_named)
+            iid = disk_image_id(disk, uid, self.uid_of, _image_named)
             if iid is not None:
                 plan.append((n, iid))
         return plan
@@ -494,6 +480,31 @@ def _restricted_values(tmpl: Template, sub: str) -> list[str]:
         elif isinstance(value, dict) and sub in value:
             out.append(value[sub])
     return out
+
+
+def extend_disks(tmpl: Template, uid: int, config: DaemonConfig,
+                 uid_of: Callable[[str], int | None]) -> list:
+    """VirtualMachineDisks::extended_info: ImagePool::disk_attribute on each DISK of
+    ``tmpl``, in place, nothing acquired (what acquire would write from the image and
+    its datastore); DISK_ID is its position, IMAGE_STATE the image's current state.
+    For one.template.info's extended form, and for the copy that instantiate
+    authorizes and that allocate and instantiate check the quotas on.  Returns the
+    images named."""
+    named = []
+    disks = tmpl.remove("DISK")
+    for n, disk in enumerate(disks):
+        disk = dict(disk) if isinstance(disk, dict) else {}
+        iid = disk_image_id(disk, uid, uid_of, _image_named)
+        img = _image_or_none(iid) if iid is not None else None
+        if img is not None:
+            named.append(img)
+            image_disk_attribute(disk, img, config)
+            ds_body = pools.body(DatastoreRow, img.datastore_id)
+            if ds_body is not None:
+                datastore_disk_attribute(disk, datastore_from(ds_body))
+        disk["DISK_ID"] = str(n)
+        tmpl.add("DISK", disk)
+    return named
 
 
 def _image_or_none(iid: int):

@@ -152,6 +152,16 @@ def held(vm: Vm) -> quotas.Held:
             image_ids(vm.template), self_sizes(vm.template))
 
 
+def check_new(uid: int, gid: int, extended: Template) -> None:
+    """allocate / instantiate (VirtualMachineAllocate::allocate_authorization, vms.md
+    §5.3 step 4): room for the whole VM, RUNNING_* included, and RVMS per image DISK,
+    checked on the template's extended copy before the insert, so a quota refusal comes
+    before the insert's own (an image that cannot be acquired, a bad MEMORY).
+    :func:`charge_new` then charges the VM as inserted."""
+    quotas.vm_charge(uid, gid, usage(extended), image_ids(extended), self_sizes(extended),
+                     dry_run=True)
+
+
 def charge_new(uid: int, gid: int, tmpl: Template) -> None:
     """allocate / instantiate (VirtualMachineAllocate::allocate_authorization): the
     whole VM, RUNNING_* included whatever its first state, and RVMS per image DISK;

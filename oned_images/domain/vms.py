@@ -42,7 +42,12 @@ from oned_images.domain.permissions import (
     new_object_perms,
 )
 from oned_images.domain.pool_query import pool_bodies, pool_filter, row_auth
-from oned_images.domain.templates import read_template, restricted_attr, template_auth
+from oned_images.domain.templates import (
+    extend_disks,
+    read_template,
+    restricted_attr,
+    template_auth,
+)
 from oned_images.driver import tm
 from oned_images.model.objects import Datastore, History, Host, Permissions, Vm
 from oned_images.store import daemons, pools
@@ -417,6 +422,9 @@ class Vms:
 
     def _insert_authorized(self, new: NewVm) -> int:
         vm_disks.authorize_disks(new.caller, new.tmpl, self.config)
+        extended = new.tmpl.copy()
+        extend_disks(extended, new.caller.uid, self.config, self.templates.uid_of)
+        vm_quotas.check_new(new.caller.uid, new.caller.gid, extended)
         return self._insert(new)
 
     def _insert(self, new: NewVm) -> int:
@@ -513,6 +521,7 @@ class Vms:
             copy = dataclasses.replace(t, template=tmpl.copy())
             self.templates._extend_disks(copy, caller.uid)
             vm_disks.authorize_disks(caller, copy.template, self.config)
+            vm_quotas.check_new(caller.uid, caller.gid, copy.template)
             try:
                 return self._insert(new)
             except errors.OneError as exc:

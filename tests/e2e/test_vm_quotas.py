@@ -206,6 +206,38 @@ def test_user_limits_refuse_with_oneds_texts_and_change_nothing(daemon, ds):
     assert group_q(daemon, gid) == EMPTY
 
 
+def test_quotas_are_checked_before_the_insert_refuses(daemon, ds):
+    """vms.md §5.3: the quotas are checked (on the extended copy) before the VM is
+    inserted, so a VM over a limit gets the quota's refusal, not the insert's: an image
+    that does not exist or is in use, a MEMORY that is not a number.  With room, the
+    same templates get the insert's refusals; nothing is charged either way."""
+    uid, s, gid = member(daemon)
+    pers = image_of(daemon, ds, uid, gid, extra='PERSISTENT="YES"')
+    holder = ok(daemon, "one.vm.allocate", f"{SMALL}\nDISK=[IMAGE_ID={pers}]", True, session=s)
+    ok(daemon, "one.user.quota", uid, "VM=[VMS=1]")
+    held = user_q(daemon, uid)
+    m, u = "[one.vm.allocate]", f"User [{uid}] : user [{uid}]"
+    over = (f"{m} {u} limit of 1 reached for VMS quota in VM.", AUTHZ, -1)
+    missing = f"{SMALL}\nDISK=[IMAGE_ID=99999]"
+    in_use = f"{SMALL}\nDISK=[IMAGE_ID={pers}]"
+    bad_memory = 'CPU="0.25"\nMEMORY="lots"'
+    for tmpl in (missing, in_use, bad_memory):
+        assert fails(daemon, "one.vm.allocate", tmpl, True, session=s) == over, tmpl
+    tid = ok(daemon, "one.template.allocate", f'NAME="{unique("t")}"\n{in_use}', session=s)
+    assert fails(daemon, "one.template.instantiate", tid, "", True, "", False, session=s) == (
+        f"[one.template.instantiate] {u} limit of 1 reached for VMS quota in VM.", AUTHZ, -1)
+    assert user_q(daemon, uid) == held
+    ok(daemon, "one.user.quota", uid, "VM=[VMS=5]")
+    assert fails(daemon, "one.vm.allocate", missing, True, session=s) == (
+        f"{m} DISK 0: Image with ID: 99999 does not exist", INTERNAL, -1)
+    assert fails(daemon, "one.vm.allocate", in_use, True, session=s) == (
+        f"{m} DISK 0: Cannot acquire image {pers}, it is persistent and already in use",
+        INTERNAL, -1)
+    assert fails(daemon, "one.vm.allocate", bad_memory, True, session=s) == (
+        f"{m} MEMORY attribute must be a positive integer value.", INTERNAL, -1)
+    ok(daemon, "one.vm.action", "terminate", holder, session=s)
+
+
 def test_image_rvms_limit_and_the_image_is_left_as_it_was(daemon, ds):
     uid, s, gid = member(daemon)
     iid = image_of(daemon, ds, uid, gid)
