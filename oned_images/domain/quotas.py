@@ -405,6 +405,68 @@ def vm_moved(old: Held, new: Held) -> None:
         write(kind, oid, doc)
 
 
+# ------------------------------------------------------------------ recount (db fsck)
+#: the sections whose counters follow what the objects hold (NETWORK is never charged)
+COUNTED_SECTIONS = ("DATASTORE", "VM", "IMAGE")
+
+
+def image_request(ds_id: int, size: float) -> Request:
+    """What one image holds of its owner's and group's quotas (IMAGES 1, SIZE)."""
+    return _ds_request(ds_id, size, 1)
+
+
+def held_request(held: Held) -> Request:
+    """What a VM holds (vm_quotas.held) as one request: VM, IMAGE and SELF disks."""
+    _owner, usage, images, datastores = held
+    return vm_request(usage, list(images)) + ds_request(datastores)
+
+
+def sides(uid: int, gid: int) -> list[tuple[str, int]]:
+    """The user and group an object's quotas are charged to (none for oneadmin)."""
+    return _accounted(uid, gid)
+
+
+def recounted(doc: Doc, requests: Iterable[Request]) -> Doc:
+    """``doc`` with its counters as ``requests`` (everything its user or group holds
+    now) add them up, in the order the charges use (limits kept; a vector left with no
+    usage and implicit limits goes, Quota::cleanup_quota; NETWORK kept as stored)."""
+    out = {section: [dict(e) for e in doc.get(section, [])] for section in SECTIONS}
+    for section in COUNTED_SECTIONS:
+        for entry in out[section]:
+            for metric in SECTION_METRICS[section]:
+                entry[f"{metric}_USED"] = "0"
+    for request in requests:
+        for section, qid, usage in request:
+            _check_add(out, empty(), "", section, qid, usage, check=False)
+    for section in COUNTED_SECTIONS:
+        for entry in list(out[section]):
+            _cleanup(out[section], section, entry.get("ID", ""), is_default=False)
+    return out
+
+
+def usage_drift(have: Doc, want: Doc, steps: int) -> list[str]:
+    """The counters of ``have`` that differ from ``want``, as ``X 3: SIZE_USED is 10,
+    the objects hold 12`` texts.  Each charge rounds to two decimals (float_str), so
+    counters built by ``steps`` charges in another order may differ by that much."""
+    slack = 0.005 * steps + 1e-9
+    out = []
+    for section in COUNTED_SECTIONS:
+        keys = {(e.get("ID", ""), m) for doc in (have, want) for e in doc.get(section, [])
+                for m in SECTION_METRICS[section]}
+        for qid, metric in sorted(keys):
+            a, b = (_used(doc, section, qid, metric) for doc in (have, want))
+            if abs(a - b) > slack:
+                where = f"{section} {qid}" if qid else section
+                out.append(f"{where}: {metric}_USED is {float_str(a)}, what exists holds "
+                           f"{float_str(b)}")
+    return out
+
+
+def _used(doc: Doc, section: str, qid: str, metric: str) -> float:
+    entry = _find(doc.get(section, []), section, qid)
+    return _num(entry.get(f"{metric}_USED")) if entry else 0.0
+
+
 # ------------------------------------------------------------------ limits
 def _bad(section: str, vector: dict[str, str]) -> errors.OneError:
     text = ",".join(f"{k}={vector[k]}" for k in sorted(vector))

@@ -20,6 +20,10 @@ Like onedb fsck, every check compares two things that must agree and, with
   rather than deleted: it may be the only copy of an image whose row was lost
   (a restored older backup, a hand edit), and the daemon's start-up sweep would
   delete driver-named orphans.
+* the quota counters (user_quotas, group_quotas) are derived from what exists: the
+  images (DATASTORE: IMAGES, SIZE) and the VMs that are not DONE (VM, IMAGE RVMS,
+  DATASTORE of SELF disks) are recounted and the counters follow; the limits stay.
+  The rows of users or groups that are gone are dropped.
 * a LOCKED image with no daemon running is only noted: the next start re-runs
   its copy/clone/removal, which is better than anything fsck could do.
 
@@ -39,7 +43,7 @@ import peewee
 from lxml import etree
 
 from oned_images.domain import driver_replies as replies
-from oned_images.domain import hosts, identity, templates
+from oned_images.domain import hosts, identity, quotas, templates, vm_quotas
 from oned_images.domain.clusters import CLUSTER_PERMS
 from oned_images.domain.datastores import ds_meta
 from oned_images.domain.images import _meta as image_meta
@@ -74,6 +78,7 @@ from oned_images.xmldoc.image import image_from
 from oned_images.xmldoc.served import escape
 from oned_images.xmldoc.template_doc import vmtemplate_from, vmtemplate_xml
 from oned_images.xmldoc.user import group_from, group_xml, user_from, user_xml
+from oned_images.xmldoc.vm import vm_from
 
 S = ImageState
 LOCKED = (S.LOCKED, S.LOCKED_USED, S.LOCKED_USED_PERS)
@@ -151,6 +156,9 @@ class _State:
     vms_of: dict[int, list[int]] = field(default_factory=dict)
     #: image_vms rows to delete: (image id, VM id)
     stale_vm_rows: list[tuple[int, int]] = field(default_factory=list)
+    #: quota documents to write back recounted, and rows of owners that are gone
+    quota_writes: dict[tuple[str, int], quotas.Doc] = field(default_factory=dict)
+    quota_drops: list[tuple[str, int]] = field(default_factory=list)
 
     def add(self, what: str, problem: str, repaired: str = "", note: bool = False) -> None:
         self.findings.append(Finding(what, problem, repaired if self.repair else "", note))
@@ -216,6 +224,7 @@ def check_database(repair: bool, daemon_running: bool) -> tuple[list[Finding], l
     _check_image_vms(st)
     _check_images(st)
     _check_counters(st)
+    _check_quotas(st)
     _find_strays(st)
     if repair:
         _write_back(st)
@@ -439,6 +448,39 @@ def _check_image_vms(st: _State) -> None:
                f"{vm_ids}", "rows deleted")
 
 
+def _check_quotas(st: _State) -> None:
+    """The quota counters must be what exists holds (after this run's repairs of
+    owners): a charge lost to a crash or a hand edit would otherwise refuse, or allow,
+    for ever.  onedb fsck recounts them the same way."""
+    held: dict[tuple[str, int], list[quotas.Request]] = {}
+    for img in st.images.values():
+        for side in quotas.sides(img.uid, img.gid):
+            held.setdefault(side, []).append(quotas.image_request(img.datastore_id, img.size))
+    done = int(VmState.DONE)
+    for (body,) in VmRow.select(VmRow.body).where(VmRow.state != done).order_by(
+            VmRow.oid).tuples().iterator():
+        vm = vm_from(body)
+        request = quotas.held_request(vm_quotas.held(vm))
+        for side in quotas.sides(vm.uid, vm.gid):
+            held.setdefault(side, []).append(request)
+    for kind, owners in ((quotas.USER, st.users), (quotas.GROUP, st.groups)):
+        rows = quotas.all_rows(kind)
+        for oid in sorted(set(rows) | {o for k, o in held if k == kind}):
+            what = f"{kind} {oid} quotas"
+            if oid not in owners:
+                if oid in rows:
+                    st.add(what, f"the {kind} does not exist", "row deleted")
+                    st.quota_drops.append((kind, oid))
+                continue
+            have = rows.get(oid, quotas.empty())
+            requests = held.get((kind, oid), [])
+            want = quotas.recounted(have, requests)
+            drift = quotas.usage_drift(have, want, len(requests))
+            if drift:
+                st.add(what, "; ".join(drift), "counters recounted")
+                st.quota_writes[(kind, oid)] = want
+
+
 def _check_running_vms(st: _State, img: Image) -> None:
     what = f"image {img.id}"
     vms = st.vms_of.get(img.id, [])
@@ -514,6 +556,11 @@ def _find_strays(st: _State) -> None:
 def _write_back(st: _State) -> None:
     for image_id, vm_id in st.stale_vm_rows:
         image_vms.drop(image_id, vm_id)
+    for (kind, oid), doc in sorted(st.quota_writes.items()):
+        quotas.read(kind, oid, lock=True)  # the row, made if it was missing
+        quotas.write(kind, oid, doc)
+    for kind, oid in st.quota_drops:
+        quotas.drop(kind, oid)
     for label, oid in sorted(st.dirty):
         if label == "image":
             write_image(st.images[oid])

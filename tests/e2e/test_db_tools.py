@@ -650,3 +650,50 @@ def test_fsck_reports_what_it_cannot_repair(fresh_daemon):
         f"image {homeless}: datastore 999 does not exist; move the image's files and delete "
         "or re-register it -> NOT repaired",
         "3 problem(s) found, 0 repaired, 3 need you"]
+
+
+def test_fsck_recounts_quota_counters_and_keeps_the_limits(fresh_daemon):
+    """Quota counters are derived from what exists (the images, the VMs not DONE):
+    fsck reports counters a crash or a hand edit changed, a vector that went missing and
+    a row of a user that is gone; --repair makes the rows exactly what the daemon's own
+    charges had made them, limits included, and the daemon then charges on from there."""
+    d = fresh_daemon()
+    ds = dummy_datastore(d, "quota-ds")
+    gid = group(d)
+    uid, s = user(d, groups=[gid, 1])
+    ok(d, "one.user.quota", uid, f"DATASTORE=[ID={ds},SIZE=500]\nVM=[VMS=10,MEMORY=1000]")
+    iid = register(d, ds, size=30)
+    ok(d, "one.image.chown", iid, uid, gid)
+    other = register(d, ds, size=7)
+    ok(d, "one.image.chown", other, uid, gid)
+    vm = ok(d, "one.vm.allocate", f'CPU="0.25"\nMEMORY="64"\nDISK=[IMAGE_ID={iid}]', True,
+            session=s)
+    gone = ok(d, "one.vm.allocate", 'CPU="0.5"\nMEMORY="32"', True, session=s)
+    ok(d, "one.vm.action", "terminate", gone, session=s)  # DONE: holds nothing
+    body = {k: sql(d, f"SELECT body FROM {k}_quotas WHERE {k}_oid = ?", (o,))[0][0]
+            for k, o in (("user", uid), ("group", gid))}
+    assert "<SIZE_USED><![CDATA[37]]></SIZE_USED>" in body["user"]
+    d.stop()
+    damaged = (body["user"].replace("<SIZE_USED><![CDATA[37]]>", "<SIZE_USED><![CDATA[5]]>")
+               .replace("<MEMORY_USED><![CDATA[64]]>", "<MEMORY_USED><![CDATA[96]]>"))
+    sql(d, "UPDATE user_quotas SET body = ? WHERE user_oid = ?", (damaged, uid))
+    lost = re.sub(r"<IMAGE_QUOTA>.*</IMAGE_QUOTA>", "<IMAGE_QUOTA></IMAGE_QUOTA>", body["group"])
+    sql(d, "UPDATE group_quotas SET body = ? WHERE group_oid = ?", (lost, gid))
+    sql(d, "INSERT INTO user_quotas (user_oid, body) VALUES (?, ?)",
+        (4242, "<QUOTAS><ID>4242</ID></QUOTAS>"))
+    found = db(d, "fsck")
+    assert found.returncode == 1
+    assert found.stdout.splitlines() == [
+        f"user {uid} quotas: DATASTORE {ds}: SIZE_USED is 5, what exists holds 37; "
+        "VM: MEMORY_USED is 96, what exists holds 64",
+        "user 4242 quotas: the user does not exist",
+        f"group {gid} quotas: IMAGE {iid}: RVMS_USED is 0, what exists holds 1"], found.stdout
+    fixed = db(d, "fsck", "--repair")
+    assert fixed.stdout.splitlines()[-1] == "3 problem(s) found, 3 repaired", fixed.stdout
+    assert db(d, "fsck").stdout == ""
+    assert [sql(d, f"SELECT body FROM {k}_quotas WHERE {k}_oid = ?", (o,))[0][0]
+            for k, o in (("user", uid), ("group", gid))] == [body["user"], body["group"]]
+    assert sql(d, "SELECT user_oid FROM user_quotas WHERE user_oid = 4242") == []
+    d.start()
+    ok(d, "one.vm.action", "terminate", vm, session=s)
+    assert "<MEMORY_USED><![CDATA[0]]></MEMORY_USED>" in ok(d, "one.user.info", uid)

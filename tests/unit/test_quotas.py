@@ -190,3 +190,53 @@ def test_system_disk_size_counts_volatile_and_system_target_disks():
 ])
 def test_running_states(state, lcm, counted):
     assert vm_quotas.running(state, lcm) is counted
+
+
+def test_recount_keeps_limits_and_network_and_drops_what_holds_nothing():
+    """db fsck's recount: counters from the requests alone, limits as they were, a
+    vector with nothing held and implicit limits gone, NETWORK as stored."""
+    have = quotas.parse_doc(
+        "<QUOTAS><DATASTORE_QUOTA>"
+        "<DATASTORE><ID>1</ID><IMAGES>-1</IMAGES><IMAGES_USED>9</IMAGES_USED>"
+        "<SIZE>500</SIZE><SIZE_USED>3</SIZE_USED></DATASTORE>"
+        "<DATASTORE><ID>2</ID><IMAGES>-1</IMAGES><IMAGES_USED>4</IMAGES_USED>"
+        "<SIZE>-1</SIZE><SIZE_USED>40</SIZE_USED></DATASTORE></DATASTORE_QUOTA>"
+        "<NETWORK_QUOTA><NETWORK><ID>0</ID><LEASES>5</LEASES><LEASES_USED>2</LEASES_USED>"
+        "</NETWORK></NETWORK_QUOTA></QUOTAS>")
+    requests = [quotas.image_request(1, 30), quotas.image_request(1, 7),
+                quotas.held_request(((5, 100), {"VMS": 1.0, "CPU": 0.25}, [8, 8], {}))]
+    want = quotas.recounted(have, requests)
+    assert quotas.sections_xml(want) == (
+        "<DATASTORE_QUOTA><DATASTORE><ID><![CDATA[1]]></ID><IMAGES><![CDATA[-1]]></IMAGES>"
+        "<IMAGES_USED><![CDATA[2]]></IMAGES_USED><SIZE><![CDATA[500]]></SIZE>"
+        "<SIZE_USED><![CDATA[37]]></SIZE_USED></DATASTORE></DATASTORE_QUOTA>"
+        "<NETWORK_QUOTA><NETWORK><ID><![CDATA[0]]></ID><LEASES><![CDATA[5]]></LEASES>"
+        "<LEASES_USED><![CDATA[2]]></LEASES_USED></NETWORK></NETWORK_QUOTA>"
+        "<VM_QUOTA><VM><CPU><![CDATA[-1]]></CPU><CPU_USED><![CDATA[0.25]]></CPU_USED>"
+        + "".join(f"<{m}><![CDATA[-1]]></{m}><{m}_USED><![CDATA[0]]></{m}_USED>"
+                  for m in ("MEMORY", "RUNNING_CPU", "RUNNING_MEMORY", "RUNNING_VMS",
+                            "SYSTEM_DISK_SIZE"))
+        + "<VMS><![CDATA[-1]]></VMS><VMS_USED><![CDATA[1]]></VMS_USED></VM></VM_QUOTA>"
+        "<IMAGE_QUOTA><IMAGE><ID><![CDATA[8]]></ID><RVMS><![CDATA[-1]]></RVMS>"
+        "<RVMS_USED><![CDATA[2]]></RVMS_USED></IMAGE></IMAGE_QUOTA>")
+    assert quotas.usage_drift(have, want, len(requests)) == [
+        "DATASTORE 1: IMAGES_USED is 9, what exists holds 2",
+        "DATASTORE 1: SIZE_USED is 3, what exists holds 37",
+        "DATASTORE 2: IMAGES_USED is 4, what exists holds 0",
+        "DATASTORE 2: SIZE_USED is 40, what exists holds 0",
+        "VM: CPU_USED is 0, what exists holds 0.25",
+        "VM: VMS_USED is 0, what exists holds 1",
+        "IMAGE 8: RVMS_USED is 0, what exists holds 2"]
+    assert quotas.usage_drift(want, want, 3) == []
+
+
+def test_recount_forgives_the_rounding_of_charges_made_in_another_order():
+    """Each charge rounds to two decimals: three VMs of CPU 0.333 charged one by one
+    add up to 0.99, where charges made in another grouping can show 1 (0.67 + 0.33)."""
+    one = {"VMS": 1.0, "CPU": 0.333}
+    want = quotas.recounted(quotas.empty(), [quotas.held_request(((5, 100), one, [], {}))] * 3)
+    assert want["VM"][0]["CPU_USED"] == "0.99"
+    have = quotas.recounted(want, [quotas.held_request(((5, 100), one, [], {}))] * 3)
+    have["VM"][0]["CPU_USED"] = "1"
+    assert quotas.usage_drift(have, want, 3) == []
+    assert quotas.usage_drift(have, want, 1) == ["VM: CPU_USED is 1, what exists holds 0.99"]
