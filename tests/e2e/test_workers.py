@@ -41,7 +41,10 @@ def children(pid: int) -> dict[int, int]:
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
-            cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            try:
+                cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a killed worker, reaped since the parent's list was read
             if b"--worker" in cmd:
                 out[int(cmd[cmd.index(b"--worker") + 1])] = int(child)
     return out
