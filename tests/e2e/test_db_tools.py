@@ -3,11 +3,9 @@ PostgreSQL of ONED_TEST_DB), with real daemons before and after."""
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import xmlrpc.client
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from oned_images.store import schema
-from tests.support.daemon import REPO, backend, wait_for
+from tests.support.daemon import backend, db_tool, wait_for
 from tests.support.seed import (
     call,
     connect_db,
@@ -38,12 +36,7 @@ pytestmark = [pytest.mark.timeout(120)]
 
 
 def db(d, *args: str) -> subprocess.CompletedProcess:
-    """Run this checkout's `oned-images db ...` on the daemon's configuration."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    return subprocess.run([sys.executable, "-m", "oned_images", "db", *args, "--config",
-                           str(d.tmp / "oned-images.conf")],
-                          capture_output=True, text=True, timeout=90, cwd=str(d.tmp), env=env)
+    return db_tool(d, *args)
 
 
 def configured(d):

@@ -9,7 +9,7 @@ import xmlrpc.client
 
 import pytest
 
-from tests.support.daemon import wait_for
+from tests.support.daemon import quota_drift, wait_for
 from tests.support.seed import (
     call,
     dummy_datastore,
@@ -373,3 +373,10 @@ def test_snapshot_revert_moves_the_size_charge(daemon, qds):
     ok(daemon, "one.image.delete", oid, session=s)
     wait_for(lambda: call(daemon, "one.image.info", oid)[0] is False)
     assert user_quota(daemon, uid) == dsq()
+
+
+def test_the_counters_this_module_left_are_what_a_recount_finds(daemon):
+    """Every image charge and release above (allocate, clone, delete, chown, snapshot
+    revert, refusals rolled back) left the counters where db fsck's recount puts them.
+    Last in the module: it sees what all the tests before it did."""
+    assert quota_drift(daemon) == []

@@ -21,6 +21,7 @@ from tests.support.daemon import (
     REPO,
     Daemon,
     backend,
+    db_tool,
     joining,
     start_several,
     wait_for,
@@ -58,9 +59,7 @@ def ok(d: Daemon, method: str, *args, session: str | None = None):
 
 
 def db_status(d: Daemon) -> str:
-    out = subprocess.run([sys.executable, "-m", "oned_images", "db", "status", "--config",
-                          str(d.tmp / "oned-images.conf")], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+    out = db_tool(d, "status")
     assert out.returncode == 0, out.stderr
     return out.stdout
 

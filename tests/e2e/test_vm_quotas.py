@@ -11,7 +11,7 @@ import xmlrpc.client
 
 import pytest
 
-from tests.support.daemon import wait_for
+from tests.support.daemon import quota_drift, wait_for
 from tests.support.seed import (
     call,
     datastore,
@@ -536,3 +536,11 @@ def test_concurrent_instantiates_and_terminates_against_a_limit(daemon, ds):
     assert [r[0] for r in replies] == [True] * k
     assert user_q(daemon, uid) == vm_quota(vm_vector({"VMS": k})) + image_quota()
     assert group_q(daemon, gid) == EMPTY
+
+
+def test_the_counters_this_module_left_are_what_a_recount_finds(daemon):
+    """Every charge and release above (allocate, instantiate, states, chown, attach,
+    detach, snapshots, refusals rolled back, concurrent instantiates) left the counters
+    exactly where db fsck's recount of the images and VMs puts them.  Last in the
+    module: it sees what all the tests before it did."""
+    assert quota_drift(daemon) == []

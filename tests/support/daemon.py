@@ -195,6 +195,23 @@ def _pg_admin(url: str, sql: str) -> None:
         conn.close()
 
 
+def db_tool(d: Daemon, *args: str) -> subprocess.CompletedProcess:
+    """This checkout's `oned-images db ...` on the daemon's configuration."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    return subprocess.run([sys.executable, "-m", "oned_images", "db", *args, "--config",
+                           str(d.tmp / "oned-images.conf")],
+                          capture_output=True, text=True, timeout=90, cwd=str(d.tmp), env=env)
+
+
+def quota_drift(d: Daemon) -> list[str]:
+    """`db fsck`'s quota findings on a daemon's database (it may be serving): the
+    counters its charges made that a recount of what exists disagrees with."""
+    out = db_tool(d, "fsck")
+    assert out.returncode in (0, 1), out.stderr
+    return [line for line in out.stdout.splitlines() if " quotas: " in line]
+
+
 def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
     """Poll until predicate() is truthy; return its value or raise AssertionError."""
     deadline = time.monotonic() + timeout
