@@ -9,6 +9,7 @@ and key, because a silently ignored typo in a daemon config costs hours.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import shlex
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from oned_images.domain import vm_ops
 from oned_images.model.settings import DbSettings, Limits
 from oned_images.template import Attribute, Template, TemplateError
 
@@ -194,6 +196,10 @@ class DaemonConfig:
     datastore_capacity_check: bool = True
     monitoring_interval_datastore: int = 300
     api_list_order: str = "DESC"
+    #: VM_ADMIN/MANAGE/USE_OPERATIONS as written (a key left out keeps the list
+    #: OpenNebula 7.0's oned.conf ships); ``vm_ops`` is what they say
+    vm_op_lists: tuple[str, str, str] = (vm_ops.DEFAULT_ADMIN, vm_ops.DEFAULT_MANAGE,
+                                         vm_ops.DEFAULT_USE)
     default_image_persistent: str = ""
     default_image_persistent_new: str = ""
     driver: DriverSettings = field(default_factory=DriverSettings)
@@ -249,6 +255,11 @@ class DaemonConfig:
             if conf.name == name:
                 return conf.attrs
         return {}
+
+    @functools.cached_property
+    def vm_ops(self) -> vm_ops.OpClasses:
+        """The right each VM operation needs, by this configuration (checked at parse)."""
+        return vm_ops.OpClasses.parse(*self.vm_op_lists)
 
     @property
     def db_path(self) -> str:
@@ -447,9 +458,18 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
     tm_confs: list[TmMadConf] = []
     restricted: list[str] = []
     log_system, log_level = "file", 3
+    op_lists = dict(zip(vm_ops.ATTRIBUTES, DaemonConfig.vm_op_lists, strict=True))
     for attr in tmpl:
         name = attr.name
-        if name in SCALARS:
+        if name in op_lists:
+            if isinstance(attr.value, dict):
+                raise _fail(src, attr, "expected a single value, not a vector")
+            try:
+                vm_ops.operations(attr.value)
+            except vm_ops.UnknownOperation as exc:
+                raise _fail(src, attr, f"{exc} (known: {', '.join(vm_ops.WORDS)})") from None
+            op_lists[name] = attr.value
+        elif name in SCALARS:
             if isinstance(attr.value, dict):
                 raise _fail(src, attr, "expected a single value, not a vector")
             field_name, conv = SCALARS[name]
@@ -556,6 +576,7 @@ def parse(text: str, src: str = "<config>") -> DaemonConfig:
         db=db, driver=driver, ds_mad_conf=tuple(ds_confs), tm_mad_conf=tuple(tm_confs),
         image_restricted_attr=tuple(restricted) if restricted else ("SOURCE",),
         log_system=log_system, log_debug_level=log_level, source_file=src, raw=tmpl,
+        vm_op_lists=tuple(op_lists.values()),  # type: ignore[arg-type]
         **values,  # type: ignore[arg-type]
     )
 

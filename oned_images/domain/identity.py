@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
-from oned_images.domain import quotas
+from oned_images.domain import quotas, vm_ops
 from oned_images.domain.names import USER_FORBIDDEN, name_error
 from oned_images.domain.permissions import (
     GROUP_ID,
@@ -322,6 +322,15 @@ class Identity:
                 return vec[name]
         return default
 
+    def vm_right(self, caller: Caller, operation: str) -> Op:
+        """The right a VM operation needs from this caller (vm_ops): the user's
+        template, then the group the call acts as, then the configuration."""
+        user, group = self.users.get(caller.uid), self.groups.get(caller.gid)
+        return vm_ops.right_for(operation,
+                                vm_ops.OpClasses.of_template(user.template if user else None),
+                                vm_ops.OpClasses.of_template(group.template if group else None),
+                                self.config.vm_ops)
+
     # ------------------------------------------------------------------- users
     def list_desc(self, caller: Caller) -> bool:
         """API_LIST_ORDER for pool listings: user template, group template, oned.conf."""
@@ -411,11 +420,9 @@ class Identity:
         authorize(caller, self.acl, Op.MANAGE, user_auth(user))
         if append not in (0, 1):
             raise errors.api("Wrong update type")
-        try:
-            tmpl = Template.parse(text)
-        except TemplateError as exc:
-            raise errors.internal(f"Cannot update template. {exc.message}") from None
-        new = await self.db.run(_update_user_template, uid, tmpl, append == 1)
+        tmpl = _updated_template(text)
+        new = await self.db.run(_update_template, _read_user, _write_user, uid, tmpl,
+                                append == 1)
         self._store_user(new)
         return uid
 
@@ -550,6 +557,18 @@ class Identity:
         authorize(caller, self.acl, Op.USE, group_auth(group), check_lock=False)
         mine, defaults = await self.db.run(_quota_sections, quotas.GROUP, gid)
         return userdoc.group_extended(userdoc.group_xml(group), mine, defaults)
+
+    async def group_update(self, caller: Caller, gid: int, text: str, append: int) -> int:
+        """one.group.update: as one.user.update (MANAGE GROUP); a group's template holds
+        the options its users inherit (OPENNEBULA, VM_*_OPERATIONS)."""
+        group = self.group(gid)
+        authorize(caller, self.acl, Op.MANAGE, group_auth(group))
+        if append not in (0, 1):
+            raise errors.api("Wrong update type")
+        tmpl = _updated_template(text)
+        self.groups[gid] = await self.db.run(_update_template, _read_group, _write_group, gid,
+                                             tmpl, append == 1)
+        return gid
 
     async def grouppool_info(self, caller: Caller) -> str:
         ids = sorted(self.groups) if caller.is_admin else sorted(
@@ -730,14 +749,28 @@ def _set_tokens(uid: int, tokens: list[LoginToken]) -> User:
     return user
 
 
-def _update_user_template(uid: int, tmpl: Template, append: bool) -> User:
-    user = _read_user(uid)
+def _updated_template(text: str) -> Template:
+    """A user's or group's new template, checked as oned's post_update_template does."""
+    try:
+        tmpl = Template.parse(text)
+        vm_ops.check_template(tmpl)
+    except TemplateError as exc:
+        raise errors.internal(f"Cannot update template. {exc.message}") from None
+    except vm_ops.UnknownOperation as exc:
+        raise errors.internal(f"Cannot update template. {exc}") from None
+    return tmpl
+
+
+def _update_template(read: Callable, write: Callable, oid: int, tmpl: Template,
+                     append: bool):
+    """A user's or group's template replaced, or merged into (append)."""
+    obj = read(oid)
     if append:
-        user.template.merge(tmpl)
+        obj.template.merge(tmpl)
     else:
-        user.template = tmpl
-    _write_user(user)
-    return user
+        obj.template = tmpl
+    write(obj)
+    return obj
 
 
 def _change_group(uid: int, gid: int, how: str) -> tuple[User, list[Group]]:

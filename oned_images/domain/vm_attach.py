@@ -25,7 +25,7 @@ from oned_images.domain import vm_disks, vm_quotas, vm_tm, vm_transfer
 from oned_images.domain import vm_states as vs
 from oned_images.domain.identity import Identity
 from oned_images.domain.images import read_image
-from oned_images.domain.permissions import AuthRequest, Caller, Op
+from oned_images.domain.permissions import AuthRequest, Caller
 from oned_images.domain.states import ImageType
 from oned_images.domain.templates import restricted_attr
 from oned_images.domain.vms import read_vm, vm_auth, write_vm
@@ -141,7 +141,7 @@ class VmAttach:
             if not vm.history:
                 raise errors.action("VM is not running in any host")
             req = AuthRequest(caller, self.identity.acl)
-            req.add(Op.MANAGE, vm_auth(vm))
+            req.add(self.identity.vm_right(caller, "disk-attach"), vm_auth(vm))
             req.check()
             if new is None:
                 raise errors.action("Internal error parsing DISK attribute")
@@ -186,7 +186,7 @@ class VmAttach:
         def txn():
             vm = read_vm(oid, lock=True)
             req = AuthRequest(caller, self.identity.acl)
-            req.add(Op.MANAGE, vm_auth(vm))
+            req.add(self.identity.vm_right(caller, "disk-detach"), vm_auth(vm))
             req.check()
             lcm = DETACH_IN.get(_state_key(vm))
             if lcm is None or not vm.history:

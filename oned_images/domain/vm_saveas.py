@@ -118,7 +118,7 @@ class VmSaveAs:
                                       f"{ImageType(src.type).name}")
             ds = read_ds(src.datastore_id)
             req = AuthRequest(caller, self.identity.acl)
-            req.add(Op.MANAGE, vm_auth(vm))
+            req.add(self.identity.vm_right(caller, "disk-saveas"), vm_auth(vm))
             req.add(Op.CREATE, ObjectAuth("IMAGE", -1))
             req.add(Op.USE, ds_auth(ds))
             req.check()

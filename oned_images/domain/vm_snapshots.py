@@ -225,10 +225,10 @@ class VmSnapshots:
     tms: Any
     background: vm_tm.Background
 
-    def _auth(self, caller: Caller, vm: Vm, disk: Vector | None = None,
+    def _auth(self, caller: Caller, operation: str, vm: Vm, disk: Vector | None = None,
               image_too: bool = False) -> None:
         req = AuthRequest(caller, self.identity.acl)
-        req.add(Op.MANAGE, vm_auth(vm))
+        req.add(self.identity.vm_right(caller, operation), vm_auth(vm))
         if image_too and disk is not None and not vm_tm.is_volatile(disk):
             try:
                 img = read_image(_int(disk.get("IMAGE_ID")), lock=False)
@@ -277,7 +277,7 @@ class VmSnapshots:
             if vm_tm.is_volatile(disk):
                 raise errors.action("Cannot make snapshots on volatile disks")
             persistent = (disk.get("PERSISTENT") or "").upper() == "YES"
-            self._auth(caller, vm, disk,
+            self._auth(caller, "disk-snapshot-create", vm, disk,
                        persistent or (disk.get("LN_TARGET") or "").upper() == "NONE")
             lcm = CREATE_IN.get(_state_key(vm))
             if lcm is None:
@@ -303,7 +303,7 @@ class VmSnapshots:
     async def revert(self, caller: Caller, oid: int, disk_id: int, sid: int) -> int:
         def txn():
             vm = read_vm(oid, lock=True)
-            self._auth(caller, vm)
+            self._auth(caller, "disk-snapshot-revert", vm)
             lcm = REVERT_IN.get(_state_key(vm))
             if lcm is None:
                 raise errors.action(f"Could not revert to disk snapshot for VM {oid}, wrong "
@@ -330,7 +330,7 @@ class VmSnapshots:
             vm = read_vm(oid, lock=True)
             disk = vm_tm.disk_of(vm, disk_id)
             persistent = disk is not None and (disk.get("PERSISTENT") or "").upper() == "YES"
-            self._auth(caller, vm, disk, persistent)
+            self._auth(caller, "disk-snapshot-delete", vm, disk, persistent)
             lcm = DELETE_IN.get(_state_key(vm))
             if lcm is None:
                 raise errors.action(f"Could not delete disk snapshot from VM {oid}, wrong "
@@ -355,7 +355,7 @@ class VmSnapshots:
                      name: str) -> int:
         def txn() -> None:
             vm = read_vm(oid, lock=True)
-            self._auth(caller, vm)
+            self._auth(caller, "disk-snapshot-rename", vm)
             if vm_tm.disk_of(vm, disk_id) is None:
                 raise errors.action("VM disk does not exist")
             t = vm_tm.snapshot_list(vm, disk_id)

@@ -196,8 +196,6 @@ ACTIONS: dict[str, Action] = {
     "resched": Action((Rule(((A, L.RUNNING), (A, L.UNKNOWN), (V.POWEROFF, None)), None),)),
     "unresched": Action((Rule(((A, L.RUNNING), (A, L.UNKNOWN), (V.POWEROFF, None)), None),)),
 }
-#: actions of oned.conf's VM_ADMIN_OPERATIONS (ADMIN right instead of MANAGE)
-ADMIN_ACTIONS = frozenset({"resched", "unresched"})
 #: deploy: from these states (vms.md §5.6 step 6) to this first LCM state
 DEPLOY_FROM = {V.PENDING: L.PROLOG, V.HOLD: L.PROLOG, V.STOPPED: L.PROLOG_RESUME,
                V.UNDEPLOYED: L.PROLOG_UNDEPLOY}

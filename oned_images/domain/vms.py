@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from oned_images import errors
 from oned_images.config import DaemonConfig
-from oned_images.domain import locks, vm_disks, vm_quotas, vm_tm, vm_transfer
+from oned_images.domain import locks, vm_disks, vm_ops, vm_quotas, vm_tm, vm_transfer
 from oned_images.domain import vm_states as vs
 from oned_images.domain.datastores import ds_auth
 from oned_images.domain.hosts import OFFLINE, host_auth, read_host, write_host
@@ -616,8 +616,10 @@ class Vms:
 
         await self.db.run(txn)
 
-    def _manage(self, caller: Caller, vm: Vm, op: Op = Op.MANAGE) -> None:
+    def _manage(self, caller: Caller, vm: Vm, operation: str | None) -> None:
+        """The right ``operation`` needs on the VM (vm_ops; None: MANAGE)."""
         req = self._auth(caller)
+        op = self.identity.vm_right(caller, operation) if operation else Op.MANAGE
         req.add(op, vm_auth(vm))
         req.check()
 
@@ -625,7 +627,7 @@ class Vms:
         def apply(vm: Vm) -> bool:
             if name == vm.name:
                 return False
-            self._manage(caller, vm)
+            self._manage(caller, vm, "rename")
             err = name_error(name)
             if err:
                 raise errors.action(err)
@@ -715,7 +717,7 @@ class Vms:
                     raise errors.action(f"datastore [{target}] and host [{hid}] are not in the "
                                         f"same cluster [{h.cluster_id}].")
             req = self._auth(caller)
-            req.add(Op.ADMIN, vm_auth(vm))
+            req.add(self.identity.vm_right(caller, "deploy"), vm_auth(vm))
             req.add(Op.MANAGE, host_auth(h))
             req.add(Op.USE, ds_auth(ds))
             req.check()
@@ -762,8 +764,7 @@ class Vms:
         def txn() -> tuple[int, int] | None:
             vm = read_vm(oid, lock=True)
             act = vs.ACTIONS.get(name)
-            op = Op.ADMIN if name in vs.ADMIN_ACTIONS else Op.MANAGE
-            self._manage(caller, vm, op)
+            self._manage(caller, vm, vm_ops.ACTION_STRINGS.get(name))
             if act is None:
                 raise errors.action(f'Action "{name}" is not supported')
             if name == "resume":
@@ -824,14 +825,14 @@ class Vms:
         vms.md §1.4; any other: DONE at once, see _recover_delete),
         4 delete-recreate (the VM's files are deleted and it is PENDING again, same id,
         images kept), 5 delete-db (DONE at once, no driver runs, images released).
-        The operation code is checked before the VM is looked up; ADMIN right (oned.conf
-        VM_ADMIN_OPERATIONS: recover, retry, delete)."""
-        if op not in RECOVER_OPS:
+        The operation code is checked before the VM is looked up; the right is the one
+        its operation needs (vm_ops: ADMIN for all of them by default)."""
+        if op not in RECOVER_RIGHTS:
             raise errors.action("Wrong recovery operation code")
 
         def txn() -> tuple[int, int] | _Cleanup | None:
             vm = read_vm(oid, lock=True)
-            self._manage(caller, vm, Op.ADMIN)
+            self._manage(caller, vm, RECOVER_RIGHTS[op])
             if op == 3:
                 return self._recover_delete(vm, caller)
             if op == 4:
@@ -1223,9 +1224,10 @@ TM_STATES = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY, L.EPILOG,
 #: the cleanups (recover delete, delete-recreate): their transfer never saves a disk
 CLEANUPS = frozenset({L.CLEANUP_DELETE, L.CLEANUP_RESUBMIT})
 PROLOGS = frozenset({L.PROLOG, L.PROLOG_RESUME, L.PROLOG_UNDEPLOY})
-#: one.vm.recover operation codes
-RECOVER_OPS = {0: "failure", 1: "success", 2: "retry", 3: "delete", 4: "delete-recreate",
-               5: "delete-db"}
+#: one.vm.recover's operation codes (0 failure, 1 success, 2 retry, 3 delete,
+#: 4 delete-recreate, 5 delete-db), each with the VM operation whose right it needs
+RECOVER_RIGHTS = {0: "recover", 1: "recover", 2: "retry", 3: "delete", 4: "delete-recreate",
+                  5: "delete"}
 #: the transfer files' ops of the life cycle (vms.md §7.1)
 LIFE_CYCLE_OPS = frozenset({"prolog", "epilog", "epilog_stop", "epilog_delete"})
 

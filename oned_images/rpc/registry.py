@@ -63,6 +63,7 @@ METHODS: tuple[Method, ...] = (
     M("one.group.allocate", "A:ss", "Allocates a new group", "group", users.group_allocate),
     M("one.group.delete", "A:si", "Deletes a group", "group", users.group_delete),
     M("one.group.info", "A:si", "Returns group information", "group", users.group_info),
+    M("one.group.update", "A:sisi", "Updates a group template", "group", users.group_update),
     M("one.group.quota", "A:sis", "Sets quota limits", "group", users.group_quota),
     M("one.grouppool.info", "A:s", "Returns the group pool", "group", users.group_pool_info),
     M("one.groupquota.info", "A:s", "Returns the default group quota limits", "group",

@@ -70,6 +70,11 @@ async def group_info(app, caller: Caller, p: Params) -> str:
     return await app.identity.group_info(caller, p.int(1))
 
 
+async def group_update(app, caller: Caller, p: Params) -> int:
+    gid, text = p.int(1), p.str(2)
+    return await app.identity.group_update(caller, gid, text, p.opt_int(3, 0))
+
+
 async def group_pool_info(app, caller: Caller, p: Params) -> str:
     return await app.identity.grouppool_info(caller)
 

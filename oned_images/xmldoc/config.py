@@ -10,6 +10,7 @@ schema types, so we leave those fields out instead (TIMEOUT and CONNECTIONS stay
 from __future__ import annotations
 
 from oned_images.config import DaemonConfig
+from oned_images.domain import vm_ops
 from oned_images.template import Template
 
 #: the DB keys oned replaces with *** for callers whose primary group is not 0.
@@ -65,4 +66,6 @@ def configuration_xml(config: DaemonConfig, show_db: bool) -> str:
              "NAME", "PERSISTENT_SNAPSHOTS", "SHARED", "TM_MAD_SYSTEM"}
     for tm in config.tm_mad_conf:
         t.add("TM_MAD_CONF", {k: v for k, v in tm.attrs.items() if k in known})
+    for name, text in zip(vm_ops.ATTRIBUTES, config.vm_op_lists, strict=True):
+        t.add(name, text)
     return t.to_xml("OPENNEBULA_CONFIGURATION")

@@ -60,6 +60,14 @@ def expected_config(var: str, db: str) -> str:
                  DS_MIGRATE="YES", LN_TARGET="NONE", NAME="shared", SHARED="YES")
         + vector("TM_MAD_CONF", ALLOW_ORPHANS="MIXED", CLONE_TARGET="SYSTEM", DRIVER="qcow2",
                  LN_TARGET="NONE", NAME="qcow2", SHARED="YES")
+        # oned 7.0.2's own values (samples/one.system.config.body.xml), line breaks kept
+        + c("VM_ADMIN_OPERATIONS", "migrate, delete, recover, retry, deploy, resched,\n"
+            "    backup, restore")
+        + c("VM_MANAGE_OPERATIONS", "undeploy, hold, release, stop, suspend, resume, reboot,\n"
+            "    poweroff, disk-attach, nic-attach, disk-snapshot, terminate, disk-resize,\n"
+            "    snapshot, updateconf, rename, resize, update, disk-saveas, sched-action,\n"
+            "    sg-attach, pci-attach")
+        + c("VM_USE_OPERATIONS", "")
         + "</OPENNEBULA_CONFIGURATION>")
 
 
