@@ -235,10 +235,17 @@ def main() -> None:
                 c.send(req)
             c.close()
             # at rest: the daemon gives a listing's freed memory back on the turn after
-            # its last byte, which a reading taken at once can beat (+17 MB)
+            # its last byte, which a reading taken at once can beat (+17 MB); on a busy
+            # machine that turn may come late, so read until the figure stops falling
+            # (at most 3 s)
             time.sleep(0.5)
-            print(f"server RSS after 50 more whole-pool listings: {ep.rss_mb():.1f} MB",
-                  flush=True)
+            rss, deadline = ep.rss_mb(), time.monotonic() + 2.5
+            while time.monotonic() < deadline:
+                time.sleep(0.25)
+                if (now := ep.rss_mb()) >= rss:
+                    break
+                rss = now
+            print(f"server RSS after 50 more whole-pool listings: {rss:.1f} MB", flush=True)
         if "copy" in only and args.copy_mb:
             copy_figures(ep, args.copy_mb, args.copy_runs)
     finally:
