@@ -67,6 +67,25 @@ def _whole(out: bytes) -> int:
     return n
 
 
+def to_slow_reader(daemon, data: bytes, replies: int) -> bytes:
+    """What the daemon sends back for ``data`` pipelined on one connection whose reader
+    has a 4 KiB buffer and waits a second before reading: the daemon's writes meet a
+    full socket.  Read until ``replies`` whole replies came; Date headers blanked."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", daemon.port))
+    s.sendall(data)
+    time.sleep(1)  # the daemon writes while nothing is read
+    s.settimeout(20)
+    out = b""
+    while _whole(out) < replies:
+        chunk = s.recv(1 << 20)
+        assert chunk, "closed before the last reply"
+        out += chunk
+    s.close()
+    return _DATE.sub(b"\r\nDate: -\r\n", out)
+
+
 CALLS = [
     body("one.system.version", SESSION),
     body("one.user.info", SESSION, -1),
@@ -163,19 +182,8 @@ def test_replies_the_socket_cannot_take_at_once_arrive_whole_and_in_order(daemon
     version = request(body("one.system.version", SESSION))
     normal, _ = exchange(daemon, listing)
     assert 500_000 < len(normal) < 1 << 20 and normal.count(b"front-") == 250
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", daemon.port))
-    s.sendall(listing * 6 + version)
-    time.sleep(1)  # the daemon writes while nothing is read
-    s.settimeout(20)
-    out = b""
-    while _whole(out) < 7:
-        chunk = s.recv(1 << 20)
-        assert chunk, "closed before the last reply"
-        out += chunk
-    s.close()
-    assert _DATE.sub(b"\r\nDate: -\r\n", out) == normal * 6 + exchange(daemon, version)[0]
+    assert to_slow_reader(daemon, listing * 6 + version, 7) == (
+        normal * 6 + exchange(daemon, version)[0])
 
 
 def test_large_replies_are_written_whole_in_order_and_as_twisted_web_s(fresh_daemon):
@@ -199,19 +207,8 @@ def test_large_replies_are_written_whole_in_order_and_as_twisted_web_s(fresh_dae
     reply = normal[normal.index(b"\r\n\r\n") + 4:]
     assert xmlrpc.client.loads(reply)[0][0][1].count("<IMAGE>") == 250
     short = exchange(d, version)[0]
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", d.port))
-    s.sendall(version + listing * 2 + version + listing)
-    time.sleep(1)  # the daemon writes while nothing is read
-    s.settimeout(20)
-    out = b""
-    while _whole(out) < 5:
-        chunk = s.recv(1 << 20)
-        assert chunk, "closed before the last reply"
-        out += chunk
-    s.close()
-    assert _DATE.sub(b"\r\nDate: -\r\n", out) == short + normal * 2 + short + normal
+    assert to_slow_reader(d, version + listing * 2 + version + listing, 5) == (
+        short + normal * 2 + short + normal)
     closing = exchange(d, request(body("one.imagepool.info", SESSION, -2, -1, -1),
                                   extra=b"Connection: close\r\n"))
     assert closing == (normal.replace(b" 200 OK\r\n", b" 200 OK\r\nConnection: close\r\n", 1),
@@ -229,19 +226,8 @@ def test_large_replies_are_written_whole_in_order_and_as_twisted_web_s(fresh_dae
     assert paged.count(b"big-") == 40 and b"big-246&lt;" in paged and b"big-247&lt;" not in paged
     assert exchange(d, request(body("one.imagepool.info", SESSION, -2, 3, -40),
                                extra=HANDED_OVER)) == (paged, False)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", d.port))
-    s.sendall(page + version + page * 3 + listing + page)
-    time.sleep(1)
-    s.settimeout(20)
-    out = b""
-    while _whole(out) < 7:
-        chunk = s.recv(1 << 20)
-        assert chunk, "closed before the last reply"
-        out += chunk
-    s.close()
-    assert _DATE.sub(b"\r\nDate: -\r\n", out) == paged + short + paged * 3 + normal + paged
+    assert to_slow_reader(d, page + version + page * 3 + listing + page, 7) == (
+        paged + short + paged * 3 + normal + paged)
     assert exchange(d, request(body("one.imagepool.info", SESSION, -2, 3, -40),
                                extra=b"Connection: close\r\n")) == (
         paged.replace(b" 200 OK\r\n", b" 200 OK\r\nConnection: close\r\n", 1), True)
