@@ -251,7 +251,7 @@ def _owner_exists(kind: str, oid: int) -> bool:
     return model.select(model.oid).where(model.oid == oid).exists()
 
 
-def _accounted(uid: int, gid: int) -> list[tuple[str, int]]:
+def sides(uid: int, gid: int) -> list[tuple[str, int]]:
     """Request::quota_authorization: nobody for oneadmin / group oneadmin, nor for -1."""
     out = []
     if uid not in (0, -1):
@@ -270,7 +270,7 @@ def _apply(uid: int, gid: int, request: Request, check: bool = True,
     """Charge ``request`` to the user, then the group (each document locked, checked
     and written as a whole), or raise AUTHORIZATION with oned's text (the transaction
     then rolls back whatever was charged).  ``dry_run``: only check."""
-    for kind, oid in _accounted(uid, gid):
+    for kind, oid in sides(uid, gid):
         doc = read(kind, oid, lock=True)
         defaults = read_defaults(kind)
         for section, qid, usage in request:
@@ -282,7 +282,7 @@ def _apply(uid: int, gid: int, request: Request, check: bool = True,
 def _release(uid: int, gid: int, request: Request) -> None:
     """Take ``request`` back; a user or group deleted since (its row went with it) gets
     no new row."""
-    for kind, oid in _accounted(uid, gid):
+    for kind, oid in sides(uid, gid):
         doc = read(kind, oid, lock=True, create=False)
         for section, qid, usage in request:
             _del(doc, section, qid, usage)
@@ -319,8 +319,8 @@ def lock_sides(old: tuple[int, int], new: tuple[int, int]) -> tuple[tuple[int, i
         new_uid = old_uid = -1
     if new_gid == old_gid:
         new_gid = old_gid = -1
-    new_side = set(_accounted(new_uid, new_gid))
-    for kind, oid in sorted(new_side | set(_accounted(old_uid, old_gid)),
+    new_side = set(sides(new_uid, new_gid))
+    for kind, oid in sorted(new_side | set(sides(old_uid, old_gid)),
                             key=lambda k: (k[0] != USER, k[1])):
         read(kind, oid, lock=True, create=(kind, oid) in new_side)
     return (old_uid, old_gid), (new_uid, new_gid)
@@ -380,17 +380,17 @@ def vm_moved(old: Held, new: Held) -> None:
     checks are the callers', :func:`vm_charge` with ``dry_run``).  Each user or group
     row is touched only when its share changes, in the one lock order (users, then
     groups, by id); counters that go down get Quota::del_quota's cleanup."""
-    sides: dict[tuple[str, int], dict[tuple[str, str, str], float]] = {}
+    shares: dict[tuple[str, int], dict[tuple[str, str, str], float]] = {}
     for (owner, *what), sign in ((old, -1.0), (new, 1.0)):
         items = _held_items(*what)
-        for side in _accounted(*owner):
-            share = sides.setdefault(side, {})
+        for side in sides(*owner):
+            share = shares.setdefault(side, {})
             for key, value in items:
                 share[key] = share.get(key, 0.0) + sign * value
-    for kind, oid in sorted(sides, key=lambda k: (k[0] != USER, k[1])):
+    for kind, oid in sorted(shares, key=lambda k: (k[0] != USER, k[1])):
         plus: dict[tuple[str, str], dict[str, float]] = {}
         minus: dict[tuple[str, str], dict[str, float]] = {}
-        for (section, qid, metric), value in sides[(kind, oid)].items():
+        for (section, qid, metric), value in shares[(kind, oid)].items():
             if value > 0:
                 plus.setdefault((section, qid), {})[metric] = value
             elif value < 0:
@@ -419,11 +419,6 @@ def held_request(held: Held) -> Request:
     """What a VM holds (vm_quotas.held) as one request: VM, IMAGE and SELF disks."""
     _owner, usage, images, datastores = held
     return vm_request(usage, list(images)) + ds_request(datastores)
-
-
-def sides(uid: int, gid: int) -> list[tuple[str, int]]:
-    """The user and group an object's quotas are charged to (none for oneadmin)."""
-    return _accounted(uid, gid)
 
 
 def recounted(doc: Doc, requests: Iterable[Request]) -> Doc:
